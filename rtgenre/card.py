@@ -1,0 +1,247 @@
+"""The model card: everything the runtime knows about a model.
+
+A model is two files side by side in ``engines/`` (or any folder):
+``<name>.onnx`` and ``<name>.json``.  The JSON card holds the front-end
+parameters, the input layout, the heads with their label sets, the mappings
+to other vocabularies (e.g. GTZAN) and the training/evaluation record.  The
+runtime reads labels and front-end parameters from here and nowhere else.
+
+Card schema (``format`` 1)::
+
+    {
+      "format": 1,
+      "name": "rtgenre-crnn",
+      "version": "1.0.0",
+      "onnx": "rtgenre-crnn.onnx",          # relative to the card
+      "onnx_sha256": "<hex>",               # checked on load
+      "frontend": {"sample_rate": 16000, "n_fft": 512, "hop_length": 256,
+                   "n_mels": 96, "fmin": 0.0, "fmax": 8000.0, "htk": false,
+                   "norm": "slaney", "power": 2.0, "window": "hann",
+                   "log": {"kind": "log10", "scale": 10000.0, "offset": 1.0}},
+      "window_frames": 469,
+      "input": {"name": "mel", "layout": "batch,frames,mels"},
+      "heads": [{"name": "genre", "kind": "multiclass", "output": "genre",
+                 "labels": [...]},
+                {"name": "instruments", "kind": "multilabel",
+                 "output": "instruments", "labels": [...], "threshold": 0.5}],
+      "mappings": {"gtzan": {"<our genre>": "<gtzan genre>" | null}},
+      ...free-form: "training", "evaluation", "license", "teacher" ...
+    }
+
+Model outputs are probabilities already (softmax for ``multiclass`` heads,
+sigmoid for ``multilabel`` heads), shape ``(batch, len(labels))``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from rtgenre.errors import ModelCorruptError, ModelMissingError
+
+ENGINES_DIR = Path(__file__).resolve().parent.parent / "engines"
+DEFAULT_MODEL = "rtgenre-crnn"
+CARD_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class FrontendParams:
+    """Log-Mel front-end parameters (librosa's names and meanings)."""
+
+    sample_rate: int = 16000
+    n_fft: int = 512
+    hop_length: int = 256
+    n_mels: int = 96
+    fmin: float = 0.0
+    fmax: float | None = None
+    htk: bool = False
+    norm: str | None = "slaney"
+    power: float = 2.0
+    window: str = "hann"
+    log_kind: Literal["log10", "db"] = "log10"
+    log_scale: float = 10000.0
+    log_offset: float = 1.0
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "FrontendParams":
+        log = d.get("log", {})
+        return cls(
+            sample_rate=int(d["sample_rate"]),
+            n_fft=int(d["n_fft"]),
+            hop_length=int(d["hop_length"]),
+            n_mels=int(d["n_mels"]),
+            fmin=float(d.get("fmin", 0.0)),
+            fmax=None if d.get("fmax") is None else float(d["fmax"]),
+            htk=bool(d.get("htk", False)),
+            norm=d.get("norm", "slaney"),
+            power=float(d.get("power", 2.0)),
+            window=str(d.get("window", "hann")),
+            log_kind=log.get("kind", "log10"),
+            log_scale=float(log.get("scale", 10000.0)),
+            log_offset=float(log.get("offset", 1.0)),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sample_rate": self.sample_rate,
+            "n_fft": self.n_fft,
+            "hop_length": self.hop_length,
+            "n_mels": self.n_mels,
+            "fmin": self.fmin,
+            "fmax": self.fmax,
+            "htk": self.htk,
+            "norm": self.norm,
+            "power": self.power,
+            "window": self.window,
+            "log": {"kind": self.log_kind, "scale": self.log_scale, "offset": self.log_offset},
+        }
+
+
+@dataclass(frozen=True)
+class Head:
+    """One output of the model: a label set and how to read it."""
+
+    name: str
+    kind: Literal["multiclass", "multilabel"]
+    output: str
+    labels: tuple[str, ...]
+    threshold: float = 0.5
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """A loaded, validated model card."""
+
+    name: str
+    version: str
+    onnx_path: Path
+    onnx_sha256: str
+    frontend: FrontendParams
+    window_frames: int
+    input_name: str
+    heads: tuple[Head, ...]
+    mappings: dict[str, dict[str, str | None]] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def window_samples(self) -> int:
+        """Samples (at the model rate) spanned by one window of frames."""
+        f = self.frontend
+        return (self.window_frames - 1) * f.hop_length + f.n_fft
+
+    @property
+    def window_seconds(self) -> float:
+        return self.window_samples / self.frontend.sample_rate
+
+    def head(self, name: str) -> Head:
+        for h in self.heads:
+            if h.name == name:
+                return h
+        raise KeyError(name)
+
+    def labels(self) -> dict[str, list[str]]:
+        return {h.name: list(h.labels) for h in self.heads}
+
+
+def resolve_model(model: str | Path | None) -> Path:
+    """Find a model's card from a name in ``engines/``, a card path or an ONNX path.
+
+    Raises
+    ------
+    ModelMissingError
+        When no card can be found.
+    """
+    if model is None or str(model) == "":
+        model = DEFAULT_MODEL
+    p = Path(model)
+    candidates = []
+    if p.suffix == ".json":
+        candidates.append(p)
+    elif p.suffix == ".onnx":
+        candidates.append(p.with_suffix(".json"))
+    else:
+        candidates += [p.with_suffix(".json") if p.parent != Path(".") else p, ENGINES_DIR / f"{p.name}.json", p / f"{p.name}.json"]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise ModelMissingError(
+        f"No model card found for '{model}' (looked for {', '.join(str(c) for c in candidates)})",
+        "Pass --model with a card (.json) or ONNX file that has its .json card beside it, "
+        f"or a model name from {ENGINES_DIR}",
+    )
+
+
+def load_card(model: str | Path | None = None, verify: bool = True) -> ModelCard:
+    """Load and validate a model card.
+
+    Parameters
+    ----------
+    model : str or Path or None
+        Model name in ``engines/``, path to the card, or path to the ONNX file.
+        ``None`` loads the shipped default model.
+    verify : bool
+        Check that the ONNX file exists and matches the card's SHA-256.
+
+    Raises
+    ------
+    ModelMissingError, ModelCorruptError
+    """
+    path = resolve_model(model)
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelCorruptError(f"Model card {path} is not valid JSON ({e})", "Restore the card from the repository or re-export the model") from None
+    try:
+        if raw.get("format") != CARD_FORMAT:
+            raise ValueError(f"unknown card format {raw.get('format')!r}, expected {CARD_FORMAT}")
+        heads = tuple(
+            Head(
+                name=h["name"],
+                kind=h["kind"],
+                output=h.get("output", h["name"]),
+                labels=tuple(h["labels"]),
+                threshold=float(h.get("threshold", 0.5)),
+            )
+            for h in raw["heads"]
+        )
+        if not heads or any(h.kind not in ("multiclass", "multilabel") or not h.labels for h in heads):
+            raise ValueError("every head needs a kind (multiclass|multilabel) and labels")
+        card = ModelCard(
+            name=raw["name"],
+            version=str(raw.get("version", "0")),
+            onnx_path=(path.parent / raw["onnx"]).resolve(),
+            onnx_sha256=raw.get("onnx_sha256", ""),
+            frontend=FrontendParams.from_json(raw["frontend"]),
+            window_frames=int(raw["window_frames"]),
+            input_name=raw.get("input", {}).get("name", "mel"),
+            heads=heads,
+            mappings=raw.get("mappings", {}),
+            raw=raw,
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelCorruptError(f"Model card {path} is incomplete or inconsistent ({e})", "Restore the card from the repository or re-export the model") from None
+    if verify:
+        verify_onnx(card)
+    return card
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_onnx(card: ModelCard) -> None:
+    """Check that the card's ONNX file exists and has the recorded checksum."""
+    if not card.onnx_path.is_file():
+        raise ModelMissingError(f"Model file {card.onnx_path} is missing", "Restore it from the repository (git checkout engines/) or re-export the model")
+    if card.onnx_sha256 and file_sha256(card.onnx_path) != card.onnx_sha256:
+        raise ModelCorruptError(
+            f"Model file {card.onnx_path} does not match its card's SHA-256 (damaged or replaced)",
+            "Restore it from the repository or re-export the model so that the card is rewritten",
+        )

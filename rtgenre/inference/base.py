@@ -1,0 +1,70 @@
+"""The inference engine interface shared by every backend.
+
+An engine runs the model card's network on a batch of log-Mel windows,
+``(batch, window_frames, n_mels)`` float32, and returns one probability array
+per head, ``(batch, n_labels)``.  The batch may hold windows of several
+streams; the engine neither knows nor cares.  Backends: ONNX Runtime on the
+CPU (``onnxruntime``), TensorRT on an NVIDIA GPU (``tensorrt``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from rtgenre.card import ModelCard
+
+
+class Engine(ABC):
+    """Runs a model on batches of windows.
+
+    Attributes
+    ----------
+    name : str
+        Backend name as shown in the ``start`` event (``onnxruntime``, ``tensorrt``).
+    detail : str
+        Human-readable details (provider, precision, GPU, threads).
+    max_batch : int
+        Largest batch accepted by :meth:`run`.
+    """
+
+    name: str = "engine"
+    detail: str = ""
+    max_batch: int = 256
+
+    def __init__(self, card: ModelCard) -> None:
+        self.card = card
+
+    @abstractmethod
+    def run(self, windows: np.ndarray) -> dict[str, np.ndarray]:
+        """Classify a batch of windows.
+
+        Parameters
+        ----------
+        windows : ndarray, shape (batch, window_frames, n_mels), float32
+            Log-Mel windows; ``batch`` between 1 and :attr:`max_batch`.
+
+        Returns
+        -------
+        dict of str to ndarray
+            Head name → probabilities, shape ``(batch, len(head.labels))``, float32.
+        """
+
+    def close(self) -> None:
+        """Release resources (GPU memory, sessions)."""
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def check_input(self, windows: np.ndarray) -> np.ndarray:
+        """Validate shape and dtype of a batch; return it C-contiguous float32."""
+        want = (self.card.window_frames, self.card.frontend.n_mels)
+        if windows.ndim != 3 or windows.shape[1:] != want:
+            raise ValueError(f"windows must have shape (batch, {want[0]}, {want[1]}), got {windows.shape}")
+        if not 1 <= windows.shape[0] <= self.max_batch:
+            raise ValueError(f"batch size {windows.shape[0]} outside 1..{self.max_batch}")
+        return np.ascontiguousarray(windows, dtype=np.float32)

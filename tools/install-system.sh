@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# System packages rtgenre needs (Debian/Ubuntu), installed once; both README commands call this.
+#   runtime:  libportaudio2 (sounddevice), libsndfile1 (soundfile), ffmpeg (--input URL)
+#   tests:    pulseaudio + ALSA pulse plugin (virtual capture device), jackd2 (virtual MIDI ports), tmux (dashboard)
+#   training: fluidsynth + fluid-soundfont-gm (rendering MIDI corpora)
+set -euo pipefail
+PKGS=(libportaudio2 libsndfile1 ffmpeg
+      pulseaudio pulseaudio-utils libasound2-plugins alsa-utils
+      jackd2 libjack-jackd2-0 tmux
+      fluidsynth fluid-soundfont-gm)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if ! command -v apt-get >/dev/null; then
+  echo "rtgenre: please install these system packages with your package manager: ${missing[*]}" >&2
+  exit 1
+fi
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+echo "rtgenre: installing system packages: ${missing[*]}" >&2
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -27,11 +27,14 @@ class Engine(ABC):
         Human-readable details (provider, precision, GPU, threads).
     max_batch : int
         Largest batch accepted by :meth:`run`.
+    notice : str
+        One-line notice for the user (e.g. why ``auto`` fell back to the CPU); empty if none.
     """
 
     name: str = "engine"
     detail: str = ""
     max_batch: int = 256
+    notice: str = ""
 
     def __init__(self, card: ModelCard) -> None:
         self.card = card

@@ -1,0 +1,57 @@
+"""ONNX Runtime engine: the embedded default, on the CPU."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rtgenre.card import ModelCard
+from rtgenre.errors import EngineUnavailableError, ModelCorruptError
+from rtgenre.inference.base import Engine
+
+
+class OnnxRuntimeEngine(Engine):
+    """Runs the card's ONNX model with ONNX Runtime's CPU execution provider.
+
+    Parameters
+    ----------
+    card : ModelCard
+        The model to run.
+    threads : int
+        Intra-op threads (0 lets ONNX Runtime choose).
+    max_batch : int
+        Largest batch accepted by :meth:`run` (the model itself has a dynamic batch axis).
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, card: ModelCard, threads: int = 1, max_batch: int = 256) -> None:
+        super().__init__(card)
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise EngineUnavailableError("onnxruntime is not installed", "pip install onnxruntime") from None
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self._session = ort.InferenceSession(str(card.onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types for bad models
+            raise ModelCorruptError(f"ONNX Runtime cannot load {card.onnx_path} ({str(e).splitlines()[0]})", "Restore the model from the repository or re-export it") from None
+        outputs = {o.name for o in self._session.get_outputs()}
+        missing = [h.output for h in card.heads if h.output not in outputs]
+        if missing or card.input_name not in {i.name for i in self._session.get_inputs()}:
+            raise ModelCorruptError(
+                f"{card.onnx_path} does not match its card (missing outputs {missing} or input '{card.input_name}')",
+                "Re-export the model so that the ONNX file and the card agree",
+            )
+        self._outputs = [h.output for h in card.heads]
+        self._heads = [h.name for h in card.heads]
+        self.max_batch = max_batch
+        self.detail = f"CPUExecutionProvider, {threads or 'auto'} thread(s), onnxruntime {ort.__version__}"
+
+    def run(self, windows: np.ndarray) -> dict[str, np.ndarray]:
+        x = self.check_input(windows)
+        out = self._session.run(self._outputs, {self.card.input_name: x})
+        return {name: np.asarray(o, dtype=np.float32) for name, o in zip(self._heads, out)}

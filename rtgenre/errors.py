@@ -26,6 +26,7 @@ class ExitCode(IntEnum):
     INPUT_TRUNCATED = 22
     INPUT_FORMAT = 23
     STREAM_FAILED = 24
+    INPUT_NONFINITE = 25
     MODEL_MISSING = 30
     MODEL_CORRUPT = 31
     ENGINE_UNAVAILABLE = 40
@@ -110,6 +111,12 @@ class StreamFailedError(RtgenreError):
     """A URL stream could not be opened or broke."""
 
     code = ExitCode.STREAM_FAILED
+
+
+class NonFiniteSamplesError(RtgenreError):
+    """NaN or Inf samples in the input (zeroed and counted; reported at the end)."""
+
+    code = ExitCode.INPUT_NONFINITE
 
 
 class ModelMissingError(RtgenreError):

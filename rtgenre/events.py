@@ -56,6 +56,9 @@ class Event:
         Kind-specific fields, JSON-serialisable.
     wall : str
         ISO 8601 UTC time the event was made.
+    arrival : float or None
+        ``time.monotonic()`` when the last sample of the described window arrived;
+        sinks derive ``latency_ms`` from it.  Not serialised.
     """
 
     kind: str
@@ -63,10 +66,15 @@ class Event:
     t: float
     data: dict[str, Any] = field(default_factory=dict)
     wall: str = field(default_factory=iso_now)
+    arrival: float | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown event kind {self.kind!r}")
+
+    def with_data(self, **extra: Any) -> "Event":
+        """A copy with extra fields (events are shared between sinks: never mutate one)."""
+        return Event(self.kind, self.stream, self.t, {**self.data, **extra}, self.wall, self.arrival)
 
     def to_dict(self) -> dict[str, Any]:
         return {"event": self.kind, "stream": self.stream, "t": round(self.t, 4), "wall": self.wall, **self.data}

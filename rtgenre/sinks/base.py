@@ -1,0 +1,152 @@
+"""Sinks and the bounded queues that decouple them from analysis.
+
+Each sink (JSON Lines writer, dashboard) runs in its own thread behind its
+own :class:`EventQueue`.  Analysis never waits for a sink: when a queue is
+full (a stalled ``stdout`` reader, a slow terminal), the oldest droppable
+events (``prediction``, ``silence``, ``midi``) are dropped and counted;
+``start``, ``change``, ``overrun``, ``error``, ``summary`` and ``stop`` are
+always delivered.  A sink whose reader went away (``BrokenPipeError``) asks
+the pipeline to stop through ``on_gone``.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections import deque
+from typing import Callable
+
+from rtgenre.events import DROPPABLE, Event
+
+
+class Sink(ABC):
+    """Consumes events, one at a time, in order, from its own thread."""
+
+    @abstractmethod
+    def handle(self, event: Event) -> None:
+        """Deliver one event (may block: only this sink's thread waits)."""
+
+    def close(self) -> None:
+        """Flush and release the output."""
+
+
+class EventQueue:
+    """Bounded FIFO of events that drops the oldest droppable events when full.
+
+    Parameters
+    ----------
+    capacity : int
+        Events held before dropping starts.
+    """
+
+    def __init__(self, capacity: int = 256) -> None:
+        self.capacity = capacity
+        self.dropped = 0
+        self._items: deque[Event] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def put(self, event: Event) -> None:
+        """Enqueue without ever blocking; on overflow drop the oldest droppable event."""
+        with self._cond:
+            if len(self._items) >= self.capacity:
+                victim = next((e for e in self._items if e.kind in DROPPABLE), None)
+                if victim is not None:
+                    self._items.remove(victim)
+                    self.dropped += 1
+                elif event.kind in DROPPABLE:
+                    self.dropped += 1
+                    return
+            self._items.append(event)
+            self._cond.notify()
+
+    def get(self, timeout: float | None = None) -> Event | None:
+        """Next event, or ``None`` when closed and drained (or on timeout)."""
+        with self._cond:
+            if not self._items and not self._closed:
+                self._cond.wait(timeout)
+            return self._items.popleft() if self._items else None
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def drained(self) -> bool:
+        with self._cond:
+            return self._closed and not self._items
+
+
+class SinkRunner(threading.Thread):
+    """Feeds one sink from its queue in a daemon thread.
+
+    Parameters
+    ----------
+    sink : Sink
+    on_gone : callable
+        Called once if the sink's reader went away (broken pipe).
+    capacity : int
+        Queue capacity in events.
+    """
+
+    def __init__(self, sink: Sink, on_gone: Callable[[], None], capacity: int = 256) -> None:
+        super().__init__(name=f"sink-{type(sink).__name__}", daemon=True)
+        self.sink = sink
+        self.queue = EventQueue(capacity)
+        self.gone = False
+        self._on_gone = on_gone
+
+    def run(self) -> None:
+        while True:
+            event = self.queue.get(timeout=0.5)
+            if event is None:
+                if self.queue.drained:
+                    return
+                continue
+            if self.gone:
+                continue
+            try:
+                self.sink.handle(event)
+            except BrokenPipeError:
+                self.gone = True
+                self._on_gone()
+
+    def finish(self, timeout: float) -> None:
+        """Close the queue, wait up to ``timeout`` s for it to drain, then close the sink."""
+        self.queue.close()
+        self.join(timeout)
+        if not self.is_alive():
+            try:
+                self.sink.close()
+            except BrokenPipeError:
+                self.gone = True
+
+
+class EventBus:
+    """Fans each event out to every sink's queue."""
+
+    def __init__(self) -> None:
+        self.runners: list[SinkRunner] = []
+
+    def add(self, sink: Sink, on_gone: Callable[[], None], capacity: int = 256) -> None:
+        runner = SinkRunner(sink, on_gone, capacity)
+        runner.start()
+        self.runners.append(runner)
+
+    def publish(self, event: Event) -> None:
+        for r in self.runners:
+            r.queue.put(event)
+
+    @property
+    def dropped(self) -> int:
+        """Events dropped by the most congested sink."""
+        return max((r.queue.dropped for r in self.runners), default=0)
+
+    @property
+    def all_gone(self) -> bool:
+        return bool(self.runners) and all(r.gone for r in self.runners)
+
+    def finish(self, timeout: float = 5.0) -> None:
+        for r in self.runners:
+            r.finish(timeout)

@@ -1,0 +1,56 @@
+"""JSON Lines sink: one event object per line on a byte stream, flushed per event."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import BinaryIO
+
+from rtgenre.events import Event
+from rtgenre.sinks.base import Sink
+
+
+class JsonLinesSink(Sink):
+    """Writes events as JSON Lines.
+
+    ``latency_ms`` of a ``prediction`` is measured here, at the moment the
+    line is written: from the arrival of the window's last sample
+    (``Event.arrival``, monotonic seconds) to the write.
+
+    Parameters
+    ----------
+    stream : binary file, optional
+        Defaults to ``sys.stdout.buffer``.
+    """
+
+    def __init__(self, stream: BinaryIO | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stdout.buffer
+
+    def handle(self, event: Event) -> None:
+        if event.arrival is not None:
+            event = event.with_data(latency_ms=round((time.monotonic() - event.arrival) * 1000.0, 3))
+        try:
+            self.stream.write(event.to_json().encode("utf-8") + b"\n")
+            self.stream.flush()
+        except BrokenPipeError:
+            self._detach()
+            raise
+
+    def close(self) -> None:
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            self._detach()
+            raise
+
+    def _detach(self) -> None:
+        """After a broken pipe, point the stream's descriptor at /dev/null so that
+        interpreter shutdown cannot fail flushing it (and exit non-zero)."""
+        try:
+            fd = self.stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            return
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)

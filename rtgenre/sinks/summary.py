@@ -1,0 +1,22 @@
+"""Human-readable sink for ``rtgenre classify``: one line per file summary."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+from rtgenre.events import Event
+from rtgenre.sinks.base import Sink
+
+
+class SummarySink(Sink):
+    """Prints each ``summary`` event as ``FILE  genre 62% · mood 80% · …``; ignores the rest."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    def handle(self, event: Event) -> None:
+        if event.kind != "summary":
+            return
+        d = event.data
+        parts = [f"{head} [bold]{label}[/] {d['share'][head][label]:.0%}" for head, label in d["dominant"].items()]
+        self.console.print(f"[cyan]{d['file']}[/]  {d['windows']} windows  " + "  ".join(parts), highlight=False)

@@ -1,0 +1,325 @@
+"""The pretrained musicnn tagger, re-implemented in torch.
+
+This module owns the torch port of *musicnn* (Pons & Serra, 2019; ISC licence,
+see ``engines/musicnn/LICENSE``): the network of ``musicnn.models.build_musicnn``
+from the ``musicnn`` 0.1.0 wheel, with the weights of its two checkpoints
+(``MSD_musicnn``, ``MTT_musicnn``) converted by ``tools/import_musicnn.py`` to
+``engines/musicnn/<name>.npz``.  Parity with the original TensorFlow forward
+pass is asserted by ``tests/test_musicnn_parity.py``.
+
+Architecture (``T`` = number of Mel frames, all convolutions with zero padding
+so that every stage has one vector per input frame):
+
+* input batch norm on the log-Mel patch (one scalar mean/variance);
+* front end: two *timbral* convolutions (7 frames x 38 and x 67 Mel bands,
+  204 filters each) and three *temporal* convolutions (128, 64 and 32 frames x
+  1 band, 51 filters each, TF ``'same'`` padding), each followed by ReLU, batch
+  norm and a max over frequency: 561 channels per frame;
+* mid end: three 1-D convolutions (7 frames, 64 filters, ReLU, batch norm), the
+  second and third with residual connections;
+* back end: max and mean over time, batch norm, dense 200 (ReLU), batch norm,
+  dense 50, sigmoid.
+
+The per-frame features (:meth:`Musicnn.frame_features`) are the dense
+concatenation that the original feeds to its back end,
+``[front end (561), mid 1 (64), mid 2 (64), mid 3 (64)]``: ``C = 753``
+(:data:`FEATURE_DIM`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rtgenre.card import ENGINES_DIR
+from rtgenre.errors import ModelCorruptError, ModelMissingError, UsageError
+
+SAMPLE_RATE = 16000
+"""Sample rate of the audio musicnn was trained on (Hz)."""
+N_FFT = 512
+"""STFT size (samples)."""
+HOP = 256
+"""STFT hop (samples)."""
+N_MELS = 96
+"""Mel bands (librosa defaults: Slaney scale and norm, 0 to 8 kHz)."""
+PATCH_FRAMES = 187
+"""Frames per patch in the original model (3 s)."""
+N_TAGS = 50
+"""Tags per checkpoint."""
+FRONTEND_DIM = 2 * 204 + 3 * 51
+"""Channels of the front end (timbral + temporal), 561."""
+MIDEND_FILTERS = 64
+"""Filters per mid-end layer."""
+FEATURE_DIM = FRONTEND_DIM + 3 * MIDEND_FILTERS
+"""Channels per frame of :meth:`Musicnn.frame_features`, 753."""
+RECEPTIVE_FIELD = 146
+"""Input frames that one output frame of :meth:`Musicnn.frame_features` sees:
+63 before and 64 after (the 128-frame temporal convolution) plus 3 on each side
+for each of the three mid-end layers, i.e. frames ``t - 72 .. t + 73``."""
+TEACHERS = ("MSD_musicnn", "MTT_musicnn")
+"""Names of the converted checkpoints in ``engines/musicnn/``."""
+MUSICNN_DIR = ENGINES_DIR / "musicnn"
+
+_BN_EPS = 1e-3  # tf.compat.v1.layers.batch_normalization's default epsilon
+
+
+def log_compress(mel_power: np.ndarray | Tensor) -> np.ndarray | Tensor:
+    """Musicnn's log compression, ``log10(10000 * x + 1)``.
+
+    Parameters
+    ----------
+    mel_power : ndarray or Tensor
+        Mel power spectrogram (librosa ``melspectrogram``, power 2).
+
+    Returns
+    -------
+    ndarray or Tensor
+        Same type and shape as the input.
+
+    Notes
+    -----
+    The original extractor rounds the power spectrogram to float16 before this
+    step; that rounding is not reproduced here (it changes the log-Mel values
+    by at most about 5e-4 relative).
+    """
+    if isinstance(mel_power, Tensor):
+        return torch.log10(10000.0 * mel_power + 1.0)
+    return np.log10(10000.0 * np.asarray(mel_power) + 1.0)
+
+
+def _pad_time(x: Tensor, before: int, after: int) -> Tensor:
+    """Zero-pad the last (time) axis of ``(batch, channels, time)`` or the
+    second-to-last of ``(batch, channels, time, freq)``."""
+    if x.dim() == 4:
+        return F.pad(x, (0, 0, before, after))
+    return F.pad(x, (before, after))
+
+
+class FrequencyBlock(nn.Module):
+    """One front-end branch: conv over (time, freq), ReLU, batch norm, max over freq.
+
+    Parameters
+    ----------
+    filters : int
+        Output channels.
+    frames, bands : int
+        Kernel size in time and frequency (frequency: no padding, 'valid').
+    """
+
+    def __init__(self, filters: int, frames: int, bands: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, filters, (frames, bands))
+        self.bn = nn.BatchNorm2d(filters, eps=_BN_EPS)
+        # TF 'same' padding (and the explicit 3/3 pad for 7 frames): the extra
+        # frame of an even kernel goes after
+        self.pad = ((frames - 1) // 2, frames - 1 - (frames - 1) // 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(batch, 1, time, mels)`` normalised input → ``(batch, filters, time)``."""
+        y = self.bn(F.relu(self.conv(_pad_time(x, *self.pad))))
+        return y.amax(dim=3)
+
+
+class MidendLayer(nn.Module):
+    """A mid-end layer: 7-frame 1-D conv over all channels, ReLU, batch norm."""
+
+    def __init__(self, channels_in: int, filters: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(channels_in, filters, 7)
+        self.bn = nn.BatchNorm1d(filters, eps=_BN_EPS)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(batch, channels_in, time)`` → ``(batch, filters, time)``."""
+        return self.bn(F.relu(self.conv(_pad_time(x, 3, 3))))
+
+
+class Musicnn(nn.Module):
+    """The musicnn tagger (``MSD_musicnn`` / ``MTT_musicnn`` architecture).
+
+    Parameters
+    ----------
+    n_tags : int
+        Output tags.
+    midend_filters : int
+        Filters per mid-end layer (64 in both released checkpoints).
+    backend_units : int
+        Units of the penultimate dense layer (200 in both).
+
+    Notes
+    -----
+    Build a pretrained one with :meth:`from_npz` or :func:`load_teacher`; both
+    return it in eval mode, where the batch norms use their running statistics
+    as in the original's inference graph (``is_training=False``).  In train
+    mode the batch norms use batch statistics and the back end applies the
+    original's dropout (0.5).
+    """
+
+    def __init__(self, n_tags: int = N_TAGS, midend_filters: int = MIDEND_FILTERS, backend_units: int = 200) -> None:
+        super().__init__()
+        self.input_bn = nn.BatchNorm2d(1, eps=_BN_EPS)
+        self.frontend = nn.ModuleList(
+            [
+                FrequencyBlock(204, 7, int(0.4 * N_MELS)),
+                FrequencyBlock(204, 7, int(0.7 * N_MELS)),
+                FrequencyBlock(51, 128, 1),
+                FrequencyBlock(51, 64, 1),
+                FrequencyBlock(51, 32, 1),
+            ]
+        )
+        self.midend = nn.ModuleList(
+            [
+                MidendLayer(FRONTEND_DIM, midend_filters),
+                MidendLayer(midend_filters, midend_filters),
+                MidendLayer(midend_filters, midend_filters),
+            ]
+        )
+        n_features = FRONTEND_DIM + 3 * midend_filters
+        self.pool_bn = nn.BatchNorm1d(2 * n_features, eps=_BN_EPS)
+        self.dense = nn.Linear(2 * n_features, backend_units)
+        self.dense_bn = nn.BatchNorm1d(backend_units, eps=_BN_EPS)
+        self.output = nn.Linear(backend_units, n_tags)
+        self.dropout = nn.Dropout(0.5)
+
+    def frame_features(self, mel: Tensor) -> Tensor:
+        """Per-frame features of the front and mid end.
+
+        Parameters
+        ----------
+        mel : Tensor, shape (batch, frames, 96)
+            Log-compressed Mel spectrogram (:func:`log_compress`), any number
+            of frames >= 1.  Frames closer than 72 (before) / 73 (after) to an
+            edge see the zero padding, exactly as in the original; frames
+            further in depend only on the :data:`RECEPTIVE_FIELD` frames around
+            them.
+
+        Returns
+        -------
+        Tensor, shape (batch, frames, 753)
+            ``[front end (561), mid 1 (64), mid 2 (64), mid 3 (64)]`` per
+            frame: the concatenation that the original pools in its back end.
+        """
+        x = self.input_bn(mel.unsqueeze(1))
+        front = torch.cat([block(x) for block in self.frontend], dim=1)
+        m1 = self.midend[0](front)
+        m2 = self.midend[1](m1) + m1
+        m3 = self.midend[2](m2) + m2
+        return torch.cat([front, m1, m2, m3], dim=1).transpose(1, 2)
+
+    def tags_from_features(self, feats: Tensor) -> Tensor:
+        """The back end alone: temporal pooling, dense layers and sigmoid.
+
+        Parameters
+        ----------
+        feats : Tensor, shape (batch, frames, 753)
+            Output of :meth:`frame_features`.
+
+        Returns
+        -------
+        Tensor, shape (batch, n_tags)
+            Tag probabilities.
+        """
+        # the original flattens (batch, C, [max, mean]): the two interleave
+        pooled = torch.stack([feats.amax(dim=1), feats.mean(dim=1)], dim=2).flatten(1)
+        h = self.dropout(self.pool_bn(pooled))
+        h = self.dropout(self.dense_bn(F.relu(self.dense(h))))
+        return torch.sigmoid(self.output(h))
+
+    def forward(self, mel: Tensor) -> Tensor:
+        """Tag probabilities of log-Mel patches.
+
+        Parameters
+        ----------
+        mel : Tensor, shape (batch, frames, 96)
+            Log-compressed Mel patches; the original was trained on
+            :data:`PATCH_FRAMES` (187) frames, other lengths also work.
+
+        Returns
+        -------
+        Tensor, shape (batch, n_tags)
+            Sigmoid tag probabilities, as the original's ``tf.nn.sigmoid(y)``.
+        """
+        return self.tags_from_features(self.frame_features(mel))
+
+    @classmethod
+    def from_npz(cls, path: str | Path) -> "Musicnn":
+        """Load converted weights (``tools/import_musicnn.py``).
+
+        Parameters
+        ----------
+        path : str or Path
+            ``.npz`` with one float32 array per parameter / batch-norm buffer,
+            named as in this module's ``state_dict``.
+
+        Returns
+        -------
+        Musicnn
+            In eval mode.
+
+        Raises
+        ------
+        ModelMissingError
+            The file does not exist.
+        ModelCorruptError
+            The file is unreadable or its arrays do not fit the architecture.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise ModelMissingError(
+                f"musicnn weights {path} not found",
+                "convert them with tools/import_musicnn.py (see engines/musicnn/README.md)",
+            )
+        try:
+            with np.load(path) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+        except (OSError, ValueError) as exc:
+            raise ModelCorruptError(f"musicnn weights {path} unreadable ({exc})", "re-run tools/import_musicnn.py") from exc
+        n_tags, backend_units = arrays.get("output.weight", np.zeros((0, 0))).shape
+        midend_filters = arrays.get("midend.0.conv.weight", np.zeros((0,))).shape[0]
+        model = cls(n_tags, midend_filters, backend_units)
+        state = model.state_dict()
+        wanted = {k for k in state if not k.endswith("num_batches_tracked")}
+        if set(arrays) != wanted or any(arrays[k].shape != state[k].shape for k in wanted):
+            raise ModelCorruptError(
+                f"musicnn weights {path} do not match the musicnn architecture",
+                "re-run tools/import_musicnn.py",
+            )
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in arrays.items()}, strict=False)
+        return model.eval()
+
+
+def load_teacher(name: str = "MSD_musicnn", folder: str | Path = MUSICNN_DIR) -> Musicnn:
+    """A pretrained musicnn from ``engines/musicnn/``.
+
+    Parameters
+    ----------
+    name : {"MSD_musicnn", "MTT_musicnn"}
+        Checkpoint: Million Song Dataset or MagnaTagATune tags.
+    folder : str or Path
+        Where the converted ``.npz`` files are.
+
+    Returns
+    -------
+    Musicnn
+        In eval mode; its tags are :func:`teacher_tags` ``(name)``.
+    """
+    if name not in TEACHERS:
+        raise UsageError(f"unknown musicnn teacher {name!r}", f"use one of {', '.join(TEACHERS)}")
+    return Musicnn.from_npz(Path(folder) / f"{name}.npz")
+
+
+def teacher_tags(name: str = "MSD_musicnn", folder: str | Path = MUSICNN_DIR) -> list[str]:
+    """The 50 tag names of a teacher, in output order (``engines/musicnn/tags.json``)."""
+    if name not in TEACHERS:
+        raise UsageError(f"unknown musicnn teacher {name!r}", f"use one of {', '.join(TEACHERS)}")
+    path = Path(folder) / "tags.json"
+    try:
+        return list(json.loads(path.read_text())[name])
+    except FileNotFoundError as exc:
+        raise ModelMissingError(f"musicnn tag list {path} not found", "re-run tools/import_musicnn.py") from exc
+    except (ValueError, KeyError) as exc:
+        raise ModelCorruptError(f"musicnn tag list {path} is damaged ({exc})", "re-run tools/import_musicnn.py") from exc

@@ -292,6 +292,42 @@ class Musicnn(nn.Module):
         return model.eval()
 
 
+def export_onnx(model: nn.Module, path: str | Path, outputs: tuple[str, ...] = ("tags",), opset: int = 17) -> Path:
+    """Export a module that takes log-Mel ``(batch, frames, 96)`` to ONNX.
+
+    Parameters
+    ----------
+    model : nn.Module
+        E.g. a :class:`Musicnn` (put it in eval mode first); its forward takes
+        one tensor ``(batch, frames, N_MELS)``.
+    path : str or Path
+        Output ``.onnx`` file.
+    outputs : tuple of str
+        Names of the model's outputs, in order.
+    opset : int
+        ONNX opset (>= 17).
+
+    Returns
+    -------
+    Path
+        ``path``; the graph's input is ``mel`` with dynamic batch (1..1024)
+        and frames (16..16384).
+    """
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    frames = torch.export.Dim("frames", min=16, max=16384)
+    torch.onnx.export(
+        model,
+        (torch.zeros(2, PATCH_FRAMES, N_MELS),),
+        str(path),
+        input_names=["mel"],
+        output_names=list(outputs),
+        dynamic_shapes={"mel": {0: batch, 1: frames}},
+        opset_version=opset,
+        dynamo=True,
+    )
+    return Path(path)
+
+
 def load_teacher(name: str = "MSD_musicnn", folder: str | Path = MUSICNN_DIR) -> Musicnn:
     """A pretrained musicnn from ``engines/musicnn/``.
 

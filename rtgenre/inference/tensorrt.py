@@ -1,0 +1,438 @@
+"""TensorRT engine: the card's ONNX model built into a cached plan and run on an NVIDIA GPU.
+
+This module owns everything TensorRT-specific: whether TensorRT can run here
+(:func:`tensorrt_available`, cheap and crash-free on a CPU-only machine), the
+build (ONNX parser, one optimisation profile with a dynamic batch axis, FP16
+where the GPU and TensorRT flavour allow it), the plan cache round trip
+(:mod:`rtgenre.inference.plancache`), and inference with ``execute_async_v3``
+on one CUDA stream with device and pinned host buffers allocated once for
+``max_batch`` windows.
+
+Two flavours of TensorRT share one API and are both supported: ``tensorrt``
+and ``tensorrt_rtx`` (tried in that order).  They differ in how FP16 is asked
+for: ``tensorrt`` 10 has the weakly typed ``BuilderFlag.FP16``; TensorRT-RTX
+(and TensorRT 11) only build strongly typed networks, where precision follows
+the ONNX types, so FP16 there runs an FP16 copy of the ONNX graph made by
+:func:`convert_onnx_to_fp16` (float32 inputs and outputs kept, casts inserted).
+:attr:`TensorRTEngine.detail` says which precision actually runs and how.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import threading
+import time
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from rtgenre.card import ModelCard, file_sha256
+from rtgenre.errors import EngineUnavailableError, ModelCorruptError, UsageError
+from rtgenre.inference.base import Engine
+from rtgenre.inference.cuda import Cuda, CudaUnavailable, load_cuda
+from rtgenre.inference.plancache import PlanCache, PlanKey
+
+TRT_MODULES = ("tensorrt", "tensorrt_rtx")
+PRECISIONS = ("fp16", "fp32")
+PROFILE_MIN = 1
+PROFILE_OPT = 8
+FP16_MAX = 65504.0
+
+
+def trt_module_name() -> str | None:
+    """The first installed TensorRT flavour (``tensorrt`` or ``tensorrt_rtx``), found without importing it."""
+    for name in TRT_MODULES:
+        try:
+            if importlib.util.find_spec(name) is not None:
+                return name
+        except (ImportError, ValueError):
+            continue
+    return None
+
+
+def import_tensorrt() -> ModuleType:
+    """Import the first TensorRT flavour that imports (raises ``ImportError`` naming both otherwise)."""
+    errors = []
+    for name in TRT_MODULES:
+        try:
+            return importlib.import_module(name)
+        except ImportError as e:
+            errors.append(f"{name}: {e}")
+    raise ImportError("; ".join(errors))
+
+
+@functools.lru_cache(maxsize=1)
+def tensorrt_available() -> tuple[bool, str]:
+    """Whether the TensorRT engine can run here, and if not why.
+
+    Checks, cheapest first: a TensorRT module is installed, a CUDA binding
+    imports and an NVIDIA GPU answers, TensorRT imports.  Never raises.  The
+    answer is cached for the process (``tensorrt_available.cache_clear()`` resets it).
+
+    Returns
+    -------
+    (bool, str)
+        ``(True, "")`` when usable, else ``(False, reason)``.
+    """
+    if trt_module_name() is None:
+        return False, "neither tensorrt nor tensorrt_rtx is installed"
+    try:
+        load_cuda()
+    except CudaUnavailable as e:
+        return False, f"no usable CUDA ({e})"
+    except Exception as e:  # a broken driver must not crash engine selection
+        return False, f"CUDA failed to initialise ({type(e).__name__}: {e})"
+    try:
+        import_tensorrt()
+    except Exception as e:
+        return False, f"TensorRT does not import ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+    return True, ""
+
+
+def raise_unavailable(reason: str) -> None:
+    """Raise :class:`EngineUnavailableError` for an explicit ``--engine tensorrt`` that cannot run."""
+    raise EngineUnavailableError(
+        f"The TensorRT engine cannot run here: {reason}",
+        "Use --engine onnxruntime or --engine auto, or install an NVIDIA driver with a GPU, "
+        "TensorRT (pip install tensorrt, or tensorrt-rtx) and cuda-python (pip install cuda-python)",
+    )
+
+
+def convert_onnx_to_fp16(model: Any) -> Any:
+    """An FP16 copy of an ONNX model that keeps float32 graph inputs and outputs.
+
+    Float32 initializers and constant tensors become float16 (clipped to the
+    FP16 range), ``Cast`` nodes to float32 cast to float16 instead, and casts
+    are inserted after each float32 graph input and before each float32 graph
+    output.  Stale ``value_info`` is dropped (shapes are re-inferred).  This is
+    what a strongly typed TensorRT build (TensorRT-RTX) needs to run in FP16.
+
+    Parameters
+    ----------
+    model : onnx.ModelProto
+
+    Returns
+    -------
+    onnx.ModelProto
+        A new model; ``model`` is not modified.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+
+    def to_half(t: Any) -> None:
+        if t.data_type == TensorProto.FLOAT:
+            arr = np.clip(numpy_helper.to_array(t), -FP16_MAX, FP16_MAX).astype(np.float16)
+            t.CopyFrom(numpy_helper.from_array(arr, t.name))
+
+    def convert_graph(g: Any) -> None:
+        for init in g.initializer:
+            to_half(init)
+        for node in g.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR:
+                    to_half(attr.t)
+                elif attr.type == onnx.AttributeProto.GRAPH:
+                    convert_graph(attr.g)
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    for sub in attr.graphs:
+                        convert_graph(sub)
+                elif node.op_type == "Cast" and attr.name == "to" and attr.i == TensorProto.FLOAT:
+                    attr.i = TensorProto.FLOAT16
+        del g.value_info[:]
+
+    convert_graph(graph)
+
+    def rename_uses(old: str, new: str) -> None:
+        for node in graph.node:
+            for i, name in enumerate(node.input):
+                if name == old:
+                    node.input[i] = new
+
+    initializers = {i.name for i in graph.initializer}
+    head = []
+    for inp in graph.input:
+        if inp.name in initializers or inp.type.tensor_type.elem_type != TensorProto.FLOAT:
+            continue
+        half = f"{inp.name}__fp16"
+        rename_uses(inp.name, half)
+        head.append(helper.make_node("Cast", [inp.name], [half], to=TensorProto.FLOAT16, name=f"{inp.name}__cast_in"))
+    tail = []
+    for outp in graph.output:
+        if outp.type.tensor_type.elem_type != TensorProto.FLOAT:
+            continue
+        half = f"{outp.name}__fp16"
+        for node in graph.node:
+            for i, name in enumerate(node.output):
+                if name == outp.name:
+                    node.output[i] = half
+        rename_uses(outp.name, half)
+        tail.append(helper.make_node("Cast", [half], [outp.name], to=TensorProto.FLOAT, name=f"{outp.name}__cast_out"))
+    nodes = head + list(graph.node) + tail
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return out
+
+
+def _nptype(trt: ModuleType, dtype: Any) -> np.dtype:
+    """The numpy dtype of a TensorRT I/O tensor type (the models here use float32 or float16 I/O)."""
+    table = {trt.DataType.FLOAT: np.float32, trt.DataType.HALF: np.float16}
+    if dtype not in table:
+        raise ModelCorruptError(f"The model has an input or output of type {dtype}", "Re-export it with float32 inputs and outputs")
+    return np.dtype(table[dtype])
+
+
+class _Logger:
+    """One TensorRT logger per flavour (TensorRT wants a single long-lived logger)."""
+
+    loggers: dict[str, Any] = {}
+
+    @classmethod
+    def get(cls, trt: ModuleType) -> Any:
+        if trt.__name__ not in cls.loggers:
+            cls.loggers[trt.__name__] = trt.Logger(trt.Logger.WARNING)
+        return cls.loggers[trt.__name__]
+
+
+class TensorRTEngine(Engine):
+    """Runs the card's model with TensorRT on an NVIDIA GPU.
+
+    The plan is taken from the plan cache or built there first (seconds to
+    minutes, once per model, GPU, TensorRT version, precision and ``max_batch``).
+
+    Parameters
+    ----------
+    card : ModelCard
+        The model to run.
+    precision : {"fp16", "fp32"}
+        Requested precision; FP16 falls back to FP32 where the GPU lacks fast
+        FP16 (see :attr:`precision` for what runs).
+    max_batch : int
+        Largest batch; the optimisation profile covers 1..``max_batch`` (optimum 8).
+    cache : PlanCache or None
+        Plan cache; ``None`` uses the default folder.
+    device : int
+        CUDA device index.
+
+    Attributes
+    ----------
+    precision : str
+        The precision the plan was built with.
+    cache_hit : bool
+        Whether the plan came from the cache (``False``: it was built now).
+    build_seconds : float
+        Time spent building the plan (0 on a cache hit).
+    plan_path : Path
+        Where the plan is cached.
+
+    Raises
+    ------
+    EngineUnavailableError
+        No TensorRT, CUDA binding or GPU, or TensorRT cannot build this model.
+    ModelCorruptError
+        The ONNX parser rejects the model, or it does not match its card.
+    UsageError
+        Unknown precision or a ``max_batch`` below 1.
+    """
+
+    name = "tensorrt"
+
+    def __init__(self, card: ModelCard, precision: str = "fp16", max_batch: int = 256, cache: PlanCache | None = None, device: int = 0) -> None:
+        super().__init__(card)
+        if precision not in PRECISIONS:
+            raise UsageError(f"Unknown precision '{precision}'", f"Use one of: {', '.join(PRECISIONS)}")
+        if max_batch < 1:
+            raise UsageError(f"--max-batch must be at least 1, got {max_batch}", "Pass a positive batch size such as 256")
+        ok, reason = tensorrt_available()
+        if not ok:
+            raise_unavailable(reason)
+        self.trt = import_tensorrt()
+        self.cuda: Cuda = load_cuda(device)
+        self.gpu = self.cuda.device_info()
+        self.max_batch = int(max_batch)
+        self.cache = cache if cache is not None else PlanCache()
+        self._lock = threading.Lock()
+        self._buffers: list[int] = []
+        self._pinned: list[np.ndarray] = []
+        self._stream = None
+
+        self.precision, how = self._choose_precision(precision)
+        key = PlanKey(
+            onnx_sha256=card.onnx_sha256 or file_sha256(card.onnx_path),
+            trt_module=self.trt.__name__,
+            trt_version=str(getattr(self.trt, "__version__", "unknown")),
+            gpu_name=self.gpu.name,
+            compute_capability=self.gpu.cc,
+            precision=self.precision,
+            profile_min=PROFILE_MIN,
+            profile_opt=min(PROFILE_OPT, self.max_batch),
+            profile_max=self.max_batch,
+        )
+        self._runtime = self.trt.Runtime(_Logger.get(self.trt))
+        plan = self.cache.load(key)
+        self.cache_hit = plan is not None
+        self.build_seconds = 0.0
+        self._engine = self._runtime.deserialize_cuda_engine(plan) if plan is not None else None
+        if self._engine is None:  # a miss, or a cached plan this runtime rejects: (re)build
+            self.cache_hit = False
+            t0 = time.perf_counter()
+            plan = self._build(key)
+            self.build_seconds = time.perf_counter() - t0
+            self.cache.store(key, plan, self.build_seconds)
+            self._engine = self._runtime.deserialize_cuda_engine(plan)
+            if self._engine is None:
+                self.cache.remove(key)
+                raise EngineUnavailableError(f"TensorRT built a plan for {card.onnx_path} but cannot load it", "Use --engine onnxruntime, and report this with `rtgenre engine info`")
+        self.plan_path = self.cache.paths(key)[0]
+        self._setup_io()
+        source = "plan cache hit" if self.cache_hit else f"plan built in {self.build_seconds:.1f} s"
+        self.detail = (
+            f"{self.gpu.name} (compute {self.gpu.cc}), {self.trt.__name__} {key.trt_version}, {how}, "
+            f"batch profile {key.profile_min}/{key.profile_opt}/{key.profile_max}, {source}, {self.cuda.binding}"
+        )
+
+    def _choose_precision(self, requested: str) -> tuple[str, str]:
+        """The precision to build and how it is obtained, as words for :attr:`detail`."""
+        if requested == "fp32":
+            return "fp32", "FP32"
+        builder = self.trt.Builder(_Logger.get(self.trt))
+        fast_fp16 = getattr(builder, "platform_has_fast_fp16", self.gpu.compute_capability >= (5, 3))
+        if not fast_fp16:
+            return "fp32", "FP32 (FP16 requested; this GPU has no fast FP16)"
+        if self._weakly_typed_fp16():
+            return "fp16", "FP16 (BuilderFlag.FP16, FP32 fallback per layer)"
+        return "fp16", "FP16 (strongly typed FP16 copy of the ONNX graph, float32 I/O)"
+
+    def _weakly_typed_fp16(self) -> bool:
+        return hasattr(self.trt, "BuilderFlag") and hasattr(self.trt.BuilderFlag, "FP16")
+
+    def _onnx_bytes(self) -> bytes:
+        """The ONNX model to parse, converted to FP16 where a strongly typed build needs it."""
+        data = self.card.onnx_path.read_bytes()
+        if self.precision == "fp32" or self._weakly_typed_fp16():
+            return data
+        try:
+            import onnx
+        except ImportError:
+            raise EngineUnavailableError(
+                f"FP16 with {self.trt.__name__} needs the onnx package to convert the model", "pip install onnx, or pass --precision fp32"
+            ) from None
+        try:
+            model = onnx.load_from_string(data)
+        except Exception as e:  # onnx raises DecodeError and friends for damaged files
+            raise ModelCorruptError(f"{self.card.onnx_path} is not a valid ONNX model ({e})", "Restore the model from the repository or re-export it") from None
+        return convert_onnx_to_fp16(model).SerializeToString()
+
+    def _build(self, key: PlanKey) -> bytes:
+        """Parse the ONNX model and build a serialized plan for ``key``."""
+        trt = self.trt
+        logger = _Logger.get(trt)
+        builder = trt.Builder(logger)
+        flags = 0
+        if not self._weakly_typed_fp16() and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+            flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+        network = builder.create_network(flags)
+        parser = trt.OnnxParser(network, logger)
+        if not parser.parse(self._onnx_bytes()):
+            errors = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
+            raise ModelCorruptError(f"TensorRT's ONNX parser rejects {self.card.onnx_path}: {errors or 'no details'}", "Re-export the model (opset 17+), or use --engine onnxruntime")
+        inputs = {network.get_input(i).name: network.get_input(i) for i in range(network.num_inputs)}
+        if self.card.input_name not in inputs:
+            raise ModelCorruptError(f"{self.card.onnx_path} has no input '{self.card.input_name}' named by its card", "Re-export the model so that the ONNX file and the card agree")
+        config = builder.create_builder_config()
+        if self.precision == "fp16" and self._weakly_typed_fp16():
+            config.set_flag(trt.BuilderFlag.FP16)
+        if hasattr(trt, "ComputeCapability") and hasattr(trt.ComputeCapability, "CURRENT"):
+            config.num_compute_capabilities = 1  # TensorRT-RTX: build for the GPU present
+            config.set_compute_capability(trt.ComputeCapability.CURRENT, 0)
+        frames, mels = self.card.window_frames, self.card.frontend.n_mels
+        profile = builder.create_optimization_profile()
+        profile.set_shape(self.card.input_name, (key.profile_min, frames, mels), (key.profile_opt, frames, mels), (key.profile_max, frames, mels))
+        config.add_optimization_profile(profile)
+        plan = builder.build_serialized_network(network, config)
+        if plan is None:
+            raise EngineUnavailableError(
+                f"TensorRT could not build an engine for {self.card.onnx_path} (its log above says why)",
+                "Use --engine onnxruntime, or try --precision fp32 or a smaller --max-batch",
+            )
+        return bytes(plan)
+
+    def _setup_io(self) -> None:
+        """Create the context and stream; allocate device and pinned buffers for ``max_batch``."""
+        trt, eng = self.trt, self._engine
+        self._context = eng.create_execution_context()
+        names = [eng.get_tensor_name(i) for i in range(eng.num_io_tensors)]
+        outputs = [n for n in names if eng.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        missing = [h.output for h in self.card.heads if h.output not in outputs]
+        if missing or self.card.input_name not in names:
+            raise ModelCorruptError(
+                f"{self.card.onnx_path} does not match its card (missing outputs {missing} or input '{self.card.input_name}')",
+                "Re-export the model so that the ONNX file and the card agree",
+            )
+        self._stream = self.cuda.stream_create()
+        self._stream_handle = self.cuda.stream_handle(self._stream)
+        frames, mels = self.card.window_frames, self.card.frontend.n_mels
+        self._in_dtype = _nptype(trt, eng.get_tensor_dtype(self.card.input_name))
+        self._h_in = self._pinned_buffer((self.max_batch, frames, mels), self._in_dtype)
+        self._d_in = self._device_buffer(self._h_in.nbytes)
+        self._context.set_tensor_address(self.card.input_name, self._d_in)
+        self._context.set_input_shape(self.card.input_name, (self.max_batch, frames, mels))
+        self._outs = []
+        for head in self.card.heads:
+            shape = tuple(self._context.get_tensor_shape(head.output))
+            if shape != (self.max_batch, len(head.labels)):
+                raise ModelCorruptError(
+                    f"{self.card.onnx_path} output '{head.output}' has shape {shape}, expected (batch, {len(head.labels)}) for head '{head.name}'",
+                    "Re-export the model so that the ONNX file and the card agree",
+                )
+            host = self._pinned_buffer(shape, _nptype(trt, eng.get_tensor_dtype(head.output)))
+            dev = self._device_buffer(host.nbytes)
+            self._context.set_tensor_address(head.output, dev)
+            self._outs.append((head.name, host, dev))
+
+    def _pinned_buffer(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        arr = self.cuda.pinned_empty(shape, dtype)
+        self._pinned.append(arr)
+        return arr
+
+    def _device_buffer(self, nbytes: int) -> int:
+        ptr = self.cuda.malloc(nbytes)
+        self._buffers.append(ptr)
+        return ptr
+
+    def run(self, windows: np.ndarray) -> dict[str, np.ndarray]:
+        x = self.check_input(windows)
+        n = x.shape[0]
+        with self._lock:
+            self.cuda.make_current()
+            self._h_in[:n] = x
+            self._context.set_input_shape(self.card.input_name, x.shape)
+            self.cuda.memcpy_htod_async(self._d_in, self._h_in, n * self._h_in[0].nbytes, self._stream)
+            if not self._context.execute_async_v3(self._stream_handle):
+                raise RuntimeError("TensorRT execute_async_v3 failed (see the TensorRT log)")
+            for _, host, dev in self._outs:
+                self.cuda.memcpy_dtoh_async(host, dev, n * host[0].nbytes, self._stream)
+            self.cuda.stream_synchronize(self._stream)
+            return {name: host[:n].astype(np.float32) for name, host, _ in self._outs}
+
+    def close(self) -> None:
+        """Free the GPU buffers, stream, context and engine (idempotent)."""
+        with self._lock:
+            if self._stream is not None:
+                self.cuda.stream_synchronize(self._stream)
+            self._context = None
+            self._engine = None
+            for ptr in self._buffers:
+                self.cuda.free(ptr)
+            for arr in self._pinned:
+                self.cuda.pinned_free(arr)
+            self._buffers, self._pinned = [], []
+            if self._stream is not None:
+                self.cuda.stream_destroy(self._stream)
+                self._stream = None

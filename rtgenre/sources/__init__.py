@@ -1,0 +1,81 @@
+"""Audio sources: devices, files, standard input and URLs, and the choice between them.
+
+:func:`open_source` maps the command line (``--device`` / ``--input``) to a
+:class:`~rtgenre.sources.base.Source`; see :mod:`rtgenre.sources.base` for the
+interface every source implements.
+"""
+
+from __future__ import annotations
+
+import re
+
+from rtgenre.errors import UsageError
+from rtgenre.sources.base import Source
+
+#: ``scheme://`` prefixes handed to ffmpeg (http, https, rtmp, rtsp, udp, srt, file, ...).
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+__all__ = ["Source", "open_source", "is_url"]
+
+
+def is_url(text: str) -> bool:
+    """True if ``text`` starts with a URL scheme (``http://``, ``rtmp://``, ``file://`` ...)."""
+    return bool(_URL.match(text))
+
+
+def open_source(
+    input: str | None,
+    device: str | None,
+    *,
+    realtime: bool = False,
+    fmt: str | None = None,
+    rate: int | None = None,
+    channels: int | None = None,
+    block_seconds: float = 0.05,
+) -> Source:
+    """Create the source the options name (not yet opened).
+
+    Parameters
+    ----------
+    input : str or None
+        ``--input``: a file path, ``-`` for stdin, or a URL.
+    device : str or None
+        ``--device``: an input device index or name.
+    realtime : bool
+        Pace a file at its own rate (files only).
+    fmt, rate, channels : str, int, int or None
+        Raw stdin format (``fmt``, ``rate``, ``channels``); ``rate`` and
+        ``channels`` also choose how a device is opened.
+    block_seconds : float
+        Block length in seconds.
+
+    Returns
+    -------
+    Source
+    """
+    if (input is None) == (device is None):
+        raise UsageError(
+            "--device and --input were both given" if input is not None else "no audio input given",
+            "Pass exactly one of --device N|NAME (see `rtgenre devices`) and --input FILE|-|URL",
+        )
+    if realtime and (input is None or input == "-" or is_url(input)):
+        raise UsageError("--realtime paces files only", "Drop --realtime for devices, stdin and URLs")
+    if fmt is not None and input != "-":
+        raise UsageError("--format applies to raw PCM on stdin only (--input -)", "Drop --format")
+    if device is not None:
+        from rtgenre.sources.device import DeviceSource
+
+        return DeviceSource(device, rate, channels, block_seconds=block_seconds)
+    if input == "-":
+        from rtgenre.sources.stdin import StdinSource
+
+        return StdinSource(fmt, rate, channels, block_seconds=block_seconds)
+    if rate is not None or channels is not None:
+        raise UsageError("--rate / --channels apply to raw stdin and devices only", "Drop them for files and URLs")
+    if is_url(input):
+        from rtgenre.sources.url import UrlSource
+
+        return UrlSource(input, block_seconds=block_seconds)
+    from rtgenre.sources.file import FileSource
+
+    return FileSource(input, realtime=realtime, block_seconds=block_seconds)

@@ -1,0 +1,189 @@
+"""The audio source interface and the shared producer-thread machinery.
+
+A :class:`Source` owns one audio input (device, file, stdin, URL).  It is
+opened (all user mistakes are raised there, before anything runs), then
+started into a :class:`rtgenre.ring.Ring`, into which it writes float32 frames
+``(n, channels)`` in [-1, 1] at the source's own rate and channel count.
+Mixing, resampling and analysis belong to the consumer.
+
+Two delivery disciplines exist:
+
+* *live* sources (a device, a file paced in real time) never wait: when the
+  consumer falls behind, the ring overwrites the oldest audio and counts the
+  drop;
+* non-live sources (a file read as fast as possible, stdin, a URL) wait for
+  ring space instead (lossless backpressure).
+
+A failure in the middle of a stream does not raise in the producer thread:
+it is stored in :attr:`Source.error` and the ring is closed; the consumer
+raises it.  :class:`ThreadedSource` implements this for every source that is
+fed by a reader thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+
+import numpy as np
+
+from rtgenre.errors import InputFormatError, RtgenreError
+from rtgenre.ring import Ring
+
+#: Accepted source sample rates (Hz), inclusive.
+MIN_RATE, MAX_RATE = 8000, 384000
+#: Accepted source channel counts, inclusive.
+MIN_CHANNELS, MAX_CHANNELS = 1, 32
+
+
+def check_format(what: str, sample_rate: int, channels: int) -> None:
+    """Raise :class:`InputFormatError` unless rate and channel count are supported.
+
+    Parameters
+    ----------
+    what : str
+        The input, as named in the message (``"file song.wav"``).
+    sample_rate : int
+        Sample rate in Hz.
+    channels : int
+        Channel count.
+    """
+    if not MIN_CHANNELS <= channels <= MAX_CHANNELS:
+        raise InputFormatError(
+            f"{what} has {channels} channels; supported are {MIN_CHANNELS} to {MAX_CHANNELS}",
+            "Convert it, e.g. `ffmpeg -i IN -ac 2 OUT.wav`",
+        )
+    if not MIN_RATE <= sample_rate <= MAX_RATE:
+        raise InputFormatError(
+            f"{what} has a sample rate of {sample_rate} Hz; supported are {MIN_RATE} to {MAX_RATE} Hz",
+            "Resample it, e.g. `ffmpeg -i IN -ar 48000 OUT.wav`",
+        )
+
+
+class Source(ABC):
+    """One audio input feeding a ring.
+
+    Attributes
+    ----------
+    description : str
+        Human-readable name, e.g. ``"file song.mp3"``; shown in the ``start`` event.
+    sample_rate : int
+        Source sample rate in Hz (known after :meth:`open`).
+    channels : int
+        Source channel count (known after :meth:`open`).
+    live : bool
+        True: never waits for the consumer (overruns are dropped and counted
+        by the ring).  False: waits for ring space (lossless).
+    done : bool
+        The producer reached the end of the stream and closed the ring.
+    error : RtgenreError or None
+        Set when the stream failed mid-way; the consumer raises it.
+    frames_in : int
+        Frames delivered to the ring so far.
+    """
+
+    description: str = ""
+    sample_rate: int = 0
+    channels: int = 0
+    live: bool = False
+
+    def __init__(self) -> None:
+        self.done = False
+        self.error: RtgenreError | None = None
+        self.frames_in = 0
+
+    @abstractmethod
+    def open(self) -> None:
+        """Validate and open the input; raise the user errors here."""
+
+    @abstractmethod
+    def start(self, ring: Ring) -> None:
+        """Start producing into ``ring``."""
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Stop producing and release the input; idempotent."""
+
+    def check(self) -> None:
+        """Raise :attr:`error` if the stream failed (the consumer polls this)."""
+        if self.error is not None:
+            raise self.error
+
+    def __enter__(self) -> "Source":
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class ThreadedSource(Source):
+    """A source fed by a daemon reader thread.
+
+    Subclasses implement :meth:`blocks`, a generator of float32 ``(n, channels)``
+    blocks; it may raise :class:`RtgenreError` for a failure in the middle of the
+    stream (after the blocks before it were delivered).  This class delivers the
+    blocks (waiting for space unless :attr:`live`), counts frames, closes the ring
+    at the end and records the error.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._ring: Ring | None = None
+
+    @abstractmethod
+    def blocks(self) -> Iterator[np.ndarray]:
+        """Yield the stream's float32 blocks ``(n, channels)`` until its end."""
+
+    def interrupt(self) -> None:
+        """Unblock a reader waiting on its input (e.g. end a process); called by :meth:`stop` before the join."""
+
+    def release(self) -> None:
+        """Close what :meth:`open` opened (file, process); called by :meth:`stop` after the join."""
+
+    def start(self, ring: Ring) -> None:
+        if self._thread is not None:
+            raise RuntimeError(f"{self.description} already started")
+        self._ring = ring
+        self._thread = threading.Thread(target=self._run, name=f"source {self.description}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        self.interrupt()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        self.release()
+
+    def _run(self) -> None:
+        ring = self._ring
+        assert ring is not None
+        try:
+            for block in self.blocks():
+                if self._stop.is_set() or not self._deliver(ring, block):
+                    return
+            self.done = not self._stop.is_set()
+        except RtgenreError as exc:
+            if not self._stop.is_set():
+                self.error = exc
+        finally:
+            ring.close()
+
+    def _deliver(self, ring: Ring, block: np.ndarray) -> bool:
+        """Write one block; wait for space unless live.  False if stopped meanwhile."""
+        if self.live:
+            ring.write(block)
+            self.frames_in += len(block)
+            return True
+        step = max(1, ring.capacity // 2)
+        for i in range(0, len(block), step):
+            part = block[i : i + step]
+            if not ring.wait_space(len(part), self._stop):
+                return False
+            ring.write(part)
+            self.frames_in += len(part)
+        return True

@@ -1,0 +1,151 @@
+"""Audio files (WAV, FLAC, OGG, MP3 and anything else libsndfile reads) as a source.
+
+Every format goes through :mod:`soundfile` except MP3: libsndfile 1.2.2 (the
+Debian 12 one) returns wrong samples when an MP3 is read in blocks (only a
+whole-file read is right), so MP3 files are decoded by ffmpeg
+(:class:`~rtgenre.sources.url.FfmpegDecoder`) at the rate and channel count
+libsndfile reports; the values agree with libsndfile's whole-file read to
+within 1e-6.  A file is read block by block in a reader thread,
+either as fast as the consumer takes it (lossless backpressure) or paced at
+the file's own rate (``realtime=True``, a live source that behaves like a
+device).  A truncated file delivers everything readable, then fails with
+:class:`~rtgenre.errors.InputTruncatedError`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import soundfile as sf
+
+from rtgenre.errors import InputEmptyError, InputTruncatedError, InputUnreadableError
+from rtgenre.sources.base import ThreadedSource, check_format
+from rtgenre.sources.url import FfmpegDecoder, require_ffmpeg
+
+#: libsndfile's header log line for a WAV data chunk whose size disagrees with the file.
+_DATA_LOG = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+#: Data sizes that mean "unknown length" (written by streaming encoders), not truncation.
+_UNKNOWN_SIZES = (0, 0xFFFFFFFF, 0x7FFFFFFF)
+
+_FIX_READABLE = "Pass an audio file (WAV, FLAC, OGG, MP3) that exists and is readable"
+_FIX_TRUNCATED = "Re-export or re-download the file; everything readable was analysed"
+
+
+class FileSource(ThreadedSource):
+    """Reads an audio file into the ring.
+
+    Parameters
+    ----------
+    path : str
+        The file.
+    realtime : bool
+        Pace delivery at the file's sample rate (a live source); otherwise read
+        as fast as the consumer allows.
+    block_seconds : float
+        Seconds of audio per block.
+    """
+
+    def __init__(self, path: str, *, realtime: bool = False, block_seconds: float = 0.05) -> None:
+        super().__init__()
+        self.path = str(path)
+        self.live = realtime
+        self.block_seconds = block_seconds
+        self.description = f"file {self.path}"
+        self.declared_frames = 0
+        self._file: sf.SoundFile | None = None
+        self._ffmpeg: FfmpegDecoder | None = None
+
+    def open(self) -> None:
+        if not os.path.exists(self.path):
+            raise InputUnreadableError(f"file {self.path} does not exist", _FIX_READABLE)
+        if os.path.isdir(self.path):
+            raise InputUnreadableError(f"{self.path} is a directory, not an audio file", _FIX_READABLE)
+        try:
+            f = sf.SoundFile(self.path)
+        except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+            raise InputUnreadableError(f"cannot read {self.path} as audio ({exc})", _FIX_READABLE) from None
+        try:
+            check_format(self.description, f.samplerate, f.channels)
+            self.declared_frames = _declared_frames(f)
+            if f.frames == 0:
+                raise InputEmptyError(f"file {self.path} holds no audio (0 frames)", "Pass a file with audio in it")
+        except Exception:
+            f.close()
+            raise
+        self.sample_rate, self.channels = f.samplerate, f.channels
+        if f.format == "MP3":
+            f.close()
+            require_ffmpeg()
+            self._ffmpeg = FfmpegDecoder(self.path, self.sample_rate, self.channels)
+            self._ffmpeg.start()
+        else:
+            self._file = f
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        block = max(1, int(round(self.block_seconds * self.sample_rate)))
+        if self._ffmpeg is not None:
+            source = self._ffmpeg.blocks(block, self._stop)
+        elif self._file is not None:
+            source = self._sndfile_blocks(self._file, block)
+        else:
+            raise RuntimeError("FileSource.open() was not called")
+        t0 = time.monotonic()
+        pos = 0
+        for data in source:
+            pos += len(data)
+            if self.live:
+                self._stop.wait(max(0.0, t0 + pos / self.sample_rate - time.monotonic()))
+            if self._stop.is_set():
+                return
+            yield data
+
+    def _sndfile_blocks(self, f: sf.SoundFile, block: int) -> Iterator[np.ndarray]:
+        """Blocks read by libsndfile; InputTruncatedError after the last readable one if the file is cut."""
+        pos = 0
+        while not self._stop.is_set():
+            try:
+                data = f.read(block, dtype="float32", always_2d=True)
+            except (sf.LibsndfileError, RuntimeError) as exc:
+                raise InputTruncatedError(
+                    f"file {self.path} is damaged after {pos / self.sample_rate:.2f} s ({exc})", _FIX_TRUNCATED
+                ) from None
+            if not len(data):
+                break
+            pos += len(data)
+            yield data
+        if pos < self.declared_frames and not self._stop.is_set():
+            raise InputTruncatedError(
+                f"file {self.path} is truncated: its header announces {self.declared_frames} frames, "
+                f"only {pos} are present",
+                _FIX_TRUNCATED,
+            )
+
+    def interrupt(self) -> None:
+        if self._ffmpeg is not None:
+            self._ffmpeg.interrupt()
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._ffmpeg is not None:
+            self._ffmpeg.close()
+
+
+def _declared_frames(f: sf.SoundFile) -> int:
+    """Frames the file's header announces (libsndfile silently shortens truncated WAVs)."""
+    m = _DATA_LOG.search(f.extra_info)
+    if m is None or int(m.group(1)) in _UNKNOWN_SIZES:
+        return f.frames
+    frame_bytes = _frame_bytes(f)
+    return int(m.group(1)) // frame_bytes if frame_bytes else f.frames
+
+
+def _frame_bytes(f: sf.SoundFile) -> int:
+    """Bytes per frame of an uncompressed file, 0 if unknown."""
+    width = {"PCM_S8": 1, "PCM_U8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8}.get(f.subtype, 0)
+    return width * f.channels

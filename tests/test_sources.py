@@ -159,21 +159,33 @@ def test_file_unsupported_format(tmp_path, rate, channels, what):
 
 
 # ---------------------------------------------------------------------------- stdin
-def pipe_source(payload: bytes, **kw) -> StdinSource:
-    """A StdinSource reading ``payload`` from a pipe written by a thread."""
-    r, w = os.pipe()
+@pytest.fixture
+def pipe_source():
+    """Factory: a StdinSource reading ``payload`` from a pipe that a thread writes in odd-sized chunks."""
+    readers = []
 
-    def feed() -> None:
-        with os.fdopen(w, "wb") as f:
-            for i in range(0, len(payload), 4099):  # odd chunks: frames split across writes
-                f.write(payload[i : i + 4099])
-                f.flush()
+    def make(payload: bytes, **kw) -> StdinSource:
+        r, w = os.pipe()
 
-    threading.Thread(target=feed, daemon=True).start()
-    return StdinSource(stream=os.fdopen(r, "rb"), **kw)
+        def feed() -> None:
+            with os.fdopen(w, "wb") as f:
+                try:
+                    for i in range(0, len(payload), 4099):  # frames split across writes
+                        f.write(payload[i : i + 4099])
+                        f.flush()
+                except BrokenPipeError:
+                    pass  # the reader gave up (the error cases)
+
+        threading.Thread(target=feed, daemon=True).start()
+        readers.append(os.fdopen(r, "rb"))
+        return StdinSource(stream=readers[-1], **kw)
+
+    yield make
+    for reader in readers:
+        reader.close()
 
 
-def test_stdin_raw_s16le(tone_wav):
+def test_stdin_raw_s16le(tone_wav, pipe_source):
     ref, _ = sf.read(tone_wav, dtype="int16", always_2d=True)
     src = pipe_source(ref.tobytes(), fmt="s16le", rate=48000, channels=2)
     got = drain(src)
@@ -181,7 +193,7 @@ def test_stdin_raw_s16le(tone_wav):
     assert src.description == "stdin s16le 48000 Hz 2 ch" and src.done
 
 
-def test_stdin_raw_f32le(tone_wav):
+def test_stdin_raw_f32le(tone_wav, pipe_source):
     ref, _ = sf.read(tone_wav, dtype="float32", always_2d=True)
     got = drain(pipe_source(ref.tobytes(), fmt="f32le", rate=48000, channels=2))
     np.testing.assert_array_equal(got, ref)
@@ -200,7 +212,7 @@ def test_pcm_decoder_integer_formats(fmt, width):
     np.testing.assert_allclose(got, ints / 2.0 ** (bits - 1), rtol=0, atol=1e-7)
 
 
-def test_stdin_wav_stream_from_ffmpeg_pipe(tone_wav):
+def test_stdin_wav_stream_from_ffmpeg_pipe(tone_wav, pipe_source):
     if FFMPEG is None:
         pytest.skip("ffmpeg is not installed")
     wav = subprocess.run(
@@ -214,7 +226,7 @@ def test_stdin_wav_stream_from_ffmpeg_pipe(tone_wav):
     np.testing.assert_array_equal(got, ref)
 
 
-def test_stdin_wav_stream_with_sized_header(tone_wav):
+def test_stdin_wav_stream_with_sized_header(tone_wav, pipe_source):
     src = pipe_source(tone_wav.read_bytes() + b"LIST\x04\x00\x00\x00junk")
     got = drain(src)
     ref, _ = sf.read(tone_wav, dtype="float32", always_2d=True)
@@ -240,7 +252,7 @@ def test_real_stdin_in_a_subprocess(tone_wav):
     assert out.stdout.split() == ["stdin", "wav", "s16le", "48000", "Hz", "2", "ch", "48000", repr(float(np.abs(ref).sum()))]
 
 
-def test_stdin_mid_frame_delivers_whole_frames_then_fails():
+def test_stdin_mid_frame_delivers_whole_frames_then_fails(pipe_source):
     frames = (np.arange(2000, dtype="<i2").reshape(-1, 2) - 1000).tobytes()
     src = pipe_source(frames + b"\x01\x02\x03", fmt="s16le", rate=16000, channels=2)
     got = drain(src)
@@ -250,17 +262,17 @@ def test_stdin_mid_frame_delivers_whole_frames_then_fails():
     assert "mid-frame: 3 trailing bytes dropped" in str(src.error)
 
 
-def test_stdin_raw_needs_rate_and_channels():
+def test_stdin_raw_needs_rate_and_channels(pipe_source):
     with pytest.raises(UsageError, match="--rate and --channels"):
         pipe_source(b"", fmt="s16le", rate=48000).open()
 
 
-def test_stdin_not_wav_without_format():
+def test_stdin_not_wav_without_format(pipe_source):
     with pytest.raises(UsageError, match="not a WAV stream"):
         pipe_source(b"ID3\x04" + bytes(100)).open()
 
 
-def test_stdin_unknown_format():
+def test_stdin_unknown_format(pipe_source):
     with pytest.raises(UsageError, match="s8"):
         pipe_source(b"", fmt="s8", rate=48000, channels=1).open()
 

@@ -1,0 +1,711 @@
+"""Live terminal dashboard: a sink that draws the event stream with rich.
+
+The dashboard owns what a person sees while ``rtgenre listen`` runs on a
+terminal and nothing else: it reads the same :class:`~rtgenre.events.Event`
+objects as the JSON Lines writer and does no analysis.  Three small parts:
+
+:class:`DashboardState`
+    What the latest events say (current labels, level, latency history,
+    overruns, the genre timeline, the event log); ``process(event)`` /
+    ``reset()``.
+:class:`DashboardView`
+    Turns a state into one rich renderable for a terminal size.  The layout
+    tree is built once per size class and only its leaves are replaced.
+:class:`Dashboard`
+    The :class:`~rtgenre.sinks.base.Sink`: a rich ``Live`` on the alternate
+    screen, redrawn by a painter thread only when new data arrived or the
+    terminal was resized (at most ``refresh_per_second``), and a
+    :class:`KeyReader` that calls ``on_quit`` when ``q`` is pressed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import select
+import string
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+from rich.console import Console, Group, RenderableType
+from rich.layout import Layout
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from rtgenre.events import Event
+from rtgenre.sinks.base import Sink
+
+#: Distinct colours for genres, assigned by the genre's index in the model's label list.
+PALETTE = (
+    "bright_blue", "bright_green", "bright_magenta", "bright_yellow", "bright_cyan", "bright_red",
+    "dark_orange", "medium_purple", "spring_green2", "deep_pink2", "gold3", "steel_blue1",
+    "orchid", "chartreuse3", "light_salmon1", "turquoise2",
+)
+#: Level meter range in dBFS.
+METER_FLOOR_DB = -60.0
+NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+_EIGHTHS = " ▏▎▍▌▋▊▉"
+
+
+def _bar(fraction: float, width: int) -> str:
+    """A horizontal bar of ``width`` cells filled to ``fraction`` with eighth-block resolution."""
+    if width <= 0:
+        return ""
+    eighths = int(round(min(max(fraction, 0.0), 1.0) * width * 8))
+    full, part = divmod(eighths, 8)
+    return ("█" * full + (_EIGHTHS[part] if part else "")).ljust(width)
+
+
+def _clock(seconds: float) -> str:
+    """``h:mm:ss`` (or ``m:ss`` under an hour)."""
+    s = int(max(seconds, 0.0))
+    h, rest = divmod(s, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+def _note(n: int) -> str:
+    """MIDI note number → name with octave (60 → ``C4``)."""
+    return f"{NOTE_NAMES[n % 12]}{n // 12 - 1}"
+
+
+def _symbols(labels: list[str]) -> dict[str, str]:
+    """One distinct character per label for the timeline when colours are off.
+
+    The label's first letter not yet taken (upper case first), else any free letter or digit.
+    """
+    taken: set[str] = set()
+    out: dict[str, str] = {}
+    for label in labels:
+        candidates = [c for c in label.upper() + label.lower() if c.isalnum()] + list(string.ascii_uppercase + string.digits)
+        sym = next((c for c in candidates if c not in taken), "?")
+        taken.add(sym)
+        out[label] = sym
+    return out
+
+
+@dataclass
+class LogEntry:
+    """One line of the event log."""
+
+    t: float
+    text: str
+    style: str = ""
+
+
+class DashboardState:
+    """What the dashboard shows, updated one event at a time.
+
+    Parameters
+    ----------
+    history_s : float
+        Seconds of dominant-genre history kept for the timeline.
+    log_size : int
+        Lines kept in the event log.
+    latency_size : int
+        Recent predictions whose latency feeds the p50/p99 figures.
+    """
+
+    def __init__(self, history_s: float = 300.0, log_size: int = 12, latency_size: int = 240) -> None:
+        self.history_s = history_s
+        self.log_size = log_size
+        self.latency_size = latency_size
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything (a new stream starts)."""
+        self.start: dict[str, Any] = {}
+        self.started_at: float | None = None
+        self.now: float = 0.0
+        self.t = 0.0
+        self.labels: dict[str, list[str]] = {}
+        self.colors: dict[str, str] = {}
+        self.symbols: dict[str, str] = {}
+        self.heads: dict[str, dict[str, Any]] = {}
+        self.level_dbfs: float | None = None
+        self.peak_dbfs: float | None = None
+        self.clipped = False
+        self.silent_since: float | None = None
+        self.latencies: deque[float] = deque(maxlen=self.latency_size)
+        self.predictions = 0
+        self.overruns = 0
+        self.dropped_samples = 0
+        self.midi: dict[str, Any] | None = None
+        self.timeline: deque[str | None] = deque(maxlen=self._timeline_len(0.5))
+        self.status: LogEntry | None = None
+        self.log: deque[LogEntry] = deque(maxlen=self.log_size)
+        self.stopped: str | None = None
+        self.counts: dict[str, Any] = {}
+
+    def _timeline_len(self, hop_s: float) -> int:
+        return max(1, int(math.ceil(self.history_s / hop_s)))
+
+    def process(self, event: Event, now: float) -> None:
+        """Take one event into account.
+
+        Parameters
+        ----------
+        event : Event
+        now : float
+            ``time.monotonic()`` when the sink received it (for latency and uptime).
+        """
+        self.now = now
+        self.t = max(self.t, event.t)
+        d = event.data
+        kind = event.kind
+        if kind == "start":
+            self._on_start(event, now)
+        elif kind == "prediction":
+            self._on_prediction(event, now)
+        elif kind == "silence":
+            if self.silent_since is None:
+                self.silent_since = float(d.get("since", event.t))
+                self._log(event.t, f"silence ({d.get('level_dbfs', float('nan')):.1f} dBFS)", "dim")
+            self.level_dbfs, self.peak_dbfs = d.get("level_dbfs"), d.get("peak_dbfs", self.peak_dbfs)
+            self.clipped = False
+            self.timeline.append(None)
+        elif kind == "change":
+            self._log(event.t, f"{d.get('head')}: {d.get('from') or '—'} → {d.get('to')} ({d.get('p', 0.0):.2f})", "bold")
+        elif kind == "overrun":
+            self.overruns += 1
+            self.dropped_samples = int(d.get("total_dropped_samples", self.dropped_samples + d.get("dropped_samples", 0)))
+            self._log(event.t, f"overrun: {d.get('dropped_samples', 0)} samples dropped", "yellow")
+        elif kind == "midi":
+            self.midi = d.get("midi")
+        elif kind == "error":
+            style = "bold red" if d.get("fatal") else "red"
+            entry = self._log(event.t, f"error {d.get('code', '?')}: {d.get('message', '')}", style)
+            self.status = entry
+        elif kind == "stop":
+            self.stopped = str(d.get("reason", "stopped"))
+            self.counts = dict(d.get("counts", {}))
+            self._log(event.t, f"stopped: {self.stopped}", "bold")
+
+    def _on_start(self, event: Event, now: float) -> None:
+        self.reset()
+        self.now = now
+        self.started_at = now
+        self.start = dict(event.data)
+        self.labels = {k: list(v) for k, v in self.start.get("labels", {}).items()}
+        genres = self.labels.get("genre", [])
+        self.colors = {g: PALETTE[i % len(PALETTE)] for i, g in enumerate(genres)}
+        self.symbols = _symbols(genres)
+        self.timeline = deque(maxlen=self._timeline_len(float(self.start.get("hop_s") or 0.5)))
+        self._log(event.t, f"start: {self.start.get('source', '?')}")
+        notice = self.start.get("engine_notice")
+        if notice:
+            self.status = self._log(event.t, f"notice: {notice}", "yellow")
+
+    def _on_prediction(self, event: Event, now: float) -> None:
+        d = event.data
+        self.predictions += 1
+        self.heads = dict(d.get("heads", {}))
+        self.level_dbfs, self.peak_dbfs = d.get("level_dbfs"), d.get("peak_dbfs")
+        self.clipped = bool(d.get("clipped", False))
+        if self.silent_since is not None:
+            self._log(event.t, "sound again", "dim")
+            self.silent_since = None
+        if event.arrival is not None:
+            self.latencies.append((now - event.arrival) * 1000.0)
+        elif d.get("latency_ms") is not None:
+            self.latencies.append(float(d["latency_ms"]))
+        if "midi" in d:
+            self.midi = d["midi"]
+        genre = self.heads.get("genre")
+        self.timeline.append(genre.get("top") if genre else None)
+
+    def _log(self, t: float, text: str, style: str = "") -> LogEntry:
+        entry = LogEntry(t, text, style)
+        self.log.append(entry)
+        return entry
+
+    def latency_percentiles(self) -> tuple[float, float] | None:
+        """p50 and p99 of the recent latencies in ms, or ``None`` before the first prediction."""
+        if not self.latencies:
+            return None
+        p50, p99 = np.percentile(np.fromiter(self.latencies, float), [50, 99])
+        return float(p50), float(p99)
+
+    @property
+    def uptime(self) -> float:
+        return 0.0 if self.started_at is None else self.now - self.started_at
+
+    def color(self, genre: str | None) -> str:
+        return self.colors.get(genre or "", "white")
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Row sizes of one size class (0 = section left out)."""
+
+    size: str          # "tiny", "compact" or "large"
+    main: int          # genre | mood + instruments
+    mood: int
+    timeline_rows: int
+    meters: int
+    bottom: int        # MIDI | event log
+    midi: bool
+
+
+def _plan(width: int, height: int, has_midi: bool) -> _Plan:
+    """Choose the sections that fit ``width`` × ``height``."""
+    if width < 60 or height < 20:
+        return _Plan("tiny", 0, 0, 0, 0, 0, has_midi)
+    if width >= 100 and height >= 32:
+        main = min(18, 12 + (height - 32) // 2)
+        rows = max(1, min(6, (height - 30) // 2))
+        meters = 6
+        bottom = height - 2 - main - (rows + 3) - meters
+        return _Plan("large", main, 6, rows, meters, bottom, has_midi)
+    spare = height - 24
+    rows = 1 + max(0, min(2, spare // 3))
+    bottom = height - 2 - 8 - (rows + 3) - 4
+    return _Plan("compact", 8, 3, rows, 4, bottom, has_midi)
+
+
+class DashboardView:
+    """Turns a :class:`DashboardState` into a renderable for a terminal size.
+
+    Parameters
+    ----------
+    console : Console
+        The dashboard's console; its ``no_color`` decides timeline symbols vs colours.
+    """
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._layouts: dict[_Plan, Layout] = {}
+
+    @property
+    def colorless(self) -> bool:
+        return self.console.no_color or self.console.color_system is None
+
+    def render(self, s: DashboardState, width: int, height: int) -> RenderableType:
+        """One frame for a ``width`` × ``height`` terminal."""
+        plan = _plan(width, height, s.midi is not None)
+        if plan.size == "tiny":
+            return self._tiny(s, width)
+        layout = self._layouts.get(plan)
+        if layout is None:
+            layout = self._layouts[plan] = self._build(plan)
+        large = plan.size == "large"
+        inner_main = plan.main - 2
+        genre_w = width * 11 // 20 - 4
+        side_w = width - width * 11 // 20 - 4
+        half_w = width // 2 - 4
+        layout["header"].update(self._header(s, width))
+        layout["genre"].update(self._genre(s, inner_main, genre_w, large))
+        layout["mood"].update(self._mood(s, plan.mood - 2, side_w))
+        layout["instruments"].update(self._instruments(s, plan.main - plan.mood - 2, side_w))
+        layout["timeline"].update(self._timeline(s, width - 4, plan.timeline_rows))
+        layout["level"].update(self._level(s, plan.meters - 2, half_w))
+        layout["health"].update(self._health(s, plan.meters - 2))
+        if plan.midi:
+            layout["midi"].update(self._midi(s, plan.bottom - 2))
+        layout["log"].update(self._log(s, plan.bottom - 2))
+        layout["status"].update(self._status(s))
+        return layout
+
+    # -- layout -------------------------------------------------------------
+
+    @staticmethod
+    def _build(plan: _Plan) -> Layout:
+        root = Layout(name="root")
+        main = Layout(name="main", size=plan.main)
+        main.split_row(Layout(name="genre", ratio=11), Layout(name="side", ratio=9))
+        main["side"].split_column(Layout(name="mood", size=plan.mood), Layout(name="instruments"))
+        meters = Layout(name="meters", size=plan.meters)
+        meters.split_row(Layout(name="level", ratio=1), Layout(name="health", ratio=1))
+        bottom = Layout(name="bottom", size=plan.bottom)
+        if plan.midi:
+            bottom.split_row(Layout(name="midi", ratio=1), Layout(name="log", ratio=1))
+        else:
+            bottom.split_row(Layout(name="log"))
+        root.split_column(
+            Layout(name="header", size=1), main, Layout(name="timeline", size=plan.timeline_rows + 3),
+            meters, bottom, Layout(name="status", size=1),
+        )
+        return root
+
+    # -- sections -----------------------------------------------------------
+
+    def _header(self, s: DashboardState, width: int) -> RenderableType:
+        st = s.start
+        parts = ["[b]rtgenre[/]"]
+        if st:
+            parts.append(f"{st.get('model', '?')} {st.get('model_version', '')}".strip())
+            parts.append(str(st.get("engine", "?")))
+            parts.append(f"{float(st.get('sample_rate') or 0) / 1000:g} kHz")
+            parts.append(f"hop {st.get('hop_s', 0):g} s")
+        parts.append(f"up {_clock(s.uptime)}")
+        grid = Table.grid(expand=True)
+        grid.add_column(ratio=1, no_wrap=True, overflow="ellipsis")
+        grid.add_column(justify="right", no_wrap=True)
+        grid.add_row(Text.from_markup(" · ".join(parts)), Text("q quit ", style="dim"))
+        return grid
+
+    def _genre(self, s: DashboardState, rows: int, width: int, large: bool) -> RenderableType:
+        head = s.heads.get("genre")
+        lines: list[RenderableType] = []
+        if head is None:
+            waiting = "waiting for the first window…" if "genre" in s.labels or not s.start else "model has no genre head"
+            lines.append(Text(waiting, style="dim"))
+        else:
+            top, p = str(head.get("top", "?")), float(head.get("p", 0.0))
+            big = Text(f" {' '.join(top.upper())} ", style=f"bold black on {s.color(top)}" if not self.colorless else "bold reverse")
+            big.append(f"  {p:.0%}", style="bold")
+            if s.silent_since is not None:
+                big.append("  (silence)", style="dim")
+            if large:
+                pad = Text(" " * (len(top) * 2 + 1), style=f"on {s.color(top)}" if not self.colorless else "reverse")
+                lines += [pad, big, pad, Text("")]
+            else:
+                lines.append(big)
+            n = max(0, rows - len(lines))
+            lines += self._bars(head.get("probs", {}), n, width, s.color, label_w=12)
+        return Panel(Group(*lines), title="genre", title_align="left", padding=(0, 1))
+
+    def _bars(self, probs: dict[str, float], n: int, width: int, color: Callable[[str], str] | None, label_w: int, present: list[str] | None = None) -> list[Text]:
+        """The ``n`` most probable labels as ``label ████▌ 62%`` lines, ``width`` cells wide.
+
+        With ``present`` (a multilabel head), labels over the threshold are marked ``●`` and bold.
+        """
+        ranked = sorted(probs.items(), key=lambda kv: -kv[1])[:n]
+        bar_w = max(4, width - label_w - 6 - (0 if present is None else 2))
+        out = []
+        for label, p in ranked:
+            line = Text(no_wrap=True, overflow="crop")
+            mark = "" if present is None else ("● " if label in present else "○ ")
+            style = "bold" if present and label in present else ("dim" if present is not None else "")
+            line.append(f"{mark}{label[:label_w]:<{label_w}} ", style=style)
+            line.append(_bar(p, bar_w), style=color(label) if color else ("green" if style == "bold" else "grey50"))
+            line.append(f" {p:4.0%}")
+            out.append(line)
+        return out
+
+    def _mood(self, s: DashboardState, rows: int, width: int) -> RenderableType:
+        head = s.heads.get("mood")
+        combined = (s.midi or {}).get("combined_mood")
+        lines: list[RenderableType] = []
+        line = Text(no_wrap=True, overflow="ellipsis")
+        if head is not None:
+            line.append(str(head.get("top", "?")), style="bold")
+            line.append(f" {float(head.get('p', 0.0)):.0%}")
+        elif s.midi and s.midi.get("mood"):
+            line.append(str(s.midi["mood"].get("top", "?")), style="bold")
+            line.append(f" {float(s.midi['mood'].get('p', 0.0)):.0%} (MIDI)")
+        else:
+            line.append("—", style="dim")
+        if combined:
+            line.append("  audio+MIDI ", style="dim")
+            line.append(str(combined.get("top", "?")), style="bold")
+            line.append(f" {float(combined.get('p', 0.0)):.0%}")
+        lines.append(line)
+        if head is not None and rows > 1:
+            lines += self._bars(head.get("probs", {}), rows - 1, width, None, label_w=10)
+        return Panel(Group(*lines), title="mood", title_align="left", padding=(0, 1))
+
+    def _instruments(self, s: DashboardState, rows: int, width: int) -> RenderableType:
+        head = s.heads.get("instruments")
+        if head is None:
+            body: RenderableType = Text("—", style="dim")
+        else:
+            body = Group(*self._bars(head.get("probs", {}), rows, width, None, label_w=10, present=list(head.get("present", []))))
+        return Panel(body, title="instruments", title_align="left", padding=(0, 1))
+
+    def _timeline(self, s: DashboardState, width: int, rows: int) -> RenderableType:
+        width = max(1, width)
+        cells = list(s.timeline)[-width * rows:]
+        hop = float(s.start.get("hop_s") or 0.5)
+        strip = Text(no_wrap=True, overflow="crop")
+        for r in range(rows):
+            row = cells[r * width:(r + 1) * width]
+            i = 0
+            while i < len(row):
+                j = i
+                while j < len(row) and row[j] == row[i]:
+                    j += 1
+                strip.append(self._cells(s, row[i], j - i))
+                i = j
+            if r < rows - 1:
+                strip.append("\n")
+        legend = Text(no_wrap=True, overflow="ellipsis")
+        seen = [g for g in dict.fromkeys(reversed(cells)) if g is not None]
+        for g in seen:
+            legend.append(self._cells(s, g, 1))
+            legend.append(f" {g}  ")
+        if any(c is None for c in cells):
+            legend.append(self._cells(s, None, 1))
+            legend.append(" silence")
+        title = f"timeline · last {_clock(len(cells) * hop)}"
+        return Panel(Group(strip, legend), title=title, title_align="left", padding=(0, 1))
+
+    def _cells(self, s: DashboardState, genre: str | None, n: int) -> Text:
+        if genre is None:
+            return Text("·" * n, style="dim")
+        if self.colorless:
+            return Text(s.symbols.get(genre, "?") * n)
+        return Text("█" * n, style=s.color(genre))
+
+    def _level(self, s: DashboardState, rows: int, width: int) -> RenderableType:
+        """RMS and peak meters; clipping and silence as badges in the title."""
+        bar_w = max(6, width - 17)
+        lines: list[Text] = []
+        for name, db in (("RMS ", s.level_dbfs), ("peak", s.peak_dbfs)):
+            line = Text(no_wrap=True, overflow="crop")
+            line.append(f"{name} ")
+            if db is None:
+                line.append("—", style="dim")
+            else:
+                frac = (float(db) - METER_FLOOR_DB) / -METER_FLOOR_DB
+                style = "red" if float(db) >= -1.0 else "yellow" if float(db) >= -12.0 else "green"
+                line.append(_bar(frac, bar_w), style=style)
+                line.append(f" {float(db):6.1f} dBFS")
+            lines.append(line)
+        title = Text("level ")
+        if s.clipped:
+            title.append(" CLIP ", style="bold white on red" if not self.colorless else "bold reverse")
+            title.append(" ")
+        if s.silent_since is not None:
+            title.append(f"silence since {_clock(s.silent_since)} ", style="bold")
+        return Panel(Group(*lines[:max(rows, 1)]), title=title, title_align="left", padding=(0, 1))
+
+    def _health(self, s: DashboardState, rows: int) -> RenderableType:
+        st = s.start
+        lat = s.latency_percentiles()
+        lat_text = "latency —" if lat is None else f"latency p50 {lat[0]:.0f} ms · p99 {lat[1]:.0f} ms"
+        over = f"overruns {s.overruns} ({s.dropped_samples} samples)"
+        lines = [lat_text, over]
+        if rows >= 3:
+            rate = st.get("source_rate")
+            lines.append(f"{st.get('engine_detail') or st.get('engine', '?')}")
+            lines.append(f"{rate or '?'} Hz → {st.get('sample_rate', '?')} Hz · {st.get('channels', '?')} ch · hop {st.get('hop_s', 0):g} s")
+        text = Text("\n".join(lines[:max(rows, 1)]), no_wrap=True, overflow="ellipsis")
+        style = "yellow" if s.overruns else ""
+        return Panel(text, title="health", title_align="left", padding=(0, 1), border_style=style)
+
+    def _midi(self, s: DashboardState, rows: int) -> RenderableType:
+        m = s.midi or {}
+        key = m.get("key")
+        key_t = f"key {key} {float(m.get('key_confidence') or 0):.0%}" if key else "key —"
+        tempo = m.get("tempo_bpm")
+        tempo_t = f"{float(tempo):.0f} bpm ({m.get('tempo_source')})" if tempo else "tempo —"
+        rng = m.get("pitch_range")
+        rng_t = f" · {_note(int(rng[0]))}–{_note(int(rng[1]))}" if rng else ""
+        fam = sorted((m.get("families") or {}).items(), key=lambda kv: -kv[1])[:3]
+        mood = m.get("mood") or {}
+        lines = [
+            f"{key_t} · {tempo_t}",
+            f"{float(m.get('notes_per_s') or 0):.1f} notes/s · poly {float(m.get('polyphony_mean') or 0):.1f}/{m.get('polyphony_max', 0)}{rng_t}",
+            "families " + (" ".join(f"{f} {v:.0%}" for f, v in fam) or "—"),
+            f"mood {mood.get('top', '—')} {float(mood.get('p') or 0):.0%} · sustain {float(m.get('sustain') or 0):.0%}",
+            f"vel {float(m.get('velocity_mean') or 0):.0f}±{float(m.get('velocity_std') or 0):.0f} · notes {m.get('notes', 0)} · bad {m.get('malformed', 0)} · lost {m.get('dropped', 0)}",
+        ]
+        text = Text("\n".join(lines[:max(rows, 1)]), no_wrap=True, overflow="ellipsis")
+        return Panel(text, title=f"MIDI {m.get('port') or ''}".strip(), title_align="left", padding=(0, 1))
+
+    def _log(self, s: DashboardState, rows: int) -> RenderableType:
+        text = Text(no_wrap=True, overflow="ellipsis")
+        entries = list(s.log)[-max(rows, 1):]
+        for i, e in enumerate(entries):
+            text.append(f"{_clock(e.t):>7} ", style="dim")
+            text.append(e.text, style=e.style)
+            if i < len(entries) - 1:
+                text.append("\n")
+        return Panel(text, title="events", title_align="left", padding=(0, 1))
+
+    def _status(self, s: DashboardState) -> RenderableType:
+        if s.stopped is not None:
+            return Text(f" stopped: {s.stopped}", style="bold", no_wrap=True, overflow="ellipsis")
+        if s.status is not None:
+            return Text(f" {s.status.text}", style=s.status.style, no_wrap=True, overflow="ellipsis")
+        st = s.start
+        if not st:
+            return Text(" starting…", style="dim")
+        src = f" listening: {st.get('source', '?')} ({st.get('source_rate', '?')} Hz, {st.get('channels', '?')} ch) · t {_clock(s.t)}"
+        return Text(src, style="dim", no_wrap=True, overflow="ellipsis")
+
+    def _tiny(self, s: DashboardState, width: int) -> RenderableType:
+        """Terminals under 60×20: one line per essential."""
+        def top(name: str) -> str:
+            h = s.heads.get(name)
+            if h is None:
+                return "—"
+            if "present" in h:
+                return ", ".join(h["present"]) or "none"
+            return f"{h.get('top', '?')} {float(h.get('p', 0.0)):.0%}"
+        lat = s.latency_percentiles()
+        level = "—" if s.level_dbfs is None else f"{float(s.level_dbfs):.1f}/{float(s.peak_dbfs or 0):.1f} dBFS"
+        lines = [
+            Text("rtgenre · q quit", style="bold"),
+            Text(f"genre {top('genre')}", style="bold"),
+            Text(f"mood {top('mood')}"),
+            Text(f"instruments {top('instruments')}"),
+            Text(f"level {level}" + (" CLIP" if s.clipped else "") + (" silence" if s.silent_since is not None else "")),
+            Text("latency —" if lat is None else f"latency {lat[0]:.0f}/{lat[1]:.0f} ms · overruns {s.overruns}"),
+            self._status(s),
+        ]
+        for line in lines:
+            line.no_wrap, line.overflow = True, "ellipsis"
+        return Group(*lines)
+
+
+class KeyReader:
+    """Reads single keys from a terminal and calls ``on_quit`` on ``q``.
+
+    While running, the terminal is in cbreak mode (keys arrive unbuffered and
+    are not echoed; Ctrl-C still raises SIGINT).  :meth:`stop` restores the
+    saved settings.  Does nothing when ``fd`` is not a terminal.
+
+    Parameters
+    ----------
+    on_quit : callable
+        Called (from the reader thread) each time ``q`` or ``Q`` is pressed.
+    fd : int, optional
+        File descriptor to read; defaults to standard input.
+    """
+
+    def __init__(self, on_quit: Callable[[], None], fd: int | None = None) -> None:
+        self.on_quit = on_quit
+        self.fd = fd
+        self._saved: list[Any] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Enter cbreak mode and start the reader thread (no-op without a terminal)."""
+        try:
+            import termios
+            import tty
+        except ImportError:  # not a POSIX terminal: no key reading
+            return
+        fd = self.fd
+        if fd is None:
+            try:
+                fd = sys.stdin.fileno()
+            except (AttributeError, ValueError, OSError):
+                return
+        if not os.isatty(fd):
+            return
+        self.fd = fd
+        self._saved = termios.tcgetattr(fd)
+        tty.setcbreak(fd, termios.TCSANOW)
+        self._thread = threading.Thread(target=self._run, name="dashboard-keys", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        assert self.fd is not None
+        while not self._stop.is_set():
+            try:
+                ready, _, _ = select.select([self.fd], [], [], 0.1)
+                key = os.read(self.fd, 1) if ready else b""
+            except OSError:  # the terminal went away
+                return
+            if key in (b"q", b"Q"):
+                self.on_quit()
+
+    def stop(self) -> None:
+        """Stop the thread and restore the terminal settings."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(1.0)
+        if self._saved is not None:
+            import termios
+
+            try:
+                termios.tcsetattr(self.fd, termios.TCSADRAIN, self._saved)
+            except termios.error:  # the terminal went away
+                pass
+            self._saved = None
+
+
+class Dashboard(Sink):
+    """Full-screen live dashboard of one stream's events.
+
+    The ``Live`` display starts with the first event.  :meth:`handle` only
+    updates the state; a painter thread redraws when new data arrived or the
+    terminal was resized, at most ``refresh_per_second`` times a second.
+
+    Parameters
+    ----------
+    console : Console
+        Where to draw (built by the CLI with ``no_color`` from ``--no-color`` / ``NO_COLOR``).
+    on_quit : callable
+        Called when the user presses ``q``.
+    history_s : float
+        Seconds of genre history in the timeline.
+    refresh_per_second : float
+        Upper bound on redraws per second.
+    """
+
+    def __init__(self, console: Console, *, on_quit: Callable[[], None], history_s: float = 300.0, refresh_per_second: float = 4.0) -> None:
+        self.console = console
+        self.state = DashboardState(history_s)
+        self.view = DashboardView(console)
+        self.period = 1.0 / refresh_per_second
+        self.keys = KeyReader(on_quit)
+        self.frames = 0
+        self._lock = threading.Lock()
+        self._dirty = threading.Event()
+        self._closed = threading.Event()
+        self._live: Live | None = None
+        self._painter: threading.Thread | None = None
+
+    def handle(self, event: Event) -> None:
+        with self._lock:
+            self.state.process(event, time.monotonic())
+        self._dirty.set()
+        if self._live is None and not self._closed.is_set():
+            self._start()
+
+    def render(self) -> RenderableType:
+        """One frame for the console's current size (also used by tests, without ``Live``)."""
+        width, height = self.console.size
+        with self._lock:
+            return self.view.render(self.state, width, height)
+
+    def _start(self) -> None:
+        self._live = Live(console=self.console, screen=True, auto_refresh=False, redirect_stdout=False, redirect_stderr=False)
+        self._live.start()
+        self.keys.start()
+        self._painter = threading.Thread(target=self._paint, name="dashboard-paint", daemon=True)
+        self._painter.start()
+
+    def _paint(self) -> None:
+        assert self._live is not None
+        size = None
+        while not self._closed.wait(self.period):
+            if self._dirty.is_set() or self.console.size != size:
+                self._dirty.clear()
+                size = self.console.size
+                self._live.update(self.render(), refresh=True)
+                self.frames += 1
+
+    def close(self) -> None:
+        """Stop redrawing, leave the alternate screen, restore the terminal, print one summary line."""
+        self._closed.set()
+        try:
+            if self._painter is not None:
+                self._painter.join()
+            if self._live is not None:
+                self._live.stop()
+        finally:
+            self.keys.stop()
+        if self._live is not None:
+            self.console.print(self._farewell(), highlight=False, soft_wrap=True)
+
+    def _farewell(self) -> Text:
+        s = self.state
+        genre = s.heads.get("genre", {}).get("top")
+        text = Text(f"rtgenre: {s.stopped or 'stopped'} after {_clock(s.uptime)} · {s.predictions} predictions")
+        if genre:
+            text.append(f" · last genre {genre}")
+        if s.overruns:
+            text.append(f" · {s.overruns} overruns ({s.dropped_samples} samples dropped)")
+        return text

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from rtgenre.card import FrontendParams
 from rtgenre.dsp.level import LevelMeter
+from rtgenre.dsp.mel import MelStream, log_mel
 from rtgenre.dsp.window import Windower
 from rtgenre.errors import UsageError
 
@@ -117,3 +119,21 @@ def test_levels_fed_with_real_frame_lag_and_chunking(hop_s, n_fft):
             break
     assert [(w.end_frame, w.level_dbfs, w.peak_dbfs) for w in got] == [(w.end_frame, w.level_dbfs, w.peak_dbfs) for w in whole]
     assert -13 < whole[0].level_dbfs < -11  # 0.25 RMS = -12.04 dBFS
+
+
+def test_streamed_front_end_windows_equal_offline_slices():
+    """MelStream + LevelMeter + Windower fed in odd chunks cut the offline log-Mel matrix."""
+    p = FrontendParams()
+    t = np.arange(SR * 10) / SR
+    x = (0.4 * np.sin(2 * np.pi * 220 * t * (1 + t / 10))).astype(np.float32)
+    offline = log_mel(x, p)
+    mel, meter, win = MelStream(p), LevelMeter(p.hop_length), windower(0.5)
+    got, i = [], 0
+    for n in np.random.default_rng(5).integers(1, 9000, 100):
+        chunk = x[i : i + n]
+        i += len(chunk)
+        got += win.process(mel.process(chunk), *meter.process(chunk))
+    assert [w.end_frame for w in got] == [win.window_end(k) for k in range(win.windows_for(len(offline)))]
+    for w in got:
+        np.testing.assert_array_equal(w.mel, offline[w.end_frame - W : w.end_frame])
+        assert w.level_dbfs == pytest.approx(20 * np.log10(0.4 / np.sqrt(2)), abs=0.05)

@@ -421,6 +421,33 @@ class TensorRTEngine(Engine):
             self.cuda.stream_synchronize(self._stream)
             return {name: host[:n].astype(np.float32) for name, host, _ in self._outs}
 
+    def time_execute(self, batch: int, iterations: int) -> list[float]:
+        """GPU milliseconds of ``execute_async_v3`` alone for ``batch`` windows, once per iteration.
+
+        Measured with CUDA events recorded on the engine's stream just before
+        and after the call, on whatever the input buffer holds (call :meth:`run`
+        first to load real windows).  Used by ``tools/bench_engine.py``.
+        """
+        if not 1 <= batch <= self.max_batch:
+            raise ValueError(f"batch size {batch} outside 1..{self.max_batch}")
+        frames, mels = self.card.window_frames, self.card.frontend.n_mels
+        times = []
+        with self._lock:
+            self.cuda.make_current()
+            start, end = self.cuda.event_create(), self.cuda.event_create()
+            try:
+                self._context.set_input_shape(self.card.input_name, (batch, frames, mels))
+                for _ in range(iterations):
+                    self.cuda.event_record(start, self._stream)
+                    if not self._context.execute_async_v3(self._stream_handle):
+                        raise RuntimeError("TensorRT execute_async_v3 failed (see the TensorRT log)")
+                    self.cuda.event_record(end, self._stream)
+                    times.append(self.cuda.event_elapsed_ms(start, end))
+            finally:
+                self.cuda.event_destroy(start)
+                self.cuda.event_destroy(end)
+        return times
+
     def close(self) -> None:
         """Free the GPU buffers, stream, context and engine (idempotent)."""
         with self._lock:

@@ -117,8 +117,25 @@ def inputs() -> tuple[np.ndarray, np.ndarray]:
     return np.stack(patches), window
 
 
-def run_tf(pkg: Path, ckpt: str, patches: np.ndarray, window: np.ndarray) -> dict[str, np.ndarray]:
-    """Outputs of the original TF graph for one checkpoint."""
+def tf_session(pkg: Path, ckpt: str, threads: int = 0):
+    """The original graph (``musicnn.models.define_model``), restored from the checkpoint.
+
+    Parameters
+    ----------
+    pkg : Path
+        The unpacked ``musicnn`` package folder.
+    ckpt : str
+        ``MSD_musicnn`` or ``MTT_musicnn``.
+    threads : int
+        Intra-op threads (0: TensorFlow's default); one inter-op thread.
+
+    Returns
+    -------
+    tuple
+        ``(session, x, is_training, probs, feats)``: ``x`` is the
+        ``(batch, frames, 96)`` placeholder with open input length, ``probs``
+        the sigmoid tags, ``feats`` the per-frame back-end input (batch, frames, 753).
+    """
     import tensorflow as tf
 
     tf.compat.v1.disable_eager_execution()
@@ -132,8 +149,16 @@ def run_tf(pkg: Path, ckpt: str, patches: np.ndarray, window: np.ndarray) -> dic
         y, timbral, temporal, cnn1, cnn2, cnn3, *_ = models.define_model(x, is_training, ckpt, 50)
         probs = tf.nn.sigmoid(y)
         feats = tf.concat([timbral, temporal] + [tf.squeeze(c, [3]) for c in (cnn1, cnn2, cnn3)], 2)
-    with tf.compat.v1.Session() as sess:
-        tf.compat.v1.train.Saver().restore(sess, str(pkg / ckpt) + "/")
+    config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=threads, inter_op_parallelism_threads=1 if threads else 0)
+    sess = tf.compat.v1.Session(config=config)
+    tf.compat.v1.train.Saver().restore(sess, str(pkg / ckpt) + "/")
+    return sess, x, is_training, probs, feats
+
+
+def run_tf(pkg: Path, ckpt: str, patches: np.ndarray, window: np.ndarray) -> dict[str, np.ndarray]:
+    """Outputs of the original TF graph for one checkpoint."""
+    sess, x, is_training, probs, feats = tf_session(pkg, ckpt)
+    with sess:
         p_probs, p_feats = sess.run([probs, feats], {x: patches, is_training: False})
         w_probs, w_feats = sess.run([probs, feats], {x: window[None], is_training: False})
     return {

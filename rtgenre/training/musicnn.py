@@ -292,7 +292,7 @@ class Musicnn(nn.Module):
         return model.eval()
 
 
-def export_onnx(model: nn.Module, path: str | Path, outputs: tuple[str, ...] = ("tags",), opset: int = 17) -> Path:
+def export_onnx(model: nn.Module, path: str | Path, outputs: tuple[str, ...] = ("tags",), opset: int = 18) -> Path:
     """Export a module that takes log-Mel ``(batch, frames, 96)`` to ONNX.
 
     Parameters
@@ -305,7 +305,7 @@ def export_onnx(model: nn.Module, path: str | Path, outputs: tuple[str, ...] = (
     outputs : tuple of str
         Names of the model's outputs, in order.
     opset : int
-        ONNX opset (>= 17).
+        ONNX opset (18, torch's native one; 17 makes the exporter down-convert Pad, which fails).
 
     Returns
     -------
@@ -324,6 +324,7 @@ def export_onnx(model: nn.Module, path: str | Path, outputs: tuple[str, ...] = (
         dynamic_shapes={"mel": {0: batch, 1: frames}},
         opset_version=opset,
         dynamo=True,
+        verbose=False,
     )
     return Path(path)
 

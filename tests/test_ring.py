@@ -200,3 +200,24 @@ def test_stress_non_live_producer_drops_nothing():
     t.join()
     assert _check_stream(chunks, drops, total) == 0
     assert ring.dropped_total == 0
+
+
+def test_write_allocates_no_array_memory():
+    """The producer path copies in place: no np.concatenate, no temporaries (numpy reports to tracemalloc)."""
+    import tracemalloc
+
+    ring = Ring(10_000, channels=2)
+    block = np.ones((3000, 2), dtype=np.float32)  # 24 kB; wraps on every few writes
+    long_block = np.ones((25_000, 2), dtype=np.float32)  # longer than the ring
+    ring.write(block)
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        for _ in range(50):
+            ring.write(block)
+        ring.write(long_block)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert peak < 4096, peak

@@ -117,10 +117,12 @@ def test_space_wait_space_and_close():
     assert ring.wait_available(4, timeout=10.0) is False  # closed: returns at once
 
 
-def _consume(ring: Ring, rng: np.random.Generator, stall_s: float, use_into: bool) -> tuple[list[np.ndarray], list[int]]:
+def _consume(ring: Ring, rng: np.random.Generator, stall_s: float, use_into: bool, force_overrun: bool = False) -> tuple[list[np.ndarray], list[int]]:
     chunks: list[np.ndarray] = []
     drops: list[int] = []
     buf = np.empty((ring.capacity, 1), dtype=np.int64)
+    while force_overrun and ring.written <= 2 * ring.capacity:  # at least one overrun, whatever the timing
+        time.sleep(0.0005)
     while True:
         closed = ring.closed  # read before available(): once closed, written is final
         if closed and ring.available() == 0:
@@ -170,11 +172,11 @@ def test_stress_live_producer_overruns(use_into):
 
     t = threading.Thread(target=produce)
     t.start()
-    chunks, drops = _consume(ring, np.random.default_rng(2), stall_s=0.02, use_into=use_into)
+    chunks, drops = _consume(ring, np.random.default_rng(2), stall_s=0.02, use_into=use_into, force_overrun=True)
     t.join()
     dropped = _check_stream(chunks, drops, total)
     assert ring.written == total and ring.dropped_total == dropped
-    assert dropped > 0  # the stalls did force overruns
+    assert dropped >= 4096  # the stalls did force overruns
     assert sum(len(c) for c in chunks) > 0
 
 

@@ -363,7 +363,7 @@ def test_open_source_picks_the_class(tone_wav):
     ("kw", "match"),
     [
         ({"input": "a.wav", "device": "1"}, "both given"),
-        ({"input": None, "device": None}, "no audio input"),
+        ({"input": None, "device": None}, "No audio input"),
         ({"input": "-", "device": None, "realtime": True}, "--realtime"),
         ({"input": "a.wav", "device": None, "fmt": "s16le"}, "--format"),
         ({"input": "a.wav", "device": None, "rate": 8000}, "--rate"),

@@ -55,7 +55,7 @@ def open_source(
     """
     if (input is None) == (device is None):
         raise UsageError(
-            "--device and --input were both given" if input is not None else "no audio input given",
+            "--device and --input were both given" if input is not None else "No audio input given",
             "Pass exactly one of --device N|NAME (see `rtgenre devices`) and --input FILE|-|URL",
         )
     if realtime and (input is None or input == "-" or is_url(input)):

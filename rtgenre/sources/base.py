@@ -49,6 +49,7 @@ def check_format(what: str, sample_rate: int, channels: int) -> None:
     channels : int
         Channel count.
     """
+    what = what[:1].upper() + what[1:]
     if not MIN_CHANNELS <= channels <= MAX_CHANNELS:
         raise InputFormatError(
             f"{what} has {channels} channels; supported are {MIN_CHANNELS} to {MAX_CHANNELS}",

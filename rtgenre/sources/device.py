@@ -41,7 +41,7 @@ def _sounddevice() -> ModuleType:
         import sounddevice
     except OSError as exc:
         raise DependencyMissingError(
-            f"the PortAudio library is not installed ({exc})", "Install it, e.g. `apt-get install libportaudio2`"
+            f"The PortAudio library is not installed ({exc})", "Install it, e.g. `apt-get install libportaudio2`"
         ) from None
     return sounddevice
 
@@ -121,12 +121,12 @@ def find_input_device(spec: str, devices: list[dict[str, Any]]) -> dict[str, Any
         for d in devices:
             if d["index"] == int(spec):
                 return d
-        raise DeviceNotFoundError(f"no input device with index {spec} (input devices: {names})", _FIX_LIST)
+        raise DeviceNotFoundError(f"No input device with index {spec} (input devices: {names})", _FIX_LIST)
     key = spec.strip().lower()
     exact = [d for d in devices if d["name"].lower() == key]
     found = exact or [d for d in devices if key in d["name"].lower()]
     if not found:
-        raise DeviceNotFoundError(f"no input device named like {spec!r} (input devices: {names})", _FIX_LIST)
+        raise DeviceNotFoundError(f"No input device named like {spec!r} (input devices: {names})", _FIX_LIST)
     if len(found) > 1:
         raise UsageError(
             f"--device {spec!r} matches several input devices: "
@@ -178,7 +178,7 @@ class DeviceSource(Source):
         channels = self._channels or min(2, dev["max_input_channels"])
         self.description = f"device {dev['index']} {dev['name']!r} ({rate} Hz, {channels} ch)"
         supports = (
-            f"device {dev['index']} {dev['name']!r} supports up to {dev['max_input_channels']} input channels, "
+            f"supports up to {dev['max_input_channels']} input channels, "
             f"default rate {dev['default_samplerate']} Hz"
         )
         try:
@@ -194,11 +194,12 @@ class DeviceSource(Source):
             code = exc.args[1] if len(exc.args) > 1 else None
             if code in _FORMAT_ERRORS or (self._channels or 0) > dev["max_input_channels"]:
                 raise InputFormatError(
-                    f"cannot open {rate} Hz, {channels} ch on it ({exc.args[0]}); {supports}",
+                    f"Device {dev['index']} {dev['name']!r} cannot capture {rate} Hz, {channels} ch "
+                    f"({exc.args[0]}); it {supports}",
                     "Pass a supported --rate / --channels",
                 ) from None
             raise DeviceBusyError(
-                f"cannot open device {dev['index']} {dev['name']!r} ({exc.args[0]})",
+                f"Cannot open device {dev['index']} {dev['name']!r} ({exc.args[0]})",
                 "Close the program using it, or pick another device (`rtgenre devices`)",
             ) from None
         self.sample_rate, self.channels = int(rate), int(channels)
@@ -237,7 +238,7 @@ class DeviceSource(Source):
         else:
             return
         self.error = DeviceLostError(
-            f"{self.description} stopped delivering audio ({why})",
+            f"{self.description[:1].upper()}{self.description[1:]} stopped delivering audio ({why})",
             "Check that it is still connected and not taken over by another program, then restart",
         )
         self._running = False

@@ -61,18 +61,18 @@ class FileSource(ThreadedSource):
 
     def open(self) -> None:
         if not os.path.exists(self.path):
-            raise InputUnreadableError(f"file {self.path} does not exist", _FIX_READABLE)
+            raise InputUnreadableError(f"File {self.path} does not exist", _FIX_READABLE)
         if os.path.isdir(self.path):
             raise InputUnreadableError(f"{self.path} is a directory, not an audio file", _FIX_READABLE)
         try:
             f = sf.SoundFile(self.path)
         except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-            raise InputUnreadableError(f"cannot read {self.path} as audio ({exc})", _FIX_READABLE) from None
+            raise InputUnreadableError(f"Cannot read {self.path} as audio ({exc})", _FIX_READABLE) from None
         try:
             check_format(self.description, f.samplerate, f.channels)
             self.declared_frames = _declared_frames(f)
             if f.frames == 0:
-                raise InputEmptyError(f"file {self.path} holds no audio (0 frames)", "Pass a file with audio in it")
+                raise InputEmptyError(f"File {self.path} holds no audio (0 frames)", "Pass a file with audio in it")
         except Exception:
             f.close()
             raise
@@ -111,7 +111,7 @@ class FileSource(ThreadedSource):
                 data = f.read(block, dtype="float32", always_2d=True)
             except (sf.LibsndfileError, RuntimeError) as exc:
                 raise InputTruncatedError(
-                    f"file {self.path} is damaged after {pos / self.sample_rate:.2f} s ({exc})", _FIX_TRUNCATED
+                    f"File {self.path} is damaged after {pos / self.sample_rate:.2f} s ({exc})", _FIX_TRUNCATED
                 ) from None
             if not len(data):
                 break
@@ -119,7 +119,7 @@ class FileSource(ThreadedSource):
             yield data
         if pos < self.declared_frames and not self._stop.is_set():
             raise InputTruncatedError(
-                f"file {self.path} is truncated: its header announces {self.declared_frames} frames, "
+                f"File {self.path} is truncated: its header announces {self.declared_frames} frames, "
                 f"only {pos} are present",
                 _FIX_TRUNCATED,
             )

@@ -44,7 +44,7 @@ class PcmDecoder:
 
     def __init__(self, fmt: str, channels: int) -> None:
         if fmt not in FORMATS:
-            raise UsageError(f"unknown sample format {fmt!r}", f"Use one of {', '.join(FORMATS)}")
+            raise UsageError(f"Unknown sample format {fmt!r}", f"Use one of {', '.join(FORMATS)}")
         self.fmt = fmt
         self.channels = channels
         self.frame_bytes = FORMATS[fmt] * channels
@@ -115,7 +115,7 @@ def parse_wav_header(read: Callable[[int], bytes]) -> tuple[str, int, int, int |
         cid, size = head[:4], struct.unpack("<I", head[4:])[0]
         if cid == b"data":
             if spec is None:
-                raise InputFormatError("the WAV stream on stdin has no fmt chunk before its data", "Send a valid WAV stream")
+                raise InputFormatError("The WAV stream on stdin has no fmt chunk before its data", "Send a valid WAV stream")
             return (*spec, None if size in _UNKNOWN_SIZES else size)
         body = read(size + (size & 1))
         if len(body) < size:
@@ -132,7 +132,7 @@ def _wav_spec(fmt_chunk: bytes) -> tuple[str, int, int]:
     fmt = {(1, 16): "s16le", (1, 24): "s24le", (1, 32): "s32le", (3, 32): "f32le"}.get((tag, bits))
     if fmt is None:
         raise InputFormatError(
-            f"the WAV stream on stdin has an unsupported sample format (format tag {tag}, {bits} bit)",
+            f"The WAV stream on stdin has an unsupported sample format (format tag {tag}, {bits} bit)",
             "Send 16/24/32-bit integer or 32-bit float PCM, e.g. `ffmpeg -i IN -f wav -c:a pcm_s16le -`",
         )
     return fmt, rate, channels
@@ -176,7 +176,7 @@ class StdinSource(ThreadedSource):
         self._fd = self._stream.fileno()
         if self.fmt is not None:
             if self._rate is None or self._channels is None:
-                raise UsageError("raw PCM on stdin needs --rate and --channels", _FIX_RAW)
+                raise UsageError("Raw PCM on stdin needs --rate and --channels", _FIX_RAW)
             fmt, rate, channels = self.fmt, self._rate, self._channels
             self.description = f"stdin {fmt} {rate} Hz {channels} ch"
         else:
@@ -221,6 +221,6 @@ class StdinSource(ThreadedSource):
             )
         if self._remaining:
             raise InputTruncatedError(
-                f"the WAV stream on stdin ended {self._remaining} bytes before the end its header announces",
+                f"The WAV stream on stdin ended {self._remaining} bytes before the end its header announces",
                 "Send the complete stream",
             )

@@ -1,8 +1,8 @@
 """Synthetic event streams for the dashboard tests, and a driver that shows them live.
 
 ``python tests/dashboard_driver.py [SECONDS]`` runs a :class:`Dashboard` on the
-terminal, fed with :func:`synthetic_events` paced at the hop; it ends at the
-end of the stream or when ``q`` is pressed (exit code 0 either way).  The tmux
+terminal, fed with :func:`synthetic_events` paced at the hop, and keeps the
+last frame until ``q`` is pressed (then exits with code 0).  The tmux
 test uses it to check the ``Live`` screen, resizing and the ``q`` key
 independently of a model.
 """

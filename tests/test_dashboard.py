@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import pty
 import re
@@ -145,7 +146,9 @@ def test_missing_heads_and_notices_do_not_break_the_frame():
         text, _ = frame([start, pred], *size)
         assert "P O P" in text or "genre pop" in text
     text, _ = frame([start, pred])
-    assert "notice: TensorRT unavailable (no GPU); using ONNX Runtime" in text
+    assert "notice: TensorRT unavailable (no GPU); using ONNX Runtime" in text.splitlines()[-1]
+    text, _ = frame([start, pred, Event(pred.kind, pred.stream, 30.0, pred.data)])  # notices expire
+    assert "listening: song.wav" in text.splitlines()[-1] and "notice: TensorRT" in text  # still in the log
     text, _ = frame([start_event().with_data(labels={"mood": ["calm"]})])
     assert "model has no genre head" in text
 
@@ -280,3 +283,18 @@ def test_cli_listen_in_tmux(tmp_path, song, size):
         assert later != first
         pane.send_keys("q")
         assert pane.wait_exit(15) == 0, pane.stderr()
+
+
+@needs_tmux
+@pytest.mark.slow
+@pytest.mark.skipif(not (ROOT / "engines" / "rtgenre-crnn.json").exists(), reason="the shipped model engines/rtgenre-crnn.json is not built yet")
+def test_cli_json_to_a_file_shows_the_dashboard_on_stderr(tmp_path, song):
+    out = tmp_path / "events.jsonl"
+    argv = [sys.executable, "-m", "rtgenre", "listen", "--input", str(song), "--realtime", "--json"]
+    with TmuxPane(argv, 80, 24, tmp_path, cwd=ROOT, env={"PYTHONPATH": str(ROOT)}, stdout=out) as pane:
+        screen = pane.wait_for(lambda s: _has_sections(s) and "dBFS" in s, 40)
+        assert _has_sections(screen), screen
+        pane.send_keys("q")
+        assert pane.wait_exit(15) == 0, pane.capture()
+    kinds = [json.loads(line)["event"] for line in out.read_text().splitlines()]
+    assert kinds[0] == "start" and "prediction" in kinds and kinds[-1] == "stop"

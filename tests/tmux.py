@@ -35,9 +35,13 @@ class TmuxPane:
         Working directory of the command.
     env : dict, optional
         Extra environment variables for the command.
+    stdout : path, optional
+        Redirect the command's stdout to this file (the pane then shows only its stderr).
+        Without it stderr goes to a file (see :meth:`stderr`) and the pane shows stdout.
     """
 
-    def __init__(self, argv: Sequence[str], width: int, height: int, workdir: Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(self, argv: Sequence[str], width: int, height: int, workdir: Path, cwd: Path | None = None,
+                 env: dict[str, str] | None = None, stdout: Path | None = None) -> None:
         if TMUX is None:
             raise RuntimeError("tmux is not installed")
         self.argv = list(argv)
@@ -45,18 +49,22 @@ class TmuxPane:
         self.workdir = Path(workdir)
         self.cwd = cwd or Path.cwd()
         self.env = env or {}
+        self.stdout = stdout
         self.socket = f"rtgenre-test-{uuid.uuid4().hex[:12]}"
         self.rc_file = self.workdir / f"{self.socket}.rc"
         self.log_file = self.workdir / f"{self.socket}.stderr"
 
     def _tmux(self, *args: str) -> subprocess.CompletedProcess:
+        """Run a tmux command against this pane's server."""
         return subprocess.run([TMUX, "-L", self.socket, *args], capture_output=True, text=True, timeout=30)
 
     def start(self) -> "TmuxPane":
+        """Start the server and the command in a detached ``width`` × ``height`` session."""
         conf = self.workdir / f"{self.socket}.conf"
         conf.write_text("set -g status off\nset -g default-terminal tmux-256color\nset -g history-limit 0\n")
         exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items())
-        inner = f"{exports} {shlex.join(self.argv)} 2>{shlex.quote(str(self.log_file))}; echo $? > {shlex.quote(str(self.rc_file))}"
+        redirect = f">{shlex.quote(str(self.stdout))}" if self.stdout else f"2>{shlex.quote(str(self.log_file))}"
+        inner = f"{exports} {shlex.join(self.argv)} {redirect}; echo $? > {shlex.quote(str(self.rc_file))}"
         res = subprocess.run(
             [TMUX, "-L", self.socket, "-f", str(conf), "new-session", "-d", "-s", "t", "-x", str(self.width), "-y", str(self.height),
              "-c", str(self.cwd), "sh", "-c", inner.strip()],
@@ -71,9 +79,11 @@ class TmuxPane:
         return self._tmux("capture-pane", "-p", "-t", "t").stdout
 
     def send_keys(self, *keys: str) -> None:
+        """Type ``keys`` into the pane (tmux key names, e.g. ``q`` or ``C-c``)."""
         self._tmux("send-keys", "-t", "t", *keys)
 
     def resize(self, width: int, height: int) -> None:
+        """Resize the window (the command gets SIGWINCH)."""
         self._tmux("resize-window", "-t", "t", "-x", str(width), "-y", str(height))
         self.width, self.height = width, height
 
@@ -96,9 +106,11 @@ class TmuxPane:
         return None
 
     def stderr(self) -> str:
+        """What the command wrote on stderr so far (redirected to a file)."""
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
 
     def close(self) -> None:
+        """Kill the private server and with it the command, if still running."""
         self._tmux("kill-server")
 
     def __enter__(self) -> "TmuxPane":

@@ -48,6 +48,8 @@ PALETTE = (
     "dark_orange", "medium_purple", "spring_green2", "deep_pink2", "gold3", "steel_blue1",
     "orchid", "chartreuse3", "light_salmon1", "turquoise2",
 )
+#: Audio seconds a notice stays on the status line (an error stays until the next one).
+NOTICE_S = 20.0
 #: Level meter range in dBFS.
 METER_FLOOR_DB = -60.0
 NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
@@ -68,6 +70,11 @@ def _clock(seconds: float) -> str:
     s = int(max(seconds, 0.0))
     h, rest = divmod(s, 3600)
     return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+def _db(x: float | None) -> str:
+    """A dB figure with one decimal, ``—`` when unknown."""
+    return "—" if x is None else f"{float(x):.1f}"
 
 
 def _note(n: int) -> str:
@@ -139,9 +146,9 @@ class DashboardState:
         self.midi: dict[str, Any] | None = None
         self.timeline: deque[str | None] = deque(maxlen=self._timeline_len(0.5))
         self.status: LogEntry | None = None
+        self.status_until = math.inf
         self.log: deque[LogEntry] = deque(maxlen=self.log_size)
         self.stopped: str | None = None
-        self.counts: dict[str, Any] = {}
 
     def _timeline_len(self, hop_s: float) -> int:
         return max(1, int(math.ceil(self.history_s / hop_s)))
@@ -166,7 +173,7 @@ class DashboardState:
         elif kind == "silence":
             if self.silent_since is None:
                 self.silent_since = float(d.get("since", event.t))
-                self._log(event.t, f"silence ({d.get('level_dbfs', float('nan')):.1f} dBFS)", "dim")
+                self._log(event.t, f"silence ({_db(d.get('level_dbfs'))} dBFS)", "dim")
             self.level_dbfs, self.peak_dbfs = d.get("level_dbfs"), d.get("peak_dbfs", self.peak_dbfs)
             self.clipped = False
             self.timeline.append(None)
@@ -181,10 +188,9 @@ class DashboardState:
         elif kind == "error":
             style = "bold red" if d.get("fatal") else "red"
             entry = self._log(event.t, f"error {d.get('code', '?')}: {d.get('message', '')}", style)
-            self.status = entry
+            self.status, self.status_until = entry, math.inf
         elif kind == "stop":
             self.stopped = str(d.get("reason", "stopped"))
-            self.counts = dict(d.get("counts", {}))
             self._log(event.t, f"stopped: {self.stopped}", "bold")
 
     def _on_start(self, event: Event, now: float) -> None:
@@ -201,6 +207,7 @@ class DashboardState:
         notice = self.start.get("engine_notice")
         if notice:
             self.status = self._log(event.t, f"notice: {notice}", "yellow")
+            self.status_until = event.t + NOTICE_S
 
     def _on_prediction(self, event: Event, now: float) -> None:
         d = event.data
@@ -234,9 +241,11 @@ class DashboardState:
 
     @property
     def uptime(self) -> float:
+        """Seconds from the ``start`` event to the latest event."""
         return 0.0 if self.started_at is None else self.now - self.started_at
 
     def color(self, genre: str | None) -> str:
+        """The genre's colour: fixed by its index in the model's genre labels."""
         return self.colors.get(genre or "", "white")
 
 
@@ -284,6 +293,7 @@ class DashboardView:
 
     @property
     def colorless(self) -> bool:
+        """True when the console shows no colours (``--no-color``, ``NO_COLOR``, dumb terminal)."""
         return self.console.no_color or self.console.color_system is None
 
     def render(self, s: DashboardState, width: int, height: int) -> RenderableType:
@@ -397,12 +407,12 @@ class DashboardView:
         if head is not None:
             line.append(str(head.get("top", "?")), style="bold")
             line.append(f" {float(head.get('p', 0.0)):.0%}")
-        elif s.midi and s.midi.get("mood"):
+        elif s.midi and (s.midi.get("mood") or {}).get("top"):
             line.append(str(s.midi["mood"].get("top", "?")), style="bold")
             line.append(f" {float(s.midi['mood'].get('p', 0.0)):.0%} (MIDI)")
         else:
             line.append("—", style="dim")
-        if combined:
+        if combined and combined.get("top"):
             line.append("  audio+MIDI ", style="dim")
             line.append(str(combined.get("top", "?")), style="bold")
             line.append(f" {float(combined.get('p', 0.0)):.0%}")
@@ -468,12 +478,12 @@ class DashboardView:
                 line.append(_bar(frac, bar_w), style=style)
                 line.append(f" {float(db):6.1f} dBFS")
             lines.append(line)
-        title = Text("level ")
+        title = Text("level")
         if s.clipped:
-            title.append(" CLIP ", style="bold white on red" if not self.colorless else "bold reverse")
             title.append(" ")
+            title.append(" CLIP ", style="bold white on red" if not self.colorless else "bold reverse")
         if s.silent_since is not None:
-            title.append(f"silence since {_clock(s.silent_since)} ", style="bold")
+            title.append(f" silence since {_clock(s.silent_since)}", style="bold")
         return Panel(Group(*lines[:max(rows, 1)]), title=title, title_align="left", padding=(0, 1))
 
     def _health(self, s: DashboardState, rows: int) -> RenderableType:
@@ -504,7 +514,7 @@ class DashboardView:
             f"{key_t} · {tempo_t}",
             f"{float(m.get('notes_per_s') or 0):.1f} notes/s · poly {float(m.get('polyphony_mean') or 0):.1f}/{m.get('polyphony_max', 0)}{rng_t}",
             "families " + (" ".join(f"{f} {v:.0%}" for f, v in fam) or "—"),
-            f"mood {mood.get('top', '—')} {float(mood.get('p') or 0):.0%} · sustain {float(m.get('sustain') or 0):.0%}",
+            f"mood {mood.get('top') or '—'} {float(mood.get('p') or 0):.0%} · sustain {float(m.get('sustain') or 0):.0%}",
             f"vel {float(m.get('velocity_mean') or 0):.0f}±{float(m.get('velocity_std') or 0):.0f} · notes {m.get('notes', 0)} · bad {m.get('malformed', 0)} · lost {m.get('dropped', 0)}",
         ]
         text = Text("\n".join(lines[:max(rows, 1)]), no_wrap=True, overflow="ellipsis")
@@ -523,7 +533,7 @@ class DashboardView:
     def _status(self, s: DashboardState) -> RenderableType:
         if s.stopped is not None:
             return Text(f" stopped: {s.stopped}", style="bold", no_wrap=True, overflow="ellipsis")
-        if s.status is not None:
+        if s.status is not None and s.t <= s.status_until:
             return Text(f" {s.status.text}", style=s.status.style, no_wrap=True, overflow="ellipsis")
         st = s.start
         if not st:
@@ -541,7 +551,7 @@ class DashboardView:
                 return ", ".join(h["present"]) or "none"
             return f"{h.get('top', '?')} {float(h.get('p', 0.0)):.0%}"
         lat = s.latency_percentiles()
-        level = "—" if s.level_dbfs is None else f"{float(s.level_dbfs):.1f}/{float(s.peak_dbfs or 0):.1f} dBFS"
+        level = f"{_db(s.level_dbfs)}/{_db(s.peak_dbfs)} dBFS"
         lines = [
             Text("rtgenre · q quit", style="bold"),
             Text(f"genre {top('genre')}", style="bold"),

@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rtgenre.errors import MidiInputError, MidiPortNotFoundError, UsageError
+from rtgenre.errors import DependencyMissingError, MidiInputError, MidiPortNotFoundError, UsageError
 from rtgenre.events import Event
 from rtgenre.midi.analysis import AUDIO_FAMILY, GM_FAMILIES, MidiAnalyzer, find_key, onset_tempo
 from rtgenre.midi.commands import analyze_file, run_analyze_midi
 from rtgenre.midi.mood import MOOD_LABELS, combine_mood, midi_mood
-from rtgenre.midi.source import MidiFileSource, MidiQueue, resolve_port
+from rtgenre.midi.source import MidiFileSource, MidiQueue, list_midi_ports, resolve_port
 
 mido = pytest.importorskip("mido")
 
@@ -336,6 +336,12 @@ def test_resolve_port_by_index_and_name():
         resolve_port("o", ports)
     with pytest.raises(MidiPortNotFoundError):
         resolve_port(5, ports)
+
+
+def test_missing_rtmidi_is_a_dependency_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "rtmidi", None)  # makes `import rtmidi` fail
+    with pytest.raises(DependencyMissingError, match=r"rtgenre\[midi\]"):
+        list_midi_ports()
 
 
 # ----------------------------------------------------------------------------- files and analyze-midi

@@ -48,7 +48,7 @@ POLL_S = 1.0
 def _rtmidi():
     try:
         import rtmidi
-    except ImportError as e:  # pragma: no cover - depends on the installation
+    except ImportError as e:
         raise DependencyMissingError("python-rtmidi is not installed (needed for MIDI ports)", "pip install 'rtgenre[midi]'") from e
     return rtmidi
 
@@ -56,7 +56,7 @@ def _rtmidi():
 def _mido():
     try:
         import mido
-    except ImportError as e:  # pragma: no cover - depends on the installation
+    except ImportError as e:
         raise DependencyMissingError("mido is not installed (needed for MIDI files)", "pip install 'rtgenre[midi]'") from e
     return mido
 

@@ -22,7 +22,7 @@ _LOGSTEP = np.log(6.4) / 27.0
 _DB_FLOOR = 1e-10
 
 
-def hz_to_mel(f: np.ndarray, htk: bool = False) -> np.ndarray:
+def hz_to_mel(f: float | np.ndarray, htk: bool = False) -> np.ndarray:
     """Hz to mels on the HTK or the Slaney (linear below 1 kHz, log above) scale."""
     f = np.asarray(f, dtype=np.float64)
     if htk:
@@ -32,7 +32,7 @@ def hz_to_mel(f: np.ndarray, htk: bool = False) -> np.ndarray:
     return np.where(f >= _MIN_LOG_HZ, log_part, mels)
 
 
-def mel_to_hz(m: np.ndarray, htk: bool = False) -> np.ndarray:
+def mel_to_hz(m: float | np.ndarray, htk: bool = False) -> np.ndarray:
     """Mels to Hz; the inverse of :func:`hz_to_mel`."""
     m = np.asarray(m, dtype=np.float64)
     if htk:

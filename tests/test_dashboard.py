@@ -82,6 +82,15 @@ def test_large_terminal_shows_more_than_small():
     assert len(genre_bars[0]) == 5 and sorted(genre_bars[1]) == sorted(GENRES)  # top 5 / all 8 genres
 
 
+@pytest.mark.parametrize("size", [(60, 20), (60, 21), (99, 31), (100, 32), (200, 60)])
+def test_every_size_fills_the_screen_exactly(size):
+    width, height = size
+    text, _ = frame(synthetic_events(), width, height)
+    lines = text.splitlines()
+    assert len(lines) == height and max(len(line) for line in lines) <= width
+    assert "J A Z Z" in text and "p50 13 ms · p99 16 ms" in text and "error 12" in lines[-1]
+
+
 def test_tiny_terminal_keeps_the_essentials():
     text, _ = frame(synthetic_events(), 50, 15)
     assert "genre jazz 72%" in text and "mood calm 64%" in text and "instruments guitar, drums, voice" in text

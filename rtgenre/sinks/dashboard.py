@@ -275,6 +275,8 @@ def _plan(width: int, height: int, has_midi: bool) -> _Plan:
     spare = height - 24
     rows = 1 + max(0, min(2, spare // 3))
     bottom = height - 2 - 8 - (rows + 3) - 4
+    if bottom < 3:  # no room for the event log: the timeline takes the rows
+        rows, bottom = rows + bottom, 0
     return _Plan("compact", 8, 3, rows, 4, bottom, has_midi)
 
 
@@ -315,10 +317,11 @@ class DashboardView:
         layout["instruments"].update(self._instruments(s, plan.main - plan.mood - 2, side_w))
         layout["timeline"].update(self._timeline(s, width - 4, plan.timeline_rows))
         layout["level"].update(self._level(s, plan.meters - 2, half_w))
-        layout["health"].update(self._health(s, plan.meters - 2))
-        if plan.midi:
-            layout["midi"].update(self._midi(s, plan.bottom - 2))
-        layout["log"].update(self._log(s, plan.bottom - 2))
+        layout["health"].update(self._health(s, plan.meters - 2, width - width // 2 - 4))
+        if plan.bottom:
+            if plan.midi:
+                layout["midi"].update(self._midi(s, plan.bottom - 2))
+            layout["log"].update(self._log(s, plan.bottom - 2))
         layout["status"].update(self._status(s))
         return layout
 
@@ -337,10 +340,8 @@ class DashboardView:
             bottom.split_row(Layout(name="midi", ratio=1), Layout(name="log", ratio=1))
         else:
             bottom.split_row(Layout(name="log"))
-        root.split_column(
-            Layout(name="header", size=1), main, Layout(name="timeline", size=plan.timeline_rows + 3),
-            meters, bottom, Layout(name="status", size=1),
-        )
+        rows = [Layout(name="header", size=1), main, Layout(name="timeline", size=plan.timeline_rows + 3), meters]
+        root.split_column(*rows, *([bottom] if plan.bottom else []), Layout(name="status", size=1))
         return root
 
     # -- sections -----------------------------------------------------------
@@ -486,10 +487,12 @@ class DashboardView:
             title.append(f" silence since {_clock(s.silent_since)}", style="bold")
         return Panel(Group(*lines[:max(rows, 1)]), title=title, title_align="left", padding=(0, 1))
 
-    def _health(self, s: DashboardState, rows: int) -> RenderableType:
+    def _health(self, s: DashboardState, rows: int, width: int) -> RenderableType:
         st = s.start
         lat = s.latency_percentiles()
         lat_text = "latency —" if lat is None else f"latency p50 {lat[0]:.0f} ms · p99 {lat[1]:.0f} ms"
+        if len(lat_text) > width:
+            lat_text = lat_text.replace("latency ", "")
         over = f"overruns {s.overruns} ({s.dropped_samples} samples)"
         lines = [lat_text, over]
         if rows >= 3:

@@ -307,3 +307,22 @@ def test_cli_json_to_a_file_shows_the_dashboard_on_stderr(tmp_path, song):
         assert pane.wait_exit(15) == 0, pane.capture()
     kinds = [json.loads(line)["event"] for line in out.read_text().splitlines()]
     assert kinds[0] == "start" and "prediction" in kinds and kinds[-1] == "stop"
+
+
+def test_renders_the_midi_helpers_real_midi_objects():
+    """Contract with rtgenre.midi.analysis: an empty window and a C major arpeggio."""
+    analysis = pytest.importorskip("rtgenre.midi.analysis")
+    midi = analysis.MidiAnalyzer(7.5, port="Test Port")
+    empty = midi.snapshot(1.0)
+    recs = []
+    for i in range(24):
+        t, pitch = i * 0.25, (60, 64, 67, 72)[i % 4]
+        recs += [(t, 3, (0x90, pitch, 90)), (t + 0.2, 3, (0x80, pitch, 0))]
+    midi.process(np.array(recs, dtype=analysis.RECORD))
+    full = midi.snapshot(6.0)
+    start = start_event().with_data(midi=True)
+    text, _ = frame([start, Event("midi", "main", 1.0, {"midi": empty})])
+    assert "MIDI Test Port" in text and "key —" in text
+    text, _ = frame([start, Event("midi", "main", 6.0, {"midi": full})])
+    assert f"key {full['key']}" in text and full["key"] == "C major"
+    assert f"{full['notes_per_s']:.1f} notes/s" in text and "C4–C5" in text

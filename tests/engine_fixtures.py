@@ -1,18 +1,43 @@
-"""Engine test fixtures: a small CRNN-shaped model exported with torch, and engine factories.
+"""Engine test fixtures: a small CRNN-shaped model exported with torch, and a fake GPU.
 
 The model has the shipped model's interface (input ``mel`` of shape
 ``(batch, 469, 96)``; three heads: ``genre`` and ``mood`` multiclass,
 ``instruments`` multilabel) but few weights, so every engine test runs on it
 without depending on ``engines/``.  Imported by ``tests/test_engines.py``
 (pytest fixtures) and ``tools/bench_engine.py`` (``export_test_model``).
+
+The second half is a CPU stand-in for TensorRT and cuda-python, to test the
+TensorRT engine's own logic on machines without a GPU.
+:func:`install_fake_gpu` puts two fake modules in ``sys.modules``:
+
+- ``cuda.bindings.runtime``: device and pinned memory are ctypes buffers, and
+  every copy checks that both pointers fall inside live allocations of the
+  right kind (pinned host ↔ device) with room for the byte count; frees of
+  unknown pointers fail with a CUDA error code, as the real runtime does;
+- ``tensorrt`` (weakly typed, ``BuilderFlag.FP16``) or ``tensorrt_rtx``
+  (strongly typed, no FP16 flag): the parser checks the ONNX bytes, the
+  "plan" is a header plus the ONNX model, and ``execute_async_v3`` runs it with
+  ONNX Runtime on the bytes found at the tensor addresses, with the batch of
+  the last ``set_input_shape`` (checked against the optimisation profile).
+
+It checks buffer sizes, shapes, the plan cache round trip, the FP16 route and
+resource release.  It cannot check the real TensorRT/CUDA APIs: the GPU run
+(``tools/gpu_check.sh``) does that.
 """
 
 from __future__ import annotations
 
+import ctypes
+import enum
 import hashlib
+import importlib.machinery
 import json
+import sys
+import time
+import types
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -118,3 +143,309 @@ def model_card(request, test_card_path) -> ModelCard:
             pytest.skip(f"shipped model card {shipped_card_path()} does not exist yet")
         return load_card(shipped_card_path())
     return load_card(test_card_path)
+
+
+# --- CPU stand-in for TensorRT and cuda-python -------------------------------
+
+PLAN_MAGIC = b"FAKEPLAN"
+
+
+class CudaErr(enum.IntEnum):
+    cudaSuccess = 0
+    cudaErrorInvalidValue = 1
+    cudaErrorNoDevice = 100
+
+
+class FakeCudaRuntime(types.ModuleType):
+    """``cuda.bindings.runtime`` with memory in ctypes buffers and bounds-checked copies."""
+
+    cudaError_t = CudaErr
+    cudaMemcpyKind = SimpleNamespace(cudaMemcpyHostToDevice=1, cudaMemcpyDeviceToHost=2)
+
+    def __init__(self, devices: int = 1) -> None:
+        super().__init__("cuda.bindings.runtime")
+        self.devices = devices
+        self.device_mem: dict[int, ctypes.Array] = {}
+        self.host_mem: dict[int, ctypes.Array] = {}
+        self.streams: set[int] = set()
+        self.copies = 0
+        self._next_stream = 0x1000
+
+    def _alloc(self, table: dict, nbytes: int) -> tuple:
+        buf = ctypes.create_string_buffer(nbytes)
+        table[ctypes.addressof(buf)] = buf
+        return CudaErr.cudaSuccess, ctypes.addressof(buf)
+
+    @staticmethod
+    def _inside(table: dict, ptr: int, nbytes: int) -> bool:
+        return any(base <= ptr and ptr + nbytes <= base + len(buf) for base, buf in table.items())
+
+    def cudaGetDeviceCount(self):
+        return (CudaErr.cudaSuccess, self.devices) if self.devices else (CudaErr.cudaErrorNoDevice, 0)
+
+    def cudaGetDeviceProperties(self, device):
+        return CudaErr.cudaSuccess, SimpleNamespace(name=b"Fake GPU 80GB\0\0\0", major=9, minor=0, totalGlobalMem=80 << 30)
+
+    def cudaDriverGetVersion(self):
+        return CudaErr.cudaSuccess, 12040
+
+    def cudaRuntimeGetVersion(self):
+        return CudaErr.cudaSuccess, 12020
+
+    def cudaSetDevice(self, device):
+        return (CudaErr.cudaSuccess,) if device < self.devices else (CudaErr.cudaErrorInvalidValue,)
+
+    def cudaStreamCreate(self):
+        self._next_stream += 1
+        self.streams.add(self._next_stream)
+        return CudaErr.cudaSuccess, self._next_stream
+
+    def cudaStreamSynchronize(self, stream):
+        return (CudaErr.cudaSuccess,) if stream in self.streams else (CudaErr.cudaErrorInvalidValue,)
+
+    def cudaStreamDestroy(self, stream):
+        if stream not in self.streams:
+            return (CudaErr.cudaErrorInvalidValue,)
+        self.streams.remove(stream)
+        return (CudaErr.cudaSuccess,)
+
+    def cudaMalloc(self, nbytes):
+        return self._alloc(self.device_mem, nbytes)
+
+    def cudaFree(self, ptr):
+        return (CudaErr.cudaSuccess,) if self.device_mem.pop(ptr, None) is not None else (CudaErr.cudaErrorInvalidValue,)
+
+    def cudaMallocHost(self, nbytes):
+        return self._alloc(self.host_mem, nbytes)
+
+    def cudaFreeHost(self, ptr):
+        return (CudaErr.cudaSuccess,) if self.host_mem.pop(ptr, None) is not None else (CudaErr.cudaErrorInvalidValue,)
+
+    def cudaMemcpyAsync(self, dst, src, nbytes, kind, stream):
+        h2d = kind == self.cudaMemcpyKind.cudaMemcpyHostToDevice
+        dst_table, src_table = (self.device_mem, self.host_mem) if h2d else (self.host_mem, self.device_mem)
+        if stream not in self.streams or not self._inside(dst_table, dst, nbytes) or not self._inside(src_table, src, nbytes):
+            return (CudaErr.cudaErrorInvalidValue,)
+        ctypes.memmove(dst, src, nbytes)
+        self.copies += 1
+        return (CudaErr.cudaSuccess,)
+
+    def cudaEventCreate(self):
+        return CudaErr.cudaSuccess, SimpleNamespace(t=None)
+
+    def cudaEventRecord(self, event, stream):
+        event.t = time.perf_counter()
+        return (CudaErr.cudaSuccess,)
+
+    def cudaEventSynchronize(self, event):
+        return (CudaErr.cudaSuccess,) if event.t is not None else (CudaErr.cudaErrorInvalidValue,)
+
+    def cudaEventElapsedTime(self, start, end):
+        return CudaErr.cudaSuccess, (end.t - start.t) * 1000.0
+
+    def cudaEventDestroy(self, event):
+        return (CudaErr.cudaSuccess,)
+
+
+def make_fake_tensorrt(name: str, runtime: FakeCudaRuntime) -> types.ModuleType:
+    """A fake ``tensorrt`` (weakly typed) or ``tensorrt_rtx`` (strongly typed) module over ``runtime``'s memory."""
+    import onnx
+    import onnxruntime as ort
+
+    trt = types.ModuleType(name)
+    trt.__spec__ = importlib.machinery.ModuleSpec(name, None)
+    trt.__version__ = "10.99.0-fake" if name == "tensorrt" else "1.99.0-fake"
+    trt.builds = 0  # plans returned
+    trt.build_attempts = 0  # build_serialized_network calls
+    trt.reject_current = False  # make builds that target ComputeCapability.CURRENT fail (TensorRT-RTX only)
+    rtx = name == "tensorrt_rtx"
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, severity):
+            self.severity = severity
+
+    class DataType(enum.Enum):
+        FLOAT = 0
+        HALF = 1
+
+    class TensorIOMode(enum.Enum):
+        INPUT = 1
+        OUTPUT = 2
+
+    NetworkDefinitionCreationFlag = SimpleNamespace(STRONGLY_TYPED=1) if rtx else SimpleNamespace()
+    BuilderFlag = SimpleNamespace(TF32=6) if rtx else SimpleNamespace(FP16=0, TF32=6)
+
+    class Network:
+        def __init__(self, flags):
+            self.flags, self.inputs, self.onnx = flags, [], b""
+
+        @property
+        def num_inputs(self):
+            return len(self.inputs)
+
+        def get_input(self, i):
+            return SimpleNamespace(name=self.inputs[i])
+
+    class OnnxParser:
+        def __init__(self, network, logger):
+            self.network, self.errors = network, []
+
+        def parse(self, data):
+            try:
+                model = onnx.load_from_string(bytes(data))
+                onnx.checker.check_model(model)
+            except Exception as e:
+                self.errors.append(SimpleNamespace(desc=lambda e=e: f"ModelImporter: {type(e).__name__}"))
+                return False
+            inits = {i.name for i in model.graph.initializer}
+            self.network.inputs = [i.name for i in model.graph.input if i.name not in inits]
+            self.network.onnx = bytes(data)
+            return True
+
+        @property
+        def num_errors(self):
+            return len(self.errors)
+
+        def get_error(self, i):
+            return self.errors[i]
+
+    class Profile:
+        def set_shape(self, name, lo, opt, hi):
+            self.shape = (name, tuple(lo), tuple(opt), tuple(hi))
+
+    class Config:
+        def __init__(self):
+            self.flags, self.profiles, self.targets = set(), [], {}
+            self.num_compute_capabilities = 0
+
+        def set_compute_capability(self, cc, index):
+            assert rtx and 0 <= index < self.num_compute_capabilities
+            self.targets[index] = cc
+
+        def set_flag(self, flag):
+            self.flags.add(flag)
+
+        def add_optimization_profile(self, profile):
+            self.profiles.append(profile)
+
+    class Builder:
+        platform_has_fast_fp16 = True
+
+        def __init__(self, logger):
+            self.logger = logger
+
+        def create_network(self, flags):
+            if rtx and not flags & (1 << NetworkDefinitionCreationFlag.STRONGLY_TYPED):
+                raise TypeError("TensorRT-RTX networks are strongly typed")
+            return Network(flags)
+
+        def create_builder_config(self):
+            return Config()
+
+        def create_optimization_profile(self):
+            return Profile()
+
+        def build_serialized_network(self, network, config):
+            trt.build_attempts += 1
+            if len(config.profiles) != 1 or (trt.reject_current and config.targets):
+                return None
+            trt.builds += 1
+            name, lo, opt, hi = config.profiles[0].shape
+            header = {"input": name, "min": lo, "opt": opt, "max": hi, "fp16_flag": getattr(BuilderFlag, "FP16", None) in config.flags}
+            blob = json.dumps(header).encode()
+            return PLAN_MAGIC + len(blob).to_bytes(4, "little") + blob + network.onnx
+
+    class Context:
+        def __init__(self, engine):
+            self.engine, self.addresses, self.shape = engine, {}, None
+
+        def set_tensor_address(self, name, ptr):
+            assert name in self.engine.names, name
+            self.addresses[name] = int(ptr)
+            return True
+
+        def set_input_shape(self, name, shape):
+            h = self.engine.header
+            shape = tuple(shape)
+            if name != h["input"] or len(shape) != 3 or shape[1:] != tuple(h["max"][1:]) or not h["min"][0] <= shape[0] <= h["max"][0]:
+                return False
+            self.shape = shape
+            return True
+
+        def get_tensor_shape(self, name):
+            return (self.shape[0], self.engine.widths[name])
+
+        def execute_async_v3(self, stream_handle):
+            if stream_handle not in runtime.streams or self.shape is None or set(self.addresses) != set(self.engine.names):
+                return False
+            n = int(np.prod(self.shape))
+            x = np.frombuffer(ctypes.string_at(self.addresses[self.engine.header["input"]], n * 4), np.float32).reshape(self.shape)
+            outs = self.engine.session.run(self.engine.outputs, {self.engine.header["input"]: x})
+            for name, out in zip(self.engine.outputs, outs):
+                out = np.ascontiguousarray(out, np.float32)
+                assert FakeCudaRuntime._inside(runtime.device_mem, self.addresses[name], out.nbytes), f"output {name} buffer too small"
+                ctypes.memmove(self.addresses[name], out.ctypes.data, out.nbytes)
+            return True
+
+    class Engine:
+        def __init__(self, header, onnx_bytes):
+            self.header = header
+            self.session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+            self.outputs = [o.name for o in self.session.get_outputs()]
+            self.widths = {o.name: o.shape[1] for o in self.session.get_outputs()}
+            self.names = [header["input"], *self.outputs]
+
+        @property
+        def num_io_tensors(self):
+            return len(self.names)
+
+        def get_tensor_name(self, i):
+            return self.names[i]
+
+        def get_tensor_mode(self, name):
+            return TensorIOMode.INPUT if name == self.header["input"] else TensorIOMode.OUTPUT
+
+        def get_tensor_dtype(self, name):
+            return DataType.FLOAT
+
+        def create_execution_context(self):
+            return Context(self)
+
+    class Runtime:
+        def __init__(self, logger):
+            self.logger = logger
+
+        def deserialize_cuda_engine(self, plan):
+            plan = bytes(plan)
+            if not plan.startswith(PLAN_MAGIC):
+                return None
+            size = int.from_bytes(plan[8:12], "little")
+            return Engine(json.loads(plan[12 : 12 + size]), plan[12 + size :])
+
+    for obj in (Logger, DataType, TensorIOMode, Builder, OnnxParser, Runtime):
+        setattr(trt, obj.__name__, obj)
+    if rtx:
+        trt.ComputeCapability = SimpleNamespace(NONE=0, CURRENT=1, SM80=80)
+    trt.NetworkDefinitionCreationFlag = NetworkDefinitionCreationFlag
+    trt.BuilderFlag = BuilderFlag
+    return trt
+
+
+def install_fake_gpu(monkeypatch, flavour: str = "tensorrt", devices: int = 1) -> tuple[types.ModuleType, FakeCudaRuntime]:
+    """Install fake ``cuda.bindings.runtime`` and TensorRT ``flavour`` modules for one test; return them."""
+    from rtgenre.inference import tensorrt as trt_engine
+
+    runtime = FakeCudaRuntime(devices)
+    cuda_pkg, bindings = types.ModuleType("cuda"), types.ModuleType("cuda.bindings")
+    cuda_pkg.bindings, bindings.runtime = bindings, runtime
+    for mod_name, mod in (("cuda", cuda_pkg), ("cuda.bindings", bindings), ("cuda.bindings.runtime", runtime), ("pycuda", None), ("pycuda.driver", None)):
+        monkeypatch.setitem(sys.modules, mod_name, mod)
+    trt = make_fake_tensorrt(flavour, runtime)
+    other = "tensorrt_rtx" if flavour == "tensorrt" else "tensorrt"
+    monkeypatch.setitem(sys.modules, flavour, trt)
+    monkeypatch.setitem(sys.modules, other, None)
+    monkeypatch.setattr(trt_engine._Logger, "loggers", {})
+    trt_engine.tensorrt_available.cache_clear()
+    return trt, runtime

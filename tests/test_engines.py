@@ -17,12 +17,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from engine_fixtures import ENGINE_KINDS, HEADS, TOLERANCE, build_test_crnn, model_card, random_windows, test_card_path  # noqa: F401
+from engine_fixtures import ENGINE_KINDS, HEADS, TOLERANCE, build_test_crnn, install_fake_gpu, model_card, random_windows, test_card_path  # noqa: F401
 from rtgenre.card import load_card
-from rtgenre.errors import EngineUnavailableError, ExitCode, UsageError
+from rtgenre.errors import EngineUnavailableError, ExitCode, ModelCorruptError, UsageError
 from rtgenre.inference import create_engine
 from rtgenre.inference.commands import add_engine_arguments, run_engine
 from rtgenre.inference.onnxruntime import OnnxRuntimeEngine
+from rtgenre.inference.cuda import CudaError, load_cuda
 from rtgenre.inference.plancache import PlanCache
 from rtgenre.inference.tensorrt import TensorRTEngine, convert_onnx_to_fp16, tensorrt_available
 
@@ -34,14 +35,32 @@ def make_engine(kind: str, card, cache_dir, max_batch: int = MAX_BATCH):
     """An engine of ``kind`` for ``card``; skips TensorRT kinds that cannot run here."""
     if kind == "onnxruntime":
         return OnnxRuntimeEngine(card, threads=2, max_batch=max_batch)
-    if not TRT_OK:
-        pytest.skip(f"TensorRT unavailable: {TRT_REASON}")
+    ok, reason = tensorrt_available()
+    if not ok:
+        pytest.skip(f"TensorRT unavailable: {reason}")
     return TensorRTEngine(card, precision=kind.split("-")[1], max_batch=max_batch, cache=PlanCache(cache_dir))
 
 
 def windows(card, n: int, seed: int) -> np.ndarray:
     """Random windows shaped for ``card``."""
     return random_windows(n, seed, card.window_frames, card.frontend.n_mels)
+
+
+@pytest.fixture(params=["real", "fake-tensorrt", "fake-tensorrt_rtx"])
+def gpu(request, monkeypatch, tmp_path):
+    """The real GPU (skipped where TensorRT cannot run), or the CPU stand-in of either TensorRT flavour.
+
+    Yields ``None`` for the real GPU, else the fake ``(trt module, CUDA runtime)``.
+    The plan cache goes to a temporary ``XDG_CACHE_HOME``.
+    """
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    if request.param == "real":
+        if not TRT_OK:
+            pytest.skip(f"TensorRT unavailable: {TRT_REASON}")
+        yield None
+        return
+    yield install_fake_gpu(monkeypatch, request.param.removeprefix("fake-"))
+    tensorrt_available.cache_clear()
 
 
 @pytest.fixture(scope="session")
@@ -123,7 +142,7 @@ def test_onnxruntime_matches_torch_eager(test_card_path):
 
 
 @pytest.mark.parametrize("kind", [k for k in ENGINE_KINDS if k.startswith("tensorrt")])
-def test_tensorrt_plan_cache_hit_miss_and_corruption(kind, test_card_path, tmp_path):
+def test_tensorrt_plan_cache_hit_miss_and_corruption(kind, gpu, test_card_path, tmp_path):
     card = load_card(test_card_path)
     x = random_windows(3, seed=2)
     with make_engine(kind, card, tmp_path, max_batch=16) as first:
@@ -211,12 +230,126 @@ def test_engine_build_without_a_gpu_is_unavailable(test_card_path):
         run_engine(_engine_args("build", "--model", str(test_card_path)))
 
 
-@pytest.mark.skipif(not TRT_OK, reason=f"TensorRT unavailable: {TRT_REASON}")
-def test_engine_build_caches_a_plan(test_card_path, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert run_engine(_engine_args("build", "--model", str(test_card_path), "--precision", "fp32", "--max-batch", "16")) == 0
+def test_engine_build_caches_a_plan_and_info_lists_it(gpu, test_card_path, capsys):
+    args = _engine_args("build", "--model", str(test_card_path), "--precision", "fp32", "--max-batch", "16")
+    assert run_engine(args) == 0
     (entry,) = PlanCache().entries()
     assert entry.key.precision == "fp32" and entry.key.profile_max == 16
     assert "built in" in capsys.readouterr().out
-    assert run_engine(_engine_args("build", "--model", str(test_card_path), "--precision", "fp32", "--max-batch", "16")) == 0
+    assert run_engine(args) == 0
     assert "already cached" in capsys.readouterr().out
+    assert run_engine(_engine_args("info", "--json")) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["tensorrt_usable"] and info["gpu"]["name"] == entry.key.gpu_name
+    assert [e["file"] for e in info["entries"]] == [entry.plan_path.name]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_fake_gpu_engine_io_parity_and_release(precision, gpu, test_card_path, tmp_path):
+    if gpu is None:
+        pytest.skip("checks the fake GPU's bookkeeping; the real GPU runs the shared tests above")
+    trt, runtime = gpu
+    card = load_card(test_card_path)
+    with OnnxRuntimeEngine(card) as ref, TensorRTEngine(card, precision=precision, max_batch=16, cache=PlanCache(tmp_path)) as engine:
+        strongly_typed = trt.__name__ == "tensorrt_rtx"
+        assert engine.precision == precision and engine.max_batch == 16
+        if precision == "fp16":
+            assert ("strongly typed" in engine.detail) == strongly_typed and ("BuilderFlag.FP16" in engine.detail) != strongly_typed
+        for n in (1, 7, 16):
+            x = random_windows(n, seed=n)
+            copies = runtime.copies
+            got, want = engine.run(x), ref.run(x)
+            assert runtime.copies - copies == 1 + len(card.heads)  # one H2D, one D2H per head
+            for name in want:
+                assert got[name].shape == want[name].shape
+                diff = np.abs(got[name] - want[name]).max()
+                assert diff <= TOLERANCE[f"tensorrt-{precision}"]
+                if precision == "fp16" and strongly_typed:
+                    assert diff > 0  # the FP16 copy of the graph ran
+        times = engine.time_execute(4, 3)
+        assert len(times) == 3 and min(times) >= 0
+        with pytest.raises(ValueError):
+            engine.time_execute(17, 1)
+        assert runtime.device_mem and runtime.host_mem and runtime.streams
+    assert runtime.device_mem == {} and runtime.host_mem == {} and runtime.streams == set()
+    engine.close()  # idempotent
+
+
+def test_fake_gpu_rebuilds_a_plan_the_runtime_rejects(gpu, test_card_path, tmp_path):
+    if gpu is None:
+        pytest.skip("needs the fake runtime to count builds")
+    trt, _ = gpu
+    card, cache = load_card(test_card_path), PlanCache(tmp_path)
+    with TensorRTEngine(card, precision="fp32", max_batch=8, cache=cache):
+        pass
+    (entry,) = cache.entries()
+    cache.store(entry.key, b"checksummed, but not a plan")  # passes the cache's checks, fails deserialization
+    with TensorRTEngine(card, precision="fp32", max_batch=8, cache=cache) as engine:
+        assert not engine.cache_hit and trt.builds == 2
+        assert engine.run(random_windows(2))["genre"].shape == (2, len(HEADS["genre"][1]))
+    assert cache.load(entry.key).startswith(b"FAKEPLAN")
+
+
+def test_fake_rtx_retries_without_targeting_the_current_gpu(monkeypatch, test_card_path, tmp_path):
+    trt, _ = install_fake_gpu(monkeypatch, "tensorrt_rtx")
+    try:
+        trt.reject_current = True
+        with TensorRTEngine(load_card(test_card_path), precision="fp32", max_batch=4, cache=PlanCache(tmp_path)) as engine:
+            assert trt.build_attempts == 2 and trt.builds == 1
+            assert engine.run(random_windows(4))["mood"].shape == (4, len(HEADS["mood"][1]))
+    finally:
+        tensorrt_available.cache_clear()
+
+
+def test_fake_gpu_parser_error_is_model_corrupt(gpu, test_card_path, tmp_path):
+    if gpu is None:
+        pytest.skip("would need a damaged model on the real GPU; the fake parser checks the same path")
+    card = json.loads(test_card_path.read_text())
+    (tmp_path / "bad.onnx").write_bytes(b"\x08\x07 not an onnx protobuf")
+    card.update(onnx="bad.onnx", onnx_sha256="")
+    (tmp_path / "bad.json").write_text(json.dumps(card))
+    for precision in ("fp32", "fp16"):
+        with pytest.raises(ModelCorruptError, match="bad.onnx"):
+            TensorRTEngine(load_card(tmp_path / "bad.json"), precision=precision, cache=PlanCache(tmp_path / "cache"))
+    assert PlanCache(tmp_path / "cache").entries() == []
+
+
+def test_fake_gpu_without_device_falls_back(monkeypatch, test_card_path):
+    install_fake_gpu(monkeypatch, "tensorrt", devices=0)
+    try:
+        ok, reason = tensorrt_available()
+        assert not ok and "cudaErrorNoDevice" in reason
+        card = load_card(test_card_path)
+        with create_engine("auto", card) as engine:
+            assert engine.name == "onnxruntime" and "cudaErrorNoDevice" in engine.notice
+        with pytest.raises(EngineUnavailableError, match="cudaErrorNoDevice"):
+            create_engine("tensorrt", card)
+    finally:
+        tensorrt_available.cache_clear()
+
+
+def test_fake_cuda_pinned_round_trip_and_error_names(monkeypatch):
+    _, runtime = install_fake_gpu(monkeypatch)
+    try:
+        cuda = load_cuda()
+        assert cuda.binding == "cuda-python" and cuda.device_info().name == "Fake GPU 80GB" and cuda.device_info().cc == "9.0"
+        assert cuda.versions()["driver_cuda"] == "12.4"
+        src = cuda.pinned_empty((3, 5), np.float32)
+        dst = cuda.pinned_empty((3, 5), np.float32)
+        src[:] = np.arange(15, dtype=np.float32).reshape(3, 5)
+        dev, stream = cuda.malloc(src.nbytes), cuda.stream_create()
+        cuda.memcpy_htod_async(dev, src, src.nbytes, stream)
+        cuda.memcpy_dtoh_async(dst, dev, dst.nbytes, stream)
+        cuda.stream_synchronize(stream)
+        np.testing.assert_array_equal(dst, src)
+        with pytest.raises(CudaError, match="cudaErrorInvalidValue"):
+            cuda.memcpy_htod_async(dev, src, src.nbytes + 4, stream)  # past the end of the device buffer
+        cuda.free(dev)
+        with pytest.raises(CudaError, match="cudaErrorInvalidValue"):
+            cuda.free(dev)  # double free
+        cuda.pinned_free(src)
+        cuda.pinned_free(dst)
+        cuda.stream_destroy(stream)
+        assert runtime.device_mem == {} and runtime.host_mem == {}
+    finally:
+        tensorrt_available.cache_clear()

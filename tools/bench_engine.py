@@ -10,7 +10,7 @@ For each batch size (default 1, 8, 64, 256) and each engine:
 - ``torch-fp32``, ``torch-fp16``: torch eager on the same GPU (CUDA events
   around the forward pass; end to end with the copies), from a model factory
   given as ``--torch-model module:function`` (called with no argument, or with
-  the model card if it takes one).  The shipped ONNX cannot run in torch, so
+  the model card if it has a required parameter).  The shipped ONNX cannot run in torch, so
   without a factory these rows are skipped with the reason.
 
 Every engine reports median and p99 ms per batch, ms per window and windows/s.
@@ -115,10 +115,11 @@ def bench_tensorrt(card: ModelCard, precision: str, batches: list[int], iters: i
 
 
 def load_factory(spec: str, card: ModelCard) -> Any:
-    """Call ``module:function`` (with the card if it takes an argument) and return the torch module."""
+    """Call ``module:function`` (with the card if it has a required argument) and return the torch module."""
     module, _, name = spec.partition(":")
     fn = getattr(importlib.import_module(module), name)
-    return fn(card) if inspect.signature(fn).parameters else fn()
+    required = [p for p in inspect.signature(fn).parameters.values() if p.default is p.empty]
+    return fn(card) if required else fn()
 
 
 def bench_torch(card: ModelCard, spec: str | None, half: bool, batches: list[int], iters: int, warmup: int) -> dict[str, Any]:

@@ -298,13 +298,17 @@ class TensorRTEngine(Engine):
         )
 
     def _choose_precision(self, requested: str) -> tuple[str, str]:
-        """The precision to build and how it is obtained, as words for :attr:`detail`."""
+        """The precision to build and how it is obtained, as words for :attr:`detail`.
+
+        Fast FP16 is decided from the compute capability (CUDA's fast-FP16
+        architectures: 5.3 and up except 6.1, which covers every GPU TensorRT
+        10 and TensorRT-RTX support), so that a cache hit needs no builder.
+        """
         if requested == "fp32":
             return "fp32", "FP32"
-        builder = self.trt.Builder(_Logger.get(self.trt))
-        fast_fp16 = getattr(builder, "platform_has_fast_fp16", self.gpu.compute_capability >= (5, 3))
-        if not fast_fp16:
-            return "fp32", "FP32 (FP16 requested; this GPU has no fast FP16)"
+        cc = self.gpu.compute_capability
+        if cc < (5, 3) or cc == (6, 1):
+            return "fp32", f"FP32 (FP16 requested; compute {self.gpu.cc} has no fast FP16)"
         if self._weakly_typed_fp16():
             return "fp16", "FP16 (BuilderFlag.FP16, FP32 fallback per layer)"
         return "fp16", "FP16 (strongly typed FP16 copy of the ONNX graph, float32 I/O)"
@@ -345,23 +349,35 @@ class TensorRTEngine(Engine):
         inputs = {network.get_input(i).name: network.get_input(i) for i in range(network.num_inputs)}
         if self.card.input_name not in inputs:
             raise ModelCorruptError(f"{self.card.onnx_path} has no input '{self.card.input_name}' named by its card", "Re-export the model so that the ONNX file and the card agree")
-        config = builder.create_builder_config()
-        if self.precision == "fp16" and self._weakly_typed_fp16():
-            config.set_flag(trt.BuilderFlag.FP16)
-        if hasattr(trt, "ComputeCapability") and hasattr(trt.ComputeCapability, "CURRENT"):
-            config.num_compute_capabilities = 1  # TensorRT-RTX: build for the GPU present
-            config.set_compute_capability(trt.ComputeCapability.CURRENT, 0)
-        frames, mels = self.card.window_frames, self.card.frontend.n_mels
-        profile = builder.create_optimization_profile()
-        profile.set_shape(self.card.input_name, (key.profile_min, frames, mels), (key.profile_opt, frames, mels), (key.profile_max, frames, mels))
-        config.add_optimization_profile(profile)
-        plan = builder.build_serialized_network(network, config)
+        plan = builder.build_serialized_network(network, self._config(builder, key, current_cc=True))
+        if plan is None and self._targets_compute_capability():
+            # TensorRT-RTX may not build for this GPU's own compute capability; its default targets can still run here
+            plan = builder.build_serialized_network(network, self._config(builder, key, current_cc=False))
         if plan is None:
             raise EngineUnavailableError(
                 f"TensorRT could not build an engine for {self.card.onnx_path} (its log above says why)",
                 "Use --engine onnxruntime, or try --precision fp32 or a smaller --max-batch",
             )
         return bytes(plan)
+
+    def _targets_compute_capability(self) -> bool:
+        """Whether this TensorRT can target a compute capability (TensorRT-RTX: ``ComputeCapability.CURRENT``)."""
+        return hasattr(self.trt, "ComputeCapability") and hasattr(self.trt.ComputeCapability, "CURRENT")
+
+    def _config(self, builder: Any, key: PlanKey, current_cc: bool) -> Any:
+        """Builder config: FP16 flag where weakly typed, the batch profile, and (optionally) the current GPU as target."""
+        trt = self.trt
+        config = builder.create_builder_config()
+        if self.precision == "fp16" and self._weakly_typed_fp16():
+            config.set_flag(trt.BuilderFlag.FP16)
+        if current_cc and self._targets_compute_capability():
+            config.num_compute_capabilities = 1
+            config.set_compute_capability(trt.ComputeCapability.CURRENT, 0)
+        frames, mels = self.card.window_frames, self.card.frontend.n_mels
+        profile = builder.create_optimization_profile()
+        profile.set_shape(self.card.input_name, (key.profile_min, frames, mels), (key.profile_opt, frames, mels), (key.profile_max, frames, mels))
+        config.add_optimization_profile(profile)
+        return config
 
     def _setup_io(self) -> None:
         """Create the context and stream; allocate device and pinned buffers for ``max_batch``."""

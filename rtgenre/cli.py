@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     midi = p.add_argument_group("MIDI")
     midi.add_argument("--midi-port", help="analyse a MIDI input port too (index or name; see `rtgenre midi-ports`)")
     midi.add_argument("--midi-file", help="replay a MIDI file in real time through the MIDI analysis")
+    midi.add_argument("--midi-weight", type=float, default=1.0, help="weight of the MIDI mood in the combined mood (product of experts; 0 = audio only; default: 1)")
     _add_model_options(p)
     _add_analysis_options(p)
     _add_output_options(p)
@@ -80,6 +81,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("devices", help="list audio input devices")
     p.add_argument("--json", action="store_true", help="JSON output")
     p.set_defaults(handler=_cmd_devices)
+
+    from rtgenre.inference.commands import add_engine_arguments
+    from rtgenre.midi.commands import add_midi_arguments
+    from rtgenre.training.commands import add_eval_arguments, add_train_arguments, run_eval, run_train
+
+    p = sub.add_parser("eval", help="evaluate a model on a labelled folder (accuracy, F1, confusion)")
+    add_eval_arguments(p)
+    p.set_defaults(handler=run_eval)
+    p = sub.add_parser("train", help="train the model (needs the [train] extra: torch)")
+    add_train_arguments(p)
+    p.set_defaults(handler=run_train)
+    add_engine_arguments(sub)
+    add_midi_arguments(sub)
     return parser
 
 
@@ -132,7 +146,12 @@ def _smoother(args: argparse.Namespace, card):
 
 
 def _run(runner, bus, summaries: bool = False) -> int:
-    """Run with SIGINT/SIGTERM mapped to a clean stop; always drain the sinks."""
+    """Run with SIGINT/SIGTERM mapped to a clean stop; always drain the sinks.
+
+    At the end of the input the sinks are drained completely (a slow reader
+    still gets every remaining event, ``stop`` last); after an interruption or
+    an error they get a few seconds.
+    """
     def on_signal(signum, frame):
         runner.request_stop("interrupted")
 
@@ -142,27 +161,31 @@ def _run(runner, bus, summaries: bool = False) -> int:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-        bus.finish()
+        bus.finish(timeout=None if runner.stop_reason == "end of input" else 3.0)
     return ExitCode.OK
 
 
 def _cmd_listen(args: argparse.Namespace) -> int:
     from rtgenre.card import load_card
-    from rtgenre.pipeline import Feed, Runner
+    from rtgenre.pipeline import Feed, MidiRunner, Runner
     from rtgenre.sinks.base import EventBus
     from rtgenre.sources import open_source
 
-    if args.device is not None and args.input is not None:
-        raise UsageError("--device and --input were both given", "Choose one audio input")
-    if args.device is None and args.input is None:
-        raise UsageError("No input given", "Pass --device N|NAME (see `rtgenre devices`) or --input FILE|-|URL")
     card = load_card(args.model)
-    engine = _engine(args, card)
-    source = open_source(args.input, args.device, realtime=args.realtime, fmt=args.format, rate=args.rate, channels=args.channels)
-    feed = Feed(args.stream_name, source, card, _smoother(args, card), args.hop)
-    feed.open()
+    midi = None
+    if args.midi_port is not None or args.midi_file is not None:
+        from rtgenre.midi import open_midi
+
+        mood = [h.labels for h in card.heads if h.name == "mood"]
+        midi = open_midi(args.midi_port, args.midi_file, window_s=card.window_seconds, **({"mood_labels": mood[0]} if mood else {}))
     bus = EventBus()
-    runner = Runner([feed], engine, bus)
+    if midi is not None and args.device is None and args.input is None:
+        runner = MidiRunner(midi, bus, args.hop, args.stream_name)
+    else:
+        source = open_source(args.input, args.device, realtime=args.realtime, fmt=args.format, rate=args.rate, channels=args.channels)
+        feed = Feed(args.stream_name, source, card, _smoother(args, card), args.hop, midi=midi, midi_weight=args.midi_weight)
+        feed.open()
+        runner = Runner([feed], _engine(args, card), bus)
     _attach_sinks(args, bus, on_gone=lambda: runner.request_stop("reader gone"), on_quit=lambda: runner.request_stop("quit"))
     return _run(runner, bus)
 

@@ -42,6 +42,8 @@ class MidiInput(Protocol):
     """What the runner needs of a MIDI input (see ``rtgenre.midi``)."""
 
     error: RtgenreError | None
+    name: str
+    done: bool
 
     def start(self) -> None: ...
     def stop(self) -> None: ...
@@ -141,9 +143,11 @@ class Feed:
         Ring capacity in seconds of source audio.
     midi : MidiInput, optional
         MIDI analysis attached to this feed's predictions.
+    midi_weight : float
+        Weight of the MIDI mood in the combined mood (see :func:`rtgenre.midi.combine_mood`).
     """
 
-    def __init__(self, name: str, source: Source, card: ModelCard, smoother: Smoother, hop_s: float, ring_seconds: float = 20.0, midi: MidiInput | None = None) -> None:
+    def __init__(self, name: str, source: Source, card: ModelCard, smoother: Smoother, hop_s: float, ring_seconds: float = 20.0, midi: MidiInput | None = None, midi_weight: float = 1.0) -> None:
         self.name = name
         self.source = source
         self.card = card
@@ -151,6 +155,7 @@ class Feed:
         self.hop_s = hop_s
         self.ring_seconds = ring_seconds
         self.midi = midi
+        self.midi_weight = midi_weight
         self.stats = FeedStats()
         self.started = False
         self.finished = False
@@ -225,12 +230,21 @@ class Feed:
             "clipped": bool(window.peak_dbfs >= CLIP_DBFS),
         }
         if self.midi is not None:
-            data["midi"] = self.midi.snapshot(time.monotonic())
+            data["midi"] = self._midi(arrival, data["heads"])
         events = [Event("prediction", self.name, window.t, data, arrival=arrival)]
         for c in decision.changes:
             self.stats.changes += 1
             events.append(Event("change", self.name, window.t, {"head": c.head, "from": c.old, "to": c.new, "p": round(c.p, 4)}))
         return events
+
+    def _midi(self, now: float, heads: dict[str, Any]) -> dict[str, Any]:
+        """The MIDI window ending ``now``, with the combined audio+MIDI mood."""
+        from rtgenre.midi import combine_mood
+
+        snap = self.midi.snapshot(now)
+        if "mood" in heads:
+            snap["combined_mood"] = combine_mood(heads["mood"]["probs"], snap["mood"], self.midi_weight)
+        return snap
 
     def _heads(self, probs: dict[str, np.ndarray], decision: Decision) -> dict[str, Any]:
         heads = {}
@@ -374,6 +388,51 @@ class Runner:
                     f"{feed.source.description} ended before one full {feed.card.window_seconds:.2f} s window",
                     "Give at least one window's worth of audio",
                 )
+
+
+class MidiRunner:
+    """MIDI without audio: one ``midi`` event per hop, timed by the monotonic clock.
+
+    Parameters
+    ----------
+    midi : MidiInput
+    bus : EventBus
+    hop_s : float
+        Seconds between events.
+    stream : str
+        Stream name of the events.
+    """
+
+    def __init__(self, midi: MidiInput, bus: EventBus, hop_s: float, stream: str) -> None:
+        self.midi = midi
+        self.bus = bus
+        self.hop_s = hop_s
+        self.stream = stream
+        self.stop_requested = threading.Event()
+        self.stop_reason = "end of input"
+
+    request_stop = Runner.request_stop
+
+    def run(self, summaries: bool = False) -> None:
+        """Run until stopped, the MIDI file ends or the port fails (raised after ``error``/``stop``)."""
+        self.bus.publish(Event("start", self.stream, 0.0, {"source": f"midi {self.midi.name}", "hop_s": self.hop_s, "midi": True}))
+        self.midi.start()
+        t0, k, fatal = time.monotonic(), 0, None
+        try:
+            while not self.stop_requested.wait(max(0.0, t0 + (k + 1) * self.hop_s - time.monotonic())):
+                k += 1
+                self.midi.check()
+                self.bus.publish(Event("midi", self.stream, k * self.hop_s, {"midi": self.midi.snapshot(time.monotonic())}))
+                if self.midi.done:
+                    break
+        except RtgenreError as e:
+            fatal, self.stop_reason = e, "error"
+            self.bus.publish(Event("error", self.stream, k * self.hop_s, {"code": int(e.code), "message": str(e), "fatal": True}))
+        finally:
+            self.midi.stop()
+        self.bus.publish(Event("stop", self.stream, k * self.hop_s, {"reason": self.stop_reason, "counts": {"midi_events": k, "dropped_events": self.bus.dropped}}))
+        if fatal is not None:
+            raise fatal
 
 
 @dataclass

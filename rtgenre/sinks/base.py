@@ -112,8 +112,8 @@ class SinkRunner(threading.Thread):
                 self.gone = True
                 self._on_gone()
 
-    def finish(self, timeout: float) -> None:
-        """Close the queue, wait up to ``timeout`` s for it to drain, then close the sink."""
+    def finish(self, timeout: float | None) -> None:
+        """Close the queue, wait up to ``timeout`` s (None: until drained), then close the sink."""
         self.queue.close()
         self.join(timeout)
         if not self.is_alive():
@@ -147,6 +147,6 @@ class EventBus:
     def all_gone(self) -> bool:
         return bool(self.runners) and all(r.gone for r in self.runners)
 
-    def finish(self, timeout: float = 5.0) -> None:
+    def finish(self, timeout: float | None = 5.0) -> None:
         for r in self.runners:
             r.finish(timeout)

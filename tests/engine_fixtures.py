@@ -327,6 +327,9 @@ def make_fake_tensorrt(name: str, runtime: FakeCudaRuntime) -> types.ModuleType:
         def set_flag(self, flag):
             self.flags.add(flag)
 
+        def clear_flag(self, flag):
+            self.flags.discard(flag)
+
         def add_optimization_profile(self, profile):
             self.profiles.append(profile)
 

@@ -314,6 +314,19 @@ def test_fake_gpu_parser_error_is_model_corrupt(gpu, test_card_path, tmp_path):
     assert PlanCache(tmp_path / "cache").entries() == []
 
 
+def test_fake_gpu_card_mismatch_is_model_corrupt_and_frees_memory(gpu, test_card_path, tmp_path):
+    if gpu is None:
+        pytest.skip("checks the fake GPU's bookkeeping")
+    _, runtime = gpu
+    card = json.loads(test_card_path.read_text())
+    card["heads"][0]["labels"].append("one-too-many")
+    card["onnx"] = str(test_card_path.with_suffix(".onnx"))
+    (tmp_path / "wide.json").write_text(json.dumps(card))
+    with pytest.raises(ModelCorruptError, match="genre"):
+        TensorRTEngine(load_card(tmp_path / "wide.json"), precision="fp32", max_batch=4, cache=PlanCache(tmp_path / "cache"))
+    assert runtime.device_mem == {} and runtime.host_mem == {} and runtime.streams == set()
+
+
 def test_fake_gpu_without_device_falls_back(monkeypatch, test_card_path):
     install_fake_gpu(monkeypatch, "tensorrt", devices=0)
     try:

@@ -290,7 +290,11 @@ class TensorRTEngine(Engine):
                 self.cache.remove(key)
                 raise EngineUnavailableError(f"TensorRT built a plan for {card.onnx_path} but cannot load it", "Use --engine onnxruntime, and report this with `rtgenre engine info`")
         self.plan_path = self.cache.paths(key)[0]
-        self._setup_io()
+        try:
+            self._setup_io()
+        except BaseException:
+            self.close()
+            raise
         source = "plan cache hit" if self.cache_hit else f"plan built in {self.build_seconds:.1f} s"
         self.detail = (
             f"{self.gpu.name} (compute {self.gpu.cc}), {self.trt.__name__} {key.trt_version}, {how}, "
@@ -370,6 +374,8 @@ class TensorRTEngine(Engine):
         config = builder.create_builder_config()
         if self.precision == "fp16" and self._weakly_typed_fp16():
             config.set_flag(trt.BuilderFlag.FP16)
+        if self.precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+            config.clear_flag(trt.BuilderFlag.TF32)  # TF32 is on by default; FP32 means full FP32 here
         if current_cc and self._targets_compute_capability():
             config.num_compute_capabilities = 1
             config.set_compute_capability(trt.ComputeCapability.CURRENT, 0)
@@ -398,7 +404,11 @@ class TensorRTEngine(Engine):
         self._h_in = self._pinned_buffer((self.max_batch, frames, mels), self._in_dtype)
         self._d_in = self._device_buffer(self._h_in.nbytes)
         self._context.set_tensor_address(self.card.input_name, self._d_in)
-        self._context.set_input_shape(self.card.input_name, (self.max_batch, frames, mels))
+        if not self._context.set_input_shape(self.card.input_name, (self.max_batch, frames, mels)):
+            raise ModelCorruptError(
+                f"{self.card.onnx_path} does not take input '{self.card.input_name}' of shape (batch, {frames}, {mels}) named by its card",
+                "Re-export the model so that the ONNX file and the card agree",
+            )
         self._outs = []
         for head in self.card.heads:
             shape = tuple(self._context.get_tensor_shape(head.output))
@@ -428,7 +438,8 @@ class TensorRTEngine(Engine):
         with self._lock:
             self.cuda.make_current()
             self._h_in[:n] = x
-            self._context.set_input_shape(self.card.input_name, x.shape)
+            if not self._context.set_input_shape(self.card.input_name, x.shape):
+                raise RuntimeError(f"TensorRT rejects input shape {x.shape} (profile 1..{self.max_batch})")
             self.cuda.memcpy_htod_async(self._d_in, self._h_in, n * self._h_in[0].nbytes, self._stream)
             if not self._context.execute_async_v3(self._stream_handle):
                 raise RuntimeError("TensorRT execute_async_v3 failed (see the TensorRT log)")
@@ -452,7 +463,8 @@ class TensorRTEngine(Engine):
             self.cuda.make_current()
             start, end = self.cuda.event_create(), self.cuda.event_create()
             try:
-                self._context.set_input_shape(self.card.input_name, (batch, frames, mels))
+                if not self._context.set_input_shape(self.card.input_name, (batch, frames, mels)):
+                    raise RuntimeError(f"TensorRT rejects batch {batch}")
                 for _ in range(iterations):
                     self.cuda.event_record(start, self._stream)
                     if not self._context.execute_async_v3(self._stream_handle):

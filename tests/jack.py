@@ -10,6 +10,8 @@ crash.  Tests skip when ``jackd`` or ``jack_wait`` is missing (Debian ``jackd2``
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 import shutil
 import subprocess
@@ -40,7 +42,8 @@ class JackServer:
         self.name = f"rtgenre-test-{uuid.uuid4().hex[:8]}"
         self.period = period
         self.proc: subprocess.Popen | None = None
-        self._saved_env: str | None = None
+        self._killed = False
+        self._saved_env: dict[str, str | None] | None = None
 
     @property
     def env(self) -> dict[str, str]:
@@ -51,7 +54,8 @@ class JackServer:
         out = subprocess.run(["jack_wait", "-c", "-s", self.name], capture_output=True, text=True, env=self.env, timeout=10)
         return out.stdout.strip() == "running"
 
-    def start(self, timeout: float = 10.0) -> "JackServer":
+    def _launch(self, timeout: float) -> str | None:
+        """Start jackd; None once it runs, else why it did not."""
         cmd = ["jackd", "-n", self.name, "--no-realtime", "--no-mlock", "-d", "dummy", "-r", "48000", "-p", str(self.period)]
         self._log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
@@ -59,15 +63,31 @@ class JackServer:
         while not self._running():
             if self.proc.poll() is not None:
                 self._log.seek(0)
-                err = self._log.read().decode(errors="replace")[-500:]
-                pytest.skip(f"jackd could not start here: {err}")
+                return f"jackd could not start here: {self._log.read().decode(errors='replace')[-300:]}"
             if time.monotonic() > deadline:
-                self.stop()
-                pytest.skip("jackd did not come up within the timeout")
+                self._terminate()
+                return "jackd did not come up within the timeout"
             time.sleep(0.1)
-        self._saved_env = os.environ.get("JACK_DEFAULT_SERVER")
-        os.environ["JACK_DEFAULT_SERVER"] = self.name
-        os.environ["JACK_NO_AUDIO_RESERVATION"] = "1"
+        return None
+
+    def _terminate(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+
+    def start(self, timeout: float = 10.0) -> "JackServer":
+        """Start the server and make it this process's default JACK server (skips the test if it cannot)."""
+        why = self._launch(timeout)
+        if why:
+            self._terminate()
+            pytest.skip(why)
+        self._saved_env = {k: os.environ.get(k) for k in ("JACK_DEFAULT_SERVER", "JACK_NO_AUDIO_RESERVATION")}
+        os.environ.update({"JACK_DEFAULT_SERVER": self.name, "JACK_NO_AUDIO_RESERVATION": "1"})
         return self
 
     def kill(self) -> None:
@@ -75,22 +95,29 @@ class JackServer:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+            self._killed = True
 
     def stop(self) -> None:
-        """Terminate the server and restore the environment."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        """Terminate the server, clean up after it and restore the environment.
+
+        A killed server leaves its slot in JACK's shared-memory registry (8 slots
+        per machine); a server started under the same name reclaims it, so a
+        killed server is restarted once and stopped cleanly.  Client semaphores
+        named after this server are removed from /dev/shm.
+        """
         if self.proc is not None:
-            self._log.close()
-        if self._saved_env is None:
-            os.environ.pop("JACK_DEFAULT_SERVER", None)
-        else:
-            os.environ["JACK_DEFAULT_SERVER"] = self._saved_env
+            self._terminate()
+            if self._killed and self._launch(10.0) is None:
+                self._terminate()
+            self.proc = None
+        for sem in glob.glob(f"/dev/shm/jack_sem.*_{self.name}_*"):
+            with contextlib.suppress(OSError):
+                os.remove(sem)
+        for k, v in (self._saved_env or {}).items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
         self._saved_env = None
 
     def __enter__(self) -> "JackServer":

@@ -359,8 +359,9 @@ def test_midi_file_round_trip(tmp_path):
 def test_realtime_replay_delivers_the_file(tmp_path):
     msgs = notes([60, 64, 67], step=0.05, length=0.04)
     src = MidiFileSource(write_mid(tmp_path / "short.mid", msgs), realtime=True)
+    assert not src.done
     src.start()
-    assert src.finished.wait(10)
+    assert src.finished.wait(10) and src.done
     src.stop()
     r = src.drain()
     offline = MidiFileSource(src.path, realtime=False).read_all()

@@ -42,13 +42,21 @@ class MidiInput:
         return self.source.error
 
     @property
+    def done(self) -> bool:
+        """True once a replayed file has delivered its last message (never for a port)."""
+        return self.source.done
+
+    @property
     def name(self) -> str:
+        """Port name or file path (the ``port`` field of the snapshot)."""
         return self.source.name
 
     def start(self) -> None:
+        """Open the port or start the file replay."""
         self.source.start()
 
     def stop(self) -> None:
+        """Close the port or stop the replay."""
         self.source.stop()
 
     def check(self) -> None:

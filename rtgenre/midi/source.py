@@ -291,7 +291,13 @@ class MidiPortSource:
 
     @property
     def dropped(self) -> int:
+        """Messages lost to a full queue so far."""
         return self.queue.dropped
+
+    @property
+    def done(self) -> bool:
+        """A live port never ends by itself."""
+        return False
 
     def start(self) -> None:
         """Open the port; messages flow into :attr:`queue` from now on."""
@@ -316,7 +322,10 @@ class MidiPortSource:
             midi.open_port(names.index(self.name), "in")
         self._midi = midi
         if api == rtmidi.API_UNIX_JACK:
-            self._watch = _JackWatch()
+            try:
+                self._watch = _JackWatch()
+            except OSError:  # libjack not loadable by name: the port-list poll still works
+                self._watch = None
         self._next_poll = time.monotonic() + POLL_S
 
     def _on_error(self, etype: int, message: str, _data: Any) -> None:
@@ -337,9 +346,7 @@ class MidiPortSource:
             self.error = MidiPortLostError(f"The JACK server behind MIDI port {self.name!r} shut down", "Restart the JACK server and rtgenre")
         if self.error is None and self._midi is not None and time.monotonic() >= self._next_poll:
             self._next_poll = time.monotonic() + POLL_S
-            with _quiet_stderr():
-                names = self._midi.get_ports()
-            if self.name not in names:
+            if self.name not in self._midi.get_ports():
                 self.error = MidiPortLostError(f"MIDI port {self.name!r} vanished", "Reconnect the device and restart rtgenre")
         if self.error is not None:
             raise self.error
@@ -418,7 +425,13 @@ class MidiFileSource:
 
     @property
     def dropped(self) -> int:
+        """Messages lost to a full queue so far."""
         return self.queue.dropped
+
+    @property
+    def done(self) -> bool:
+        """All messages of the file have been delivered to the queue."""
+        return self.finished.is_set()
 
     def read_all(self) -> np.ndarray:
         """Offline: every message with its file time, as a :data:`RECORD` array."""
@@ -446,12 +459,14 @@ class MidiFileSource:
         self.finished.set()
 
     def drain(self) -> np.ndarray:
+        """Messages replayed since the last call (:data:`RECORD` array)."""
         return self.queue.drain()
 
     def check(self) -> None:
-        """Files cannot be lost mid-stream; kept for the common source interface."""
+        """Part of the source interface; a file that loaded cannot be lost mid-stream."""
 
     def stop(self) -> None:
+        """Stop the replay thread (safe to call twice)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()

@@ -54,7 +54,9 @@ def log_mel(audio: np.ndarray) -> np.ndarray:
     import librosa
 
     mel = librosa.feature.melspectrogram(y=audio.astype(np.float32), sr=SR, hop_length=256, n_fft=512, n_mels=96).T
-    return np.log10(10000 * mel.astype(np.float16) + 1).astype(np.float32)
+    # float16 rounding as in musicnn; the product in float32 as numpy 1 promotes
+    # it (numpy 2 would keep float16 and overflow to inf above a power of 6.55)
+    return np.log10(10000 * mel.astype(np.float16).astype(np.float32) + 1)
 
 
 def tone(freq: np.ndarray | float, seconds: float, harmonics: int = 1, decay: float = 0.0) -> np.ndarray:

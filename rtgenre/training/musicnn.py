@@ -84,8 +84,10 @@ def log_compress(mel_power: np.ndarray | Tensor) -> np.ndarray | Tensor:
     Notes
     -----
     The original extractor rounds the power spectrogram to float16 before this
-    step; that rounding is not reproduced here (it changes the log-Mel values
-    by at most about 5e-4 relative).
+    step (numpy 1 then computes the product in float32); that rounding is not
+    reproduced here.  Beware when reproducing it: under numpy >= 2,
+    ``10000 * x.astype(np.float16)`` stays float16 and overflows to ``inf``
+    for powers above 6.55.
     """
     if isinstance(mel_power, Tensor):
         return torch.log10(10000.0 * mel_power + 1.0)

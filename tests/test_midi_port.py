@@ -11,7 +11,6 @@ Everything skips cleanly without jackd or without a JACK-enabled python-rtmidi.
 from __future__ import annotations
 
 import json
-import os
 import queue
 import signal
 import subprocess

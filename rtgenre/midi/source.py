@@ -225,12 +225,22 @@ def resolve_port(port: str | int, ports: list[dict[str, Any]]) -> dict[str, Any]
     raise MidiPortNotFoundError(f"MIDI port name {port!r} is ambiguous: {names}", "Give a longer part of the name or the index")
 
 
+def _libjack_path() -> str:
+    """The system libjack, else the copy vendored into the python-rtmidi wheel."""
+    found = ctypes.util.find_library("jack")
+    if found:
+        return found
+    rtmidi_dir = Path(_rtmidi().__file__).resolve().parent
+    vendored = sorted(rtmidi_dir.parent.glob("python_rtmidi*/libjack*.so*"))
+    return str(vendored[0]) if vendored else "libjack.so.0"
+
+
 class _JackWatch:
     """A port-less libjack client whose shutdown callback flags a dead JACK server."""
 
     def __init__(self) -> None:
         self.dead = False
-        lib = ctypes.CDLL(ctypes.util.find_library("jack") or "libjack.so.0")
+        lib = ctypes.CDLL(_libjack_path())
         lib.jack_client_open.restype = ctypes.c_void_p
         lib.jack_client_open.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.POINTER(ctypes.c_int)]
         lib.jack_on_shutdown.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]

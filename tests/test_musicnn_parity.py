@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch", reason="the musicnn port needs torch (pip i
 
 from rtgenre.errors import ModelCorruptError, ModelMissingError, UsageError  # noqa: E402
 from rtgenre.training import musicnn  # noqa: E402
-from rtgenre.training.musicnn import FEATURE_DIM, RECEPTIVE_FIELD, Musicnn, load_teacher, teacher_tags  # noqa: E402
+from rtgenre.training.musicnn import FEATURE_DIM, RECEPTIVE_FIELD, load_teacher, teacher_tags  # noqa: E402
 
 REFERENCE = Path(__file__).parent / "data" / "musicnn_reference.npz"
 

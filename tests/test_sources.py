@@ -344,6 +344,25 @@ def test_url_stop_terminates_ffmpeg(make_tone):
     assert src.error is None and not src.done
 
 
+@needs_ffmpeg
+def test_url_ffmpeg_dying_mid_stream_is_a_stream_error(make_tone):
+    src = UrlSource(make_tone("long.wav", seconds=60.0).as_uri())
+    src.open()
+    ring = Ring(4800, 2)
+    src.start(ring)
+    try:
+        assert ring.wait_available(1, 10.0)
+        src._decoder.proc.kill()
+        deadline = time.monotonic() + 10
+        while not ring.closed and time.monotonic() < deadline:
+            ring.read()
+            time.sleep(0.01)
+    finally:
+        src.stop()
+    assert isinstance(src.error, StreamFailedError) and not src.done
+    assert "long.wav" in str(src.error) and "exit -9" in str(src.error)
+
+
 def test_url_ffmpeg_missing(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(DependencyMissingError, match="ffmpeg not found.*apt-get install ffmpeg"):

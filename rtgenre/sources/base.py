@@ -16,8 +16,10 @@ Two delivery disciplines exist:
 
 A failure in the middle of a stream does not raise in the producer thread:
 it is stored in :attr:`Source.error` and the ring is closed; the consumer
-raises it.  :class:`ThreadedSource` implements this for every source that is
-fed by a reader thread.
+raises it once it has drained the ring (nothing readable is lost).
+:class:`ThreadedSource` implements this for every source fed by a reader
+thread.  A device source also offers ``check()``, a watchdog the consumer
+polls.
 """
 
 from __future__ import annotations
@@ -105,11 +107,6 @@ class Source(ABC):
     @abstractmethod
     def stop(self) -> None:
         """Stop producing and release the input; idempotent."""
-
-    def check(self) -> None:
-        """Raise :attr:`error` if the stream failed (the consumer polls this)."""
-        if self.error is not None:
-            raise self.error
 
     def __enter__(self) -> "Source":
         self.open()

@@ -407,6 +407,15 @@ def test_analyze_midi_command(tmp_path, capsys):
         analyze_file(str(path), hop_s=0.0)
 
 
+def test_analyze_midi_table_on_a_terminal(tmp_path, capsys, monkeypatch):
+    path = write_mid(tmp_path / "song.mid", c_major() + steady(120, 7.0, pitch=36, ch=9))
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert run_analyze_midi(argparse.Namespace(file=str(path), json=False, hop=1.0, window=7.5)) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[0].split()[:3] == ["t", "(s)", "key"] and len(rows) == 1 + 7
+    assert "C major" in rows[-1] and "120.0 onsets" in rows[-1] and "drums" in rows[-1]
+
+
 def test_analyze_midi_cli_subprocess(tmp_path):
     from rtgenre.cli import build_parser
 

@@ -328,8 +328,12 @@ class MidiPortSource:
             q.push(now(), event[0])
 
         midi.set_callback(on_message)
-        with _quiet_stderr():
-            midi.open_port(names.index(self.name), "in")
+        try:
+            with _quiet_stderr():
+                midi.open_port(names.index(self.name), "in")
+        except rtmidi.RtMidiError as e:
+            midi.delete()
+            raise MidiPortNotFoundError(f"MIDI port {self.name!r} could not be opened ({e})", "Check that no other program holds it exclusively, then retry") from e
         self._midi = midi
         if api == rtmidi.API_UNIX_JACK:
             try:

@@ -47,16 +47,19 @@ class EventQueue:
         self._closed = False
 
     def put(self, event: Event) -> None:
-        """Enqueue without ever blocking; on overflow drop the oldest droppable event."""
+        """Enqueue without ever blocking.
+
+        A droppable event arriving at a full queue evicts the oldest droppable
+        event (or is dropped itself if there is none); other events are always
+        appended, so they never cost a prediction and counts stay exact.
+        """
         with self._cond:
-            if len(self._items) >= self.capacity:
+            if event.kind in DROPPABLE and len(self._items) >= self.capacity:
                 victim = next((e for e in self._items if e.kind in DROPPABLE), None)
-                if victim is not None:
-                    self._items.remove(victim)
-                    self.dropped += 1
-                elif event.kind in DROPPABLE:
-                    self.dropped += 1
+                self.dropped += 1
+                if victim is None:
                     return
+                self._items.remove(victim)
             self._items.append(event)
             self._cond.notify()
 

@@ -7,6 +7,7 @@ import json
 import os
 import pty
 import re
+import shlex
 import sys
 import termios
 import threading
@@ -245,7 +246,9 @@ def _has_sections(screen: str) -> bool:
 @needs_tmux
 @pytest.mark.slow
 def test_driver_in_tmux_draws_resizes_and_quits(tmp_path):
-    argv = [sys.executable, str(ROOT / "tests" / "dashboard_driver.py"), "30"]
+    driver = shlex.join([sys.executable, str(ROOT / "tests" / "dashboard_driver.py"), "30"])
+    before, after = tmp_path / "stty.before", tmp_path / "stty.after"
+    argv = ["sh", "-c", f"stty -g > {before}; {driver}; rc=$?; stty -g > {after}; exit $rc"]
     with TmuxPane(argv, 80, 24, tmp_path, cwd=ROOT, env={"PYTHONPATH": str(ROOT)}) as pane:
         first = pane.wait_for(lambda s: _has_sections(s) and "R O C K" in s, 20)
         assert _has_sections(first) and len(first.splitlines()) <= 24, first
@@ -256,6 +259,7 @@ def test_driver_in_tmux_draws_resizes_and_quits(tmp_path):
         assert "ONNX Runtime 1.32" in large and max(map(len, large.splitlines())) > 80, large
         pane.send_keys("q")
         assert pane.wait_exit(10) == 0, pane.stderr()
+    assert after.read_text() == before.read_text()  # cbreak mode undone
 
 
 @pytest.fixture

@@ -76,7 +76,7 @@ def test_frame_shows_every_section(size):
 def test_large_terminal_shows_more_than_small():
     small, _ = frame(synthetic_events(), 80, 24)
     large, _ = frame(synthetic_events(), 120, 40)
-    for extra in ("ONNX Runtime 1.32", "44100 Hz → 16000 Hz", "vel 74±12", "start: song.wav"):
+    for extra in ("ONNX Runtime 1.32", "44100 Hz → 16000 Hz", "vel 74±12", "start: song.wav", "-60     -48"):
         assert extra in large and extra not in small, extra
     bar = re.compile(r"^│ (\w+) +[█▉▊▋▌▍▎▏]*\s+\d+%")
     genre_bars = [[m.group(1) for line in t.splitlines() if (m := bar.match(line))] for t in (small, large)]

@@ -72,6 +72,17 @@ def _clock(seconds: float) -> str:
     return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
 
 
+def _scale(width: int, step_db: int = 12) -> str:
+    """dB tick labels under a ``width``-cell meter from :data:`METER_FLOOR_DB` to 0 dBFS."""
+    cells = [" "] * (width + 4)
+    for db in range(int(METER_FLOOR_DB), 1, step_db):
+        label = str(db)
+        pos = min(int(round((db - METER_FLOOR_DB) / -METER_FLOOR_DB * width)), width + 4 - len(label))
+        if all(c == " " for c in cells[max(0, pos - 1):pos + len(label)]):
+            cells[pos:pos + len(label)] = label
+    return "".join(cells).rstrip()
+
+
 def _db(x: float | None) -> str:
     """A dB figure with one decimal, ``—`` when unknown."""
     return "—" if x is None else f"{float(x):.1f}"
@@ -479,6 +490,8 @@ class DashboardView:
                 line.append(_bar(frac, bar_w), style=style)
                 line.append(f" {float(db):6.1f} dBFS")
             lines.append(line)
+        if rows >= 3:
+            lines.append(Text(" " * 5 + _scale(bar_w), style="dim", no_wrap=True, overflow="crop"))
         title = Text("level")
         if s.clipped:
             title.append(" ")

@@ -427,7 +427,12 @@ def make_fake_tensorrt(name: str, runtime: FakeCudaRuntime) -> types.ModuleType:
             size = int.from_bytes(plan[8:12], "little")
             return Engine(json.loads(plan[12 : 12 + size]), plan[12 + size :])
 
-    for obj in (Logger, DataType, TensorIOMode, Builder, OnnxParser, Runtime):
+    def nptype(dtype):
+        if dtype not in (DataType.FLOAT, DataType.HALF):
+            raise TypeError("Could not resolve TensorRT datatype to an equivalent numpy datatype.")
+        return np.float32 if dtype == DataType.FLOAT else np.float16
+
+    for obj in (Logger, DataType, TensorIOMode, Builder, OnnxParser, Runtime, nptype):
         setattr(trt, obj.__name__, obj)
     if rtx:
         trt.ComputeCapability = SimpleNamespace(NONE=0, CURRENT=1, SM80=80)

@@ -26,7 +26,11 @@ import numpy as np
 
 
 class CudaError(RuntimeError):
-    """A CUDA call failed (a bug or a broken GPU, not a user mistake)."""
+    """A CUDA call failed (a bug or a broken GPU, not a user mistake); ``name`` is CUDA's error name."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"CUDA call failed: {name}")
+        self.name = name
 
 
 class CudaUnavailable(Exception):
@@ -170,8 +174,7 @@ class CudaPython(Cuda):
         else:
             err, values = result, ()
         if err != self.rt.cudaError_t.cudaSuccess:
-            name = getattr(err, "name", str(err))
-            raise CudaError(f"CUDA call failed: {name}")
+            raise CudaError(getattr(err, "name", str(err)))
         return values[0] if len(values) == 1 else values
 
     def device_count(self) -> int:
@@ -272,14 +275,14 @@ class PyCuda(Cuda):
             drv.init()
             self._ctx = drv.Device(device).retain_primary_context() if drv.Device.count() > device else None
         except drv.Error as e:
-            raise CudaError(f"CUDA call failed: {e}") from None
+            raise CudaError(str(e)) from None
         self._allocs: dict[int, Any] = {}
 
     def _call(self, fn: Any, *args: Any) -> Any:
         try:
             return fn(*args)
         except self.drv.Error as e:
-            raise CudaError(f"CUDA call failed: {e}") from None
+            raise CudaError(str(e)) from None
 
     def device_count(self) -> int:
         return int(self._call(self.drv.Device.count))
@@ -299,7 +302,7 @@ class PyCuda(Cuda):
 
     def make_current(self) -> None:
         if self._ctx is None:
-            raise CudaError(f"CUDA call failed: no device {self.device}")
+            raise CudaError(f"no device {self.device}")
         if self.drv.Context.get_current() != self._ctx:
             self._call(self._ctx.push)
 
@@ -362,8 +365,12 @@ def load_cuda(device: int = 0) -> Cuda:
         try:
             cuda = cls(device)
             count = cuda.device_count()
-        except ImportError:
-            reasons.append(f"{module} is not installed")
+        except ImportError as e:
+            missing = isinstance(e, ModuleNotFoundError) and e.name in ("cuda", "cuda.bindings", "pycuda")
+            reasons.append(f"{module} is not installed" if missing else f"{module} does not import ({e})")
+            continue
+        except CudaError as e:
+            reasons.append(f"{module}: no NVIDIA driver or GPU answers ({e.name})")
             continue
         except Exception as e:  # a missing libcuda raises RuntimeError/OSError from the binding
             reasons.append(f"{module}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")

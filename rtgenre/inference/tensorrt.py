@@ -181,11 +181,14 @@ def convert_onnx_to_fp16(model: Any) -> Any:
 
 
 def _nptype(trt: ModuleType, dtype: Any) -> np.dtype:
-    """The numpy dtype of a TensorRT I/O tensor type (the models here use float32 or float16 I/O)."""
-    table = {trt.DataType.FLOAT: np.float32, trt.DataType.HALF: np.float16}
-    if dtype not in table:
+    """The numpy dtype of a TensorRT I/O tensor type (``trt.nptype``; float32 or float16 here)."""
+    try:
+        np_type = np.dtype(trt.nptype(dtype))
+    except TypeError:
+        np_type = None
+    if np_type not in (np.dtype(np.float32), np.dtype(np.float16)):
         raise ModelCorruptError(f"The model has an input or output of type {dtype}", "Re-export it with float32 inputs and outputs")
-    return np.dtype(table[dtype])
+    return np_type
 
 
 class _Logger:

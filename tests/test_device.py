@@ -28,8 +28,13 @@ from pulse import PulseServer, missing_programs
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_CARD = ROOT / "engines" / "rtgenre-crnn.json"
-needs_pulse = pytest.mark.skipif(bool(missing_programs()), reason=f"not installed: {', '.join(missing_programs())}")
 ASOUNDRC = "pcm.pulse { type pulse }\nctl.pulse { type pulse }\n"
+
+
+def needs_pulse(test):
+    """Mark a test as a device test that needs the PulseAudio programs (skipped without them)."""
+    skip = pytest.mark.skipif(bool(missing_programs()), reason=f"not installed: {', '.join(missing_programs())}")
+    return pytest.mark.device(skip(test))
 
 
 def refresh_portaudio() -> None:
@@ -202,7 +207,7 @@ def test_device_watchdog(fake_devices, monkeypatch):
     import sounddevice as sd
 
     monkeypatch.setattr(sd, "InputStream", FakeStream)
-    monkeypatch.setattr(fake_devices, "STARTUP_SECONDS", 0.3)
+    monkeypatch.setattr(fake_devices, "STARTUP_SECONDS", 30.0)
     monkeypatch.setattr(fake_devices, "STALL_SECONDS", 0.2)
     src = DeviceSource("2")
     src.open()
@@ -211,7 +216,6 @@ def test_device_watchdog(fake_devices, monkeypatch):
     src.start(ring)
     src.check()  # within the start-up grace
     block = np.full((800, 1), 0.5, np.float32)
-    time.sleep(0.4)
     src._stream.callback(block, 800, None, sd.CallbackFlags())
     src.check()  # audio arrived: alive
     assert src.frames_in == 800 and np.array_equal(ring.read()[0], block)
@@ -219,6 +223,34 @@ def test_device_watchdog(fake_devices, monkeypatch):
     with pytest.raises(DeviceLostError, match="Fake Mic.*no audio arrived"):
         src.check()
     assert ring.closed
+    src.stop()
+
+
+def test_device_watchdog_nothing_after_start(fake_devices, monkeypatch):
+    import sounddevice as sd
+
+    monkeypatch.setattr(sd, "InputStream", FakeStream)
+    monkeypatch.setattr(fake_devices, "STARTUP_SECONDS", 0.2)
+    src = DeviceSource("Fake Mic")
+    src.open()
+    src.start(Ring(16000, 1))
+    time.sleep(0.3)
+    with pytest.raises(DeviceLostError, match="no audio arrived"):
+        src.check()
+    src.stop()
+
+
+def test_device_stream_stopped_is_lost(fake_devices, monkeypatch):
+    import sounddevice as sd
+
+    monkeypatch.setattr(sd, "InputStream", FakeStream)
+    src = DeviceSource("2")
+    src.open()
+    src.start(Ring(16000, 1))
+    src.check()
+    src._stream.active = False  # PortAudio ended the stream (host error)
+    with pytest.raises(DeviceLostError, match="its stream stopped"):
+        src.check()
     src.stop()
 
 

@@ -151,8 +151,8 @@ def test_tensorrt_plan_cache_hit_miss_and_corruption(kind, gpu, test_card_path, 
         plan_path = first.plan_path
     with make_engine(kind, card, tmp_path, max_batch=16) as second:
         assert second.cache_hit and second.build_seconds == 0 and "cache hit" in second.detail
-        for name, p in second.run(x).items():
-            np.testing.assert_array_equal(p, want[name])
+        for name, p in second.run(x).items():  # same plan; TensorRT-RTX may still JIT other kernels
+            np.testing.assert_allclose(p, want[name], atol=TOLERANCE[kind], rtol=0)
     data = bytearray(plan_path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     plan_path.write_bytes(bytes(data))

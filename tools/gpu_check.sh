@@ -16,7 +16,11 @@
 # (pip install --no-deps --target /tmp/site <wheels>; cp312 manylinux x86_64
 # wheels where the package is binary):
 #
-#     tensorrt-rtx (and tensorrt-rtx-libs / the wheels it ships with, if split)
+#     tensorrt_rtx_cu13_bindings (cp312) and tensorrt_rtx_cu13_libs (py3): the
+#       real module and its libraries (1.7.1.116; _cu12_ variants for a CUDA 12
+#       driver).  The `tensorrt_rtx` / `tensorrt_rtx_cu13` packages are sdists
+#       holding only tensorrt_rtx/__init__.py (`from tensorrt_rtx_bindings import *`
+#       and `__version__`): copy that folder into $SITE instead of building them.
 #     numpy onnxruntime flatbuffers packaging protobuf
 #     onnx ml_dtypes typing_extensions
 #     rich markdown-it-py mdurl pygments

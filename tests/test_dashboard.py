@@ -284,14 +284,14 @@ def song(tmp_path):
 @needs_tmux
 @pytest.mark.slow
 @pytest.mark.skipif(not (ROOT / "engines" / "rtgenre-crnn.json").exists(), reason="the shipped model engines/rtgenre-crnn.json is not built yet")
-@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
-def test_cli_listen_in_tmux(tmp_path, song, size):
-    width, height = size
-    argv = [sys.executable, "-m", "rtgenre", "listen", "--input", str(song), "--realtime"]
+@pytest.mark.parametrize("width, height, no_color", [(80, 24, False), (120, 40, True)])
+def test_cli_listen_in_tmux(tmp_path, song, width, height, no_color):
+    argv = [sys.executable, "-m", "rtgenre", "listen", "--input", str(song), "--realtime"] + ["--no-color"] * no_color
     with TmuxPane(argv, width, height, tmp_path, cwd=ROOT, env={"PYTHONPATH": str(ROOT)}) as pane:
         first = pane.wait_for(lambda s: _has_sections(s) and "%" in s and "dBFS" in s, 40)
         assert _has_sections(first) and "dBFS" in first, f"{first}\n--- stderr:\n{pane.stderr()}"
         assert len(first.splitlines()) <= height and max(map(len, first.splitlines())) <= width
+        assert bool(colour_codes(pane.capture(escapes=True))) is not no_color
         later = pane.wait_for(lambda s: s != first, 10)
         assert later != first
         pane.send_keys("q")

@@ -74,9 +74,12 @@ class TmuxPane:
             raise RuntimeError(f"tmux new-session failed: {res.stderr.strip()}")
         return self
 
-    def capture(self) -> str:
-        """The visible screen as text (trailing blank cells stripped by tmux)."""
-        return self._tmux("capture-pane", "-p", "-t", "t").stdout
+    def capture(self, escapes: bool = False) -> str:
+        """The visible screen as text (trailing blank cells stripped by tmux).
+
+        With ``escapes``, colours and attributes are kept as ANSI SGR sequences.
+        """
+        return self._tmux("capture-pane", "-p", *(["-e"] if escapes else []), "-t", "t").stdout
 
     def send_keys(self, *keys: str) -> None:
         """Type ``keys`` into the pane (tmux key names, e.g. ``q`` or ``C-c``)."""

@@ -146,7 +146,7 @@ def bench_torch(card: ModelCard, spec: str | None, half: bool, batches: list[int
 
             def e2e() -> None:
                 outs = model(host.to("cuda", non_blocking=True).to(dtype))
-                [o.float().cpu() for o in outs]
+                [o.float().cpu() for o in (outs.values() if isinstance(outs, dict) else outs)]
 
             e2e_ms = wall_ms(e2e, iters, warmup)
             gpu = []

@@ -72,6 +72,24 @@ def test_file_values_equal_soundfile(make_tone, name):
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6 if name.endswith(".mp3") else 0)
 
 
+@needs_ffmpeg
+def test_file_mp3_decoder_dying_is_a_truncated_file(make_tone):
+    src = FileSource(str(make_tone("long.mp3", seconds=20.0)))
+    src.open()
+    ring = Ring(4800, 2)
+    src.start(ring)
+    try:
+        assert ring.wait_available(1, 10.0)
+        src._ffmpeg.proc.kill()
+        deadline = time.monotonic() + 10
+        while not ring.closed and time.monotonic() < deadline:
+            ring.read()
+            time.sleep(0.01)
+    finally:
+        src.stop()
+    assert isinstance(src.error, InputTruncatedError) and "long.mp3 is damaged" in str(src.error)
+
+
 def test_file_mp3_without_ffmpeg(make_tone, tmp_path, monkeypatch):
     path = make_tone("a.mp3")
     monkeypatch.setenv("PATH", str(tmp_path))

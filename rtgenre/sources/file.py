@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import numpy as np
 import soundfile as sf
 
-from rtgenre.errors import InputEmptyError, InputTruncatedError, InputUnreadableError
+from rtgenre.errors import InputEmptyError, InputTruncatedError, InputUnreadableError, StreamFailedError
 from rtgenre.sources.base import ThreadedSource, check_format
 from rtgenre.sources.url import FfmpegDecoder, require_ffmpeg
 
@@ -31,7 +31,7 @@ _DATA_LOG = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
 #: Data sizes that mean "unknown length" (written by streaming encoders), not truncation.
 _UNKNOWN_SIZES = (0, 0xFFFFFFFF, 0x7FFFFFFF)
 
-_FIX_READABLE = "Pass an audio file (WAV, FLAC, OGG, MP3) that exists and is readable"
+_FIX_READABLE = "Pass a readable WAV, FLAC, OGG or MP3 file (convert others with `ffmpeg -i IN OUT.wav`)"
 _FIX_TRUNCATED = "Re-export or re-download the file; everything readable was analysed"
 
 
@@ -95,13 +95,18 @@ class FileSource(ThreadedSource):
             raise RuntimeError("FileSource.open() was not called")
         t0 = time.monotonic()
         pos = 0
-        for data in source:
-            pos += len(data)
-            if self.live:
-                self._stop.wait(max(0.0, t0 + pos / self.sample_rate - time.monotonic()))
-            if self._stop.is_set():
-                return
-            yield data
+        try:
+            for data in source:
+                pos += len(data)
+                if self.live:
+                    self._stop.wait(max(0.0, t0 + pos / self.sample_rate - time.monotonic()))
+                if self._stop.is_set():
+                    return
+                yield data
+        except StreamFailedError as exc:  # ffmpeg gave up on an MP3 part-way
+            raise InputTruncatedError(
+                f"File {self.path} is damaged after {pos / self.sample_rate:.2f} s ({exc.problem})", _FIX_TRUNCATED
+            ) from None
 
     def _sndfile_blocks(self, f: sf.SoundFile, block: int) -> Iterator[np.ndarray]:
         """Blocks read by libsndfile; InputTruncatedError after the last readable one if the file is cut."""

@@ -157,13 +157,10 @@ def resolve_model(model: str | Path | None) -> Path:
     if model is None or str(model) == "":
         model = DEFAULT_MODEL
     p = Path(model)
-    candidates = []
-    if p.suffix == ".json":
-        candidates.append(p)
-    elif p.suffix == ".onnx":
-        candidates.append(p.with_suffix(".json"))
-    else:
-        candidates += [p.with_suffix(".json") if p.parent != Path(".") else p, ENGINES_DIR / f"{p.name}.json", p / f"{p.name}.json"]
+    if p.suffix in (".json", ".onnx"):
+        candidates = [p.with_suffix(".json")]
+    else:  # a model name in engines/, or a folder holding <name>.json
+        candidates = [ENGINES_DIR / f"{p.name}.json", p / f"{p.name}.json"]
     for c in candidates:
         if c.is_file():
             return c

@@ -288,7 +288,21 @@ class Feed:
         return {"windows": self.stats.windows, "predictions": self.stats.predictions, "dominant": dominant, "share": share}
 
 
-class Runner:
+class _Stoppable:
+    """Stop handling shared by the runners: a reason and an event the loop waits on."""
+
+    def __init__(self) -> None:
+        self.stop_requested = threading.Event()
+        self.stop_reason = "end of input"
+
+    def request_stop(self, reason: str) -> None:
+        """Ask the loop to stop after the current step (signal handlers, sinks, the dashboard's ``q``)."""
+        if not self.stop_requested.is_set():
+            self.stop_reason = reason
+            self.stop_requested.set()
+
+
+class Runner(_Stoppable):
     """Runs feeds against one engine until they end, fail or are stopped.
 
     Parameters
@@ -304,19 +318,12 @@ class Runner:
     """
 
     def __init__(self, feeds: list[Feed], engine: Engine, bus: EventBus, poll_s: float = 0.005) -> None:
+        super().__init__()
         self.feeds = feeds
         self.engine = engine
         self.bus = bus
         self.poll_s = poll_s
-        self.stop_requested = threading.Event()
-        self.stop_reason = "end of input"
         self._current = feeds[0]
-
-    def request_stop(self, reason: str) -> None:
-        """Ask the loop to stop after the current step (signal handlers, sinks)."""
-        if not self.stop_requested.is_set():
-            self.stop_reason = reason
-            self.stop_requested.set()
 
     def run(self, summaries: bool = False) -> None:
         """Run to the end.
@@ -390,7 +397,7 @@ class Runner:
                 )
 
 
-class MidiRunner:
+class MidiRunner(_Stoppable):
     """MIDI without audio: one ``midi`` event per hop, timed by the monotonic clock.
 
     Parameters
@@ -404,14 +411,11 @@ class MidiRunner:
     """
 
     def __init__(self, midi: MidiInput, bus: EventBus, hop_s: float, stream: str) -> None:
+        super().__init__()
         self.midi = midi
         self.bus = bus
         self.hop_s = hop_s
         self.stream = stream
-        self.stop_requested = threading.Event()
-        self.stop_reason = "end of input"
-
-    request_stop = Runner.request_stop
 
     def run(self, summaries: bool = False) -> None:
         """Run until stopped, the MIDI file ends or the port fails (raised after ``error``/``stop``)."""

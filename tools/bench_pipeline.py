@@ -1,0 +1,132 @@
+"""Benchmark the listening pipeline on the CPU; JSON output.
+
+Measures, in one run on this machine:
+
+- streaming log-Mel cost per hop vs librosa recomputing the whole window (ratio),
+  via ``tools/bench_mel.py``;
+- inference ms per window of the default model with ONNX Runtime;
+- ``latency_ms`` p50/p99 of a ``rtgenre listen --input FILE --realtime --json``
+  run over a 5-minute file (real music from ``../shared/data/real-music`` when
+  present, else the generated demo song), plus that process's CPU share (of one
+  core) and peak resident memory.
+
+Usage::
+
+    python tools/bench_pipeline.py --out benchmarks/results/bench_pipeline.json [--seconds 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+
+from bench_mel import bench as bench_mel  # noqa: E402
+from make_demo import SR as DEMO_SR, render  # noqa: E402
+
+from rtgenre.card import load_card  # noqa: E402
+from rtgenre.inference.onnxruntime import OnnxRuntimeEngine  # noqa: E402
+
+REAL_MUSIC = ROOT.parent / "shared" / "data" / "real-music"
+
+
+def make_long_file(path: Path, seconds: float) -> str:
+    """Write ``seconds`` of audio (44.1 kHz stereo): real clips back to back if available."""
+    clips = sorted(REAL_MUSIC.glob("*.mp3")) if REAL_MUSIC.is_dir() else []
+    if clips:
+        parts, total = [], 0
+        while total < seconds * 44100:
+            for c in clips:
+                x, sr = sf.read(c, dtype="float32", always_2d=True)
+                x = soxr.resample(x, sr, 44100) if sr != 44100 else x
+                parts.append(x[:, :2] if x.shape[1] > 1 else np.repeat(x, 2, axis=1))
+                total += len(parts[-1])
+                if total >= seconds * 44100:
+                    break
+        audio, sr, what = np.concatenate(parts)[: int(seconds * 44100)], 44100, f"real music: {len(clips)} clips of {REAL_MUSIC} back to back"
+    else:
+        audio, sr, what = render(seconds), DEMO_SR, "generated demo song (tools/make_demo.py)"
+    sf.write(path, audio, sr, subtype="PCM_16")
+    return what
+
+
+def bench_inference(card, threads: int, n: int = 50) -> dict:
+    engine = OnnxRuntimeEngine(card, threads=threads)
+    x = np.random.default_rng(0).standard_normal((1, card.window_frames, card.frontend.n_mels)).astype(np.float32) + 2.0
+    for _ in range(5):
+        engine.run(x)
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        engine.run(x)
+        times.append((time.perf_counter() - t0) * 1000)
+    return {"threads": threads, "ms_per_window_median": float(np.median(times)), "ms_per_window_p90": float(np.percentile(times, 90)), "runs": n}
+
+
+def bench_listen(path: Path, threads: int) -> dict:
+    cmd = [sys.executable, "-m", "rtgenre", "listen", "--input", str(path), "--realtime", "--json", "--threads", str(threads)]
+    t0 = time.monotonic()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    wall = time.monotonic() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise SystemExit(f"listen failed ({proc.returncode}): {proc.stderr.strip()}")
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    lat = np.array([e["latency_ms"] for e in events if e["event"] == "prediction"])
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    stop = next(e for e in events if e["event"] == "stop")
+    return {
+        "command": " ".join(cmd[1:]),
+        "wall_s": round(wall, 2),
+        "predictions": int(lat.size),
+        "latency_ms_p50": float(np.percentile(lat, 50)),
+        "latency_ms_p99": float(np.percentile(lat, 99)),
+        "latency_ms_max": float(lat.max()),
+        "cpu_share_of_one_core": round(cpu / wall, 4),
+        "peak_rss_mb": round(after.ru_maxrss / 1024, 1),
+        "stop_counts": stop["counts"],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="Benchmark the listening pipeline (JSON output).")
+    ap.add_argument("--out", type=Path, default=None, help="write the JSON here too")
+    ap.add_argument("--seconds", type=float, default=300.0, help="length of the realtime run (default 300)")
+    ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
+    args = ap.parse_args()
+    card = load_card()
+    result = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python": platform.python_version()},
+        "command": "python tools/bench_pipeline.py " + " ".join(sys.argv[1:]),
+        "model": card.name,
+        "mel": bench_mel(),
+        "inference": bench_inference(card, args.threads),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "long.wav"
+        result["listen_input"] = make_long_file(path, args.seconds)
+        result["listen"] = bench_listen(path, args.threads)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 from typing import Iterator
 
 from rich.console import Console

@@ -29,6 +29,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from itertools import groupby
 from typing import Any, Callable
 
 import numpy as np
@@ -322,7 +323,7 @@ class DashboardView:
         genre_w = width * 11 // 20 - 4
         side_w = width - width * 11 // 20 - 4
         half_w = width // 2 - 4
-        layout["header"].update(self._header(s, width))
+        layout["header"].update(self._header(s))
         layout["genre"].update(self._genre(s, inner_main, genre_w, large))
         layout["mood"].update(self._mood(s, plan.mood - 2, side_w))
         layout["instruments"].update(self._instruments(s, plan.main - plan.mood - 2, side_w))
@@ -357,7 +358,7 @@ class DashboardView:
 
     # -- sections -----------------------------------------------------------
 
-    def _header(self, s: DashboardState, width: int) -> RenderableType:
+    def _header(self, s: DashboardState) -> RenderableType:
         st = s.start
         parts = ["[b]rtgenre[/]"]
         if st:
@@ -447,14 +448,8 @@ class DashboardView:
         hop = float(s.start.get("hop_s") or 0.5)
         strip = Text(no_wrap=True, overflow="crop")
         for r in range(rows):
-            row = cells[r * width:(r + 1) * width]
-            i = 0
-            while i < len(row):
-                j = i
-                while j < len(row) and row[j] == row[i]:
-                    j += 1
-                strip.append(self._cells(s, row[i], j - i))
-                i = j
+            for genre, run in groupby(cells[r * width:(r + 1) * width]):
+                strip.append(self._cells(s, genre, sum(1 for _ in run)))
             if r < rows - 1:
                 strip.append("\n")
         legend = Text(no_wrap=True, overflow="ellipsis")

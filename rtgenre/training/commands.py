@@ -1,0 +1,242 @@
+"""``rtgenre train`` and ``rtgenre eval``: options and entry points.
+
+``train`` has two modes:
+
+* on corpora (default ``corpora/*``): cache features and teacher tags
+  (:mod:`rtgenre.training.features`), distil the back end and heads, measure
+  agreement with the teachers on held-out tracks and export the model;
+* on your own data (``--data DIR``, GTZAN layout ``DIR/<label>/*``): fit a new
+  genre head (label set = folder names) on top of a trained model's front end
+  and back end (``--base``; ``--finetune-backend`` also trains the back end),
+  with optional stratified k-fold cross-validation by clip (``--folds``), and
+  export the result as a new model.
+
+``eval`` lives in :mod:`rtgenre.evaluate` (torch-free) and is re-exported here.
+Torch is imported only when ``train`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from rtgenre.errors import DataInvalidError, UsageError
+from rtgenre.evaluate import add_eval_arguments, labelled_files, run_eval
+
+__all__ = ["add_train_arguments", "run_train", "add_eval_arguments", "run_eval"]
+
+WINDOW_HOP = 94  # frames between the fixed evaluation windows (1.5 s)
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``rtgenre train``."""
+    parser.add_argument("--corpus", type=Path, nargs="+", default=None, help="corpus folders with manifest.jsonl (default: every folder in corpora/)")
+    parser.add_argument("--data", type=Path, default=None, help="your own labelled audio, DIR/<label>/*.wav|au|mp3: fit a new genre head on it")
+    parser.add_argument("--base", default=None, help="with --data: the model to start from (default: the shipped rtgenre-crnn)")
+    parser.add_argument("--finetune-backend", action="store_true", help="with --data: also train the LSTM back end (the new model then has only the genre head)")
+    parser.add_argument("--folds", type=int, default=1, help="with --data: stratified k-fold cross-validation by clip before the final fit (default: 1 = none)")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: 12 on corpora, 20 with --data)")
+    parser.add_argument("--steps", type=int, default=None, help="steps per epoch (default: 150 on corpora, 20 with --data)")
+    parser.add_argument("--batch", type=int, default=32, help="windows per step (default: 32)")
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 2e-3 on corpora, 5e-3 with --data)")
+    parser.add_argument("--out", type=Path, default=Path("engines"), help="folder for <name>.onnx/.json (default: engines/)")
+    parser.add_argument("--name", default=None, help="model name (default: rtgenre-crnn on corpora, <data folder>-crnn with --data)")
+    parser.add_argument("--cache", type=Path, default=Path("cache"), help="feature cache folder for corpora (default: cache/)")
+    parser.add_argument("--renditions", type=int, default=0, help="augmented renditions per corpus track to cache (default: 0)")
+    parser.add_argument("--max-seconds", type=float, default=None, help="use at most the middle S seconds of each corpus track")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+
+
+def _command() -> str:
+    return "rtgenre " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Run ``rtgenre train``; returns the exit status."""
+    for opt in ("epochs", "steps", "folds", "batch"):
+        v = getattr(args, opt)
+        if v is not None and v < 1:
+            raise UsageError(f"--{opt} must be at least 1, got {v}", f"Pass a positive --{opt}")
+    if args.data is None and (args.folds > 1 or args.finetune_backend or args.base):
+        raise UsageError("--folds, --finetune-backend and --base only apply to --data", "Add --data DIR or drop those options")
+    from rtgenre.errors import DependencyMissingError
+
+    try:
+        import torch
+    except ImportError:
+        raise DependencyMissingError("Training needs torch", "pip install 'rtgenre[train]'") from None
+    torch.set_num_threads(args.threads)
+    return _train_own_data(args) if args.data is not None else _train_corpora(args)
+
+
+def _heads():
+    from rtgenre.training.labels import HEADS
+    from rtgenre.training.model import HeadSpec
+
+    return tuple(HeadSpec(n, k, labels) for n, (k, labels) in HEADS.items())
+
+
+def _train_corpora(args: argparse.Namespace) -> int:
+    from rtgenre.training.corpus import corpus_hours
+    from rtgenre.training.data import CropSampler, load_cache
+    from rtgenre.training.distill import agreement, train_backend
+    from rtgenre.training.export import export_model
+    from rtgenre.training.features import build_cache
+    from rtgenre.training.labels import GTZAN_MAP, HEADS, SHARPEN, TAG_MAP, TagMapper
+    from rtgenre.training.model import CRNN, Backend, BackendConfig
+    from rtgenre.training.musicnn import TEACHERS, load_teacher, teacher_tags
+
+    corpora = args.corpus or sorted(p for p in Path("corpora").glob("*") if (p / "manifest.jsonl").is_file())
+    if not corpora:
+        raise DataInvalidError("No corpora found in corpora/", "Build them with tools/corpus_*.py or pass --corpus DIR...")
+    train, held, hours = [], [], {}
+    for c in corpora:
+        hours[c.name] = round(corpus_hours(c), 3)
+        build_cache(c, args.cache / c.name, args.renditions, args.max_seconds, seed=args.seed)
+        tr, ho = load_cache(args.cache / c.name)
+        train += tr
+        held += ho
+        print(f"{c.name}: {hours[c.name]:.2f} h, {len(tr)} training items, {len(ho)} held-out tracks", flush=True)
+    if not train:
+        raise DataInvalidError("The corpora hold no track of at least one window", "Add longer tracks to the corpora")
+    mapper = TagMapper({t: teacher_tags(t) for t in TEACHERS})
+    sampler = CropSampler(HEADS, mapper)
+    backend = Backend(BackendConfig(heads=_heads()))
+    epochs, steps, lr = args.epochs or 12, args.steps or 150, args.lr or 2e-3
+    history = train_backend(backend, train, sampler, epochs, steps, args.batch, lr, seed=args.seed)
+    held_metrics = agreement(backend, held, sampler, WINDOW_HOP) if held else {}
+    print("held-out agreement with the teachers / exact labels: " + ", ".join(f"{k} {v:.3f}" for k, v in held_metrics.items()), flush=True)
+    name = args.name or "rtgenre-crnn"
+    trained_hours = {c.name: round(sum(len(i.feats) for i in train if i.group.startswith(f"{args.cache / c.name}:")) * 256 / 16000 / 3600, 3) for c in corpora}
+    extra = {
+        "license": "MIT (model); musicnn front end ISC, see engines/musicnn/LICENSE",
+        "teacher": {"models": list(TEACHERS), "student_frontend": TEACHERS[0], "tag_map": TAG_MAP, "sharpen": SHARPEN,
+                    "rule": "label score = max of its tags over both teachers; multiclass targets = score^sharpen normalised; multilabel targets = score"},
+        "training": {
+            "command": _command(), "corpora": {c.name: {"hours": hours[c.name], "hours_used": trained_hours[c.name]} for c in corpora},
+            "epochs": epochs, "steps_per_epoch": steps, "batch": args.batch, "lr": lr, "seed": args.seed,
+            "renditions": args.renditions, "max_seconds": args.max_seconds, "items": len(train), "held_out_tracks": len(held),
+            "augmentation": f"{args.renditions} cached audio rendition(s) per track (gain, pitch/tempo, noise); crops mixed in feature space with p=0.3",
+            "loss": history[-1],
+        },
+        "evaluation": {"held_out_agreement": {"windows_hop_frames": WINDOW_HOP, **held_metrics}},
+    }
+    model = CRNN(load_teacher(TEACHERS[0]), backend)
+    card = export_model(model, args.out, name, {"gtzan": GTZAN_MAP}, extra)
+    print(f"wrote {card} and {card.with_suffix('.onnx')}")
+    return 0
+
+
+def _clip_items(files: list[tuple[Path, str]], labels: list[str]):
+    """Frame features of every clip, one :class:`Item` per clip."""
+    import soundfile as sf
+    import soxr
+
+    from rtgenre.dsp.mel import log_mel
+    from rtgenre.training.data import WINDOW_FRAMES, Item
+    from rtgenre.training.features import FRONTEND, ChunkedFeatures
+    from rtgenre.training.musicnn import TEACHERS, load_teacher
+
+    features = ChunkedFeatures(load_teacher(TEACHERS[0]))
+    items = []
+    for path, label in files:
+        try:
+            audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError, OSError) as e:
+            raise DataInvalidError(f"{path} cannot be read as audio ({e})", "Remove or re-encode the file") from None
+        x = audio.mean(axis=1)
+        if rate != FRONTEND.sample_rate:
+            x = soxr.resample(x, rate, FRONTEND.sample_rate).astype(np.float32)
+        mel = log_mel(x, FRONTEND)
+        if len(mel) < WINDOW_FRAMES:
+            raise DataInvalidError(f"{path} is shorter than one 7.5 s window", "Remove clips shorter than 7.5 s from the data folder")
+        items.append(Item(features.process(mel), None, {"genre": labels.index(label)}, str(path)))
+    return items
+
+
+def stratified_folds(labels: list[int], k: int, seed: int) -> list[np.ndarray]:
+    """Clip indices of ``k`` folds with every class spread evenly (by clip, so no window leaks)."""
+    rng = np.random.default_rng(seed)
+    folds: list[list[int]] = [[] for _ in range(k)]
+    offset = 0
+    for c in sorted(set(labels)):
+        idx = rng.permutation([i for i, y in enumerate(labels) if y == c])
+        for j, i in enumerate(idx):
+            folds[(offset + j) % k].append(int(i))
+        offset += len(idx)
+    return [np.array(sorted(f)) for f in folds]
+
+
+def _train_own_data(args: argparse.Namespace) -> int:
+    import copy
+
+    from rtgenre.card import load_card
+    from rtgenre.training.data import CropSampler
+    from rtgenre.training.distill import predict_items, train_backend
+    from rtgenre.training.export import export_model, load_backend
+    from rtgenre.training.labels import GTZAN
+    from rtgenre.training.model import CRNN, Backend, BackendConfig, HeadSpec
+    from rtgenre.training.musicnn import TEACHERS, load_teacher
+
+    files = labelled_files(args.data)
+    classes = sorted({lab for _, lab in files})
+    if len(classes) < 2:
+        raise DataInvalidError(f"{args.data} has {len(classes)} class folder(s)", "Give at least two label folders, DIR/<label>/*.wav")
+    counts = {c: sum(1 for _, lab in files if lab == c) for c in classes}
+    if args.folds > 1 and min(counts.values()) < args.folds:
+        raise DataInvalidError(f"Class '{min(counts, key=counts.get)}' has {min(counts.values())} clip(s), fewer than --folds {args.folds}", "Add clips or lower --folds")
+    base_card = load_card(args.base)
+    base = load_backend(base_card.onnx_path.with_name(base_card.raw.get("backend_weights", f"{base_card.name}.backend.npz")))
+    genre = HeadSpec("genre", "multiclass", tuple(classes))
+    kept = () if args.finetune_backend else tuple(h for h in base.config.heads if h.name != "genre")
+    cfg = BackendConfig(**{**{k: v for k, v in base.config.__dict__.items() if k != "heads"}, "heads": (genre, *kept)})
+    start = Backend(cfg)
+    reused = {f"heads.{h.name}." for h in kept}
+    state = {k: v for k, v in base.state_dict().items() if not k.startswith("heads.") or any(k.startswith(r) for r in reused)}
+    start.load_state_dict(state, strict=False)
+    items = _clip_items(files, classes)
+    y = [it.labels["genre"] for it in items]
+    sampler = CropSampler({h.name: (h.kind, h.labels) for h in cfg.heads}, None)
+    epochs, steps, lr = args.epochs or 20, args.steps or 20, args.lr or 5e-3
+
+    def fit(train_items):
+        b = copy.deepcopy(start)
+        train_backend(b, train_items, sampler, epochs, steps, args.batch, lr, mix_prob=0.0, seed=args.seed, trainable=["genre"], finetune_backend=args.finetune_backend, log=None)
+        return b
+
+    def accuracy(b, test_items):
+        probs, targets, _, groups = predict_items(b, test_items, sampler, WINDOW_HOP)
+        pred, true = probs["genre"].argmax(1), targets["genre"].argmax(1)
+        clip = [np.bincount(pred[groups == g], minlength=len(classes)).argmax() == test_items[g].labels["genre"] for g in range(len(test_items))]
+        return float((pred == true).mean()), float(np.mean(clip))
+
+    cv = None
+    if args.folds > 1:
+        win, clip = [], []
+        for k, test in enumerate(stratified_folds(y, args.folds, args.seed)):
+            test_set = set(test.tolist())
+            w, c = accuracy(fit([it for i, it in enumerate(items) if i not in test_set]), [items[i] for i in test])
+            win.append(w)
+            clip.append(c)
+            print(f"fold {k + 1}/{args.folds}: clip accuracy {c:.1%}, window accuracy {w:.1%}", flush=True)
+        cv = {"folds": args.folds, "clip_accuracy_mean": float(np.mean(clip)), "clip_accuracy_std": float(np.std(clip)),
+              "window_accuracy_mean": float(np.mean(win)), "window_accuracy_std": float(np.std(win)), "clip_accuracy_per_fold": clip}
+        print(f"{args.folds}-fold cross-validation: clip accuracy {np.mean(clip):.1%} ± {np.std(clip):.1%}, window accuracy {np.mean(win):.1%} ± {np.std(win):.1%}")
+    final = fit(items)
+    name = args.name or f"{args.data.resolve().name}-crnn"
+    extra = {
+        "license": "as your data; musicnn front end ISC",
+        "base_model": {"name": base_card.name, "onnx_sha256": base_card.onnx_sha256},
+        "training": {"command": _command(), "data": str(args.data), "classes": counts, "epochs": epochs, "steps_per_epoch": steps,
+                     "lr": lr, "seed": args.seed, "finetune_backend": bool(args.finetune_backend)},
+        "evaluation": {"cross_validation": cv} if cv else {},
+    }
+    gtzan = {c: c if c in GTZAN else None for c in classes}
+    card = export_model(CRNN(load_teacher(TEACHERS[0]), final), args.out, name, {"gtzan": gtzan}, extra)
+    print(f"wrote {card} and {card.with_suffix('.onnx')}")
+    return 0

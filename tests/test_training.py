@@ -1,0 +1,238 @@
+"""Training: corpora helpers, MIDI generation labels, teacher mapping, feature cache, crops, train command."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+torch = pytest.importorskip("torch")
+mido = pytest.importorskip("mido")
+
+from rtgenre.card import load_card  # noqa: E402
+from rtgenre.errors import DataInvalidError, UsageError  # noqa: E402
+from rtgenre.training.corpus import Track, gm_family, read_manifest, write_manifest  # noqa: E402
+from rtgenre.training.data import CropSampler, Item, make_batch, window_tags  # noqa: E402
+from rtgenre.training.labels import GTZAN, GTZAN_MAP, HEADS, INSTRUMENTS, TAG_MAP, TagMapper  # noqa: E402
+from rtgenre.training.midigen import STYLES, generate  # noqa: E402
+from rtgenre.training.musicnn import MUSICNN_DIR, RECEPTIVE_FIELD, Musicnn  # noqa: E402
+
+WEIGHTS = MUSICNN_DIR / "MSD_musicnn.npz"
+needs_weights = pytest.mark.skipif(not (WEIGHTS.is_file() and (MUSICNN_DIR / "MTT_musicnn.npz").is_file()), reason="musicnn weights not in engines/musicnn/")
+
+
+def test_gm_family_covers_the_instrument_vocabulary():
+    fams = {gm_family(p) for p in range(128)} | {gm_family(0, is_drum=True)}
+    assert fams - {None} == set(INSTRUMENTS)
+    assert [gm_family(p) for p in (0, 25, 33, 40, 52, 73, 81)] == ["keys", "guitar", "bass", "strings", "voice", "winds", "synth"]
+    with pytest.raises(ValueError):
+        gm_family(128)
+
+
+@pytest.mark.parametrize("style", sorted(STYLES))
+def test_generated_midi_labels_are_the_programs_played(style, tmp_path):
+    mid, labels = generate(STYLES[style], 8.0, np.random.default_rng(1))
+    mid.save(str(tmp_path / "s.mid"))
+    back = mido.MidiFile(str(tmp_path / "s.mid"))
+    programs, drums, sounding = {}, False, set()
+    for tr in back.tracks:
+        for m in tr:
+            if m.type == "program_change":
+                programs[m.channel] = m.program
+            if m.type == "note_on" and m.velocity > 0:
+                if m.channel == 9:
+                    drums = True
+                else:
+                    sounding.add(m.channel)
+    played = {gm_family(programs[ch]) for ch in sounding} | ({"drums"} if drums else set())
+    assert set(labels["instruments"]) == played - {None}
+    assert labels["genre"] == STYLES[style].genre and labels["genre"] in HEADS["genre"][1]
+
+
+def test_manifest_round_trip(tmp_path):
+    (tmp_path / "a").mkdir()
+    tracks = [Track(tmp_path / "a" / "x.wav", 12.5, "rock", ["drums", "guitar"], {"bpm": 120.0}), Track(tmp_path / "y.wav", 30.0)]
+    write_manifest(tmp_path, tracks)
+    back = read_manifest(tmp_path)
+    assert [(t.path, t.seconds, t.genre, t.instruments, t.extra) for t in back] == [(t.path, t.seconds, t.genre, t.instruments, t.extra) for t in tracks]
+    (tmp_path / "manifest.jsonl").write_text("{not json\n")
+    with pytest.raises(DataInvalidError):
+        read_manifest(tmp_path)
+
+
+def _tags():
+    return {t: json.loads((MUSICNN_DIR / "tags.json").read_text())[t] for t in ("MSD_musicnn", "MTT_musicnn")}
+
+
+@pytest.mark.skipif(not (MUSICNN_DIR / "tags.json").is_file(), reason="engines/musicnn/tags.json absent")
+def test_tag_mapper_soft_or_and_targets():
+    tags = _tags()
+    mapper = TagMapper(tags)  # raises if the mapping names a tag a teacher lacks
+    assert set(TAG_MAP) == set(HEADS) and all(list(TAG_MAP[h]) == list(HEADS[h][1]) for h in HEADS)
+    x = np.zeros(100, np.float32)
+    x[tags["MSD_musicnn"].index("heavy metal")] = 0.8
+    x[tags["MSD_musicnn"].index("metal")] = 0.3
+    x[50 + tags["MTT_musicnn"].index("piano")] = 0.6
+    s = mapper.scores(x)
+    assert s["genre"][HEADS["genre"][1].index("metal")] == pytest.approx(0.8)
+    assert s["instruments"][INSTRUMENTS.index("keys")] == pytest.approx(0.6)
+    t = mapper.targets(np.random.default_rng(0).random((4, 100)))
+    np.testing.assert_allclose(t["genre"].sum(-1), 1.0, rtol=1e-5)
+    assert not mapper.has_teacher("instruments")[INSTRUMENTS.index("bass")]
+    with pytest.raises(ValueError, match="no tag"):
+        TagMapper(tags, {"genre": {"rock": {"MSD_musicnn": ["not a tag"]}}})
+
+
+def test_gtzan_mapping_targets_are_gtzan_genres():
+    assert set(GTZAN_MAP) == set(HEADS["genre"][1])
+    assert {v for v in GTZAN_MAP.values() if v} <= set(GTZAN)
+
+
+def test_chunked_features_equal_one_whole_track_pass():
+    from rtgenre.training.features import ChunkedFeatures
+
+    torch.manual_seed(0)
+    net = Musicnn().eval()
+    mel = np.random.default_rng(0).random((420, 96)).astype(np.float32) * 3
+    whole = net.frame_features(torch.from_numpy(mel)[None])[0].detach().numpy()
+    chunked = ChunkedFeatures(net, chunk=RECEPTIVE_FIELD - 6).process(mel)
+    np.testing.assert_allclose(chunked, whole, atol=1e-4, rtol=1e-4)
+
+
+def test_window_tags_weight_patches_by_overlap():
+    tags = np.stack([np.full(4, v, np.float32) for v in (0.0, 1.0, 2.0, 3.0)])
+    np.testing.assert_allclose(window_tags(tags, 0, 187), 0.0)
+    np.testing.assert_allclose(window_tags(tags, 187 - 10, 187), (0 * 10 + 1 * 177) / 187)
+    np.testing.assert_allclose(window_tags(tags, 4 * 187 - 20, 40), 3.0)  # beyond the last whole patch
+
+
+def test_crop_targets_prefer_exact_labels_and_mask_unknowns():
+    heads = {"genre": HEADS["genre"], "instruments": HEADS["instruments"]}
+    sampler = CropSampler(heads, None, frames=10)
+    exact = Item(np.ones((30, 4), np.float32), None, {"genre": 2, "instruments": np.eye(8, dtype=np.float32)[1]}, "a")
+    unknown = Item(np.zeros((30, 4), np.float32), None, {}, "b")
+    f, t, m = sampler.process(exact, np.random.default_rng(0))
+    assert f.shape == (10, 4) and t["genre"].argmax() == 2 and m["genre"].all() and t["instruments"][1] == 1
+    _, t2, m2 = sampler.process(unknown, start=5)
+    assert not m2["genre"].any() and not m2["instruments"].any()
+    x, tt, mm = make_batch([sampler.process(exact, start=0), sampler.process(unknown, start=0)], np.random.default_rng(0), mix_prob=1.0)
+    # mixing a known with an unknown crop leaves the label unknown
+    assert not mm["genre"].any() and x.shape == (2, 10, 4)
+    assert 0.5 <= float(x[0].mean()) <= 1.0
+
+
+def test_stratified_folds_partition_clips_and_balance_classes():
+    from rtgenre.training.commands import stratified_folds
+
+    y = [0] * 10 + [1] * 6 + [2] * 4
+    folds = stratified_folds(y, 2, seed=3)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(20))
+    for f in folds:
+        assert sorted(np.bincount(np.array(y)[f], minlength=3).tolist()) == [2, 3, 5]
+
+
+def _parser():
+    from rtgenre.training.commands import add_train_arguments
+
+    p = argparse.ArgumentParser()
+    add_train_arguments(p)
+    return p
+
+
+def test_train_option_errors(tmp_path):
+    from rtgenre.training.commands import run_train
+
+    with pytest.raises(UsageError):
+        run_train(_parser().parse_args(["--folds", "3"]))
+    with pytest.raises(UsageError):
+        run_train(_parser().parse_args(["--epochs", "0"]))
+    (tmp_path / "only").mkdir()
+    sf.write(tmp_path / "only" / "a.wav", np.zeros(16000 * 8, np.float32), 16000)
+    with pytest.raises(DataInvalidError, match="class folder"):
+        run_train(_parser().parse_args(["--data", str(tmp_path)]))
+
+
+def _gtzan_like(root: Path, clips: int = 4, seconds: float = 8.0, rate: int = 22050) -> None:
+    """3 classes: sines, white noise, click trains."""
+    rng = np.random.default_rng(0)
+    n = int(seconds * rate)
+    for c in ("sine", "noise", "clicks"):
+        (root / c).mkdir(parents=True)
+        for i in range(clips):
+            if c == "sine":
+                x = 0.3 * np.sin(2 * np.pi * rng.uniform(200, 800) * np.arange(n) / rate)
+            elif c == "noise":
+                x = 0.1 * rng.standard_normal(n)
+            else:
+                x = np.zeros(n)
+                x[:: int(rate * rng.uniform(0.1, 0.3))] = 0.9
+            sf.write(root / c / f"{c}{i}.wav", x.astype(np.float32), rate)
+
+
+@needs_weights
+def test_train_on_own_data_with_cross_validation_writes_a_loadable_model(tmp_path):
+    from rtgenre.inference.onnxruntime import OnnxRuntimeEngine
+    from rtgenre.training.commands import _heads, run_train
+    from rtgenre.training.export import export_model
+    from rtgenre.training.model import CRNN, Backend, BackendConfig
+    from rtgenre.training.musicnn import load_teacher
+
+    torch.manual_seed(0)
+    base = export_model(CRNN(load_teacher(), Backend(BackendConfig(heads=_heads()))), tmp_path / "engines", "base", {"gtzan": GTZAN_MAP}, {})
+    _gtzan_like(tmp_path / "data")
+    out = io.StringIO()
+    with redirect_stdout(out):
+        rc = run_train(_parser().parse_args(["--data", str(tmp_path / "data"), "--base", str(base), "--out", str(tmp_path / "engines"),
+                                             "--folds", "2", "--epochs", "3", "--steps", "6", "--batch", "8", "--name", "mine"]))
+    assert rc == 0
+    assert "2-fold cross-validation: clip accuracy" in out.getvalue()
+    card = load_card(tmp_path / "engines" / "mine.json")
+    assert card.head("genre").labels == ("clicks", "noise", "sine")
+    assert [h.name for h in card.heads] == ["genre", "mood", "instruments"]  # frozen back end keeps the base model's heads
+    cv = card.raw["evaluation"]["cross_validation"]
+    assert cv["folds"] == 2 and len(cv["clip_accuracy_per_fold"]) == 2
+    # the model runs in the runtime engine and tells the three kinds of signal apart on its training clips
+    from rtgenre.dsp.mel import log_mel
+
+    x = []
+    for c in card.head("genre").labels:
+        a, r = sf.read(tmp_path / "data" / c / f"{c}0.wav", dtype="float32")
+        import soxr
+
+        x.append(log_mel(soxr.resample(a, r, 16000), card.frontend)[: card.window_frames])
+    probs = OnnxRuntimeEngine(card).run(np.stack(x))["genre"]
+    assert (probs.argmax(1) == np.arange(3)).sum() >= 2
+
+
+@needs_weights
+def test_train_on_a_corpus_caches_features_and_exports(tmp_path):
+    from rtgenre.training.commands import run_train
+
+    rng = np.random.default_rng(0)
+    corpus = tmp_path / "corpora" / "tiny"
+    tracks = []
+    for i in range(3):
+        p = corpus / f"t{i}.wav"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(p, (0.1 * rng.standard_normal(16000 * 9)).astype(np.float32), 16000)
+        tracks.append(Track(p, 9.0, "rock" if i else None, ["drums"] if i else None))
+    write_manifest(corpus, tracks)
+    with redirect_stdout(io.StringIO()):
+        rc = run_train(_parser().parse_args(["--corpus", str(corpus), "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "engines"),
+                                             "--epochs", "1", "--steps", "2", "--batch", "4", "--name", "tiny"]))
+    assert rc == 0
+    index = [json.loads(line) for line in (tmp_path / "cache" / "tiny" / "index.jsonl").read_text().splitlines()]
+    assert len(index) == 3 and all(r["frames"] == (16000 * 9 - 512) // 256 + 1 for r in index)
+    feats = np.load(tmp_path / "cache" / "tiny" / f"{index[0]['id']}.feats.npy")
+    tags = np.load(tmp_path / "cache" / "tiny" / f"{index[0]['id']}.tags.npy")
+    assert feats.shape == (index[0]["frames"], 753) and tags.shape == (index[0]["frames"] // 187, 100)
+    assert ((tags >= 0) & (tags <= 1)).all()
+    card = load_card(tmp_path / "engines" / "tiny.json")
+    assert card.raw["training"]["corpora"]["tiny"]["hours"] == pytest.approx(27 / 3600, abs=1e-3)
+    assert card.mappings["gtzan"] == GTZAN_MAP

@@ -13,7 +13,10 @@ TensorRT engine's own logic on machines without a GPU.
 - ``cuda.bindings.runtime``: device and pinned memory are ctypes buffers, and
   every copy checks that both pointers fall inside live allocations of the
   right kind (pinned host ↔ device) with room for the byte count; frees of
-  unknown pointers fail with a CUDA error code, as the real runtime does;
+  unknown pointers fail with a CUDA error code, as the real runtime does.
+  Copies, kernels and events are queued per stream and run only when the
+  stream (or an event on it) is synchronised, so a missing synchronisation or
+  a buffer reused too early shows up as wrong results;
 - ``tensorrt`` (weakly typed, ``BuilderFlag.FP16``) or ``tensorrt_rtx``
   (strongly typed, no FP16 flag): the parser checks the ONNX bytes, the
   "plan" is a header plus the ONNX model, and ``execute_async_v3`` runs it with
@@ -167,7 +170,7 @@ class FakeCudaRuntime(types.ModuleType):
         self.devices = devices
         self.device_mem: dict[int, ctypes.Array] = {}
         self.host_mem: dict[int, ctypes.Array] = {}
-        self.streams: set[int] = set()
+        self.streams: dict[int, list] = {}  # stream -> queued work, run at synchronisation
         self.copies = 0
         self._next_stream = 0x1000
 
@@ -197,16 +200,29 @@ class FakeCudaRuntime(types.ModuleType):
 
     def cudaStreamCreate(self):
         self._next_stream += 1
-        self.streams.add(self._next_stream)
+        self.streams[self._next_stream] = []
         return CudaErr.cudaSuccess, self._next_stream
 
+    def enqueue(self, stream, work) -> None:
+        """Queue ``work`` on ``stream``; like the GPU, it runs later (here: at synchronisation)."""
+        self.streams[stream].append(work)
+
+    def _drain(self, stream) -> None:
+        queue = self.streams[stream]
+        while queue:
+            queue.pop(0)()
+
     def cudaStreamSynchronize(self, stream):
-        return (CudaErr.cudaSuccess,) if stream in self.streams else (CudaErr.cudaErrorInvalidValue,)
+        if stream not in self.streams:
+            return (CudaErr.cudaErrorInvalidValue,)
+        self._drain(stream)
+        return (CudaErr.cudaSuccess,)
 
     def cudaStreamDestroy(self, stream):
         if stream not in self.streams:
             return (CudaErr.cudaErrorInvalidValue,)
-        self.streams.remove(stream)
+        self._drain(stream)
+        del self.streams[stream]
         return (CudaErr.cudaSuccess,)
 
     def cudaMalloc(self, nbytes):
@@ -226,7 +242,7 @@ class FakeCudaRuntime(types.ModuleType):
         dst_table, src_table = (self.device_mem, self.host_mem) if h2d else (self.host_mem, self.device_mem)
         if stream not in self.streams or not self._inside(dst_table, dst, nbytes) or not self._inside(src_table, src, nbytes):
             return (CudaErr.cudaErrorInvalidValue,)
-        ctypes.memmove(dst, src, nbytes)
+        self.enqueue(stream, lambda: ctypes.memmove(dst, src, nbytes))
         self.copies += 1
         return (CudaErr.cudaSuccess,)
 
@@ -234,11 +250,17 @@ class FakeCudaRuntime(types.ModuleType):
         return CudaErr.cudaSuccess, SimpleNamespace(t=None)
 
     def cudaEventRecord(self, event, stream):
-        event.t = time.perf_counter()
+        if stream not in self.streams:
+            return (CudaErr.cudaErrorInvalidValue,)
+        event.stream = stream
+        self.enqueue(stream, lambda: setattr(event, "t", time.perf_counter()))
         return (CudaErr.cudaSuccess,)
 
     def cudaEventSynchronize(self, event):
-        return (CudaErr.cudaSuccess,) if event.t is not None else (CudaErr.cudaErrorInvalidValue,)
+        if getattr(event, "stream", None) not in self.streams:
+            return (CudaErr.cudaErrorInvalidValue,)
+        self._drain(event.stream)
+        return (CudaErr.cudaSuccess,)
 
     def cudaEventElapsedTime(self, start, end):
         return CudaErr.cudaSuccess, (end.t - start.t) * 1000.0
@@ -383,13 +405,17 @@ def make_fake_tensorrt(name: str, runtime: FakeCudaRuntime) -> types.ModuleType:
         def execute_async_v3(self, stream_handle):
             if stream_handle not in runtime.streams or self.shape is None or set(self.addresses) != set(self.engine.names):
                 return False
-            n = int(np.prod(self.shape))
-            x = np.frombuffer(ctypes.string_at(self.addresses[self.engine.header["input"]], n * 4), np.float32).reshape(self.shape)
-            outs = self.engine.session.run(self.engine.outputs, {self.engine.header["input"]: x})
-            for name, out in zip(self.engine.outputs, outs):
-                out = np.ascontiguousarray(out, np.float32)
-                assert FakeCudaRuntime._inside(runtime.device_mem, self.addresses[name], out.nbytes), f"output {name} buffer too small"
-                ctypes.memmove(self.addresses[name], out.ctypes.data, out.nbytes)
+            shape, addresses, engine = self.shape, dict(self.addresses), self.engine
+
+            def work():  # runs at stream synchronisation, with the shape and addresses of enqueue time
+                x = np.frombuffer(ctypes.string_at(addresses[engine.header["input"]], int(np.prod(shape)) * 4), np.float32).reshape(shape)
+                outs = engine.session.run(engine.outputs, {engine.header["input"]: x})
+                for name, out in zip(engine.outputs, outs):
+                    out = np.ascontiguousarray(out, np.float32)
+                    assert FakeCudaRuntime._inside(runtime.device_mem, addresses[name], out.nbytes), f"output {name} buffer too small"
+                    ctypes.memmove(addresses[name], out.ctypes.data, out.nbytes)
+
+            runtime.enqueue(stream_handle, work)
             return True
 
     class Engine:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import onnx
@@ -104,6 +105,22 @@ def test_rows_are_independent_of_the_batch(engine):
         alone = engine.run(x[i : i + 1])
         for name, p in alone.items():
             np.testing.assert_allclose(together[name][i], p[0], atol=TOLERANCE[engine.kind], rtol=0, err_msg=f"row {i} head {name}")
+
+
+def assert_concurrent_runs_match(engine, atol: float) -> None:
+    """Four threads share ``engine``; every result equals the same batch run alone."""
+    batches = [windows(engine.card, n, seed=20 + n) for n in (1, 3, 5, 8)]
+    alone = [engine.run(x) for x in batches]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda i: [engine.run(batches[i % 4]) for _ in range(5)], range(8)))
+    for i, runs in enumerate(results):
+        for out in runs:
+            for name, p in out.items():
+                np.testing.assert_allclose(p, alone[i % 4][name], atol=atol, rtol=0)
+
+
+def test_concurrent_runs_do_not_mix(engine):
+    assert_concurrent_runs_match(engine, TOLERANCE[engine.kind])
 
 
 @pytest.mark.parametrize(
@@ -271,8 +288,15 @@ def test_fake_gpu_engine_io_parity_and_release(precision, gpu, test_card_path, t
         with pytest.raises(ValueError):
             engine.time_execute(17, 1)
         assert runtime.device_mem and runtime.host_mem and runtime.streams
-    assert runtime.device_mem == {} and runtime.host_mem == {} and runtime.streams == set()
+    assert runtime.device_mem == {} and runtime.host_mem == {} and runtime.streams == {}
     engine.close()  # idempotent
+
+
+def test_fake_gpu_concurrent_runs_do_not_mix(gpu, test_card_path, tmp_path):
+    if gpu is None:
+        pytest.skip("the real GPU runs test_concurrent_runs_do_not_mix")
+    with TensorRTEngine(load_card(test_card_path), precision="fp32", max_batch=8, cache=PlanCache(tmp_path)) as engine:
+        assert_concurrent_runs_match(engine, 0.0)
 
 
 def test_fake_gpu_rebuilds_a_plan_the_runtime_rejects(gpu, test_card_path, tmp_path):
@@ -324,7 +348,7 @@ def test_fake_gpu_card_mismatch_is_model_corrupt_and_frees_memory(gpu, test_card
     (tmp_path / "wide.json").write_text(json.dumps(card))
     with pytest.raises(ModelCorruptError, match="genre"):
         TensorRTEngine(load_card(tmp_path / "wide.json"), precision="fp32", max_batch=4, cache=PlanCache(tmp_path / "cache"))
-    assert runtime.device_mem == {} and runtime.host_mem == {} and runtime.streams == set()
+    assert runtime.device_mem == {} and runtime.host_mem == {} and runtime.streams == {}
 
 
 def test_fake_gpu_without_device_falls_back(monkeypatch, test_card_path):

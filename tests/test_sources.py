@@ -280,6 +280,24 @@ def test_stdin_mid_frame_delivers_whole_frames_then_fails(pipe_source):
     assert "mid-frame: 3 trailing bytes dropped" in str(src.error)
 
 
+def test_stdin_read_failure_is_an_input_error(tmp_path):
+    class DirectoryAsStdin:  # reading a directory fails with EISDIR
+        def __init__(self):
+            self.fd = os.open(tmp_path, os.O_RDONLY)
+
+        def fileno(self):
+            return self.fd
+
+    stream = DirectoryAsStdin()
+    try:
+        src = StdinSource("s16le", 8000, 1, stream=stream)
+        got = drain(src)
+    finally:
+        os.close(stream.fd)
+    assert len(got) == 0 and not src.done
+    assert isinstance(src.error, InputUnreadableError) and "Reading stdin s16le 8000 Hz 1 ch failed" in str(src.error)
+
+
 def test_stdin_raw_needs_rate_and_channels(pipe_source):
     with pytest.raises(UsageError, match="--rate and --channels"):
         pipe_source(b"", fmt="s16le", rate=48000).open()

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from rtgenre.errors import InputFormatError, RtgenreError
+from rtgenre.errors import InputFormatError, InputUnreadableError, RtgenreError
 from rtgenre.ring import Ring
 
 #: Accepted source sample rates (Hz), inclusive.
@@ -39,7 +39,7 @@ MIN_RATE, MAX_RATE = 8000, 384000
 MIN_CHANNELS, MAX_CHANNELS = 1, 32
 
 
-def check_format(what: str, sample_rate: int, channels: int) -> None:
+def check_format(what: str, sample_rate: int, channels: int, fix: str | None = None) -> None:
     """Raise :class:`InputFormatError` unless rate and channel count are supported.
 
     Parameters
@@ -50,17 +50,19 @@ def check_format(what: str, sample_rate: int, channels: int) -> None:
         Sample rate in Hz.
     channels : int
         Channel count.
+    fix : str or None
+        What to do about it; default: how to convert a file with ffmpeg.
     """
     what = what[:1].upper() + what[1:]
     if not MIN_CHANNELS <= channels <= MAX_CHANNELS:
         raise InputFormatError(
             f"{what} has {channels} channels; supported are {MIN_CHANNELS} to {MAX_CHANNELS}",
-            "Convert it, e.g. `ffmpeg -i IN -ac 2 OUT.wav`",
+            fix or "Convert it, e.g. `ffmpeg -i IN -ac 2 OUT.wav`",
         )
     if not MIN_RATE <= sample_rate <= MAX_RATE:
         raise InputFormatError(
             f"{what} has a sample rate of {sample_rate} Hz; supported are {MIN_RATE} to {MAX_RATE} Hz",
-            "Resample it, e.g. `ffmpeg -i IN -ar 48000 OUT.wav`",
+            fix or "Resample it, e.g. `ffmpeg -i IN -ar 48000 OUT.wav`",
         )
 
 
@@ -168,6 +170,9 @@ class ThreadedSource(Source):
         except RtgenreError as exc:
             if not self._stop.is_set():
                 self.error = exc
+        except OSError as exc:  # the input broke under us (I/O error, pipe gone)
+            if not self._stop.is_set():
+                self.error = InputUnreadableError(f"Reading {self.description} failed ({exc})", "Check the input and retry")
         finally:
             ring.close()
 

@@ -24,7 +24,7 @@ from rtgenre.errors import (
     UsageError,
 )
 from rtgenre.ring import Ring
-from rtgenre.sources.base import Source
+from rtgenre.sources.base import Source, check_format
 
 #: Seconds without a callback, once audio flowed, after which the device counts as lost.
 STALL_SECONDS = 2.0
@@ -32,6 +32,7 @@ STALL_SECONDS = 2.0
 STARTUP_SECONDS = 6.0
 #: PortAudio error codes that mean "this rate/channel count/format is not supported".
 _FORMAT_ERRORS = {-9998, -9997, -9994}  # paInvalidChannelCount, paInvalidSampleRate, paSampleFormatNotSupported
+_FIX_FORMAT = "Pass a --rate / --channels the device supports (see `rtgenre devices`)"
 _FIX_LIST = "Run `rtgenre devices` to list the input devices and pass --device INDEX|NAME"
 
 
@@ -136,6 +137,14 @@ def find_input_device(spec: str, devices: list[dict[str, Any]]) -> dict[str, Any
     return found[0]
 
 
+def _busy(description: str, exc: Exception) -> DeviceBusyError:
+    """The user error for a device that exists but cannot be opened or started."""
+    return DeviceBusyError(
+        f"Cannot open {description} ({exc.args[0]})",
+        "Close the program using it, or pick another device (`rtgenre devices`)",
+    )
+
+
 class DeviceSource(Source):
     """Captures from an audio input device.
 
@@ -174,9 +183,10 @@ class DeviceSource(Source):
     def open(self) -> None:
         sd = _sounddevice()
         dev = find_input_device(self.spec, list_input_devices())
-        rate = self._rate or dev["default_samplerate"]
-        channels = self._channels or min(2, dev["max_input_channels"])
+        rate = dev["default_samplerate"] if self._rate is None else self._rate
+        channels = min(2, dev["max_input_channels"]) if self._channels is None else self._channels
         self.description = f"device {dev['index']} {dev['name']!r} ({rate} Hz, {channels} ch)"
+        check_format(self.description, rate, channels, _FIX_FORMAT)
         supports = (
             f"supports up to {dev['max_input_channels']} input channels, "
             f"default rate {dev['default_samplerate']} Hz"
@@ -192,16 +202,13 @@ class DeviceSource(Source):
             )
         except sd.PortAudioError as exc:
             code = exc.args[1] if len(exc.args) > 1 else None
-            if code in _FORMAT_ERRORS or (self._channels or 0) > dev["max_input_channels"]:
+            if code in _FORMAT_ERRORS or channels > dev["max_input_channels"]:
                 raise InputFormatError(
                     f"Device {dev['index']} {dev['name']!r} cannot capture {rate} Hz, {channels} ch "
                     f"({exc.args[0]}); it {supports}",
-                    "Pass a supported --rate / --channels",
+                    _FIX_FORMAT,
                 ) from None
-            raise DeviceBusyError(
-                f"Cannot open device {dev['index']} {dev['name']!r} ({exc.args[0]})",
-                "Close the program using it, or pick another device (`rtgenre devices`)",
-            ) from None
+            raise _busy(self.description, exc) from None
         self.sample_rate, self.channels = int(rate), int(channels)
 
     def _callback(self, indata: Any, frames: int, time_info: Any, status: Any) -> None:
@@ -217,7 +224,11 @@ class DeviceSource(Source):
         self._ring = ring
         self._seen_frames, self._seen_at = 0, time.monotonic()
         self._running = True
-        self._stream.start()
+        try:
+            self._stream.start()
+        except _sounddevice().PortAudioError as exc:
+            self._running = False
+            raise _busy(self.description, exc) from None
 
     def check(self) -> None:
         """Watchdog, called by the consumer: raise :class:`DeviceLostError` if the device is gone."""

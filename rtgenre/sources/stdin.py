@@ -182,8 +182,8 @@ class StdinSource(ThreadedSource):
         else:
             fmt, rate, channels, self._remaining = parse_wav_header(self._read_exact)
             self.description = f"stdin wav {fmt} {rate} Hz {channels} ch"
+        check_format(self.description, rate, channels, "Pass the stream's true --rate / --channels, or resample it")
         self._decoder = PcmDecoder(fmt, channels)
-        check_format(self.description, rate, channels)
         self.sample_rate, self.channels = rate, channels
 
     def _read_exact(self, n: int) -> bytes:

@@ -8,7 +8,6 @@ the ALSA ``pulse`` device.  Everything skips when PulseAudio is not installed.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -166,8 +166,11 @@ def test_missing_heads_and_notices_do_not_break_the_frame():
 def test_midi_without_audio_fills_the_midi_panel_and_mood():
     from dashboard_driver import MIDI
 
-    text, _ = frame([start_event().with_data(labels={}, midi=True), Event("midi", "main", 4.0, {"midi": MIDI})])
+    start = Event("start", "main", 0.0, {"source": "midi Keystation 49", "hop_s": 0.5, "midi": True})  # MidiRunner's
+    text, _ = frame([start, Event("midi", "main", 4.0, {"midi": MIDI})])
     assert "key E minor" in text and "sad 66% (MIDI)" in text and "families piano 70% strings 30%" in text
+    assert "MIDI only · hop 0.5 s" in text and "no audio input (MIDI only)" in text
+    assert "listening: midi Keystation 49 · t 0:04" in text.splitlines()[-1]
 
 
 def test_stop_event_is_shown():

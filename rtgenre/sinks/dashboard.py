@@ -361,10 +361,13 @@ class DashboardView:
     def _header(self, s: DashboardState) -> RenderableType:
         st = s.start
         parts = ["[b]rtgenre[/]"]
-        if st:
-            parts.append(f"{st.get('model', '?')} {st.get('model_version', '')}".strip())
+        if "model" in st:
+            parts.append(f"{st['model']} {st.get('model_version', '')}".strip())
             parts.append(str(st.get("engine", "?")))
             parts.append(f"{float(st.get('sample_rate') or 0) / 1000:g} kHz")
+        elif st:
+            parts.append("MIDI only")
+        if st:
             parts.append(f"hop {st.get('hop_s', 0):g} s")
         parts.append(f"up {_clock(s.uptime)}")
         grid = Table.grid(expand=True)
@@ -377,7 +380,10 @@ class DashboardView:
         head = s.heads.get("genre")
         lines: list[RenderableType] = []
         if head is None:
-            waiting = "waiting for the first window…" if "genre" in s.labels or not s.start else "model has no genre head"
+            if "genre" in s.labels or not s.start:
+                waiting = "waiting for the first window…"
+            else:
+                waiting = "no audio input (MIDI only)" if "model" not in s.start else "model has no genre head"
             lines.append(Text(waiting, style="dim"))
         else:
             top, p = str(head.get("top", "?")), float(head.get("p", 0.0))
@@ -549,7 +555,8 @@ class DashboardView:
         st = s.start
         if not st:
             return Text(" starting…", style="dim")
-        src = f" listening: {st.get('source', '?')} ({st.get('source_rate', '?')} Hz, {st.get('channels', '?')} ch) · t {_clock(s.t)}"
+        fmt = f" ({st['source_rate']} Hz, {st.get('channels', '?')} ch)" if "source_rate" in st else ""
+        src = f" listening: {st.get('source', '?')}{fmt} · t {_clock(s.t)}"
         return Text(src, style="dim", no_wrap=True, overflow="ellipsis")
 
     def _tiny(self, s: DashboardState, width: int) -> RenderableType:

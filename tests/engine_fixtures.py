@@ -326,6 +326,10 @@ def make_fake_tensorrt(name: str, runtime: FakeCudaRuntime) -> types.ModuleType:
             self.network.onnx = bytes(data)
             return True
 
+        def parse_from_file(self, path):
+            with open(path, "rb") as f:
+                return self.parse(f.read())
+
         @property
         def num_errors(self):
             return len(self.errors)
@@ -467,8 +471,8 @@ def make_fake_tensorrt(name: str, runtime: FakeCudaRuntime) -> types.ModuleType:
     return trt
 
 
-def install_fake_gpu(monkeypatch, flavour: str = "tensorrt", devices: int = 1) -> tuple[types.ModuleType, FakeCudaRuntime]:
-    """Install fake ``cuda.bindings.runtime`` and TensorRT ``flavour`` modules for one test; return them."""
+def install_fake_cuda(monkeypatch, devices: int = 1) -> FakeCudaRuntime:
+    """Install only the fake ``cuda.bindings.runtime`` (pycuda hidden) for one test; return it."""
     from rtgenre.inference import tensorrt as trt_engine
 
     runtime = FakeCudaRuntime(devices)
@@ -476,6 +480,15 @@ def install_fake_gpu(monkeypatch, flavour: str = "tensorrt", devices: int = 1) -
     cuda_pkg.bindings, bindings.runtime = bindings, runtime
     for mod_name, mod in (("cuda", cuda_pkg), ("cuda.bindings", bindings), ("cuda.bindings.runtime", runtime), ("pycuda", None), ("pycuda.driver", None)):
         monkeypatch.setitem(sys.modules, mod_name, mod)
+    trt_engine.tensorrt_available.cache_clear()
+    return runtime
+
+
+def install_fake_gpu(monkeypatch, flavour: str = "tensorrt", devices: int = 1) -> tuple[types.ModuleType, FakeCudaRuntime]:
+    """Install fake ``cuda.bindings.runtime`` and TensorRT ``flavour`` modules for one test; return them."""
+    from rtgenre.inference import tensorrt as trt_engine
+
+    runtime = install_fake_cuda(monkeypatch, devices)
     trt = make_fake_tensorrt(flavour, runtime)
     other = "tensorrt_rtx" if flavour == "tensorrt" else "tensorrt"
     monkeypatch.setitem(sys.modules, flavour, trt)

@@ -18,15 +18,15 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from engine_fixtures import ENGINE_KINDS, HEADS, TOLERANCE, build_test_crnn, install_fake_gpu, model_card, random_windows, test_card_path  # noqa: F401
+from engine_fixtures import ENGINE_KINDS, HEADS, TOLERANCE, build_test_crnn, install_fake_cuda, install_fake_gpu, model_card, random_windows, test_card_path  # noqa: F401
 from rtgenre.card import load_card
 from rtgenre.errors import EngineUnavailableError, ExitCode, ModelCorruptError, UsageError
 from rtgenre.inference import create_engine
 from rtgenre.inference.commands import add_engine_arguments, run_engine
 from rtgenre.inference.onnxruntime import OnnxRuntimeEngine
 from rtgenre.inference.cuda import CudaError, load_cuda
-from rtgenre.inference.plancache import PlanCache
-from rtgenre.inference.tensorrt import TensorRTEngine, convert_onnx_to_fp16, tensorrt_available
+from rtgenre.inference.plancache import PlanCache, PlanKey
+from rtgenre.inference.tensorrt import TensorRTEngine, convert_onnx_to_fp16, import_tensorrt, tensorrt_available
 
 MAX_BATCH = 256
 TRT_OK, TRT_REASON = tensorrt_available()
@@ -349,6 +349,48 @@ def test_fake_gpu_card_mismatch_is_model_corrupt_and_frees_memory(gpu, test_card
     with pytest.raises(ModelCorruptError, match="genre"):
         TensorRTEngine(load_card(tmp_path / "wide.json"), precision="fp32", max_batch=4, cache=PlanCache(tmp_path / "cache"))
     assert runtime.device_mem == {} and runtime.host_mem == {} and runtime.streams == {}
+
+
+def _real_tensorrt_or_skip():
+    try:
+        return import_tensorrt()
+    except Exception as e:
+        pytest.skip(f"no TensorRT module imports here ({str(e).splitlines()[0]})")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_real_tensorrt_parses_and_builds_with_fake_cuda(precision, monkeypatch, test_card_path, tmp_path):
+    """The real TensorRT's parser and builder accept what the engine gives them.
+
+    Only the CUDA runtime is faked (device name and compute capability), so this
+    runs wherever a TensorRT module imports: TensorRT-RTX builds ahead of time
+    without a GPU (it retries without ``ComputeCapability.CURRENT``).  Loading
+    and running the plan need the GPU and are covered by the shared tests.
+    """
+    trt = _real_tensorrt_or_skip()
+    install_fake_cuda(monkeypatch)
+    try:
+        card = load_card(test_card_path)
+        engine = TensorRTEngine.__new__(TensorRTEngine)
+        engine.card, engine.trt, engine.cuda = card, trt, load_cuda()
+        engine.gpu = engine.cuda.device_info()
+        engine.precision, how = engine._choose_precision(precision)
+        assert engine.precision == precision
+        key = PlanKey(card.onnx_sha256, trt.__name__, trt.__version__, engine.gpu.name, engine.gpu.cc, precision, 1, 8, 64)
+        try:
+            plan = engine._build(key)
+        except EngineUnavailableError as e:
+            pytest.skip(f"this {trt.__name__} cannot build without a GPU ({e})")
+        assert len(plan) > 0
+        bad = json.loads(test_card_path.read_text())
+        (tmp_path / "bad.onnx").write_bytes(b"\x08\x07 not an onnx protobuf")
+        bad.update(onnx="bad.onnx", onnx_sha256="")
+        (tmp_path / "bad.json").write_text(json.dumps(bad))
+        engine.card = load_card(tmp_path / "bad.json")
+        with pytest.raises(ModelCorruptError, match="bad.onnx"):
+            engine._build(key)
+    finally:
+        tensorrt_available.cache_clear()
 
 
 def test_fake_gpu_without_device_falls_back(monkeypatch, test_card_path):

@@ -323,11 +323,10 @@ class TensorRTEngine(Engine):
     def _weakly_typed_fp16(self) -> bool:
         return hasattr(self.trt, "BuilderFlag") and hasattr(self.trt.BuilderFlag, "FP16")
 
-    def _onnx_bytes(self) -> bytes:
-        """The ONNX model to parse, converted to FP16 where a strongly typed build needs it."""
-        data = self.card.onnx_path.read_bytes()
+    def _parse(self, parser: Any) -> bool:
+        """Feed the ONNX model to ``parser``: the file itself, or its FP16 copy where a strongly typed build needs one."""
         if self.precision == "fp32" or self._weakly_typed_fp16():
-            return data
+            return parser.parse_from_file(str(self.card.onnx_path))  # also finds external weights beside the file
         try:
             import onnx
         except ImportError:
@@ -335,10 +334,10 @@ class TensorRTEngine(Engine):
                 f"FP16 with {self.trt.__name__} needs the onnx package to convert the model", "pip install onnx, or pass --precision fp32"
             ) from None
         try:
-            model = onnx.load_from_string(data)
+            model = onnx.load(str(self.card.onnx_path))
         except Exception as e:  # onnx raises DecodeError and friends for damaged files
             raise ModelCorruptError(f"{self.card.onnx_path} is not a valid ONNX model ({e})", "Restore the model from the repository or re-export it") from None
-        return convert_onnx_to_fp16(model).SerializeToString()
+        return parser.parse(convert_onnx_to_fp16(model).SerializeToString())
 
     def _build(self, key: PlanKey) -> bytes:
         """Parse the ONNX model and build a serialized plan for ``key``."""
@@ -350,7 +349,7 @@ class TensorRTEngine(Engine):
             flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
         network = builder.create_network(flags)
         parser = trt.OnnxParser(network, logger)
-        if not parser.parse(self._onnx_bytes()):
+        if not self._parse(parser):
             errors = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
             raise ModelCorruptError(f"TensorRT's ONNX parser rejects {self.card.onnx_path}: {errors or 'no details'}", "Re-export the model (opset 17+), or use --engine onnxruntime")
         inputs = {network.get_input(i).name: network.get_input(i) for i in range(network.num_inputs)}

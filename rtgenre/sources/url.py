@@ -2,7 +2,8 @@
 
 ``ffprobe`` (when installed) learns the stream's native rate and channel
 count, and fails early with ffmpeg's own message when the URL cannot be
-opened; without ``ffprobe`` the stream is decoded to 2 channels at 48000 Hz.
+opened; without ``ffprobe`` (or when it cannot tell) the stream is decoded to
+2 channels at 48000 Hz.
 An ``ffmpeg`` subprocess decodes to interleaved ``f32le`` on its stdout,
 which a reader thread turns into frames with :class:`PcmDecoder`.
 :class:`FfmpegDecoder` also decodes MP3 files for the file source.
@@ -144,7 +145,7 @@ class UrlSource(ThreadedSource):
         streams = json.loads(res.stdout or b"{}").get("streams") or []
         if not streams:
             raise StreamFailedError(f"{self.url} has no audio stream", "Pass a URL that carries audio")
-        return int(streams[0]["sample_rate"]), int(streams[0]["channels"])
+        return int(streams[0].get("sample_rate", FALLBACK_RATE)), int(streams[0].get("channels", FALLBACK_CHANNELS))
 
     def blocks(self) -> Iterator[np.ndarray]:
         if self._decoder is None:

@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from rtgenre.card import ModelCard, load_card  # noqa: E402
+from rtgenre.errors import RtgenreError  # noqa: E402
 from rtgenre.inference.cuda import CudaUnavailable, load_cuda  # noqa: E402
 from rtgenre.inference.onnxruntime import OnnxRuntimeEngine  # noqa: E402
 from rtgenre.inference.tensorrt import TensorRTEngine, import_tensorrt, tensorrt_available  # noqa: E402
@@ -97,7 +98,11 @@ def bench_tensorrt(card: ModelCard, precision: str, batches: list[int], iters: i
     ok, reason = tensorrt_available()
     if not ok:
         return {"skipped": reason}
-    with TensorRTEngine(card, precision=precision, max_batch=max(batches)) as engine:
+    try:
+        engine = TensorRTEngine(card, precision=precision, max_batch=max(batches))
+    except RtgenreError as e:  # TensorRT is installed but cannot build or load this model here
+        return {"skipped": f"engine failed: {e}"}
+    with engine:
         res = {
             "detail": engine.detail,
             "precision": engine.precision,

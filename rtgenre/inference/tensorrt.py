@@ -291,7 +291,10 @@ class TensorRTEngine(Engine):
             self._engine = self._runtime.deserialize_cuda_engine(plan)
             if self._engine is None:
                 self.cache.remove(key)
-                raise EngineUnavailableError(f"TensorRT built a plan for {card.onnx_path} but cannot load it", "Use --engine onnxruntime, and report this with `rtgenre engine info`")
+                raise EngineUnavailableError(
+                    f"{self.trt.__name__} {key.trt_version} built a plan for {card.onnx_path} but cannot load it on {self.gpu.name} (compute {self.gpu.cc}); its log above says why",
+                    "Use --engine onnxruntime, and report this with `rtgenre engine info`",
+                )
         self.plan_path = self.cache.paths(key)[0]
         try:
             self._setup_io()
@@ -361,7 +364,7 @@ class TensorRTEngine(Engine):
             plan = builder.build_serialized_network(network, self._config(builder, key, current_cc=False))
         if plan is None:
             raise EngineUnavailableError(
-                f"TensorRT could not build an engine for {self.card.onnx_path} (its log above says why)",
+                f"{self.trt.__name__} {key.trt_version} could not build an engine for {self.card.onnx_path} on {self.gpu.name} (compute {self.gpu.cc}); its log above says why",
                 "Use --engine onnxruntime, or try --precision fp32 or a smaller --max-batch",
             )
         return bytes(plan)

@@ -114,6 +114,20 @@ def test_file_realtime_is_paced_and_live(tone_wav):
     assert elapsed >= 0.8, f"a 1 s file was delivered in {elapsed:.2f} s, faster than real time"
 
 
+def test_live_file_never_waits_for_the_consumer(make_tone):
+    src = FileSource(str(make_tone("short.wav", seconds=0.5)), realtime=True)
+    src.open()
+    ring = Ring(4800, 2)
+    src.start(ring)  # nobody reads while it runs: a live source overwrites instead of waiting
+    deadline = time.monotonic() + 10
+    while not ring.closed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    src.stop()
+    frames, dropped = ring.read()
+    assert src.done and src.frames_in == 24000
+    assert (len(frames), dropped) == (4800, 24000 - 4800)
+
+
 def test_file_stop_midway_is_clean_and_idempotent(make_tone):
     src = FileSource(str(make_tone("long.wav", seconds=30.0)), realtime=True)
     src.open()

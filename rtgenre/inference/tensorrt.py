@@ -459,6 +459,18 @@ class TensorRTEngine(Engine):
         Measured with CUDA events recorded on the engine's stream just before
         and after the call, on whatever the input buffer holds (call :meth:`run`
         first to load real windows).  Used by ``tools/bench_engine.py``.
+
+        Parameters
+        ----------
+        batch : int
+            Batch size, 1..:attr:`max_batch`.
+        iterations : int
+            Number of timed calls.
+
+        Returns
+        -------
+        list of float
+            Milliseconds per call.
         """
         if not 1 <= batch <= self.max_batch:
             raise ValueError(f"batch size {batch} outside 1..{self.max_batch}")

@@ -18,6 +18,7 @@ Torch is imported only when ``train`` runs.
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -84,10 +85,11 @@ def _heads():
 def _train_corpora(args: argparse.Namespace) -> int:
     from rtgenre.training.corpus import corpus_hours
     from rtgenre.training.data import CropSampler, load_cache
-    from rtgenre.training.distill import agreement, train_backend
+    from rtgenre.card import load_card
+    from rtgenre.training.distill import agreement, agreement_runtime, train_backend
     from rtgenre.training.export import export_model
     from rtgenre.training.features import build_cache
-    from rtgenre.training.labels import GTZAN_MAP, HEADS, SHARPEN, TAG_MAP, TagMapper
+    from rtgenre.training.labels import GTZAN_MAP, HEADS, MULTILABEL_GAIN, SHARPEN, TAG_MAP, TagMapper
     from rtgenre.training.model import CRNN, Backend, BackendConfig
     from rtgenre.training.musicnn import TEACHERS, load_teacher, teacher_tags
 
@@ -98,7 +100,7 @@ def _train_corpora(args: argparse.Namespace) -> int:
     for c in corpora:
         hours[c.name] = round(corpus_hours(c), 3)
         build_cache(c, args.cache / c.name, args.renditions, args.max_seconds, seed=args.seed)
-        tr, ho = load_cache(args.cache / c.name)
+        tr, ho = load_cache(args.cache / c.name, c)
         train += tr
         held += ho
         print(f"{c.name}: {hours[c.name]:.2f} h, {len(tr)} training items, {len(ho)} held-out tracks", flush=True)
@@ -115,8 +117,9 @@ def _train_corpora(args: argparse.Namespace) -> int:
     trained_hours = {c.name: round(sum(len(i.feats) for i in train if i.group.startswith(f"{args.cache / c.name}:")) * 256 / 16000 / 3600, 3) for c in corpora}
     extra = {
         "license": "MIT (model); musicnn front end ISC, see engines/musicnn/LICENSE",
-        "teacher": {"models": list(TEACHERS), "student_frontend": TEACHERS[0], "tag_map": TAG_MAP, "sharpen": SHARPEN,
-                    "rule": "label score = max of its tags over both teachers; multiclass targets = score^sharpen normalised; multilabel targets = score"},
+        "teacher": {"models": list(TEACHERS), "student_frontend": TEACHERS[0], "tag_map": TAG_MAP, "sharpen": SHARPEN, "multilabel_gain": MULTILABEL_GAIN,
+                    "rule": "label score = max of its tags over both teachers; multiclass targets = score^sharpen normalised; "
+                            "multilabel targets = min(1, multilabel_gain * score); exact labels (rendered MIDI) replace teacher targets"},
         "training": {
             "command": _command(), "corpora": {c.name: {"hours": hours[c.name], "hours_used": trained_hours[c.name]} for c in corpora},
             "epochs": epochs, "steps_per_epoch": steps, "batch": args.batch, "lr": lr, "seed": args.seed,
@@ -128,6 +131,12 @@ def _train_corpora(args: argparse.Namespace) -> int:
     }
     model = CRNN(load_teacher(TEACHERS[0]), backend)
     card = export_model(model, args.out, name, {"gtzan": GTZAN_MAP}, extra)
+    if held:
+        runtime = agreement_runtime(load_card(card), [h for h in held if h.audio is not None], sampler, WINDOW_HOP)
+        print("held-out agreement of the exported model at run time: " + ", ".join(f"{k} {v:.3f}" for k, v in runtime.items()), flush=True)
+        raw = json.loads(card.read_text())
+        raw["evaluation"]["held_out_agreement_runtime"] = {"windows_hop_frames": WINDOW_HOP, **runtime}
+        card.write_text(json.dumps(raw, indent=1, ensure_ascii=False) + "\n")
     print(f"wrote {card} and {card.with_suffix('.onnx')}")
     return 0
 

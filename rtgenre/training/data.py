@@ -39,18 +39,22 @@ class Item:
         Exact labels: head name → class index (multiclass) or 0/1 vector (multilabel).
     group : str
         The source track (renditions of one track share it).
+    audio : (Path, (start, frames)) or None
+        The audio the features were computed from (original renditions only).
     """
 
     feats: np.ndarray
     tags: np.ndarray | None
     labels: dict[str, int | np.ndarray]
     group: str
+    audio: tuple[Path, tuple[int, int]] | None = None
 
 
-def load_cache(cache: Path, heads: dict[str, tuple[str, tuple[str, ...]]] = HEADS) -> tuple[list[Item], list[Item]]:
+def load_cache(cache: Path, corpus: Path | None = None, heads: dict[str, tuple[str, tuple[str, ...]]] = HEADS) -> tuple[list[Item], list[Item]]:
     """Items of a feature cache, split into (training, held-out).
 
-    Exact labels outside a head's vocabulary are ignored.
+    Exact labels outside a head's vocabulary are ignored.  With ``corpus``,
+    original (unaugmented) items know their audio (:attr:`Item.audio`).
     """
     train, held = [], []
     for rec in read_index(cache):
@@ -65,7 +69,8 @@ def load_cache(cache: Path, heads: dict[str, tuple[str, tuple[str, ...]]] = HEAD
         tags = np.load(Path(cache) / f"{rec['id']}.tags.npy")
         if len(feats) < WINDOW_FRAMES:
             continue
-        (held if rec["held_out"] else train).append(Item(feats, tags, labels, f"{cache}:{rec['track']}"))
+        audio = (Path(corpus) / rec["track"], tuple(rec["segment"])) if corpus is not None and rec["rendition"] == "original" else None
+        (held if rec["held_out"] else train).append(Item(feats, tags, labels, f"{cache}:{rec['track']}", audio))
     return train, held
 
 

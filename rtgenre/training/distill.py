@@ -6,7 +6,9 @@ cross-entropy for ``multiclass`` heads, binary cross-entropy for
 ``multilabel`` heads, each weighted by the per-label masks.  Heads not listed
 in ``trainable`` and, optionally, the projection and LSTM stay frozen, which is
 how a new genre head is fitted on a user's data.  :func:`agreement` measures a
-back end against the targets on fixed windows of held-out items.
+back end against the targets on fixed windows of held-out items' cached
+features; :func:`agreement_runtime` measures the exported model on the same
+windows computed from audio as at run time.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rtgenre.card import ModelCard
 from rtgenre.training.data import CropSampler, Item, fixed_starts, make_batch
-from rtgenre.training.model import Backend, activate
+from rtgenre.training.model import Backend, HeadSpec, activate
 
 
 def head_losses(backend: Backend, logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -128,8 +131,8 @@ def predict_items(backend: Backend, items: Sequence[Item], sampler: CropSampler,
     return ({h: np.concatenate(v) for h, v in probs.items()}, {h: v.numpy() for h, v in t.items()}, {h: v.numpy() for h, v in m.items()}, np.array(groups))
 
 
-def agreement(backend: Backend, items: Sequence[Item], sampler: CropSampler, hop: int, threshold: float = 0.5) -> dict[str, float]:
-    """Agreement with the targets on fixed windows of ``items``.
+def agreement_scores(heads: Sequence[HeadSpec], probs: dict[str, np.ndarray], targets: dict[str, np.ndarray], masks: dict[str, np.ndarray], threshold: float = 0.5) -> dict[str, float]:
+    """Agreement of predictions with targets over windows.
 
     Returns
     -------
@@ -139,9 +142,8 @@ def agreement(backend: Backend, items: Sequence[Item], sampler: CropSampler, hop
         against ``target >= threshold`` over known labels) for multilabel
         heads, plus ``windows``.
     """
-    probs, targets, masks, _ = predict_items(backend, items, sampler, hop)
     out: dict[str, float] = {"windows": float(len(next(iter(probs.values()))))}
-    for spec in backend.config.heads:
+    for spec in heads:
         p, t, m = probs[spec.name], targets[spec.name], masks[spec.name] > 0
         if spec.kind == "multiclass":
             known = m[:, 0]
@@ -151,3 +153,39 @@ def agreement(backend: Backend, items: Sequence[Item], sampler: CropSampler, hop
             tp = float((pp & tt).sum())
             out[f"{spec.name}_f1"] = 2 * tp / max(1.0, float(pp.sum() + tt.sum()))
     return out
+
+
+def agreement(backend: Backend, items: Sequence[Item], sampler: CropSampler, hop: int) -> dict[str, float]:
+    """:func:`agreement_scores` of a back end on fixed windows of cached features of ``items``."""
+    probs, targets, masks, _ = predict_items(backend, items, sampler, hop)
+    return agreement_scores(backend.config.heads, probs, targets, masks)
+
+
+def agreement_runtime(card: ModelCard, items: Sequence[Item], sampler: CropSampler, hop: int) -> dict[str, float]:
+    """:func:`agreement_scores` of an exported model run as at run time.
+
+    Each item's audio is turned into log-Mel windows by the runtime front end
+    and classified by ONNX Runtime, so the front end sees each window alone
+    (zero padding at its edges) rather than the whole track.
+    """
+    from rtgenre.dsp.mel import log_mel
+    from rtgenre.inference.onnxruntime import OnnxRuntimeEngine
+    from rtgenre.training.features import read_audio
+
+    heads = [HeadSpec(h.name, h.kind, h.labels) for h in card.heads]
+    probs: dict[str, list[np.ndarray]] = {h.name: [] for h in heads}
+    targets: dict[str, list[np.ndarray]] = {h.name: [] for h in heads}
+    masks: dict[str, list[np.ndarray]] = {h.name: [] for h in heads}
+    with OnnxRuntimeEngine(card) as engine:
+        for it in items:
+            mel = log_mel(read_audio(*it.audio), card.frontend)
+            starts = fixed_starts(it, sampler.frames, hop)
+            out = engine.run(np.stack([mel[s : s + sampler.frames] for s in starts]))
+            for s in starts:
+                t, m = sampler.targets(it, s)
+                for h in heads:
+                    targets[h.name].append(t[h.name])
+                    masks[h.name].append(m[h.name])
+            for h in heads:
+                probs[h.name].append(out[h.name])
+    return agreement_scores(heads, {h: np.concatenate(v) for h, v in probs.items()}, {h: np.stack(v) for h, v in targets.items()}, {h: np.stack(v) for h, v in masks.items()})

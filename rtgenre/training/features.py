@@ -11,8 +11,9 @@ holds, under ``cache/<corpus>/``:
 * ``<id>.tags.npy`` — ``(patches, 100)`` float16 tag probabilities of the two
   teachers (``MSD_musicnn`` then ``MTT_musicnn``) for consecutive 187-frame
   patches, as the originals tag a track;
-* ``index.jsonl`` — one record per cached item: id, source track, rendition,
-  frames, exact labels, and whether it is held out (never trained on).
+* ``index.jsonl`` — one record per cached item: id, source track, the segment
+  of it used (start and length in samples), rendition, frames, exact labels,
+  and whether it is held out (never trained on).
 
 Log-Mel frames come from the runtime's own front end,
 :func:`rtgenre.dsp.mel.log_mel`, with the parameters of the model card.
@@ -153,16 +154,20 @@ def is_held_out(path: str, fraction: float) -> bool:
     return h < fraction
 
 
-def read_audio(path: Path, max_seconds: float | None = None) -> np.ndarray:
-    """A corpus WAV (16 kHz mono) as float32, optionally only its middle ``max_seconds``."""
+def audio_segment(path: Path, max_seconds: float | None = None) -> tuple[int, int]:
+    """``(start, frames)`` in samples of the part of a corpus WAV that is used: all, or its middle ``max_seconds``."""
     info = sf.info(str(path))
     if info.samplerate != SAMPLE_RATE:
         raise DataInvalidError(f"{path} is {info.samplerate} Hz, corpus files must be {SAMPLE_RATE} Hz", "Rebuild the corpus with its tools/corpus_*.py builder")
-    start, frames = 0, -1
     if max_seconds is not None and info.duration > max_seconds:
         frames = int(max_seconds * SAMPLE_RATE)
-        start = (info.frames - frames) // 2
-    audio, _ = sf.read(str(path), start=start, frames=frames, dtype="float32", always_2d=True)
+        return (info.frames - frames) // 2, frames
+    return 0, info.frames
+
+
+def read_audio(path: Path, segment: tuple[int, int]) -> np.ndarray:
+    """Samples ``segment = (start, frames)`` of a corpus WAV (16 kHz mono) as float32."""
+    audio, _ = sf.read(str(path), start=segment[0], frames=segment[1], dtype="float32", always_2d=True)
     return audio.mean(axis=1)
 
 
@@ -213,7 +218,8 @@ def build_cache(
                 if item in done:
                     continue
                 if audio is None:
-                    audio = read_audio(track.path, max_seconds)
+                    segment = audio_segment(track.path, max_seconds)
+                    audio = read_audio(track.path, segment)
                 x = rend.process(audio, rng)
                 mel = log_mel(x, FRONTEND)
                 if len(mel) < PATCH_FRAMES:
@@ -222,7 +228,7 @@ def build_cache(
                 tags = tagger.process(mel, feats)
                 np.save(out / f"{item}.feats.npy", feats.astype(np.float16))
                 np.save(out / f"{item}.tags.npy", tags.astype(np.float16))
-                rec = {"id": item, "track": rel, "rendition": rend.describe() if r else "original", "frames": int(len(mel)),
+                rec = {"id": item, "track": rel, "segment": list(segment), "rendition": rend.describe() if r else "original", "frames": int(len(mel)),
                        "genre": track.genre, "instruments": track.instruments, "held_out": hold}
                 index.write(json.dumps(rec) + "\n")
                 index.flush()

@@ -1,8 +1,8 @@
 """The rtgenre CRNN: frozen musicnn front/mid end, LSTM back end, one output per head.
 
 ``mel (B, 469, 96)`` → :meth:`Musicnn.frame_features` ``(B, 469, 753)``
-(frozen) → linear projection → 2-layer LSTM → ``[last state, mean over
-time]`` → one linear layer per head → softmax (``multiclass``) or sigmoid
+(frozen) → max over groups of 4 frames (64 ms) → layer norm → linear
+projection (ReLU) → 2-layer LSTM → ``[last state, mean over time]`` → one linear layer per head → softmax (``multiclass``) or sigmoid
 (``multilabel``).  Training runs :meth:`CRNN.backend_logits` on cached frame
 features; the exported graph is :meth:`CRNN.forward` on log-Mel windows.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -30,6 +31,7 @@ class BackendConfig:
 
     feature_dim: int = 753
     projection: int = 128
+    pool: int = 4
     hidden: int = 128
     layers: int = 2
     dropout: float = 0.2
@@ -61,6 +63,8 @@ class Backend(nn.Module):
 
     def embed(self, feats: Tensor) -> Tensor:
         """``(B, T, C)`` features → ``(B, 2 * hidden)`` pooled LSTM states (last and mean)."""
+        if self.config.pool > 1:  # max over groups of frames: a shorter sequence for the LSTM
+            feats = F.max_pool1d(feats.transpose(1, 2), self.config.pool, ceil_mode=True).transpose(1, 2)
         h, _ = self.lstm(self.project(self.norm(feats)))
         return self.drop(torch.cat([h[:, -1], h.mean(dim=1)], dim=1))
 

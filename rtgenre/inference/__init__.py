@@ -7,7 +7,7 @@ usable, else ONNX Runtime on the CPU, and says why in ``engine.notice``.
 from __future__ import annotations
 
 from rtgenre.card import ModelCard
-from rtgenre.errors import UsageError
+from rtgenre.errors import EngineUnavailableError, UsageError
 from rtgenre.inference.base import Engine
 
 ENGINE_CHOICES = ("auto", "onnxruntime", "tensorrt")
@@ -45,7 +45,12 @@ def create_engine(kind: str, card: ModelCard, *, threads: int = 1, precision: st
 
         ok, reason = trt_engine.tensorrt_available()
         if ok:
-            return trt_engine.TensorRTEngine(card, precision=precision, max_batch=max_batch)
+            try:
+                return trt_engine.TensorRTEngine(card, precision=precision, max_batch=max_batch)
+            except EngineUnavailableError as e:  # e.g. the GPU is not among the TensorRT build's targets
+                if kind == "tensorrt":
+                    raise
+                reason = e.problem
         if kind == "tensorrt":
             trt_engine.raise_unavailable(reason)
         notice = f"TensorRT not used ({reason}); running ONNX Runtime on the CPU"

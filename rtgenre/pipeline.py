@@ -207,7 +207,7 @@ class Feed:
             self.stats.dropped_samples += dropped
             emit(Event("overrun", self.name, self._t(), {"dropped_samples": dropped, "total_dropped_samples": self.stats.dropped_samples}))
         windows = self.analyzer.process(frames) if len(frames) else []
-        if (self.source.done or self.source.error is not None) and self.ring.available() == 0 and not len(frames):
+        if self.ring.closed and self.ring.available() == 0 and not len(frames):  # every producer closes its ring at the end
             windows += self.analyzer.flush()
             self.finished = True
         return windows, now
@@ -483,9 +483,8 @@ def analyze_file(path: str | Path, card: ModelCard, engine: Engine, hop_s: float
             frames, _ = ring.read()
             if len(frames):
                 windows += analyzer.process(frames)
-            elif source.done or source.error is not None:
-                if ring.available() == 0:
-                    break
+            elif ring.closed and ring.available() == 0:
+                break
             else:
                 ring.wait_available(1, 0.01)
         windows += analyzer.flush()

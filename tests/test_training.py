@@ -233,6 +233,11 @@ def test_train_on_a_corpus_caches_features_and_exports(tmp_path):
     tags = np.load(tmp_path / "cache" / "tiny" / f"{index[0]['id']}.tags.npy")
     assert feats.shape == (index[0]["frames"], 753) and tags.shape == (index[0]["frames"] // 187, 100)
     assert ((tags >= 0) & (tags <= 1)).all()
+    assert [r["held_out"] for r in index] == [False, False, True]  # t2.wav: the stable hash puts it in the held-out 10 %
     card = load_card(tmp_path / "engines" / "tiny.json")
     assert card.raw["training"]["corpora"]["tiny"]["hours"] == pytest.approx(27 / 3600, abs=1e-3)
     assert card.mappings["gtzan"] == GTZAN_MAP
+    # the held-out track was scored both on cached features and through the exported model at run time (one window of 9 s)
+    ev = card.raw["evaluation"]
+    assert ev["held_out_agreement"]["tiny"]["windows"] == 1 and ev["held_out_agreement_runtime"]["tiny"]["windows"] == 1
+    assert ev["held_out_agreement_runtime"]["tiny"]["genre_top1"] in (0.0, 1.0)

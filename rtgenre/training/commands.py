@@ -88,7 +88,7 @@ def _train_corpora(args: argparse.Namespace) -> int:
     from rtgenre.card import load_card
     from rtgenre.training.distill import agreement, agreement_runtime, train_backend
     from rtgenre.training.export import export_model
-    from rtgenre.training.features import build_cache
+    from rtgenre.training.features import FRONTEND, build_cache, read_index
     from rtgenre.training.labels import GTZAN_MAP, HEADS, MULTILABEL_GAIN, SHARPEN, TAG_MAP, TagMapper
     from rtgenre.training.model import CRNN, Backend, BackendConfig
     from rtgenre.training.musicnn import TEACHERS, load_teacher, teacher_tags
@@ -96,47 +96,63 @@ def _train_corpora(args: argparse.Namespace) -> int:
     corpora = args.corpus or sorted(p for p in Path("corpora").glob("*") if (p / "manifest.jsonl").is_file())
     if not corpora:
         raise DataInvalidError("No corpora found in corpora/", "Build them with tools/corpus_*.py or pass --corpus DIR...")
-    train, held, hours = [], [], {}
+    train, held, stats, share = [], {}, {}, []
     for c in corpora:
-        hours[c.name] = round(corpus_hours(c), 3)
         build_cache(c, args.cache / c.name, args.renditions, args.max_seconds, seed=args.seed)
         tr, ho = load_cache(args.cache / c.name, c)
+        index = read_index(args.cache / c.name)
+        stats[c.name] = {
+            "hours": round(corpus_hours(c), 3),
+            "hours_cached": round(sum(r["frames"] for r in index if r["rendition"] == "original") * FRONTEND.hop_length / FRONTEND.sample_rate / 3600, 3),
+            "augmented_renditions": sum(r["rendition"] != "original" for r in index),
+            "training_items": len(tr), "held_out_tracks": len(ho),
+        }
         train += tr
-        held += ho
-        print(f"{c.name}: {hours[c.name]:.2f} h, {len(tr)} training items, {len(ho)} held-out tracks", flush=True)
+        if ho:
+            held[c.name] = ho
+        share += [np.sqrt(len(tr)) / max(1, len(tr))] * len(tr)  # corpus share ∝ sqrt(its items)
+        print(f"{c.name}: " + ", ".join(f"{k} {v}" for k, v in stats[c.name].items()), flush=True)
     if not train:
         raise DataInvalidError("The corpora hold no track of at least one window", "Add longer tracks to the corpora")
     mapper = TagMapper({t: teacher_tags(t) for t in TEACHERS})
     sampler = CropSampler(HEADS, mapper)
     backend = Backend(BackendConfig(heads=_heads()))
     epochs, steps, lr = args.epochs or 12, args.steps or 150, args.lr or 2e-3
-    history = train_backend(backend, train, sampler, epochs, steps, args.batch, lr, seed=args.seed)
-    held_metrics = agreement(backend, held, sampler, WINDOW_HOP) if held else {}
-    print("held-out agreement with the teachers / exact labels: " + ", ".join(f"{k} {v:.3f}" for k, v in held_metrics.items()), flush=True)
+    weights = np.array(share) / np.sum(share)
+    history = train_backend(backend, train, sampler, epochs, steps, args.batch, lr, seed=args.seed, weights=weights)
+    # per corpus: targets are the teachers' where a corpus has no exact labels, the exact labels where it has them
+    held_metrics = {name: agreement(backend, ho, sampler, WINDOW_HOP) for name, ho in held.items()}
+    for name, m in held_metrics.items():
+        print(f"held-out {name}, cached features: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items()), flush=True)
     name = args.name or "rtgenre-crnn"
-    trained_hours = {c.name: round(sum(len(i.feats) for i in train if i.group.startswith(f"{args.cache / c.name}:")) * 256 / 16000 / 3600, 3) for c in corpora}
     extra = {
         "license": "MIT (model); musicnn front end ISC, see engines/musicnn/LICENSE",
         "teacher": {"models": list(TEACHERS), "student_frontend": TEACHERS[0], "tag_map": TAG_MAP, "sharpen": SHARPEN, "multilabel_gain": MULTILABEL_GAIN,
                     "rule": "label score = max of its tags over both teachers; multiclass targets = score^sharpen normalised; "
                             "multilabel targets = min(1, multilabel_gain * score); exact labels (rendered MIDI) replace teacher targets"},
         "training": {
-            "command": _command(), "corpora": {c.name: {"hours": hours[c.name], "hours_used": trained_hours[c.name]} for c in corpora},
+            "command": _command(), "corpora": stats,
             "epochs": epochs, "steps_per_epoch": steps, "batch": args.batch, "lr": lr, "seed": args.seed,
-            "renditions": args.renditions, "max_seconds": args.max_seconds, "items": len(train), "held_out_tracks": len(held),
-            "augmentation": f"{args.renditions} cached audio rendition(s) per track (gain, pitch/tempo, noise); crops mixed in feature space with p=0.3",
+            "renditions": args.renditions, "max_seconds": args.max_seconds, "items": len(train),
+            "augmentation": "cached audio renditions per track (gain ±6 dB, ±1.5 semitones pitch+tempo by resampling, noise at 10-30 dB SNR half the time), "
+                            "see renditions per corpus; pairs of crops mixed in feature space with p=0.3",
+            "sampling": "each corpus drawn in proportion to the square root of its item count, items uniformly within it",
             "loss": history[-1],
         },
         "evaluation": {"held_out_agreement": {"windows_hop_frames": WINDOW_HOP, **held_metrics}},
     }
     model = CRNN(load_teacher(TEACHERS[0]), backend)
     card = export_model(model, args.out, name, {"gtzan": GTZAN_MAP}, extra)
-    if held:
-        runtime = agreement_runtime(load_card(card), [h for h in held if h.audio is not None], sampler, WINDOW_HOP)
-        print("held-out agreement of the exported model at run time: " + ", ".join(f"{k} {v:.3f}" for k, v in runtime.items()), flush=True)
-        raw = json.loads(card.read_text())
-        raw["evaluation"]["held_out_agreement_runtime"] = {"windows_hop_frames": WINDOW_HOP, **runtime}
-        card.write_text(json.dumps(raw, indent=1, ensure_ascii=False) + "\n")
+    runtime = {}
+    for name, ho in held.items():
+        with_audio = [h for h in ho if h.audio is not None]
+        if not with_audio:
+            continue
+        runtime[name] = agreement_runtime(load_card(card), with_audio, sampler, WINDOW_HOP)
+        print(f"held-out {name}, exported model at run time: " + ", ".join(f"{k} {v:.3f}" for k, v in runtime[name].items()), flush=True)
+    raw = json.loads(card.read_text())
+    raw["evaluation"]["held_out_agreement_runtime"] = {"windows_hop_frames": WINDOW_HOP, **runtime}
+    card.write_text(json.dumps(raw, indent=1, ensure_ascii=False) + "\n")
     print(f"wrote {card} and {card.with_suffix('.onnx')}")
     return 0
 

@@ -52,6 +52,7 @@ def train_backend(
     seed: int = 0,
     trainable: Sequence[str] | None = None,
     finetune_backend: bool = True,
+    weights: np.ndarray | None = None,
     log: Callable[[str], None] | None = print,
 ) -> list[dict[str, float]]:
     """Fit the back end; returns the mean loss per head for every epoch.
@@ -61,13 +62,15 @@ def train_backend(
     backend : Backend
         Trained in place.
     items : sequence of Item
-        Training items; each step draws tracks uniformly, then a random crop.
+        Training items; each step draws items (by ``weights``), then a random crop of each.
     sampler : CropSampler
         Crops and targets.
     trainable : sequence of str, optional
         Heads to train (default: all); the other heads are frozen.
     finetune_backend : bool
         Also train normalisation, projection and LSTM.
+    weights : ndarray, optional
+        Probability of drawing each item (default: uniform).
     """
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
@@ -87,7 +90,7 @@ def train_backend(
         sums: dict[str, float] = {}
         t0 = time.time()
         for _ in range(steps_per_epoch):
-            picks = rng.integers(0, len(items), batch_size)
+            picks = rng.choice(len(items), batch_size, p=weights)
             x, t, m = make_batch([sampler.process(items[i], rng) for i in picks], rng, mix_prob)
             losses = head_losses(backend, backend(x), t, m)
             loss = sum(losses[h] for h in heads)

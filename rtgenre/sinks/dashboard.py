@@ -373,7 +373,7 @@ class DashboardView:
         grid = Table.grid(expand=True)
         grid.add_column(ratio=1, no_wrap=True, overflow="ellipsis")
         grid.add_column(justify="right", no_wrap=True)
-        grid.add_row(Text.from_markup(" · ".join(parts)), Text("q quit ", style="dim"))
+        grid.add_row(Text.from_markup(" · ".join(parts)), Text(" q quit", style="dim"))
         return grid
 
     def _genre(self, s: DashboardState, rows: int, width: int, large: bool) -> RenderableType:

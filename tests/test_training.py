@@ -90,8 +90,11 @@ def test_tag_mapper_soft_or_and_targets():
 
 
 def test_gtzan_mapping_targets_are_gtzan_genres():
-    assert set(GTZAN_MAP) == set(HEADS["genre"][1])
+    from rtgenre.training.labels import BROAD_MAP
+
+    assert set(GTZAN_MAP) == set(HEADS["genre"][1]) == set(BROAD_MAP)
     assert {v for v in GTZAN_MAP.values() if v} <= set(GTZAN)
+    assert all(BROAD_MAP[g] == g for g in set(BROAD_MAP.values()) if g in BROAD_MAP)  # a family is its own broad label
 
 
 def test_chunked_features_equal_one_whole_track_pass():
@@ -236,7 +239,7 @@ def test_train_on_a_corpus_caches_features_and_exports(tmp_path):
     assert [r["held_out"] for r in index] == [False, False, True]  # t2.wav: the stable hash puts it in the held-out 10 %
     card = load_card(tmp_path / "engines" / "tiny.json")
     assert card.raw["training"]["corpora"]["tiny"]["hours"] == pytest.approx(27 / 3600, abs=1e-3)
-    assert card.mappings["gtzan"] == GTZAN_MAP
+    assert card.mappings["gtzan"] == GTZAN_MAP and set(card.mappings["broad"]) == set(GTZAN_MAP)
     # the held-out track was scored both on cached features and through the exported model at run time (one window of 9 s)
     ev = card.raw["evaluation"]
     assert ev["held_out_agreement"]["tiny"]["windows"] == 1 and ev["held_out_agreement_runtime"]["tiny"]["windows"] == 1

@@ -89,7 +89,7 @@ def _train_corpora(args: argparse.Namespace) -> int:
     from rtgenre.training.distill import agreement, agreement_runtime, train_backend
     from rtgenre.training.export import export_model
     from rtgenre.training.features import FRONTEND, build_cache, read_index
-    from rtgenre.training.labels import GTZAN_MAP, HEADS, MULTILABEL_GAIN, SHARPEN, TAG_MAP, TagMapper
+    from rtgenre.training.labels import BROAD_MAP, GTZAN_MAP, HEADS, MULTILABEL_GAIN, SHARPEN, TAG_MAP, TagMapper
     from rtgenre.training.model import CRNN, Backend, BackendConfig
     from rtgenre.training.musicnn import TEACHERS, load_teacher, teacher_tags
 
@@ -142,7 +142,7 @@ def _train_corpora(args: argparse.Namespace) -> int:
         "evaluation": {"held_out_agreement": {"windows_hop_frames": WINDOW_HOP, **held_metrics}},
     }
     model = CRNN(load_teacher(TEACHERS[0]), backend)
-    card = export_model(model, args.out, name, {"gtzan": GTZAN_MAP}, extra)
+    card = export_model(model, args.out, name, {"gtzan": GTZAN_MAP, "broad": BROAD_MAP}, extra)
     runtime = {}
     for name, ho in held.items():
         with_audio = [h for h in ho if h.audio is not None]

@@ -232,7 +232,7 @@ def build_cache(
                        "genre": track.genre, "instruments": track.instruments, "held_out": hold}
                 index.write(json.dumps(rec) + "\n")
                 index.flush()
-            if log is not None and n % 10 == 0:
+            if log is not None and audio is not None and n % 10 == 0:  # report progress only while computing
                 log(f"{corpus.name}: {n + 1}/{len(tracks)} tracks cached")
     return index_path
 

@@ -4,7 +4,8 @@ Owns the three heads' label sets, the tag→label mapping that turns the two
 musicnn teachers' 50 tag probabilities (``MSD_musicnn``: Last.fm tags of the
 Million Song Dataset; ``MTT_musicnn``: MagnaTagATune) into distillation
 targets, and the mapping of our genres to the 10 GTZAN genres.  Both mappings
-are written into the model card so that every label's meaning is on record.
+are written into the model card so that every label's meaning is on record, as
+is a coarser ``broad`` mapping (sub-genres folded into their family).
 
 A label's teacher score is the largest probability among its tags (over both
 teachers): a soft OR.  ``multiclass`` targets are those scores raised to
@@ -33,6 +34,15 @@ GTZAN_MAP: dict[str, str | None] = {
     "rock": "rock", "metal": "metal", "punk": "rock", "pop": "pop", "electronic": None,
     "dance": "disco", "hip-hop": "hiphop", "r&b/soul": None, "funk": "disco", "jazz": "jazz",
     "blues": "blues", "country": "country", "folk": None, "classical": "classical", "ambient": None,
+}
+
+#: Our genre → broad family (rock, pop, electronic, hip-hop, soul, funk, jazz, blues,
+#: country, folk, classical): sub-genres folded into their family, for data sets
+#: labelled coarsely (e.g. ``broad_genre`` of ``../shared/data/real-music``).
+BROAD_MAP: dict[str, str | None] = {
+    "rock": "rock", "metal": "rock", "punk": "rock", "pop": "pop", "electronic": "electronic",
+    "dance": "electronic", "hip-hop": "hip-hop", "r&b/soul": "soul", "funk": "funk", "jazz": "jazz",
+    "blues": "blues", "country": "country", "folk": "folk", "classical": "classical", "ambient": "electronic",
 }
 
 MSD, MTT = "MSD_musicnn", "MTT_musicnn"

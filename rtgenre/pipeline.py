@@ -157,6 +157,7 @@ class Feed:
         self.midi = midi
         self.midi_weight = midi_weight
         self.stats = FeedStats()
+        self._silent_since: float | None = None
         self.started = False
         self.finished = False
 
@@ -221,7 +222,11 @@ class Feed:
         decision = self.smoother.process(probs, window.level_dbfs)
         if decision.silent:
             self.stats.silences += 1
-            return [Event("silence", self.name, window.t, {"level_dbfs": round(window.level_dbfs, 2), "peak_dbfs": round(window.peak_dbfs, 2)}, arrival=arrival)]
+            if self._silent_since is None:
+                self._silent_since = window.t
+            data = {"level_dbfs": round(window.level_dbfs, 2), "peak_dbfs": round(window.peak_dbfs, 2), "since": self._silent_since}
+            return [Event("silence", self.name, window.t, data, arrival=arrival)]
+        self._silent_since = None
         self.stats.predictions += 1
         data: dict[str, Any] = {
             "heads": self._heads(probs, decision),

@@ -107,6 +107,7 @@ def test_silence_events_and_held_state(card, tmp_path):
     assert kinds[0] == "prediction" and kinds[-1] == "silence"
     silences = [e for e in events if e.kind == "silence"]
     assert all(e.data["level_dbfs"] <= -120 + 1e-6 for e in silences[-3:])
+    assert len({e.data["since"] for e in silences}) == 1 and silences[0].data["since"] == silences[0].t
 
 
 def test_offline_path_equals_live_path(card, tmp_path):

@@ -133,7 +133,9 @@ def _train_corpora(args: argparse.Namespace) -> int:
         "training": {
             "command": _command(), "corpora": stats,
             "epochs": epochs, "steps_per_epoch": steps, "batch": args.batch, "lr": lr, "seed": args.seed,
-            "renditions": args.renditions, "max_seconds": args.max_seconds, "items": len(train),
+            "items": len(train),
+            "cache_options": {"renditions": args.renditions, "max_seconds": args.max_seconds,
+                              "note": "apply only to tracks not cached yet; 'corpora' says what the caches hold"},
             "augmentation": "cached audio renditions per track (gain ±6 dB, ±1.5 semitones pitch+tempo by resampling, noise at 10-30 dB SNR half the time), "
                             "see renditions per corpus; pairs of crops mixed in feature space with p=0.3",
             "sampling": "each corpus drawn in proportion to the square root of its item count, items uniformly within it",

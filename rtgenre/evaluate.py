@@ -113,7 +113,7 @@ class Scores:
     confusion: list[list[int]]
 
     @classmethod
-    def of(cls, truth: list[str], pred: list[str]) -> "Scores":
+    def of(cls, truth: list[str], pred: list[str]) -> Scores:
         classes = sorted(set(truth) | set(pred))
         idx = {c: i for i, c in enumerate(classes)}
         cm = np.zeros((len(classes), len(classes)), int)

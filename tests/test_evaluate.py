@@ -12,7 +12,13 @@ import soundfile as sf
 
 from rtgenre.card import load_card
 from rtgenre.errors import DataInvalidError, UsageError
-from rtgenre.evaluate import Scores, add_eval_arguments, labelled_files, map_genres, run_eval
+from rtgenre.evaluate import (
+    Scores,
+    add_eval_arguments,
+    labelled_files,
+    map_genres,
+    run_eval,
+)
 
 REAL = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "real-music"
 

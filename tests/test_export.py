@@ -8,12 +8,12 @@ import pytest
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
-from rtgenre.card import file_sha256, load_card  # noqa: E402
-from rtgenre.errors import ModelCorruptError, ModelMissingError  # noqa: E402
-from rtgenre.training.export import export_model, load_backend, save_backend  # noqa: E402
-from rtgenre.training.labels import GTZAN_MAP, HEADS  # noqa: E402
-from rtgenre.training.model import CRNN, Backend, BackendConfig, HeadSpec  # noqa: E402
-from rtgenre.training.musicnn import Musicnn  # noqa: E402
+from rtgenre.card import file_sha256, load_card
+from rtgenre.errors import ModelCorruptError, ModelMissingError
+from rtgenre.training.export import export_model, load_backend, save_backend
+from rtgenre.training.labels import GTZAN_MAP, HEADS
+from rtgenre.training.model import CRNN, Backend, BackendConfig, HeadSpec
+from rtgenre.training.musicnn import Musicnn
 
 
 @pytest.fixture(scope="module")

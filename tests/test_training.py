@@ -15,13 +15,20 @@ import soundfile as sf
 torch = pytest.importorskip("torch")
 mido = pytest.importorskip("mido")
 
-from rtgenre.card import load_card  # noqa: E402
-from rtgenre.errors import DataInvalidError, UsageError  # noqa: E402
-from rtgenre.training.corpus import Track, gm_family, read_manifest, write_manifest  # noqa: E402
-from rtgenre.training.data import CropSampler, Item, make_batch, window_tags  # noqa: E402
-from rtgenre.training.labels import GTZAN, GTZAN_MAP, HEADS, INSTRUMENTS, TAG_MAP, TagMapper  # noqa: E402
-from rtgenre.training.midigen import STYLES, generate  # noqa: E402
-from rtgenre.training.musicnn import MUSICNN_DIR, RECEPTIVE_FIELD, Musicnn  # noqa: E402
+from rtgenre.card import load_card
+from rtgenre.errors import DataInvalidError, UsageError
+from rtgenre.training.corpus import Track, gm_family, read_manifest, write_manifest
+from rtgenre.training.data import CropSampler, Item, make_batch, window_tags
+from rtgenre.training.labels import (
+    GTZAN,
+    GTZAN_MAP,
+    HEADS,
+    INSTRUMENTS,
+    TAG_MAP,
+    TagMapper,
+)
+from rtgenre.training.midigen import STYLES, generate
+from rtgenre.training.musicnn import MUSICNN_DIR, RECEPTIVE_FIELD, Musicnn
 
 WEIGHTS = MUSICNN_DIR / "MSD_musicnn.npz"
 needs_weights = pytest.mark.skipif(not (WEIGHTS.is_file() and (MUSICNN_DIR / "MTT_musicnn.npz").is_file()), reason="musicnn weights not in engines/musicnn/")
@@ -122,9 +129,9 @@ def test_crop_targets_prefer_exact_labels_and_mask_unknowns():
     unknown = Item(np.zeros((30, 4), np.float32), None, {}, "b")
     f, t, m = sampler.process(exact, np.random.default_rng(0))
     assert f.shape == (10, 4) and t["genre"].argmax() == 2 and m["genre"].all() and t["instruments"][1] == 1
-    _, t2, m2 = sampler.process(unknown, start=5)
+    _, _, m2 = sampler.process(unknown, start=5)
     assert not m2["genre"].any() and not m2["instruments"].any()
-    x, tt, mm = make_batch([sampler.process(exact, start=0), sampler.process(unknown, start=0)], np.random.default_rng(0), mix_prob=1.0)
+    x, _, mm = make_batch([sampler.process(exact, start=0), sampler.process(unknown, start=0)], np.random.default_rng(0), mix_prob=1.0)
     # mixing a known with an unknown crop leaves the label unknown
     assert not mm["genre"].any() and x.shape == (2, 10, 4)
     assert 0.5 <= float(x[0].mean()) <= 1.0

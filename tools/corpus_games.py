@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rtgenre.training.corpus import Track, convert_audio, write_manifest  # noqa: E402
+from rtgenre.training.corpus import Track, convert_audio, write_manifest
 
 PACKAGES = ("wesnoth-music", "warzone2100-music", "fb-music-high", "nexuiz-music", "ufoai-music", "hyperrogue-music")
 AUDIO = (".ogg", ".mp3", ".flac", ".wav", ".opus", ".xm", ".mod", ".it", ".s3m")
@@ -31,11 +31,11 @@ AUDIO = (".ogg", ".mp3", ".flac", ".wav", ".opus", ".xm", ".mod", ".it", ".s3m")
 
 def package_files(package: str) -> list[Path]:
     """Files installed by a Debian package (empty if it is not installed)."""
-    r = subprocess.run(["dpkg", "-L", package], capture_output=True, text=True)
+    r = subprocess.run(["dpkg", "-L", package], capture_output=True, text=True, check=False)
     if r.returncode != 0:
         return []
     files = [Path(line) for line in r.stdout.splitlines() if line.startswith("/usr/share/")]
-    deps = subprocess.run(["dpkg-query", "-W", "-f=${Depends}", package], capture_output=True, text=True).stdout
+    deps = subprocess.run(["dpkg-query", "-W", "-f=${Depends}", package], capture_output=True, text=True, check=False).stdout
     for dep in deps.split(","):  # e.g. wesnoth-music -> wesnoth-1.16-music holds the files
         name = dep.strip().split(" ")[0]
         if name.endswith("-music") and name != package:

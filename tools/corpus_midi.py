@@ -16,8 +16,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rtgenre.training.corpus import Track, render_midi, write_manifest  # noqa: E402
-from rtgenre.training.midigen import STYLES, generate  # noqa: E402
+from rtgenre.training.corpus import Track, render_midi, write_manifest
+from rtgenre.training.midigen import STYLES, generate
 
 
 def main() -> int:

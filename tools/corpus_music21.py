@@ -22,8 +22,8 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rtgenre.errors import DependencyMissingError  # noqa: E402
-from rtgenre.training.corpus import Track, gm_family, render_midi, write_manifest  # noqa: E402
+from rtgenre.errors import DependencyMissingError
+from rtgenre.training.corpus import Track, gm_family, render_midi, write_manifest
 
 FOLK = {"ryansMammoth", "oneills1850", "essenFolksong", "airdsAirs", "miscFolk", "nottingham-dataset"}
 SKIP = {"demos", "theoryExercises", "leadSheet"}
@@ -64,7 +64,7 @@ def main() -> int:
     for i, (coll, path) in enumerate(picks):
         try:
             score = corpus.parse(str(path))
-        except Exception as e:  # music21 raises many parser-specific types on odd files
+        except Exception as e:  # noqa: BLE001 - music21 raises many parser-specific types on odd files
             print(f"skip {path.name}: {type(e).__name__}")
             continue
         if isinstance(score, stream.Opus):
@@ -83,7 +83,7 @@ def main() -> int:
         stem.parent.mkdir(parents=True, exist_ok=True)
         try:
             score.write("midi", fp=str(stem.with_suffix(".mid")))
-        except Exception as e:  # music21 export errors on malformed scores
+        except Exception as e:  # noqa: BLE001 - music21 export errors on malformed scores
             print(f"skip {path.name}: {type(e).__name__}")
             continue
         wav = stem.with_suffix(".wav")

@@ -28,7 +28,7 @@ import numpy as np
 from rtgenre.errors import DataInvalidError, UsageError
 from rtgenre.evaluate import add_eval_arguments, labelled_files, run_eval
 
-__all__ = ["add_train_arguments", "run_train", "add_eval_arguments", "run_eval"]
+__all__ = ["add_eval_arguments", "add_train_arguments", "run_eval", "run_train"]
 
 WINDOW_HOP = 94  # frames between the fixed evaluation windows (1.5 s)
 
@@ -83,13 +83,21 @@ def _heads():
 
 
 def _train_corpora(args: argparse.Namespace) -> int:
+    from rtgenre.card import load_card
     from rtgenre.training.corpus import corpus_hours
     from rtgenre.training.data import CropSampler, load_cache
-    from rtgenre.card import load_card
     from rtgenre.training.distill import agreement, agreement_runtime, train_backend
     from rtgenre.training.export import export_model
     from rtgenre.training.features import FRONTEND, build_cache, read_index
-    from rtgenre.training.labels import BROAD_MAP, GTZAN_MAP, HEADS, MULTILABEL_GAIN, SHARPEN, TAG_MAP, TagMapper
+    from rtgenre.training.labels import (
+        BROAD_MAP,
+        GTZAN_MAP,
+        HEADS,
+        MULTILABEL_GAIN,
+        SHARPEN,
+        TAG_MAP,
+        TagMapper,
+    )
     from rtgenre.training.model import CRNN, Backend, BackendConfig
     from rtgenre.training.musicnn import TEACHERS, load_teacher, teacher_tags
 

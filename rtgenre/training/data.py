@@ -11,9 +11,9 @@ pairs of crops (mixup in feature space, targets mixed likewise).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -152,7 +152,7 @@ def make_batch(
         mix = rng.random(len(crops)) < mix_prob
         lam = np.where(mix, rng.uniform(0.5, 1.0, len(crops)), 1.0).astype(np.float32)
         feats = lam[:, None, None] * feats + (1 - lam[:, None, None]) * feats[partner]
-        for h in targets:
-            targets[h] = lam[:, None] * targets[h] + (1 - lam[:, None]) * targets[h][partner]
+        for h, t in targets.items():
+            targets[h] = lam[:, None] * t + (1 - lam[:, None]) * t[partner]
             masks[h] = np.where(mix[:, None], np.minimum(masks[h], masks[h][partner]), masks[h])
     return (torch.from_numpy(feats), {h: torch.from_numpy(t) for h, t in targets.items()}, {h: torch.from_numpy(m) for h, m in masks.items()})

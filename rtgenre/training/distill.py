@@ -14,7 +14,7 @@ windows computed from audio as at run time.
 from __future__ import annotations
 
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import soundfile as sf
@@ -34,8 +34,14 @@ import torch
 from rtgenre.card import FrontendParams
 from rtgenre.dsp.mel import log_mel
 from rtgenre.errors import DataInvalidError
-from rtgenre.training.corpus import SAMPLE_RATE, Track, read_manifest
-from rtgenre.training.musicnn import PATCH_FRAMES, RECEPTIVE_FIELD, TEACHERS, Musicnn, load_teacher
+from rtgenre.training.corpus import SAMPLE_RATE, read_manifest
+from rtgenre.training.musicnn import (
+    PATCH_FRAMES,
+    RECEPTIVE_FIELD,
+    TEACHERS,
+    Musicnn,
+    load_teacher,
+)
 
 #: Front-end parameters of musicnn (librosa defaults, log10(10000 x + 1)).
 FRONTEND = FrontendParams(sample_rate=SAMPLE_RATE, n_fft=512, hop_length=256, n_mels=96, fmax=8000.0)
@@ -129,7 +135,7 @@ class Rendition:
 
         x = audio * np.float32(10 ** (self.gain_db / 20))
         if self.speed != 1.0:
-            x = soxr.resample(x, int(round(SAMPLE_RATE * self.speed)), SAMPLE_RATE).astype(np.float32)
+            x = soxr.resample(x, round(SAMPLE_RATE * self.speed), SAMPLE_RATE).astype(np.float32)
         if self.snr_db is not None:
             p = float(np.mean(x**2)) + 1e-12
             x = x + rng.standard_normal(x.size).astype(np.float32) * np.float32(np.sqrt(p / 10 ** (self.snr_db / 10)))
@@ -228,7 +234,7 @@ def build_cache(
                 tags = tagger.process(mel, feats)
                 np.save(out / f"{item}.feats.npy", feats.astype(np.float16))
                 np.save(out / f"{item}.tags.npy", tags.astype(np.float16))
-                rec = {"id": item, "track": rel, "segment": list(segment), "rendition": rend.describe() if r else "original", "frames": int(len(mel)),
+                rec = {"id": item, "track": rel, "segment": list(segment), "rendition": rend.describe() if r else "original", "frames": len(mel),
                        "genre": track.genre, "instruments": track.instruments, "held_out": hold}
                 index.write(json.dumps(rec) + "\n")
                 index.flush()

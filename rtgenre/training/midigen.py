@@ -146,8 +146,8 @@ def generate(style: Style, seconds: float, rng: np.random.Generator) -> tuple[mi
     root = 48 + int(rng.integers(-5, 7))
     bars = max(2, int(np.ceil(seconds * bpm / 240.0)))
     lo, hi = style.velocity
-    vel = lambda: int(rng.integers(lo, hi + 1))  # noqa: E731
-    pick = lambda part: int(rng.choice(style.programs[part]))  # noqa: E731
+    vel = lambda: int(rng.integers(lo, hi + 1))
+    pick = lambda part: int(rng.choice(style.programs[part]))
 
     if style.drums:
         song.families.add("drums")

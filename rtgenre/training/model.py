@@ -97,7 +97,7 @@ class CRNN(nn.Module):
             p.requires_grad_(False)
         self.backend = backend
 
-    def train(self, mode: bool = True) -> "CRNN":
+    def train(self, mode: bool = True) -> CRNN:
         super().train(mode)
         self.frontend.eval()  # batch norms keep their running statistics
         return self

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(rows))
     else:
         for r in rows:
-            fmt = lambda v: ", ".join(f"{n} {p:.2f}" for n, p in v)  # noqa: E731
+            fmt = lambda v: ", ".join(f"{n} {p:.2f}" for n, p in v)
             print(f"{r['file'][:26]:26} {r['label'][:14]:14} genre: {fmt(r['genre'])} | mood: {fmt(r['mood'][:1])} | instruments: {fmt(r['instruments'])}")
     return 0
 

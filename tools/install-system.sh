@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# System packages rtgenre needs (Debian/Ubuntu), installed once; both README commands call this.
-#   runtime:  libportaudio2 (sounddevice), libsndfile1 (soundfile), ffmpeg (--input URL)
-#   tests:    pulseaudio + ALSA pulse plugin (virtual capture device), jackd2 (virtual MIDI ports), tmux (dashboard)
-#   training: fluidsynth + fluid-soundfont-gm (rendering MIDI corpora)
+# System packages rtgenre needs (Debian/Ubuntu), installed only when missing; both README commands call this.
+#   runtime:  libportaudio2 (sounddevice), libsndfile1 (soundfile), ffmpeg (MP3 files, --input URL)
+#   tests:    pulseaudio + ALSA's pulse plugin (a virtual capture device), jackd2 (virtual MIDI ports), tmux (dashboard)
+#   --train:  fluidsynth + a General MIDI soundfont and Debian's game-music packages, to rebuild the training corpora
 set -euo pipefail
 PKGS=(libportaudio2 libsndfile1 ffmpeg
       pulseaudio pulseaudio-utils libasound2-plugins alsa-utils
-      jackd2 libjack-jackd2-0 tmux
-      fluidsynth fluid-soundfont-gm)
+      jackd2 libjack-jackd2-0 tmux)
+if [ "${1:-}" = "--train" ]; then
+  PKGS+=(fluidsynth fluid-soundfont-gm
+         wesnoth-music warzone2100-music fb-music-high nexuiz-music ufoai-music hyperrogue-music)
+fi
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

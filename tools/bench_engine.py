@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
-import json
 import os
 import platform
 import re
@@ -39,7 +38,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -47,6 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from benchutil import emit, timed_ms  # noqa: E402
 from rtgenre.card import ModelCard, load_card  # noqa: E402
 from rtgenre.errors import RtgenreError  # noqa: E402
 from rtgenre.inference.cuda import CudaUnavailable, load_cuda  # noqa: E402
@@ -69,17 +69,6 @@ def stats(ms: list[float], batch: int) -> dict[str, float]:
     }
 
 
-def wall_ms(fn: Callable[[], Any], iters: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t0) * 1000.0)
-    return out
-
-
 def windows(card: ModelCard, n: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return np.log10(1.0 + 1e4 * rng.random((n, card.window_frames, card.frontend.n_mels)) ** 4).astype(np.float32)
@@ -90,7 +79,7 @@ def bench_onnxruntime(card: ModelCard, batches: list[int], iters: int, warmup: i
         res = {"detail": engine.detail, "timing": "wall clock of engine.run", "batches": {}}
         for b in batches:
             x = windows(card, b)
-            res["batches"][str(b)] = {"e2e": stats(wall_ms(lambda: engine.run(x), iters, warmup), b)}
+            res["batches"][str(b)] = {"e2e": stats(timed_ms(lambda: engine.run(x), iters, warmup), b)}
     return res
 
 
@@ -113,7 +102,7 @@ def bench_tensorrt(card: ModelCard, precision: str, batches: list[int], iters: i
         }
         for b in batches:
             x = windows(card, b)
-            e2e = wall_ms(lambda: engine.run(x), iters, warmup)
+            e2e = timed_ms(lambda: engine.run(x), iters, warmup)
             engine.time_execute(b, warmup)
             res["batches"][str(b)] = {"gpu": stats(engine.time_execute(b, iters), b), "e2e": stats(e2e, b)}
     return res
@@ -153,7 +142,7 @@ def bench_torch(card: ModelCard, spec: str | None, half: bool, batches: list[int
                 outs = model(host.to("cuda", non_blocking=True).to(dtype))
                 [o.float().cpu() for o in (outs.values() if isinstance(outs, dict) else outs)]
 
-            e2e_ms = wall_ms(e2e, iters, warmup)
+            e2e_ms = timed_ms(e2e, iters, warmup)
             gpu = []
             for i in range(warmup + iters):
                 start.record()
@@ -247,11 +236,8 @@ def main(argv: list[str] | None = None) -> int:
                 r = bench_torch(card, torch_spec, name == "torch-fp16", batches, args.iters, args.warmup)
             result["results"][name] = r
 
-    text = json.dumps(result, indent=2)
-    print(text)
     out = args.out or ROOT / "benchmarks" / "results" / f"bench_engine_{re.sub(r'[^a-z0-9]+', '_', device.split(' (')[0].split(':')[0].lower()).strip('_')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text + "\n")
+    emit(result, out)
     print(f"bench_engine: wrote {out}", file=sys.stderr)
     return 0
 

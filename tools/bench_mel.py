@@ -19,13 +19,14 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from benchutil import emit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -104,11 +105,7 @@ def main() -> None:
     ap.add_argument("--hops", type=int, default=300, help="timed hops (after 20 warm-up hops)")
     ap.add_argument("--out", type=Path, help="also write the JSON here")
     args = ap.parse_args()
-    text = json.dumps(bench(args.hops), indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(bench(args.hops), args.out)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -47,21 +46,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(ROOT))
 
+from benchutil import emit, timed_ms  # noqa: E402
+
 WINDOW_FRAMES = 469
 N_MELS = 96
 PATCH = 187
-
-
-def timed(fn, repeats: int, warmup: int = 5) -> list[float]:
-    """Milliseconds of ``repeats`` calls of ``fn()`` after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append(1000 * (time.perf_counter() - t0))
-    return out
 
 
 def summary(ms: list[float]) -> dict[str, float]:
@@ -90,7 +79,7 @@ def tf_worker(source: Path, mel: Path, repeats: int, threads: int) -> dict:
         for p in patches:
             sess.run(probs, {x: p[None], is_training: False})
 
-    ms = timed(window, repeats)
+    ms = timed_ms(window, repeats)
     return {"ms": ms, "patches": len(patches), "tensorflow": tf.__version__, "numpy": np.__version__}
 
 
@@ -119,7 +108,7 @@ def bench_onnx(path: Path, window: np.ndarray, repeats: int, threads: int) -> di
     if (frames, mels) != window.shape:
         raise ModelCorruptError(f"{path} takes windows of {frames} x {mels}, not {window.shape}", "benchmark a model with 469 x 96 windows")
     x = window[None].astype(np.float32)
-    return {"path": str(path), "input": name, **summary(timed(lambda: sess.run(None, {name: x}), repeats)), "onnxruntime": ort.__version__}
+    return {"path": str(path), "input": name, **summary(timed_ms(lambda: sess.run(None, {name: x}), repeats)), "onnxruntime": ort.__version__}
 
 
 def bench_torch(window: np.ndarray, repeats: int, threads: int) -> dict:
@@ -136,7 +125,7 @@ def bench_torch(window: np.ndarray, repeats: int, threads: int) -> dict:
         with torch.inference_mode():
             model(x)
 
-    return {"what": "MSD_musicnn forward on 469 frames, batch 1", **summary(timed(run, repeats)), "torch": torch.__version__}
+    return {"what": "MSD_musicnn forward on 469 frames, batch 1", **summary(timed_ms(run, repeats)), "torch": torch.__version__}
 
 
 def cpu_model() -> str:
@@ -217,11 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     except RtgenreError as e:
         print(f"bench_model: error: {e}", file=sys.stderr)
         return int(e.code)
-    text = json.dumps(result, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    print(text)
+    emit(result, args.out)
     return 0
 
 

@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
 from bench_mel import bench as bench_mel  # noqa: E402
+from benchutil import emit, timed_ms  # noqa: E402
 from make_demo import SR as DEMO_SR, render  # noqa: E402
 
 from rtgenre.card import load_card  # noqa: E402
@@ -67,13 +68,7 @@ def make_long_file(path: Path, seconds: float) -> str:
 def bench_inference(card, threads: int, n: int = 50) -> dict:
     engine = OnnxRuntimeEngine(card, threads=threads)
     x = np.random.default_rng(0).standard_normal((1, card.window_frames, card.frontend.n_mels)).astype(np.float32) + 2.0
-    for _ in range(5):
-        engine.run(x)
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        engine.run(x)
-        times.append((time.perf_counter() - t0) * 1000)
+    times = timed_ms(lambda: engine.run(x), n)
     return {"threads": threads, "ms_per_window_median": float(np.median(times)), "ms_per_window_p90": float(np.percentile(times, 90)), "runs": n}
 
 
@@ -121,11 +116,7 @@ def main() -> None:
         path = Path(tmp) / "long.wav"
         result["listen_input"] = make_long_file(path, args.seconds)
         result["listen"] = bench_listen(path, args.threads)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

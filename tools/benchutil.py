@@ -1,0 +1,29 @@
+"""Helpers shared by the ``tools/bench_*.py`` benchmarks: timing loops and JSON output."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+
+def timed_ms(fn: Callable[[], Any], iters: int, warmup: int = 5) -> list[float]:
+    """Wall-clock milliseconds of ``iters`` calls of ``fn()``, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1000.0)
+    return out
+
+
+def emit(result: dict[str, Any], out: Path | None) -> None:
+    """Print ``result`` as indented JSON and, if ``out`` is given, write it there too."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")

@@ -72,16 +72,32 @@ def bench_inference(card, threads: int, n: int = 50) -> dict:
     return {"threads": threads, "ms_per_window_median": float(np.median(times)), "ms_per_window_p90": float(np.percentile(times, 90)), "runs": n}
 
 
+def _vm_hwm_kb(pid: int) -> int:
+    """Peak resident memory (VmHWM) of a running process in KiB; 0 once it has gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return 0
+
+
 def bench_listen(path: Path, threads: int) -> dict:
     cmd = [sys.executable, "-m", "rtgenre", "listen", "--input", str(path), "--realtime", "--json", "--threads", str(threads)]
     t0 = time.monotonic()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    wall = time.monotonic() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, cwd=ROOT)
+        peak_kb = 0
+        while proc.poll() is None:  # the child's own high-water mark (ru_maxrss would count the fork of this process)
+            peak_kb = max(peak_kb, _vm_hwm_kb(proc.pid))
+            time.sleep(0.5)
+        wall = time.monotonic() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read(), err.read()
     if proc.returncode != 0:
-        raise SystemExit(f"listen failed ({proc.returncode}): {proc.stderr.strip()}")
-    events = [json.loads(line) for line in proc.stdout.splitlines()]
+        raise SystemExit(f"listen failed ({proc.returncode}): {stderr.strip()}")
+    events = [json.loads(line) for line in stdout.splitlines()]
     lat = np.array([e["latency_ms"] for e in events if e["event"] == "prediction"])
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     stop = next(e for e in events if e["event"] == "stop")
@@ -93,7 +109,7 @@ def bench_listen(path: Path, threads: int) -> dict:
         "latency_ms_p99": float(np.percentile(lat, 99)),
         "latency_ms_max": float(lat.max()),
         "cpu_share_of_one_core": round(cpu / wall, 4),
-        "peak_rss_mb": round(after.ru_maxrss / 1024, 1),
+        "peak_rss_mb": round(peak_kb / 1024, 1),
         "stop_counts": stop["counts"],
     }
 

@@ -158,6 +158,18 @@ def test_onnxruntime_matches_torch_eager(test_card_path):
         np.testing.assert_allclose(got[name], w, atol=1e-5, rtol=0)
 
 
+def test_onnxruntime_chunked_batches_equal_one_call(test_card_path):
+    """The CPU engine runs a batch in chunks (bounded memory); chunking changes no number."""
+    card = load_card(test_card_path)
+    x = random_windows(11, seed=3)
+    whole = OnnxRuntimeEngine(card, chunk=11).run(x)
+    for chunk in (1, 4):
+        parts = OnnxRuntimeEngine(card, chunk=chunk).run(x)
+        for head, w in whole.items():
+            assert parts[head].shape == w.shape == (11, len(card.head(head).labels))
+            np.testing.assert_allclose(parts[head], w, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("kind", [k for k in ENGINE_KINDS if k.startswith("tensorrt")])
 def test_tensorrt_plan_cache_hit_miss_and_corruption(kind, gpu, test_card_path, tmp_path):
     card = load_card(test_card_path)

@@ -16,11 +16,12 @@ from rtgenre.training.model import CRNN, Backend, BackendConfig, HeadSpec
 from rtgenre.training.musicnn import Musicnn
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+@pytest.fixture(scope="module", params=[False, True], ids=["plain", "teacher_prior"])
+def exported(tmp_path_factory, request):
     torch.manual_seed(0)
     heads = tuple(HeadSpec(n, k, labels) for n, (k, labels) in HEADS.items())
-    model = CRNN(Musicnn(), Backend(BackendConfig(heads=heads))).eval()
+    teacher = Musicnn().eval()  # one network: front/mid end and, with the prior, its own back end
+    model = CRNN(teacher, Backend(BackendConfig(heads=heads, teacher_prior=request.param), teacher)).eval()
     folder = tmp_path_factory.mktemp("engines")
     card = export_model(model, folder, "m", {"gtzan": GTZAN_MAP}, {"training": {"note": "test"}})
     return model, card
@@ -61,7 +62,9 @@ def test_card_matches_the_graph(exported):
 def test_backend_weights_round_trip(exported, tmp_path):
     model, _ = exported
     save_backend(model.backend, tmp_path / "b.npz")
-    back = load_backend(tmp_path / "b.npz")
+    # the saved weights hold the prior's scales and tag map, not the teacher (here a random one, not the shipped checkpoint)
+    back = load_backend(tmp_path / "b.npz", getattr(model.backend, "teacher", None))
+    assert len(back.priors) == (3 if model.backend.config.teacher_prior else 0)
     assert back.config == model.backend.config
     feats = torch.randn(2, 469, 753)
     with torch.no_grad():

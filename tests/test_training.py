@@ -166,6 +166,8 @@ def test_train_option_errors(tmp_path):
     sf.write(tmp_path / "only" / "a.wav", np.zeros(16000 * 8, np.float32), 16000)
     with pytest.raises(DataInvalidError, match="class folder"):
         run_train(_parser().parse_args(["--data", str(tmp_path)]))
+    with pytest.raises(UsageError, match="teacher-prior"):
+        run_train(_parser().parse_args(["--data", str(tmp_path), "--teacher-prior"]))
 
 
 def _gtzan_like(root: Path, clips: int = 4, seconds: float = 8.0, rate: int = 22050) -> None:
@@ -194,7 +196,8 @@ def test_train_on_own_data_with_cross_validation_writes_a_loadable_model(tmp_pat
     from rtgenre.training.musicnn import load_teacher
 
     torch.manual_seed(0)
-    base = export_model(CRNN(load_teacher(), Backend(BackendConfig(heads=_heads()))), tmp_path / "engines", "base", {"gtzan": GTZAN_MAP}, {})
+    teacher = load_teacher()
+    base = export_model(CRNN(teacher, Backend(BackendConfig(heads=_heads(), teacher_prior=True), teacher)), tmp_path / "engines", "base", {"gtzan": GTZAN_MAP}, {})
     _gtzan_like(tmp_path / "data")
     out = io.StringIO()
     with redirect_stdout(out):
@@ -205,6 +208,10 @@ def test_train_on_own_data_with_cross_validation_writes_a_loadable_model(tmp_pat
     card = load_card(tmp_path / "engines" / "mine.json")
     assert card.head("genre").labels == ("clicks", "noise", "sine")
     assert [h.name for h in card.heads] == ["genre", "mood", "instruments"]  # frozen back end keeps the base model's heads
+    from rtgenre.training.export import load_backend
+
+    mine = load_backend(tmp_path / "engines" / "mine.backend.npz")
+    assert set(mine.priors) == {"mood", "instruments"}  # the new genre labels have no teacher tags, the kept heads keep their prior
     cv = card.raw["evaluation"]["cross_validation"]
     assert cv["folds"] == 2 and len(cv["clip_accuracy_per_fold"]) == 2
     # the model runs in the runtime engine and tells the three kinds of signal apart on its training clips
@@ -235,7 +242,7 @@ def test_train_on_a_corpus_caches_features_and_exports(tmp_path):
     write_manifest(corpus, tracks)
     with redirect_stdout(io.StringIO()):
         rc = run_train(_parser().parse_args(["--corpus", str(corpus), "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "engines"),
-                                             "--epochs", "1", "--steps", "2", "--batch", "4", "--name", "tiny"]))
+                                             "--epochs", "1", "--steps", "2", "--batch", "4", "--name", "tiny", "--teacher-prior"]))
     assert rc == 0
     index = [json.loads(line) for line in (tmp_path / "cache" / "tiny" / "index.jsonl").read_text().splitlines()]
     assert len(index) == 3 and all(r["frames"] == (16000 * 9 - 512) // 256 + 1 for r in index)
@@ -251,3 +258,73 @@ def test_train_on_a_corpus_caches_features_and_exports(tmp_path):
     ev = card.raw["evaluation"]
     assert ev["held_out_agreement"]["tiny"]["windows"] == 1 and ev["held_out_agreement_runtime"]["tiny"]["windows"] == 1
     assert ev["held_out_agreement_runtime"]["tiny"]["genre_top1"] in (0.0, 1.0)
+    from rtgenre.training.export import load_backend
+
+    assert load_backend(tmp_path / "engines" / "tiny.backend.npz").config.teacher_prior  # --teacher-prior reaches the exported back end
+
+
+def _prior_backend(teacher_prior: bool, teacher=None):
+    from rtgenre.training.commands import _heads
+    from rtgenre.training.model import Backend, BackendConfig
+
+    torch.manual_seed(0)
+    return Backend(BackendConfig(heads=_heads(), teacher_prior=teacher_prior), teacher).eval()
+
+
+def test_teacher_prior_is_the_log_of_the_mapped_msd_tags():
+    from rtgenre.training.model import PRIOR_EPS
+    from rtgenre.training.musicnn import teacher_tags
+
+    torch.manual_seed(0)
+    teacher = Musicnn().eval()
+    backend = _prior_backend(True, teacher)
+    with torch.no_grad():
+        for p in backend.priors.values():
+            p.scale.uniform_(0.5, 2.0)
+        feats = torch.randn(3, 469, 753)
+        tags = teacher.tags_from_features(feats).numpy()
+        msd_only = TagMapper({"MSD_musicnn": teacher_tags("MSD_musicnn")})
+        want = msd_only.scores(tags)  # the distillation rule, MSD tags only: max of each label's tags
+        for head, prior in backend.priors.items():
+            has = msd_only.has_teacher(head)
+            got = prior(torch.from_numpy(tags)).numpy()
+            np.testing.assert_allclose(got[:, has], prior.scale.numpy()[has] * np.log(want[head][:, has] + PRIOR_EPS), rtol=1e-5, atol=1e-6)
+            assert (got[:, ~has] == 0).all()  # no MSD tag, no prior (e.g. classical, keys, bass)
+    assert set(backend.priors) == {"genre", "mood", "instruments"}
+    assert not msd_only.has_teacher("genre")[HEADS["genre"][1].index("classical")]
+    # the teacher is the frozen published checkpoint: not a parameter, not in the saved state
+    assert not any(k.startswith("teacher") for k in backend.state_dict())
+    assert all(p.requires_grad is False for p in teacher.parameters())
+
+
+def test_zero_prior_scales_recover_the_plain_backend():
+    plain = _prior_backend(False)
+    prior = _prior_backend(True, Musicnn().eval())
+    prior.load_state_dict(plain.state_dict(), strict=False)  # same projection, LSTM and head weights
+    feats = torch.randn(2, 469, 753)
+    with torch.no_grad():
+        for p in prior.priors.values():
+            p.scale.zero_()
+        a, b = plain(feats), prior(feats)
+        for k in a:
+            torch.testing.assert_close(a[k], b[k])
+        prior.priors["genre"].scale.fill_(1.0)
+        assert not torch.allclose(plain(feats)["genre"], prior(feats)["genre"])
+
+
+def test_training_one_head_trains_its_prior_scales_only():
+    from rtgenre.training.distill import train_backend
+
+    teacher = Musicnn().eval()
+    backend = _prior_backend(True, teacher)
+    before = {k: v.clone() for k, v in backend.state_dict().items()}
+    teacher_before = teacher.output.weight.clone()
+    rng = np.random.default_rng(0)
+    items = [Item(rng.standard_normal((480, 753)).astype(np.float32), None, {"genre": i % 15}, f"g{i}") for i in range(6)]
+    train_backend(backend, items, CropSampler(HEADS, None), epochs=1, steps_per_epoch=3, batch_size=4, trainable=["genre"], finetune_backend=False, log=None)
+    after = backend.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert {"priors.genre.scale", "heads.genre.weight", "heads.genre.bias"} <= changed
+    assert all(k.startswith(("priors.genre.", "heads.genre.")) for k in changed)
+    assert "priors.genre.mask" not in changed  # the tag map is fixed
+    assert torch.equal(teacher.output.weight, teacher_before)

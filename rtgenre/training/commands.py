@@ -49,6 +49,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", type=Path, default=Path("cache"), help="feature cache folder for corpora (default: cache/)")
     parser.add_argument("--renditions", type=int, default=0, help="augmented renditions per corpus track to cache (default: 0)")
     parser.add_argument("--max-seconds", type=float, default=None, help="use at most the middle S seconds of each corpus track")
+    parser.add_argument("--teacher-prior", action="store_true",
+                        help="on corpora: add the frozen MSD_musicnn tagger's mapped tags as a learnable log-prior to each head's logits (see engines/README.md)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
 
@@ -65,6 +67,8 @@ def run_train(args: argparse.Namespace) -> int:
             raise UsageError(f"--{opt} must be at least 1, got {v}", f"Pass a positive --{opt}")
     if args.data is None and (args.folds > 1 or args.finetune_backend or args.base):
         raise UsageError("--folds, --finetune-backend and --base only apply to --data", "Add --data DIR or drop those options")
+    if args.data is not None and args.teacher_prior:
+        raise UsageError("--teacher-prior only applies to training on corpora", "Drop --teacher-prior: with --data the new model keeps the base model's back end, prior included")
     from rtgenre.errors import DependencyMissingError
 
     try:
@@ -124,7 +128,8 @@ def _train_corpora(args: argparse.Namespace) -> int:
         raise DataInvalidError("The corpora hold no track of at least one window", "Add longer tracks to the corpora")
     mapper = TagMapper({t: teacher_tags(t) for t in TEACHERS})
     sampler = CropSampler(HEADS, mapper)
-    backend = Backend(BackendConfig(heads=_heads()))
+    teacher = load_teacher(TEACHERS[0])
+    backend = Backend(BackendConfig(heads=_heads(), teacher_prior=args.teacher_prior), teacher)
     epochs, steps, lr = args.epochs or 12, args.steps or 150, args.lr or 2e-3
     weights = np.array(share) / np.sum(share)
     history = train_backend(backend, train, sampler, epochs, steps, args.batch, lr, seed=args.seed, weights=weights)
@@ -151,7 +156,7 @@ def _train_corpora(args: argparse.Namespace) -> int:
         },
         "evaluation": {"held_out_agreement": {"windows_hop_frames": WINDOW_HOP, **held_metrics}},
     }
-    model = CRNN(load_teacher(TEACHERS[0]), backend)
+    model = CRNN(teacher, backend)  # one MSD_musicnn: front/mid end and the prior's back end
     card = export_model(model, args.out, name, {"gtzan": GTZAN_MAP, "broad": BROAD_MAP}, extra)
     runtime = {}
     for name, ho in held.items():
@@ -231,8 +236,8 @@ def _train_own_data(args: argparse.Namespace) -> int:
     kept = () if args.finetune_backend else tuple(h for h in base.config.heads if h.name != "genre")
     cfg = BackendConfig(**{**{k: v for k, v in base.config.__dict__.items() if k != "heads"}, "heads": (genre, *kept)})
     start = Backend(cfg)
-    reused = {f"heads.{h.name}." for h in kept}
-    state = {k: v for k, v in base.state_dict().items() if not k.startswith("heads.") or any(k.startswith(r) for r in reused)}
+    reused = tuple(f"{part}.{h.name}." for h in kept for part in ("heads", "priors"))
+    state = {k: v for k, v in base.state_dict().items() if not k.startswith(("heads.", "priors.")) or k.startswith(reused)}
     start.load_state_dict(state, strict=False)
     items = _clip_items(files, classes)
     y = [it.labels["genre"] for it in items]

@@ -4,7 +4,8 @@
 random window crops of cached features (:mod:`rtgenre.training.data`): soft
 cross-entropy for ``multiclass`` heads, binary cross-entropy for
 ``multilabel`` heads, each weighted by the per-label masks.  Heads not listed
-in ``trainable`` and, optionally, the projection and LSTM stay frozen, which is
+in ``trainable`` (their linear layers and teacher-prior scales) and,
+optionally, the projection and LSTM stay frozen, which is
 how a new genre head is fitted on a user's data.  :func:`agreement` measures a
 back end against the targets on fixed windows of held-out items' cached
 features; :func:`agreement_runtime` measures the exported model on the same
@@ -77,7 +78,7 @@ def train_backend(
     heads = set(trainable) if trainable is not None else set(backend.heads)
     params = []
     for name, p in backend.named_parameters():
-        is_head = name.startswith("heads.")
+        is_head = name.startswith(("heads.", "priors."))  # a head's linear layer and its teacher-prior scales
         train_it = (is_head and name.split(".")[1] in heads) or (not is_head and finetune_backend)
         p.requires_grad_(train_it)
         if train_it:

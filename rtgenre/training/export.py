@@ -4,7 +4,8 @@ Writes, for a model ``<name>`` into a folder:
 
 * ``<name>.onnx`` — opset 17, input ``mel`` ``(batch, 469, 96)`` float32 with
   a dynamic batch axis, one output per head named after it (probabilities);
-* ``<name>.backend.npz`` — the back end's weights and configuration, so that
+* ``<name>.backend.npz`` — the back end's weights and configuration (teacher
+  prior included, the frozen teacher excluded), so that
   ``rtgenre train --data`` can fit a new head on top of this model;
 * ``<name>.json`` — the card (:mod:`rtgenre.card`) with ``onnx_sha256``, the
   heads, ``mappings.gtzan``, the teacher tag→label mapping and the
@@ -25,6 +26,7 @@ from rtgenre.card import CARD_FORMAT, file_sha256
 from rtgenre.errors import ModelCorruptError, ModelMissingError
 from rtgenre.training.features import FRONTEND
 from rtgenre.training.model import CRNN, Backend, BackendConfig, HeadSpec
+from rtgenre.training.musicnn import Musicnn
 
 OPSET = 17
 
@@ -44,13 +46,25 @@ def export_onnx(model: CRNN, path: Path, frames: int = 469, n_mels: int = 96) ->
 
 
 def save_backend(backend: Backend, path: Path) -> None:
-    """Back-end weights plus its configuration (JSON) in one ``.npz``."""
+    """Back-end weights plus its configuration (JSON) in one ``.npz``.
+
+    A teacher prior's scales and tag-map matrices are saved; its frozen
+    ``MSD_musicnn`` is not (it is ``engines/musicnn/MSD_musicnn.npz``).
+    """
     arrays = {k: v.detach().numpy() for k, v in backend.state_dict().items()}
     np.savez(path, __config__=np.array(json.dumps(backend.config.to_json())), **arrays)
 
 
-def load_backend(path: Path) -> Backend:
+def load_backend(path: Path, teacher: Musicnn | None = None) -> Backend:
     """Inverse of :func:`save_backend`.
+
+    Parameters
+    ----------
+    path : Path
+        The ``.npz``.
+    teacher : Musicnn, optional
+        For a back end with a teacher prior: the ``MSD_musicnn`` it runs
+        (default: the one in ``engines/musicnn``); the ``.npz`` does not hold it.
 
     Raises
     ------
@@ -63,7 +77,7 @@ def load_backend(path: Path) -> Backend:
             cfg = json.loads(str(z["__config__"]))
             state = {k: torch.from_numpy(z[k]) for k in z.files if k != "__config__"}
         heads = tuple(HeadSpec(h["name"], h["kind"], tuple(h["labels"])) for h in cfg.pop("heads"))
-        backend = Backend(BackendConfig(heads=heads, **cfg))
+        backend = Backend(BackendConfig(heads=heads, **cfg), teacher)
         backend.load_state_dict(state)
     except (OSError, KeyError, ValueError, RuntimeError) as e:
         raise ModelCorruptError(f"Back-end weights {path} are damaged ({e})", "Re-export the model with `rtgenre train`") from None

@@ -97,14 +97,9 @@ def bench_onnx(path: Path, window: np.ndarray, repeats: int, threads: int) -> di
     import onnxruntime as ort
 
     from rtgenre.errors import ModelCorruptError
+    from rtgenre.inference.onnxruntime import session_options
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(path), sess_options=session_options(threads), providers=["CPUExecutionProvider"])
     name, frames, mels = onnx_input(path, sess)
     if (frames, mels) != window.shape:
         raise ModelCorruptError(f"{path} takes windows of {frames} x {mels}, not {window.shape}", "benchmark a model with 469 x 96 windows")

@@ -9,6 +9,21 @@ from rtgenre.errors import EngineUnavailableError, ModelCorruptError
 from rtgenre.inference.base import Engine
 
 
+def session_options(threads: int):
+    """ONNX Runtime session options for one stream of small calls: ``threads`` intra-op threads,
+    sequential execution, all graph optimisations, and worker threads that sleep between calls
+    (a live feed runs the model twice a second; spinning threads would burn a core in between)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
+
+
 class OnnxRuntimeEngine(Engine):
     """Runs the card's ONNX model with ONNX Runtime's CPU execution provider.
 
@@ -34,16 +49,8 @@ class OnnxRuntimeEngine(Engine):
             import onnxruntime as ort
         except ImportError:
             raise EngineUnavailableError("onnxruntime is not installed", "pip install onnxruntime") from None
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Idle worker threads sleep instead of spinning: a live feed runs the model twice a second,
-        # and spinning threads would burn a core between windows.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self._session = ort.InferenceSession(str(card.onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
+            self._session = ort.InferenceSession(str(card.onnx_path), sess_options=session_options(threads), providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types for bad models
             raise ModelCorruptError(f"ONNX Runtime cannot load {card.onnx_path} ({str(e).splitlines()[0]})", "Restore the model from the repository or re-export it") from None
         outputs = {o.name for o in self._session.get_outputs()}

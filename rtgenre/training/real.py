@@ -1,0 +1,666 @@
+"""Training and grouped cross-validation of window back ends on the real labelled data.
+
+Owns the model variants of the real-data model (all on frozen musicnn frame
+features, :mod:`rtgenre.training.realdata`'s cache), their multi-task
+training, the grouped k-fold protocol and the clip-level metrics that the
+card reports:
+
+* :class:`WindowBackend` — the shipped kind: per-frame projection of the
+  encoder features, temporal statistics (``pool``: mean and max; ``lstm``: a
+  2-layer LSTM's last and mean state, the CRNN variant), concatenated with
+  the frozen musicnn tagger's own penultimate layer and tags over the window,
+  a shared embedding, and one linear head per output.  ``families`` makes the
+  genre head hierarchical: ``p(genre) = p(family) * p(genre | family)``.
+* :func:`zero_shot_probs` — musicnn's tags mapped to our labels, no training.
+* :func:`logistic_baseline` — logistic regression on per-clip mean musicnn
+  penultimate embeddings and tags (the floor every variant must beat).
+
+Windows are 469 encoder frames (7.5 s), as at run time.  For speed the
+trained back ends read features already max- and mean-pooled over groups of
+4 frames (:data:`POOL`); :meth:`WindowBackend.forward` on raw features does
+that pooling itself, so training and the exported graph compute the same.
+
+Targets (see :mod:`rtgenre.training.vocab`): GTZAN genres and 4q single
+AllMusic genres exactly; multi-genre 4q clips get the musicnn tagger's
+mapped genre scores restricted to the genres their AllMusic list allows;
+mood from the 4q quadrant; instrument families exactly for solo recordings
+(Medley-solos-DB, Freesound), from the tagger for songs (voice, guitar), and
+unknown (masked) elsewhere; content from the speech set and the mixes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rtgenre.evaluate import Scores
+from rtgenre.training import vocab
+from rtgenre.training.labels import MSD, MTT, TagMapper
+from rtgenre.training.model import HeadSpec, activate
+from rtgenre.training.musicnn import FEATURE_DIM, Musicnn, load_teacher, teacher_tags
+from rtgenre.training.realdata import Clip, load_features, read_index
+
+POOL = 16
+"""Frames per pooled step."""
+WINDOW_FRAMES = 469
+WINDOW_STEPS = math.ceil(WINDOW_FRAMES / POOL)
+EVAL_HOP_STEPS = 4
+"""Hop between evaluation windows, in pooled steps (~1 s)."""
+HEAD_SPECS = tuple(HeadSpec(name, kind, labels) for name, (kind, labels) in vocab.HEADS.items())
+#: Genre families of the hierarchical variant (a coarse class first, then the genre within it).
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "rock": ("rock", "metal", "punk"),
+    "popular": ("pop", "hip-hop", "r&b/soul", "funk", "reggae", "latin"),
+    "electronic": ("electronic", "dance", "ambient"),
+    "roots": ("jazz", "blues", "country", "folk"),
+    "classical": ("classical",),
+}
+
+
+# ---------------------------------------------------------------- data
+
+
+@dataclass
+class Example:
+    """One cached clip as training sees it: pooled features and per-head targets."""
+
+    clip: Clip
+    maxp: np.ndarray  # (steps, 753) float32, max over groups of POOL frames
+    meanp: np.ndarray  # (steps, 753) float32, mean over groups of POOL frames
+    targets: dict[str, np.ndarray]  # head → (n_labels,) float32
+    masks: dict[str, np.ndarray]  # head → (n_labels,) float32, 0 where unknown
+
+
+def pool_frames(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(frames, C)`` → max and mean over groups of :data:`POOL` frames (last group partial)."""
+    n = len(feats)
+    pad = (-n) % POOL
+    x = feats.astype(np.float32)
+    mx = np.concatenate([x, np.full((pad, x.shape[1]), -np.inf, np.float32)]).reshape(-1, POOL, x.shape[1]).max(axis=1)
+    s = np.concatenate([x, np.zeros((pad, x.shape[1]), np.float32)]).reshape(-1, POOL, x.shape[1]).sum(axis=1)
+    counts = np.full(len(s), POOL, np.float32)
+    counts[-1] = POOL - pad
+    return mx, s / counts[:, None]
+
+
+class Targets:
+    """Per-head target vectors and masks of a clip (a processor: ``process``)."""
+
+    def __init__(self) -> None:
+        self.mapper = TagMapper({MSD: teacher_tags(MSD)}, vocab.TAG_MAP)
+        self.genre_idx = {g: i for i, g in enumerate(vocab.GENRES)}
+
+    def process(self, clip: Clip, tags: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        t = {name: np.zeros(len(labels), np.float32) for name, (_, labels) in vocab.HEADS.items()}
+        m = {name: np.zeros(len(labels), np.float32) for name, (_, labels) in vocab.HEADS.items()}
+        lab, ds = clip.labels, clip.dataset
+        scores = self.mapper.scores(tags.mean(axis=0)) if len(tags) else None
+        if ds == "gtzan":
+            self._onehot(t, m, "genre", vocab.GENRES.index(vocab.FROM_GTZAN[lab["genre"]]))
+        elif ds == "4q":
+            allowed = vocab.allowed_genres(lab["allmusic_genres"])
+            if len(allowed) == 1:
+                self._onehot(t, m, "genre", self.genre_idx[allowed[0]])
+            elif allowed and scores is not None:
+                idx = [self.genre_idx[g] for g in allowed]
+                s = np.maximum(scores["genre"][idx], 0.05) ** 2
+                t["genre"][idx] = s / s.sum()
+                m["genre"][:] = 1
+            self._onehot(t, m, "mood", vocab.MOODS.index(next(k for k, q in vocab.QUADRANT_MAP.items() if q == lab["quadrant"])))
+            if scores is not None:  # songs: voice and guitar from the tagger, the other families unknown
+                for fam in ("voice", "guitar"):
+                    i = vocab.INSTRUMENTS.index(fam)
+                    t["instruments"][i] = min(1.0, 2.0 * float(scores["instruments"][i]))
+                    m["instruments"][i] = 1
+        elif ds in ("medley", "freesound"):
+            present = vocab.INSTRUMENT_FAMILIES[lab["instrument"]]
+            t["instruments"][:] = [1.0 if f in present else 0.0 for f in vocab.INSTRUMENTS]
+            m["instruments"][:] = 1
+        if ds == "speech" and lab["label"] in ("speech", "music"):
+            self._onehot(t, m, "content", vocab.CONTENT.index(lab["label"]))
+        elif ds == "mix":
+            self._onehot(t, m, "content", vocab.CONTENT.index("speech over music"))
+        elif ds in ("4q", "gtzan", "medley", "freesound"):
+            self._onehot(t, m, "content", vocab.CONTENT.index("music"))
+        return t, m
+
+    @staticmethod
+    def _onehot(t: dict, m: dict, head: str, i: int) -> None:
+        t[head][:] = 0
+        t[head][i] = 1
+        m[head][:] = 1
+
+
+def load_examples(cache: Path, datasets: tuple[str, ...] = ("4q", "gtzan", "medley", "freesound", "speech", "mix", "realmusic"),
+                  kind: str = "", log: Callable[[str], None] | None = print) -> list[Example]:
+    """Every cached clip of ``datasets`` with pooled features (``kind``: ``""`` MSD, ``"mtt"`` MTT) and targets."""
+    targets = Targets()
+    out = []
+    clips = [c for c in read_index(cache) if c.dataset in datasets and c.frames >= WINDOW_FRAMES]
+    for k, clip in enumerate(clips):
+        if kind and not (Path(cache) / f"{clip.id}.{kind}.npy").is_file():
+            continue
+        maxp, meanp = pool_frames(load_features(cache, clip, kind))
+        t, m = targets.process(clip, load_features(cache, clip, "tags"))
+        out.append(Example(clip, maxp, meanp, t, m))
+        if log and k % 500 == 0:
+            log(f"loaded {k + 1}/{len(clips)} clips")
+    return out
+
+
+def grouped_folds(examples: list[Example], k: int, seed: int = 0) -> list[np.ndarray]:
+    """``k`` test-index arrays; a group (artist, track, speaker; both of a mix) never spans two folds.
+
+    Groups are joined when they share a member (a mix's speaker or song), then
+    dealt to folds largest first, each to the fold with the fewest clips so far
+    (ties at random).
+    """
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            x = parent[x]
+        return x
+
+    for e in examples:
+        parts = e.clip.group.split("|")
+        for p in parts[1:]:
+            parent[find(p)] = find(parts[0])
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, e in enumerate(examples):
+        groups[find(e.clip.group.split("|")[0])].append(i)
+    rng = np.random.default_rng(seed)
+    order = sorted(groups.values(), key=lambda g: (-len(g), rng.random()))
+    folds: list[list[int]] = [[] for _ in range(k)]
+    for g in order:
+        sizes = np.array([len(f) for f in folds]) + rng.random(k) * 0.1
+        folds[int(np.argmin(sizes))] += g
+    return [np.array(sorted(f)) for f in folds]
+
+
+# ---------------------------------------------------------------- models
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    """Sizes of :class:`WindowBackend`."""
+
+    feature_dim: int = FEATURE_DIM
+    temporal: str = "pool"  # "pool" | "lstm"
+    projection: int = 128
+    hidden: int = 128
+    embedding: int = 256
+    dropout: float = 0.3
+    teacher_features: bool = True
+    families: bool = False
+    heads: tuple[HeadSpec, ...] = HEAD_SPECS
+    pool: int = POOL
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["heads"] = [{"name": h.name, "kind": h.kind, "labels": list(h.labels)} for h in self.heads]
+        return d
+
+
+class TeacherBack(nn.Module):
+    """The frozen musicnn tagger's back end over a window: penultimate layer (200) and tags (50)."""
+
+    def __init__(self, net: Musicnn) -> None:
+        super().__init__()
+        self.pool_bn, self.dense, self.dense_bn, self.output = net.pool_bn, net.dense, net.dense_bn, net.output
+        self.requires_grad_(False)
+
+    def forward(self, mx: Tensor, mean: Tensor) -> Tensor:
+        pooled = torch.stack([mx, mean], dim=2).flatten(1)  # interleaved as musicnn flattens (C, [max, mean])
+        h = self.dense_bn(F.relu(self.dense(self.pool_bn(pooled))))
+        return torch.cat([h, torch.sigmoid(self.output(h))], dim=1)
+
+    def train(self, mode: bool = True) -> TeacherBack:
+        return super().train(False)  # batch norms keep the published statistics
+
+
+class WindowBackend(nn.Module):
+    """Window back end over encoder frame features (see the module docstring).
+
+    ``forward(feats (B, T, 753)) -> {head: logits}``, ``embed(feats) -> (B, embedding)``:
+    the interface every exporter and the similarity hash layer use.
+    """
+
+    def __init__(self, config: WindowConfig, teacher: Musicnn | None = None) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        if c.temporal == "lstm":
+            self.norm = nn.LayerNorm(c.feature_dim)
+            self.project = nn.Sequential(nn.Linear(c.feature_dim, c.projection), nn.ReLU(), nn.Dropout(c.dropout))
+            self.lstm = nn.LSTM(c.projection, c.hidden, num_layers=2, batch_first=True, dropout=c.dropout)
+            stats = 2 * c.hidden
+        else:
+            self.norm = nn.LayerNorm(2 * c.feature_dim)
+            stats = 2 * c.feature_dim
+        self.teacher = TeacherBack(teacher if teacher is not None else load_teacher(MSD)) if c.teacher_features else None
+        extra = 250 if c.teacher_features else 0
+        self.embedding = nn.Sequential(nn.Dropout(c.dropout), nn.Linear(stats + extra, c.embedding), nn.ReLU())
+        self.drop = nn.Dropout(c.dropout)
+        self.heads = nn.ModuleDict({h.name: nn.Linear(c.embedding, len(h.labels)) for h in c.heads})
+        if c.families:
+            genre = next(h for h in c.heads if h.name == "genre")
+            self.family_head = nn.Linear(c.embedding, len(FAMILIES))
+            fam_of = {g: i for i, (_, gs) in enumerate(FAMILIES.items()) for g in gs}
+            self.register_buffer("family_of", torch.tensor([fam_of[g] for g in genre.labels]))
+
+    def pooled(self, feats: Tensor) -> tuple[Tensor, Tensor]:
+        """Raw ``(B, T, C)`` features → max- and mean-pooled over groups of :data:`POOL` frames."""
+        x = feats.transpose(1, 2)
+        mx = F.max_pool1d(x, self.config.pool, ceil_mode=True)
+        mean = F.avg_pool1d(x, self.config.pool, ceil_mode=True, count_include_pad=False)
+        return mx.transpose(1, 2), mean.transpose(1, 2)
+
+    def embed_pooled(self, maxp: Tensor, meanp: Tensor) -> Tensor:
+        mx, mean = maxp.amax(dim=1), meanp.mean(dim=1)  # the window's max and mean of every feature
+        if self.config.temporal == "lstm":
+            h, _ = self.lstm(self.project(self.norm(maxp)))
+            stats = [h[:, -1], h.mean(dim=1)]
+        else:
+            stats = [self.norm(torch.cat([mx, mean], dim=1))]
+        if self.teacher is not None:
+            stats.append(self.teacher(mx, mean))
+        return self.embedding(torch.cat(stats, dim=1))
+
+    def heads_of(self, z: Tensor) -> dict[str, Tensor]:
+        z = self.drop(z)
+        out = {name: head(z) for name, head in self.heads.items()}
+        if self.config.families:  # log p(family) + log p(genre | family): a log-probability, softmax-invariant
+            fam = F.log_softmax(self.family_head(z), dim=-1)
+            g = out["genre"]
+            within = torch.zeros_like(g)
+            for f in range(len(FAMILIES)):
+                sel = self.family_of == f
+                within[:, sel] = F.log_softmax(g[:, sel], dim=-1)
+            out["genre"] = fam[:, self.family_of] + within
+            out["family"] = fam
+        return out
+
+    def forward_pooled(self, maxp: Tensor, meanp: Tensor) -> dict[str, Tensor]:
+        return self.heads_of(self.embed_pooled(maxp, meanp))
+
+    def embed(self, feats: Tensor) -> Tensor:
+        """``(B, T, 753)`` → ``(B, embedding)``: the window embedding the heads read."""
+        return self.embed_pooled(*self.pooled(feats))
+
+    def forward(self, feats: Tensor) -> dict[str, Tensor]:
+        """``(B, T, 753)`` → logits per head (log-probabilities for a hierarchical genre head)."""
+        out = self.forward_pooled(*self.pooled(feats))
+        out.pop("family", None)
+        return out
+
+
+# ---------------------------------------------------------------- training
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-2
+    seed: int = 0
+    head_weights: dict[str, float] = field(default_factory=lambda: {"genre": 1.0, "mood": 1.0, "instruments": 1.0, "content": 1.0})
+
+
+def _crop(e: Example, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    s = int(rng.integers(0, len(e.maxp) - WINDOW_STEPS + 1))
+    return e.maxp[s : s + WINDOW_STEPS], e.meanp[s : s + WINDOW_STEPS]
+
+
+def _loss(model: WindowBackend, out: dict[str, Tensor], tgt: dict[str, Tensor], msk: dict[str, Tensor], weights: dict[str, float],
+          content_w: Tensor) -> Tensor:
+    total = out["genre"].new_zeros(())
+    for h in model.config.heads:
+        t, m = tgt[h.name], msk[h.name]
+        if h.kind == "multilabel":
+            per = F.binary_cross_entropy_with_logits(out[h.name], t, reduction="none") * m
+            loss = per.sum() / m.sum().clamp(min=1)
+        else:
+            rows = m[:, 0]
+            ce = -(t * F.log_softmax(out[h.name], dim=-1))
+            if h.name == "content":
+                ce = ce * content_w
+            loss = (ce.sum(dim=1) * rows).sum() / rows.sum().clamp(min=1)
+        total = total + weights.get(h.name, 1.0) * loss
+    if model.config.families and "family" in out:  # the coarse class learns from the genre target too
+        t, rows = tgt["genre"], msk["genre"][:, 0]
+        fam_t = torch.zeros(len(t), len(FAMILIES)).index_add_(1, model.family_of, t)
+        total = total + ((-(fam_t * out["family"]).sum(dim=1)) * rows).sum() / rows.sum().clamp(min=1)
+    return total
+
+
+def train_backend(examples: list[Example], config: WindowConfig, tc: TrainConfig, log: Callable[[str], None] | None = None) -> WindowBackend:
+    """Fit a :class:`WindowBackend` on ``examples`` (one random window crop per clip and epoch)."""
+    torch.manual_seed(tc.seed)
+    rng = np.random.default_rng(tc.seed)
+    model = WindowBackend(config)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    steps = tc.epochs * math.ceil(len(examples) / tc.batch)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    counts = np.sum([e.targets["content"] * e.masks["content"] for e in examples], axis=0)
+    content_w = torch.from_numpy((counts.sum() / np.maximum(counts, 1) / len(counts)).astype(np.float32))
+    names = [h.name for h in config.heads]
+    for epoch in range(tc.epochs):
+        model.train()
+        order = rng.permutation(len(examples))
+        total = 0.0
+        for b in range(0, len(order), tc.batch):
+            batch = [examples[i] for i in order[b : b + tc.batch]]
+            crops = [_crop(e, rng) for e in batch]
+            maxp = torch.from_numpy(np.stack([c[0] for c in crops]))
+            meanp = torch.from_numpy(np.stack([c[1] for c in crops]))
+            tgt = {n: torch.from_numpy(np.stack([e.targets[n] for e in batch])) for n in names}
+            msk = {n: torch.from_numpy(np.stack([e.masks[n] for e in batch])) for n in names}
+            loss = _loss(model, model.forward_pooled(maxp, meanp), tgt, msk, tc.head_weights, content_w)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(batch)
+        if log and (epoch % 5 == 4 or epoch == tc.epochs - 1):
+            log(f"epoch {epoch + 1}/{tc.epochs}: loss {total / len(examples):.4f}")
+    return model.eval()
+
+
+def window_probs(model: WindowBackend, e: Example, hop: int = EVAL_HOP_STEPS) -> dict[str, np.ndarray]:
+    """Probabilities of every evaluation window of a clip: head → ``(windows, n_labels)``."""
+    starts = list(range(0, len(e.maxp) - WINDOW_STEPS + 1, hop))
+    maxp = torch.from_numpy(np.stack([e.maxp[s : s + WINDOW_STEPS] for s in starts]))
+    meanp = torch.from_numpy(np.stack([e.meanp[s : s + WINDOW_STEPS] for s in starts]))
+    with torch.no_grad():
+        out = model.forward_pooled(maxp, meanp)
+    return {h.name: activate(h, out[h.name]).numpy() for h in model.config.heads}
+
+
+# ---------------------------------------------------------------- baselines
+
+
+def zero_shot_probs(e: Example, tags: np.ndarray, mapper: TagMapper, hop: int = EVAL_HOP_STEPS) -> dict[str, np.ndarray]:
+    """musicnn's tags mapped to our labels (no training), per evaluation window of a clip.
+
+    A window's tags are the mean over the 187-frame patches it overlaps; a
+    label's score is the largest of its tags' probabilities (:class:`TagMapper`);
+    multiclass heads normalise the scores.  Mood quadrants map from v1's
+    moods: happy ← happy + energetic, tense ← aggressive, sad ← sad, calm ← calm.
+    """
+    starts = list(range(0, len(e.maxp) - WINDOW_STEPS + 1, hop))
+    out: dict[str, list[np.ndarray]] = defaultdict(list)
+    for s in starts:
+        p0, p1 = s * POOL // 187, max(s * POOL // 187 + 1, (s * POOL + WINDOW_FRAMES) // 187)
+        sc = mapper.scores(tags[p0:p1].mean(axis=0))
+        g = sc["genre"] + 1e-6
+        out["genre"].append(g / g.sum())
+        m = sc["mood"]
+        q = np.array([max(m[1], m[0]), m[4], m[3], m[2]]) + 1e-6  # happy, tense, sad, calm from energetic/happy/calm/sad/aggressive
+        out["mood"].append(q / q.sum())
+        out["instruments"].append(np.minimum(1.0, 2.0 * sc["instruments"]))
+    return {k: np.stack(v) for k, v in out.items()}
+
+
+def clip_embedding(tags_net: Musicnn, e: Example) -> np.ndarray:
+    """Mean over a clip's 187-frame patches of musicnn's penultimate layer and tags (250 values)."""
+    back = TeacherBack(tags_net)
+    steps = 187 // POOL
+    n = max(1, len(e.maxp) // steps)
+    mx = torch.from_numpy(e.maxp[: n * steps]).reshape(n, steps, -1).amax(dim=1)
+    mean = torch.from_numpy(e.meanp[: n * steps]).reshape(n, steps, -1).mean(dim=1)
+    with torch.no_grad():
+        return back(mx, mean).mean(dim=0).numpy()
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def genre_truth(e: Example) -> str | None:
+    """The GTZAN-vocabulary genre of a clip in the genre evaluation set, else ``None``."""
+    if e.clip.dataset == "gtzan":
+        return e.clip.labels["genre"]
+    if e.clip.dataset == "4q":
+        return vocab.SINGLE_TO_GTZAN.get(e.clip.labels["genre_single"])
+    return None
+
+
+def mapped_argmax(probs: np.ndarray, labels: tuple[str, ...], mapping: dict[str, str | None]) -> list[str]:
+    """Per row: the mapped label with the most probability mass (labels mapping to ``None`` are dropped)."""
+    targets = sorted({v for v in mapping.values() if v})
+    m = np.zeros((len(labels), len(targets)), np.float32)
+    for i, lab in enumerate(labels):
+        if mapping.get(lab):
+            m[i, targets.index(mapping[lab])] = 1.0
+    return [targets[i] for i in (probs @ m).argmax(axis=1)]
+
+
+def majority(votes: list[str]) -> str:
+    vals, counts = np.unique(votes, return_counts=True)
+    return str(vals[counts.argmax()])
+
+
+def macro_f1(s: Scores, classes: list[str]) -> float:
+    return float(np.mean([s.per_class.get(c, {"f1": 0.0})["f1"] for c in classes]))
+
+
+def clip_metrics(examples: list[Example], probs: list[dict[str, np.ndarray]], thresholds: dict[str, float] | None = None) -> dict:
+    """Clip-level figures of every head for held-out clips and their window probabilities.
+
+    A clip's label is the majority of its windows' labels; the voice
+    detection rate counts clips where voice is present (≥ the threshold) in
+    the majority of windows.
+    """
+    thr = (thresholds or {}).get("voice", 0.5)
+    g_t, g_p, m_t, m_p = [], [], [], []
+    voice = {"female singer": [], "clarinet": []}
+    content_w = {"speech": [], "music": []}
+    content_by_source: dict[str, list[float]] = defaultdict(list)
+    vi = vocab.INSTRUMENTS.index("voice")
+    for e, p in zip(examples, probs):
+        truth = genre_truth(e)
+        if truth is not None and "genre" in p:
+            g_t.append(truth)
+            g_p.append(majority(mapped_argmax(p["genre"], vocab.GENRES, vocab.GTZAN_MAP)))
+        if e.clip.dataset == "4q" and "mood" in p:
+            m_t.append(e.clip.labels["quadrant"])
+            m_p.append(vocab.QUADRANT_MAP[vocab.MOODS[int(np.bincount(p["mood"].argmax(axis=1), minlength=4).argmax())]])
+        if e.clip.dataset == "medley" and "instruments" in p:
+            voice[e.clip.labels["instrument"]].append(float((p["instruments"][:, vi] >= thr).mean() > 0.5))
+        if "content" in p:
+            top = p["content"].argmax(axis=1)
+            talk = (top == vocab.CONTENT.index("speech")).astype(float)
+            if e.clip.dataset == "speech" and e.clip.labels["label"] == "speech":
+                ok = (top != vocab.CONTENT.index("music")).astype(float)
+                content_w["speech"] += list(ok)
+                content_by_source[e.clip.labels["source"]] += list(ok)
+            elif e.clip.dataset in ("4q", "gtzan", "medley", "freesound") or (e.clip.dataset == "speech" and e.clip.labels["label"] == "music"):
+                content_w["music"] += list(talk)
+    out: dict = {}
+    if g_t:
+        s = Scores.of(g_t, g_p)
+        out["genre_gtzan"] = {"clip_accuracy": s.accuracy, "clip_macro_f1": macro_f1(s, sorted(set(g_t))), "n": s.n, "per_class": s.per_class}
+    if m_t:
+        s = Scores.of(m_t, m_p)
+        out["mood_quadrant"] = {"clip_accuracy": s.accuracy, "clip_macro_f1": macro_f1(s, ["Q1", "Q2", "Q3", "Q4"]), "n": s.n, "per_class": s.per_class}
+    if voice["female singer"]:
+        out["voice"] = {"singer_detected": float(np.mean(voice["female singer"])), "clarinet_false": float(np.mean(voice["clarinet"] or [0.0])),
+                        "n_singer": len(voice["female singer"]), "n_clarinet": len(voice["clarinet"])}
+    if content_w["speech"]:
+        out["content"] = {"speech_windows_gated": float(np.mean(content_w["speech"])), "music_windows_as_speech": float(np.mean(content_w["music"] or [0.0])),
+                          "n_speech_windows": len(content_w["speech"]), "n_music_windows": len(content_w["music"]),
+                          "speech_gated_by_source": {k: round(float(np.mean(v)), 4) for k, v in sorted(content_by_source.items())}}
+    return out
+
+
+def cross_validate(examples: list[Example], predict: Callable[[list[Example], list[Example]], list[dict[str, np.ndarray]]], k: int = 5,
+                   seed: int = 0, log: Callable[[str], None] | None = print) -> dict:
+    """Grouped ``k``-fold CV: ``predict(train, test)`` returns window probabilities per test clip; metrics on all folds' predictions pooled."""
+    trainable = [e for e in examples if e.clip.dataset != "realmusic"]
+    folds = grouped_folds(trainable, k, seed)
+    all_e, all_p = [], []
+    for f, test_idx in enumerate(folds):
+        test_set = set(test_idx.tolist())
+        train = [e for i, e in enumerate(trainable) if i not in test_set]
+        test = [trainable[i] for i in test_idx]
+        all_p += predict(train, test)
+        all_e += test
+        if log:
+            log(f"fold {f + 1}/{k}: {json.dumps(_headline(clip_metrics(test, all_p[-len(test):])))}")
+    return clip_metrics(all_e, all_p)
+
+
+def _headline(m: dict) -> dict:
+    return {
+        "genre_acc": round(m.get("genre_gtzan", {}).get("clip_accuracy", float("nan")), 3),
+        "mood_f1": round(m.get("mood_quadrant", {}).get("clip_macro_f1", float("nan")), 3),
+        "voice": [round(m.get("voice", {}).get(k, float("nan")), 3) for k in ("singer_detected", "clarinet_false")],
+        "content": [round(m.get("content", {}).get(k, float("nan")), 4) for k in ("speech_windows_gated", "music_windows_as_speech")],
+    }
+
+
+def logistic_baseline(examples: list[Example], k: int = 5, seed: int = 0) -> dict:
+    """Logistic regression on per-clip musicnn penultimate embeddings and tags: genre (GTZAN-10) and mood, grouped CV.
+
+    Needs scikit-learn (the ``train`` extra).
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    net = load_teacher(MSD)
+    trainable = [e for e in examples if e.clip.dataset in ("4q", "gtzan")]
+    X = np.stack([clip_embedding(net, e) for e in trainable])
+    folds = grouped_folds(trainable, k, seed)
+    out = {}
+    for task, truth in (("genre_gtzan", [genre_truth(e) for e in trainable]), ("mood_quadrant", [e.clip.labels.get("quadrant") for e in trainable])):
+        t, p = [], []
+        for test_idx in folds:
+            test = set(test_idx.tolist())
+            tr = [i for i in range(len(trainable)) if i not in test and truth[i]]
+            te = [i for i in test_idx if truth[i]]
+            clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
+            clf.fit(X[tr], [truth[i] for i in tr])
+            p += list(clf.predict(X[te]))
+            t += [truth[i] for i in te]
+        s = Scores.of(t, p)
+        out[task] = {"clip_accuracy": s.accuracy, "clip_macro_f1": macro_f1(s, sorted(set(t))), "n": s.n}
+    return out
+
+
+# ---------------------------------------------------------------- variants
+
+
+class Ensemble(nn.Module):
+    """Members' probabilities averaged (seed 002's combination of CNN, RNN and LSTM classifiers by their predictions).
+
+    ``forward`` returns log-probabilities (multiclass) and logits of the
+    averaged probabilities (multilabel), so that :func:`activate` gives the
+    averaged probabilities back; ``embed`` concatenates the members' embeddings.
+    """
+
+    def __init__(self, members: list[WindowBackend]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.config = members[0].config
+
+    def _combine(self, outs: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        res = {}
+        for h in self.config.heads:
+            p = torch.stack([activate(h, o[h.name]) for o in outs]).mean(dim=0).clamp(1e-7, 1 - 1e-7)
+            res[h.name] = torch.log(p) if h.kind == "multiclass" else torch.log(p) - torch.log1p(-p)
+        return res
+
+    def forward_pooled(self, maxp: Tensor, meanp: Tensor) -> dict[str, Tensor]:
+        return self._combine([m.forward_pooled(maxp, meanp) for m in self.members])
+
+    def forward(self, feats: Tensor) -> dict[str, Tensor]:
+        return self._combine([m(feats) for m in self.members])
+
+    def embed(self, feats: Tensor) -> Tensor:
+        return torch.cat([m.embed(feats) for m in self.members], dim=1)
+
+
+#: Trained variants: name → back-end configuration (the ensemble combines the three).
+VARIANTS: dict[str, WindowConfig] = {
+    "pool": WindowConfig(temporal="pool"),
+    "crnn": WindowConfig(temporal="lstm"),
+    "hier": WindowConfig(temporal="pool", families=True),
+}
+
+
+def fit_variant(name: str, train: list[Example], tc: TrainConfig, log: Callable[[str], None] | None = None) -> nn.Module:
+    """One trained variant (``pool``, ``crnn``, ``hier`` or ``ensemble`` of the three)."""
+    if name == "ensemble":
+        return Ensemble([fit_variant(v, train, tc, log) for v in VARIANTS]).eval()
+    return train_backend(train, VARIANTS[name], tc, log)
+
+
+def predictor(name: str, tc: TrainConfig, cache: Path, log: Callable[[str], None] | None = None):
+    """``predict(train, test)`` for :func:`cross_validate`: a trained variant, or ``zeroshot``."""
+    if name == "zeroshot":
+        mapper = TagMapper({MSD: teacher_tags(MSD)}, vocab.TAG_MAP)
+        return lambda train, test: [zero_shot_probs(e, load_features(cache, e.clip, "tags"), mapper) for e in test]
+
+    def predict(train: list[Example], test: list[Example]) -> list[dict[str, np.ndarray]]:
+        model = fit_variant(name, train, tc, log)
+        return [window_probs(model, e) for e in test]
+
+    return predict
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m rtgenre.training.real --cache DIR [--variants ...] [--folds 5] [--out cv.json] [--export DIR]``."""
+    import argparse
+    import time
+
+    ap = argparse.ArgumentParser(description="Grouped cross-validation and final fits of the real-data model variants.")
+    ap.add_argument("--cache", type=Path, default=Path("cache/real"))
+    ap.add_argument("--variants", default="logreg,zeroshot,pool,crnn,hier,ensemble")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, help="write the CV figures here (JSON, merged into an existing file)")
+    ap.add_argument("--fit", type=Path, help="fit each trained variant on all data and save it here (<variant>.pt)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    tc = TrainConfig(epochs=args.epochs, seed=args.seed)
+    examples = load_examples(args.cache)
+    results = json.loads(args.out.read_text()) if args.out and args.out.is_file() else {}
+    for name in args.variants.split(","):
+        t0 = time.time()
+        if args.fit:
+            if name in ("logreg", "zeroshot"):
+                continue
+            model = fit_variant(name, [e for e in examples if e.clip.dataset != "realmusic"], tc, print)
+            args.fit.mkdir(parents=True, exist_ok=True)
+            torch.save(model, args.fit / f"{name}.pt")
+            print(f"{name}: fitted on all data in {time.time() - t0:.0f} s")
+            continue
+        if name == "logreg":
+            res = logistic_baseline(examples, args.folds, args.seed)
+        else:
+            res = cross_validate(examples, predictor(name, tc, args.cache), args.folds, args.seed)
+        res["seconds"] = round(time.time() - t0, 1)
+        res["folds"], res["seed"], res["epochs"] = args.folds, args.seed, args.epochs
+        results[name] = res
+        print(f"{name}: {json.dumps(_headline(res))} ({res['seconds']} s)", flush=True)
+        if args.out:
+            args.out.write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rtgenre.card import ENGINES_DIR
 from rtgenre.errors import DataInvalidError, UsageError
 from rtgenre.evaluate import add_eval_arguments, labelled_files, run_eval
 
@@ -44,13 +45,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="steps per epoch (default: 150 on corpora, 20 with --data)")
     parser.add_argument("--batch", type=int, default=32, help="windows per step (default: 32)")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 2e-3 on corpora, 5e-3 with --data)")
-    parser.add_argument("--out", type=Path, default=Path("engines"), help="folder for <name>.onnx/.json (default: engines/)")
+    parser.add_argument("--out", type=Path, default=ENGINES_DIR, help="folder for <name>.onnx/.json (default: the package's model folder rtgenre/models/, where --model NAME looks)")
     parser.add_argument("--name", default=None, help="model name (default: rtgenre-crnn on corpora, <data folder>-crnn with --data)")
     parser.add_argument("--cache", type=Path, default=Path("cache"), help="feature cache folder for corpora (default: cache/)")
     parser.add_argument("--renditions", type=int, default=0, help="augmented renditions per corpus track to cache (default: 0)")
     parser.add_argument("--max-seconds", type=float, default=None, help="use at most the middle S seconds of each corpus track")
     parser.add_argument("--teacher-prior", action="store_true",
-                        help="on corpora: add the frozen MSD_musicnn tagger's mapped tags as a learnable log-prior to each head's logits (see engines/README.md)")
+                        help="on corpora: add the frozen MSD_musicnn tagger's mapped tags as a learnable log-prior to each head's logits (see rtgenre/models/README.md)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
 
@@ -139,7 +140,7 @@ def _train_corpora(args: argparse.Namespace) -> int:
         print(f"held-out {name}, cached features: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items()), flush=True)
     name = args.name or "rtgenre-crnn"
     extra = {
-        "license": "MIT (model); musicnn front end ISC, see engines/musicnn/LICENSE",
+        "license": "MIT (model); musicnn front end ISC, see rtgenre/models/musicnn/LICENSE",
         "teacher": {"models": list(TEACHERS), "student_frontend": TEACHERS[0], "tag_map": TAG_MAP, "sharpen": SHARPEN, "multilabel_gain": MULTILABEL_GAIN,
                     "rule": "label score = max of its tags over both teachers; multiclass targets = score^sharpen normalised; "
                             "multilabel targets = min(1, multilabel_gain * score); exact labels (rendered MIDI) replace teacher targets"},

@@ -333,3 +333,14 @@ def test_renders_the_midi_helpers_real_midi_objects():
     text, _ = frame([start, Event("midi", "main", 6.0, {"midi": full})])
     assert f"key {full['key']}" in text and full["key"] == "C major"
     assert f"{full['notes_per_s']:.1f} notes/s" in text and "C4–C5" in text
+
+
+def test_headline_shows_the_decided_label_of_the_event_log():
+    """The smoothed argmax (``top``) leads before the hysteresis confirms a change: the headline keeps the decided label."""
+    first = Event("change", "main", 7.5, {"head": "genre", "from": None, "to": "rock", "p": 0.7})
+    events = [start_event(), prediction(7.5, "rock"), first, prediction(8.0, "jazz"), prediction(8.5, "jazz", "calm")]
+    text, _ = frame(events)
+    assert "R O C K   2%" in text and "J A Z Z" not in text   # rock's smoothed probability in the jazz-led window
+    assert "genre: — → rock" in text
+    text, _ = frame(events + [Event("change", "main", 9.0, {"head": "genre", "from": "rock", "to": "jazz", "p": 0.72})])
+    assert "J A Z Z   72%" in text and "genre: rock → jazz (0.72)" in text

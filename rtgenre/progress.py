@@ -20,13 +20,15 @@ import stat
 import sys
 from pathlib import Path
 from types import TracebackType
-from typing import Iterable
+from typing import Iterable, Iterator, TypeVar
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
 __all__ = ["WorkProgress", "audio_seconds", "progress_wanted"]
+
+T = TypeVar("T")
 
 
 def _is_pipe(stream) -> bool:
@@ -150,6 +152,17 @@ class WorkProgress:
         task = self._progress.tasks[0]
         audio_done = task.fields["audio_done"] + seconds
         self._progress.update(self._task, advance=seconds if self.audio_total else items, items_done=self._done, audio_done=audio_done)
+
+    def add_audio(self, seconds: float) -> None:
+        """Count ``seconds`` of audio done (read or produced) without finishing an item."""
+        if self._progress is not None:
+            self._progress.update(self._task, audio_done=self._progress.tasks[0].fields["audio_done"] + seconds)
+
+    def track(self, items: Iterable[T]) -> Iterator[T]:
+        """Yield ``items``, counting each one done when the loop body has run for it (also on ``continue``)."""
+        for item in items:
+            yield item
+            self.advance()
 
     def describe(self, description: str) -> None:
         """Change the text before the bar (e.g. the current corpus or epoch)."""

@@ -687,10 +687,15 @@ class Dashboard(Sink):
         Seconds of genre history in the timeline.
     refresh_per_second : float
         Upper bound on redraws per second.
+    clock : callable
+        Seconds now, for uptime and latency (default ``time.monotonic``; a
+        replay of recorded events passes their audio time).
     """
 
-    def __init__(self, console: Console, *, on_quit: Callable[[], None], history_s: float = 300.0, refresh_per_second: float = 4.0) -> None:
+    def __init__(self, console: Console, *, on_quit: Callable[[], None], history_s: float = 300.0, refresh_per_second: float = 4.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.console = console
+        self.clock = clock
         self.state = DashboardState(history_s)
         self.view = DashboardView(console)
         self.period = 1.0 / refresh_per_second
@@ -704,7 +709,7 @@ class Dashboard(Sink):
 
     def handle(self, event: Event) -> None:
         with self._lock:
-            self.state.process(event, time.monotonic())
+            self.state.process(event, self.clock())
         self._dirty.set()
         if self._live is None and not self._closed.is_set():
             self._start()

@@ -175,29 +175,35 @@ def _train_corpora(args: argparse.Namespace) -> int:
 
 def _clip_items(files: list[tuple[Path, str]], labels: list[str]):
     """Frame features of every clip, one :class:`Item` per clip."""
+    from rtgenre.progress import WorkProgress, audio_seconds
+    from rtgenre.training.features import ChunkedFeatures
+    from rtgenre.training.musicnn import TEACHERS, load_teacher
+
+    features = ChunkedFeatures(load_teacher(TEACHERS[0]))
+    with WorkProgress("features", len(files), seconds=(audio_seconds(p) for p, _ in files)) as bar:
+        return [_clip_item(path, labels.index(label), features) for path, label in bar.track(files)]
+
+
+def _clip_item(path: Path, label: int, features):
+    """One clip's frame features as a training :class:`Item` with genre index ``label``."""
     import soundfile as sf
     import soxr
 
     from rtgenre.dsp.mel import log_mel
     from rtgenre.training.data import WINDOW_FRAMES, Item
-    from rtgenre.training.features import FRONTEND, ChunkedFeatures
-    from rtgenre.training.musicnn import TEACHERS, load_teacher
+    from rtgenre.training.features import FRONTEND
 
-    features = ChunkedFeatures(load_teacher(TEACHERS[0]))
-    items = []
-    for path, label in files:
-        try:
-            audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
-        except (sf.LibsndfileError, RuntimeError, OSError) as e:
-            raise DataInvalidError(f"{path} cannot be read as audio ({e})", "Remove or re-encode the file") from None
-        x = audio.mean(axis=1)
-        if rate != FRONTEND.sample_rate:
-            x = soxr.resample(x, rate, FRONTEND.sample_rate).astype(np.float32)
-        mel = log_mel(x, FRONTEND)
-        if len(mel) < WINDOW_FRAMES:
-            raise DataInvalidError(f"{path} is shorter than one 7.5 s window", "Remove clips shorter than 7.5 s from the data folder")
-        items.append(Item(features.process(mel), None, {"genre": labels.index(label)}, str(path)))
-    return items
+    try:
+        audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError) as e:
+        raise DataInvalidError(f"{path} cannot be read as audio ({e})", "Remove or re-encode the file") from None
+    x = audio.mean(axis=1)
+    if rate != FRONTEND.sample_rate:
+        x = soxr.resample(x, rate, FRONTEND.sample_rate).astype(np.float32)
+    mel = log_mel(x, FRONTEND)
+    if len(mel) < WINDOW_FRAMES:
+        raise DataInvalidError(f"{path} is shorter than one 7.5 s window", "Remove clips shorter than 7.5 s from the data folder")
+    return Item(features.process(mel), None, {"genre": label}, str(path))
 
 
 def stratified_folds(labels: list[int], k: int, seed: int) -> list[np.ndarray]:

@@ -113,3 +113,10 @@ def test_classify_several_files_shows_progress_and_share_of_windows(tmp_path, da
     assert any(line.startswith("classify") and BAR in line and "2/2 files" in line for line in screen.splitlines()), screen
     summaries = [line for line in screen.splitlines() if "share of windows" in line]
     assert len(summaries) == 2 and all("genre" in s and "%" in s for s in summaries), screen
+
+
+def test_no_progress_bar_over_json_lines_on_the_terminal(tmp_path, data):
+    files = " ".join(str(p) for p in sorted(data.glob("*/*.wav")))
+    rc, screen = run_in_pane(f"{RTGENRE} classify {files} --json", tmp_path)
+    assert rc == 0, screen
+    assert '"event":"summary"' in screen and BAR not in screen   # a bar would stay on the last line when done

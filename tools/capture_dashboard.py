@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,7 +102,12 @@ def capture(at_s: float = AT_S) -> str:
             screen = pane.wait_for(lambda s: marker in s and "events" in s, 60)
             if marker not in screen:
                 raise RuntimeError(f"the dashboard did not reach {marker}:\n{screen}\n{pane.stderr()}")
-            screen = pane.wait_for(lambda s: s == pane.capture(), 5)  # settled: two identical frames
+            for _ in range(20):  # settled: the same screen after a few redraw periods (4 per second)
+                time.sleep(0.75)
+                later = pane.capture()
+                if later == screen:
+                    break
+                screen = later
             pane.send_keys("q")
             pane.wait_exit(15)
     return "\n".join(line.rstrip() for line in screen.splitlines()).rstrip("\n") + "\n"

@@ -1,6 +1,6 @@
 """The model card: everything the runtime knows about a model.
 
-A model is two files side by side in ``engines/`` (or any folder):
+A model is two files side by side in ``rtgenre/models/`` (or any folder):
 ``<name>.onnx`` and ``<name>.json``.  The JSON card holds the front-end
 parameters, the input layout, the heads with their label sets, the mappings
 to other vocabularies (e.g. GTZAN) and the training/evaluation record.  The
@@ -42,7 +42,8 @@ from typing import Any, Literal
 
 from rtgenre.errors import ModelCorruptError, ModelMissingError
 
-ENGINES_DIR = Path(__file__).resolve().parent.parent / "engines"
+ENGINES_DIR = Path(__file__).resolve().parent / "models"
+"""The shipped models and the musicnn weights: package data in ``rtgenre/models/``."""
 DEFAULT_MODEL = "rtgenre-crnn"
 CARD_FORMAT = 1
 
@@ -147,7 +148,7 @@ class ModelCard:
 
 
 def resolve_model(model: str | Path | None) -> Path:
-    """Find a model's card from a name in ``engines/``, a card path or an ONNX path.
+    """Find a model's card from a name in ``rtgenre/models/``, a card path or an ONNX path.
 
     Raises
     ------
@@ -159,7 +160,7 @@ def resolve_model(model: str | Path | None) -> Path:
     p = Path(model)
     if p.suffix in (".json", ".onnx"):
         candidates = [p.with_suffix(".json")]
-    else:  # a model name in engines/, or a folder holding <name>.json
+    else:  # a model name in rtgenre/models/, or a folder holding <name>.json
         candidates = [ENGINES_DIR / f"{p.name}.json", p / f"{p.name}.json"]
     for c in candidates:
         if c.is_file():
@@ -177,7 +178,7 @@ def load_card(model: str | Path | None = None, verify: bool = True) -> ModelCard
     Parameters
     ----------
     model : str or Path or None
-        Model name in ``engines/``, path to the card, or path to the ONNX file.
+        Model name in ``rtgenre/models/``, path to the card, or path to the ONNX file.
         ``None`` loads the shipped default model.
     verify : bool
         Check that the ONNX file exists and matches the card's SHA-256.
@@ -236,7 +237,7 @@ def file_sha256(path: Path) -> str:
 def verify_onnx(card: ModelCard) -> None:
     """Check that the card's ONNX file exists and has the recorded checksum."""
     if not card.onnx_path.is_file():
-        raise ModelMissingError(f"Model file {card.onnx_path} is missing", "Restore it from the repository (git checkout engines/) or re-export the model")
+        raise ModelMissingError(f"Model file {card.onnx_path} is missing", "Restore it from the repository (git checkout rtgenre/models/) or re-export the model")
     if card.onnx_sha256 and file_sha256(card.onnx_path) != card.onnx_sha256:
         raise ModelCorruptError(
             f"Model file {card.onnx_path} does not match its card's SHA-256 (damaged or replaced)",

@@ -24,11 +24,12 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     from rtgenre.inference import ENGINE_CHOICES
 
     g = p.add_argument_group("model and engine")
-    g.add_argument("--model", default=None, help="model name in engines/, or path to its card (.json) or ONNX file (default: the shipped rtgenre-crnn)")
+    g.add_argument("--model", default=None, help="model name in rtgenre/models/, or path to its card (.json) or ONNX file (default: the shipped rtgenre-crnn)")
     g.add_argument("--engine", default="auto", choices=ENGINE_CHOICES, help="inference engine; auto = TensorRT when usable, else ONNX Runtime (default: auto)")
     g.add_argument("--threads", type=int, default=1, help="CPU threads for ONNX Runtime (default: 1)")
     g.add_argument("--precision", default="fp16", choices=("fp16", "fp32"), help="TensorRT precision (default: fp16)")
     g.add_argument("--max-batch", type=int, default=256, help="largest batch of windows per engine call (default: 256)")
+    g.add_argument("-v", "--verbose", action="store_true", help="also print notices (e.g. why TensorRT is not used) on stderr; they are always in the start event")
 
 
 def _add_analysis_options(p: argparse.ArgumentParser) -> None:
@@ -40,10 +41,13 @@ def _add_analysis_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--change-hops", type=int, default=3, help="consecutive hops the lead must hold (default: 3)")
 
 
-def _add_output_options(p: argparse.ArgumentParser) -> None:
+def _add_output_options(p: argparse.ArgumentParser, dashboard: bool) -> None:
     g = p.add_argument_group("output")
     g.add_argument("--json", action="store_true", help="JSON Lines events on stdout (default when stdout is not a terminal)")
-    g.add_argument("--no-dashboard", action="store_true", help="never show the terminal dashboard")
+    if dashboard:
+        d = g.add_mutually_exclusive_group()
+        d.add_argument("--dashboard", action="store_true", help="show the dashboard even when stdout is not a terminal (it then draws on stderr)")
+        d.add_argument("--no-dashboard", action="store_true", help="never show the terminal dashboard")
     g.add_argument("--no-color", action="store_true", help="no colours (also when NO_COLOR is set)")
     g.add_argument("--stream-name", default="main", help="name carried by every event (default: main)")
     g.add_argument("--event-queue", type=int, default=256, help="events buffered per output before old predictions are dropped (default: 256)")
@@ -55,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("listen", help="classify a live feed (sound card, file, stdin or URL)", description="Classify the last window of a live feed every hop.")
-    src = p.add_argument_group("input (one of --device / --input; MIDI alone is allowed)")
+    p.add_argument("file", nargs="?", metavar="FILE", help="audio file, '-' for stdin, or a URL: the same as --input FILE")
+    src = p.add_argument_group("input (one of FILE / --device / --input; MIDI alone is allowed)")
     src.add_argument("--device", help="input device index or name (see `rtgenre devices`)")
     src.add_argument("--input", help="audio file, '-' for stdin, or a URL (decoded by ffmpeg)")
     src.add_argument("--realtime", action="store_true", help="pace a file like a live feed (default: as fast as possible)")
@@ -68,17 +73,20 @@ def build_parser() -> argparse.ArgumentParser:
     midi.add_argument("--midi-weight", type=float, default=1.0, help="weight of the MIDI mood in the combined mood (product of experts; 0 = audio only; default: 1)")
     _add_model_options(p)
     _add_analysis_options(p)
-    _add_output_options(p)
+    _add_output_options(p, dashboard=True)
     p.set_defaults(handler=_cmd_listen)
 
-    p = sub.add_parser("classify", help="classify audio files offline, with a per-file summary")
+    p = sub.add_parser("classify", help="classify audio files offline, with a per-file summary",
+                       description="Classify audio files as fast as the CPU allows and summarise each file: its dominant label per head "
+                                   "and that label's share of the file's windows. JSON Lines events instead with --json or when stdout is not a terminal.")
     p.add_argument("files", nargs="+", help="audio files (wav, flac, ogg, mp3)")
     _add_model_options(p)
     _add_analysis_options(p)
-    _add_output_options(p)
+    _add_output_options(p, dashboard=False)
     p.set_defaults(handler=_cmd_classify)
 
-    p = sub.add_parser("devices", help="list audio input devices")
+    p = sub.add_parser("devices", help="list audio input devices",
+                       description="List the audio input devices (index, name, channels, default rate) that `listen --device` accepts.")
     p.add_argument("--json", action="store_true", help="JSON output")
     p.set_defaults(handler=_cmd_devices)
 
@@ -86,15 +94,37 @@ def build_parser() -> argparse.ArgumentParser:
     from rtgenre.midi.commands import add_midi_arguments
     from rtgenre.training.commands import add_eval_arguments, add_train_arguments, run_eval, run_train
 
-    p = sub.add_parser("eval", help="evaluate a model on a labelled folder (accuracy, F1, confusion)")
+    p = sub.add_parser("eval", help="evaluate a model on a labelled folder (accuracy, F1, confusion)",
+                       description="Run a model over labelled audio files and report accuracy, per-class precision/recall/F1 and the "
+                                   "confusion matrix, per window and per clip (majority of windows).")
     add_eval_arguments(p)
     p.set_defaults(handler=run_eval)
-    p = sub.add_parser("train", help="train the model (needs the [train] extra: torch)")
+    p = sub.add_parser("train", help="train the model (needs the [train] extra: torch)",
+                       description="Fit a new genre head on your own labelled audio (--data), or retrain the shipped model from the corpora; "
+                                   "writes an ONNX model and its card. Needs the [train] extra (torch).")
     add_train_arguments(p)
     p.set_defaults(handler=run_train)
     add_engine_arguments(sub)
     add_midi_arguments(sub)
+    for command in sub.choices.values():
+        command.set_defaults(usage_parser=command)
+        for nested in (a for a in command._actions if isinstance(a, argparse._SubParsersAction)):
+            for leaf in nested.choices.values():
+                leaf.set_defaults(usage_parser=leaf)
     return parser
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse; an unknown option is reported with the usage of the subcommand it was given to, and a close match."""
+    import difflib
+
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        command = getattr(args, "usage_parser", parser)
+        options = [o for a in command._actions for o in a.option_strings]
+        hints = [m for x in extra if x.startswith("-") for m in difflib.get_close_matches(x.split("=")[0], options, n=1)]
+        command.error(f"unrecognized arguments: {' '.join(extra)}" + (f" (did you mean {', '.join(hints)}?)" if hints else ""))
+    return args
 
 
 def _console(stream, no_color: bool):
@@ -103,22 +133,29 @@ def _console(stream, no_color: bool):
     return Console(file=stream, no_color=no_color or "NO_COLOR" in os.environ, stderr=stream is sys.stderr)
 
 
-def _attach_sinks(args: argparse.Namespace, bus, on_gone: Callable[[], None], on_quit: Callable[[], None], human: Callable[[], object] | None = None) -> None:
-    """Choose outputs: JSON Lines (``--json`` or stdout not a terminal) and/or the dashboard.
+def _json_mode(args: argparse.Namespace) -> bool:
+    """JSON Lines on stdout: asked for with ``--json``, or stdout is not a terminal."""
+    return args.json or not sys.stdout.isatty()
 
-    The dashboard goes to stdout when that is a terminal and JSON was not asked
-    for, or to stderr when JSON goes to a pipe and stderr is a terminal.
+
+def _attach_sinks(args: argparse.Namespace, bus, on_gone: Callable[[], None], on_quit: Callable[[], None], human: Callable[[], object] | None = None) -> None:
+    """Choose outputs: JSON Lines (``--json`` or stdout not a terminal), the dashboard or ``human``.
+
+    The dashboard draws only on a terminal that nothing else writes to: on
+    stdout when that is a terminal and JSON was not asked for.  When stdout is
+    a pipe or a file the terminal belongs to whoever reads it (``| jq``), so
+    there is no dashboard unless ``--dashboard`` puts it on stderr.
     """
     from rtgenre.sinks.jsonl import JsonLinesSink
 
-    json_mode = args.json or not sys.stdout.isatty()
+    json_mode = _json_mode(args)
     if json_mode:
         bus.add(JsonLinesSink(), on_gone, capacity=args.event_queue)
     dash_stream = None
-    if not getattr(args, "no_dashboard", False) and human is None:
+    if human is None and not getattr(args, "no_dashboard", False):
         if not json_mode:
             dash_stream = sys.stdout
-        elif not sys.stdout.isatty() and sys.stderr.isatty():
+        elif getattr(args, "dashboard", False):
             dash_stream = sys.stderr
     if dash_stream is not None:
         from rtgenre.sinks.dashboard import Dashboard
@@ -134,7 +171,7 @@ def _engine(args: argparse.Namespace, card):
     if args.threads < 0 or args.max_batch < 1:
         raise UsageError(f"Invalid --threads {args.threads} or --max-batch {args.max_batch}", "Use --threads >= 0 and --max-batch >= 1")
     engine = create_engine(args.engine, card, threads=args.threads, precision=args.precision, max_batch=args.max_batch)
-    if engine.notice:
+    if engine.notice and (args.verbose or args.engine != "auto"):  # always in the start event; on stderr when asked
         print(f"rtgenre: notice: {engine.notice}", file=sys.stderr)
     return engine
 
@@ -171,6 +208,10 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     from rtgenre.sinks.base import EventBus
     from rtgenre.sources import open_source
 
+    if args.file is not None:
+        if args.input is not None or args.device is not None:
+            raise UsageError(f"Both FILE ({args.file}) and --input/--device name an input", "Give one input: FILE, --input or --device")
+        args.input = args.file
     card = load_card(args.model)
     midi = None
     if args.midi_port is not None or args.midi_file is not None:
@@ -197,23 +238,30 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     from rtgenre.sinks.summary import SummarySink
     from rtgenre.sources.file import FileSource
 
+    from rtgenre.progress import WorkProgress, audio_seconds
+
     card = load_card(args.model)
-    engine = _engine(args, card)
+    engine = None  # created with the first file that opens, so that a file error comes first
     code = ExitCode.OK
-    for path in args.files:
-        bus = EventBus()
-        try:
-            feed = Feed(path, FileSource(path), card, _smoother(args, card), args.hop)
-            feed.open()
-            runner = Runner([feed], engine, bus)
-            _attach_sinks(args, bus, on_gone=lambda: runner.request_stop("reader gone"), on_quit=lambda: runner.request_stop("quit"), human=lambda: SummarySink(_console(sys.stdout, args.no_color)))
-            _run(runner, bus, summaries=True)
-            if runner.stop_reason in ("interrupted", "reader gone"):
-                break
-        except RtgenreError as e:
-            bus.finish()
-            _report(e)
-            code = code or e.code
+    several = len(args.files) > 1
+    with WorkProgress("classify", len(args.files), seconds=(audio_seconds(f) for f in args.files), json_output=_json_mode(args),
+                      enabled=None if several else False) as bar:
+        for path in args.files:
+            bus = EventBus()
+            try:
+                feed = Feed(path, FileSource(path), card, _smoother(args, card), args.hop)
+                feed.open()
+                engine = engine or _engine(args, card)
+                runner = Runner([feed], engine, bus)
+                _attach_sinks(args, bus, on_gone=lambda: runner.request_stop("reader gone"), on_quit=lambda: runner.request_stop("quit"), human=lambda: SummarySink(_console(sys.stdout, args.no_color)))
+                _run(runner, bus, summaries=True)
+                if runner.stop_reason in ("interrupted", "reader gone"):
+                    break
+            except RtgenreError as e:
+                bus.finish()
+                _report(e)
+                code = code or e.code
+            bar.advance()
     return code
 
 
@@ -234,7 +282,7 @@ def _report(e: RtgenreError) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rtgenre`` console script; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     try:
         return int(args.handler(args))
     except RtgenreError as e:

@@ -150,9 +150,10 @@ def evaluate(card: ModelCard, files: list[tuple[Path, str]], mapping: str | None
     """Run the model on every file and score window- and clip-level genre predictions."""
     from rtgenre.inference.onnxruntime import OnnxRuntimeEngine
     from rtgenre.pipeline import analyze_file
+    from rtgenre.progress import WorkProgress, audio_seconds
 
     win_true, win_pred, clip_true, clip_pred, clips = [], [], [], [], []
-    with OnnxRuntimeEngine(card, threads) as engine:
+    with OnnxRuntimeEngine(card, threads) as engine, WorkProgress("eval", len(files), seconds=(audio_seconds(p) for p, _ in files)) as bar:
         for path, label in files:
             res = analyze_file(path, card, engine, hop_s)
             targets, probs = map_genres(card, res.probs["genre"], mapping)
@@ -171,6 +172,7 @@ def evaluate(card: ModelCard, files: list[tuple[Path, str]], mapping: str | None
                 else:
                     info[h.name] = [h.labels[i] for i in order if mean[h.name][i] >= h.threshold]
             clips.append(info)
+            bar.advance()
     return Evaluation(card.name, mapping, Scores.of(win_true, win_pred), Scores.of(clip_true, clip_pred), clips)
 
 

@@ -3,7 +3,7 @@
 The model has the shipped model's interface (input ``mel`` of shape
 ``(batch, 469, 96)``; three heads: ``genre`` and ``mood`` multiclass,
 ``instruments`` multilabel) but few weights, so every engine test runs on it
-without depending on ``engines/``.  Imported by ``tests/test_engines.py``
+without depending on ``rtgenre/models/``.  Imported by ``tests/test_engines.py``
 (pytest fixtures) and ``tools/bench_engine.py`` (``export_test_model``).
 
 The second half is a CPU stand-in for TensorRT and cuda-python, to test the
@@ -140,7 +140,7 @@ def test_card_path(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session", params=["test-crnn", "shipped"])
 def model_card(request, test_card_path) -> ModelCard:
-    """The test CRNN, and the shipped model when ``engines/rtgenre-crnn.json`` exists."""
+    """The test CRNN, and the shipped model when ``rtgenre/models/rtgenre-crnn.json`` exists."""
     if request.param == "shipped":
         if not shipped_card_path().is_file():
             pytest.skip(f"shipped model card {shipped_card_path()} does not exist yet")

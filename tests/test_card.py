@@ -7,7 +7,7 @@ import pytest
 from rtgenre.card import ENGINES_DIR, load_card
 
 CARD = ENGINES_DIR / "rtgenre-crnn.json"
-pytestmark = pytest.mark.skipif(not CARD.is_file(), reason="the default model is not exported yet (engines/rtgenre-crnn.json)")
+pytestmark = pytest.mark.skipif(not CARD.is_file(), reason="the default model is not exported yet (rtgenre/models/rtgenre-crnn.json)")
 
 GTZAN = {"blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock"}
 

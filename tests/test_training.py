@@ -31,7 +31,7 @@ from rtgenre.training.midigen import STYLES, generate
 from rtgenre.training.musicnn import MUSICNN_DIR, RECEPTIVE_FIELD, Musicnn
 
 WEIGHTS = MUSICNN_DIR / "MSD_musicnn.npz"
-needs_weights = pytest.mark.skipif(not (WEIGHTS.is_file() and (MUSICNN_DIR / "MTT_musicnn.npz").is_file()), reason="musicnn weights not in engines/musicnn/")
+needs_weights = pytest.mark.skipif(not (WEIGHTS.is_file() and (MUSICNN_DIR / "MTT_musicnn.npz").is_file()), reason="musicnn weights not in rtgenre/models/musicnn/")
 
 
 def test_gm_family_covers_the_instrument_vocabulary():
@@ -77,7 +77,7 @@ def _tags():
     return {t: json.loads((MUSICNN_DIR / "tags.json").read_text())[t] for t in ("MSD_musicnn", "MTT_musicnn")}
 
 
-@pytest.mark.skipif(not (MUSICNN_DIR / "tags.json").is_file(), reason="engines/musicnn/tags.json absent")
+@pytest.mark.skipif(not (MUSICNN_DIR / "tags.json").is_file(), reason="rtgenre/models/musicnn/tags.json absent")
 def test_tag_mapper_soft_or_and_targets():
     tags = _tags()
     mapper = TagMapper(tags)  # raises if the mapping names a tag a teacher lacks

@@ -3,7 +3,8 @@
 Each :class:`TmuxPane` uses its own tmux server (a private socket), so tests
 never touch a user's sessions or each other's; the status bar is off, so the
 pane is exactly ``width`` × ``height``.  The command's exit status is written
-to a file, because the pane disappears when the command ends.
+to a file; the pane then stays on screen (the shell waits until the server is
+killed), so a test can read what the command left on the terminal.
 """
 
 from __future__ import annotations
@@ -25,8 +26,11 @@ class TmuxPane:
 
     Parameters
     ----------
-    argv : sequence of str
+    argv : sequence of str, or str
         The command (run through ``sh -c`` so that its exit status can be recorded).
+        A string is a shell command line run as it is, e.g. a pipeline; nothing
+        is redirected then (``stdout`` does not apply) and stdout and stderr
+        both reach the pane.
     width, height : int
         Pane size in cells.
     workdir : path
@@ -40,11 +44,11 @@ class TmuxPane:
         Without it stderr goes to a file (see :meth:`stderr`) and the pane shows stdout.
     """
 
-    def __init__(self, argv: Sequence[str], width: int, height: int, workdir: Path, cwd: Path | None = None,
+    def __init__(self, argv: Sequence[str] | str, width: int, height: int, workdir: Path, cwd: Path | None = None,
                  env: dict[str, str] | None = None, stdout: Path | None = None) -> None:
         if TMUX is None:
             raise RuntimeError("tmux is not installed")
-        self.argv = list(argv)
+        self.argv = argv if isinstance(argv, str) else list(argv)
         self.width, self.height = width, height
         self.workdir = Path(workdir)
         self.cwd = cwd or Path.cwd()
@@ -62,9 +66,13 @@ class TmuxPane:
         """Start the server and the command in a detached ``width`` × ``height`` session."""
         conf = self.workdir / f"{self.socket}.conf"
         conf.write_text("set -g status off\nset -g default-terminal tmux-256color\nset -g history-limit 0\n")
-        exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items())
-        redirect = f">{shlex.quote(str(self.stdout))}" if self.stdout else f"2>{shlex.quote(str(self.log_file))}"
-        inner = f"{exports} {shlex.join(self.argv)} {redirect}; echo $? > {shlex.quote(str(self.rc_file))}"
+        exports = "".join(f"export {k}={shlex.quote(v)}; " for k, v in self.env.items())
+        if isinstance(self.argv, str):
+            command = self.argv
+        else:
+            redirect = f">{shlex.quote(str(self.stdout))}" if self.stdout else f"2>{shlex.quote(str(self.log_file))}"
+            command = f"{shlex.join(self.argv)} {redirect}"
+        inner = f"{exports}{command}; echo $? > {shlex.quote(str(self.rc_file))}; exec sleep 86400"
         res = subprocess.run(
             [TMUX, "-L", self.socket, "-f", str(conf), "new-session", "-d", "-s", "t", "-x", str(self.width), "-y", str(self.height),
              "-c", str(self.cwd), "sh", "-c", inner.strip()],
@@ -74,12 +82,13 @@ class TmuxPane:
             raise RuntimeError(f"tmux new-session failed: {res.stderr.strip()}")
         return self
 
-    def capture(self, escapes: bool = False) -> str:
+    def capture(self, escapes: bool = False, joined: bool = False) -> str:
         """The visible screen as text (trailing blank cells stripped by tmux).
 
-        With ``escapes``, colours and attributes are kept as ANSI SGR sequences.
+        With ``escapes``, colours and attributes are kept as ANSI SGR sequences;
+        with ``joined``, lines the terminal wrapped are joined again.
         """
-        return self._tmux("capture-pane", "-p", *(["-e"] if escapes else []), "-t", "t").stdout
+        return self._tmux("capture-pane", "-p", *(["-e"] if escapes else []), *(["-J"] if joined else []), "-t", "t").stdout
 
     def send_keys(self, *keys: str) -> None:
         """Type ``keys`` into the pane (tmux key names, e.g. ``q`` or ``C-c``)."""

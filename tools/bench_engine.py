@@ -21,7 +21,7 @@ Usage::
 
     python tools/bench_engine.py --out benchmarks/results/bench_engine_<gpu>.json
     python tools/bench_engine.py --test-model --cpu-iters 20        # the small test CRNN; torch factory included
-    python tools/bench_engine.py --model engines/rtgenre-crnn.json --torch-model rtgenre.training.model:load_shipped
+    python tools/bench_engine.py --model rtgenre/models/rtgenre-crnn.json --torch-model rtgenre.training.model:load_shipped
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from rtgenre.progress import WorkProgress
 from rtgenre.training.corpus import Track, convert_audio, write_manifest
 
 PACKAGES = ("wesnoth-music", "warzone2100-music", "fb-music-high", "nexuiz-music", "ufoai-music", "hyperrogue-music")
@@ -66,24 +67,26 @@ def main() -> int:
                             if Path(m).suffix.lower() in AUDIO:
                                 sources.append((Path(m).stem, Path(z.extract(m, tmp))))
             n = 0
-            for stem, src in sources:
-                dst = args.out / package / f"{stem}.wav"
-                try:
-                    seconds = convert_audio(src, dst)
-                except subprocess.CalledProcessError:
-                    skipped += 1
-                    continue
-                if seconds > args.max_minutes * 60:
-                    import soundfile as sf
+            with WorkProgress(package, len(sources)) as bar:
+                for stem, src in bar.track(sources):
+                    dst = args.out / package / f"{stem}.wav"
+                    try:
+                        seconds = convert_audio(src, dst)
+                    except subprocess.CalledProcessError:
+                        skipped += 1
+                        continue
+                    if seconds > args.max_minutes * 60:
+                        import soundfile as sf
 
-                    audio, rate = sf.read(str(dst), frames=int(args.max_minutes * 60 * 16000), dtype="int16")
-                    sf.write(str(dst), audio, rate, subtype="PCM_16")
-                    seconds = len(audio) / rate
-                if seconds < 8.0:
-                    dst.unlink()
-                    continue
-                tracks.append(Track(dst, seconds, extra={"source": package}))
-                n += 1
+                        audio, rate = sf.read(str(dst), frames=int(args.max_minutes * 60 * 16000), dtype="int16")
+                        sf.write(str(dst), audio, rate, subtype="PCM_16")
+                        seconds = len(audio) / rate
+                    if seconds < 8.0:
+                        dst.unlink()
+                        continue
+                    tracks.append(Track(dst, seconds, extra={"source": package}))
+                    n += 1
+                    bar.add_audio(seconds)
             print(f"{package}: {n} tracks")
     write_manifest(args.out, tracks)
     hours = sum(t.seconds for t in tracks) / 3600

@@ -16,6 +16,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from rtgenre.progress import WorkProgress
 from rtgenre.training.corpus import Track, render_midi, write_manifest
 from rtgenre.training.midigen import STYLES, generate
 
@@ -29,16 +30,18 @@ def main() -> int:
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
     tracks = []
-    for name, style in STYLES.items():
-        slug = name.replace("/", "-").replace("&", "n")
-        for i in range(args.per_style):
-            mid, labels = generate(style, args.seconds, rng)
-            stem = args.out / slug / f"{slug}-{i:03d}"
-            stem.parent.mkdir(parents=True, exist_ok=True)
-            mid.save(str(stem.with_suffix(".mid")))
-            seconds = render_midi(stem.with_suffix(".mid"), stem.with_suffix(".wav"))
-            tracks.append(Track(stem.with_suffix(".wav"), seconds, labels["genre"], labels["instruments"], {"bpm": labels["bpm"], "source": "midigen"}))
-        print(f"{name}: {args.per_style} songs", flush=True)
+    with WorkProgress("midi corpus", len(STYLES) * args.per_style, "songs") as bar:
+        for name, style in STYLES.items():
+            slug = name.replace("/", "-").replace("&", "n")
+            for i in bar.track(range(args.per_style)):
+                mid, labels = generate(style, args.seconds, rng)
+                stem = args.out / slug / f"{slug}-{i:03d}"
+                stem.parent.mkdir(parents=True, exist_ok=True)
+                mid.save(str(stem.with_suffix(".mid")))
+                seconds = render_midi(stem.with_suffix(".mid"), stem.with_suffix(".wav"))
+                tracks.append(Track(stem.with_suffix(".wav"), seconds, labels["genre"], labels["instruments"], {"bpm": labels["bpm"], "source": "midigen"}))
+                bar.add_audio(seconds)
+            print(f"{name}: {args.per_style} songs", flush=True)
     write_manifest(args.out, tracks)
     print(f"midi corpus: {len(tracks)} songs, {sum(t.seconds for t in tracks) / 3600:.2f} h -> {args.out}")
     return 0

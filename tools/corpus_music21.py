@@ -23,6 +23,7 @@ import soundfile as sf
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rtgenre.errors import DependencyMissingError
+from rtgenre.progress import WorkProgress
 from rtgenre.training.corpus import Track, gm_family, render_midi, write_manifest
 
 FOLK = {"ryansMammoth", "oneills1850", "essenFolksong", "airdsAirs", "miscFolk", "nottingham-dataset"}
@@ -61,44 +62,46 @@ def main() -> int:
                 picks.append((c, by_collection[c][order[c].pop()]))
     tracks = []
     t0 = time.time()
-    for i, (coll, path) in enumerate(picks):
-        try:
-            score = corpus.parse(str(path))
-        except Exception as e:  # noqa: BLE001 - music21 raises many parser-specific types on odd files
-            print(f"skip {path.name}: {type(e).__name__}")
-            continue
-        if isinstance(score, stream.Opus):
-            score = score.scores[0]
-        genre = "folk" if coll in FOLK else "classical"
-        choices = PROGRAMS["vocal" if coll in VOCAL else genre]
-        families = set()
-        for part in score.parts:
-            for old in list(part.recurse().getElementsByClass(instrument.Instrument)):
-                old.activeSite.remove(old)
-            inst = instrument.Instrument()
-            inst.midiProgram = int(rng.choice(choices))
-            part.insert(0, inst)
-            families.add(gm_family(inst.midiProgram))
-        stem = args.out / genre / f"{coll}-{i:03d}-{path.stem}"
-        stem.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            score.write("midi", fp=str(stem.with_suffix(".mid")))
-        except Exception as e:  # noqa: BLE001 - music21 export errors on malformed scores
-            print(f"skip {path.name}: {type(e).__name__}")
-            continue
-        wav = stem.with_suffix(".wav")
-        seconds = render_midi(stem.with_suffix(".mid"), wav)
-        if seconds > args.max_seconds:
-            audio, rate = sf.read(str(wav), frames=int(args.max_seconds * 16000), dtype="int16")
-            sf.write(str(wav), audio, rate, subtype="PCM_16")
-            seconds = len(audio) / rate
-        if seconds < 8.0:
-            wav.unlink()
-            continue
-        tracks.append(Track(wav, seconds, genre, sorted(f for f in families if f), {"source": f"music21:{coll}/{path.name}"}))
-        write_manifest(args.out, tracks)  # after every score, so that an interrupted build is usable
-        if i % 10 == 0:
-            print(f"{i}/{len(picks)} scores, {time.time() - t0:.0f} s", flush=True)
+    with WorkProgress("music21 corpus", len(picks), "scores") as bar:
+        for i, (coll, path) in enumerate(bar.track(picks)):
+            try:
+                score = corpus.parse(str(path))
+            except Exception as e:  # noqa: BLE001 - music21 raises many parser-specific types on odd files
+                print(f"skip {path.name}: {type(e).__name__}")
+                continue
+            if isinstance(score, stream.Opus):
+                score = score.scores[0]
+            genre = "folk" if coll in FOLK else "classical"
+            choices = PROGRAMS["vocal" if coll in VOCAL else genre]
+            families = set()
+            for part in score.parts:
+                for old in list(part.recurse().getElementsByClass(instrument.Instrument)):
+                    old.activeSite.remove(old)
+                inst = instrument.Instrument()
+                inst.midiProgram = int(rng.choice(choices))
+                part.insert(0, inst)
+                families.add(gm_family(inst.midiProgram))
+            stem = args.out / genre / f"{coll}-{i:03d}-{path.stem}"
+            stem.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                score.write("midi", fp=str(stem.with_suffix(".mid")))
+            except Exception as e:  # noqa: BLE001 - music21 export errors on malformed scores
+                print(f"skip {path.name}: {type(e).__name__}")
+                continue
+            wav = stem.with_suffix(".wav")
+            seconds = render_midi(stem.with_suffix(".mid"), wav)
+            if seconds > args.max_seconds:
+                audio, rate = sf.read(str(wav), frames=int(args.max_seconds * 16000), dtype="int16")
+                sf.write(str(wav), audio, rate, subtype="PCM_16")
+                seconds = len(audio) / rate
+            if seconds < 8.0:
+                wav.unlink()
+                continue
+            tracks.append(Track(wav, seconds, genre, sorted(f for f in families if f), {"source": f"music21:{coll}/{path.name}"}))
+            bar.add_audio(seconds)
+            write_manifest(args.out, tracks)  # after every score, so that an interrupted build is usable
+            if i % 10 == 0:
+                print(f"{i}/{len(picks)} scores, {time.time() - t0:.0f} s", flush=True)
     print(f"music21 corpus: {len(tracks)} scores, {sum(t.seconds for t in tracks) / 3600:.2f} h -> {args.out}")
     return 0
 

@@ -3,13 +3,13 @@
 Reads ``MSD_musicnn`` and ``MTT_musicnn`` from the ``musicnn`` 0.1.0 wheel (or
 an unpacked copy of it) and writes, for :mod:`rtgenre.training.musicnn`:
 
-* ``engines/musicnn/MSD_musicnn.npz``, ``engines/musicnn/MTT_musicnn.npz``:
+* ``rtgenre/models/musicnn/MSD_musicnn.npz``, ``rtgenre/models/musicnn/MTT_musicnn.npz``:
   float32 arrays named by the torch parameter / buffer names
   (``frontend.0.conv.weight``, ``pool_bn.running_var``, ...), kernels already
   in torch layout;
-* ``engines/musicnn/tags.json``: ``{"MSD_musicnn": [50 tags], "MTT_musicnn": [...]}``
+* ``rtgenre/models/musicnn/tags.json``: ``{"MSD_musicnn": [50 tags], "MTT_musicnn": [...]}``
   taken from the wheel's ``musicnn/configuration.py``;
-* ``engines/musicnn/LICENSE``: the wheel's ISC licence.
+* ``rtgenre/models/musicnn/LICENSE``: the wheel's ISC licence.
 
 It needs TensorFlow to read the checkpoints, in a throw-away venv outside the
 repository (Python 3.11)::
@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-OUT_DIR = REPO / "engines" / "musicnn"
+OUT_DIR = REPO / "rtgenre" / "models" / "musicnn"
 CHECKPOINTS = {"MSD_musicnn": "MSD_LABELS", "MTT_musicnn": "MTT_LABELS"}
 
 # TF layer (name given by tf.compat.v1.layers in creation order, see
@@ -112,7 +112,7 @@ def unpacked(source: Path, tmp: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("source", type=Path, help="musicnn-0.1.0-py3-none-any.whl or its unpacked folder")
-    parser.add_argument("--out", type=Path, default=OUT_DIR, help="output folder (default: engines/musicnn)")
+    parser.add_argument("--out", type=Path, default=OUT_DIR, help="output folder (default: rtgenre/models/musicnn)")
     args = parser.parse_args(argv)
 
     import tensorflow as tf  # only in the throw-away TF venv

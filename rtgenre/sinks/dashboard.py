@@ -5,7 +5,7 @@ terminal and nothing else: it reads the same :class:`~rtgenre.events.Event`
 objects as the JSON Lines writer and does no analysis.  Three small parts:
 
 :class:`DashboardState`
-    What the latest events say (current labels, level, latency history,
+    What the latest events say (decided labels, level, latency history,
     overruns, the genre timeline, the event log); ``process(event)`` /
     ``reset()``.
 :class:`DashboardView`
@@ -147,6 +147,7 @@ class DashboardState:
         self.colors: dict[str, str] = {}
         self.symbols: dict[str, str] = {}
         self.heads: dict[str, dict[str, Any]] = {}
+        self.decided: dict[str, str] = {}
         self.level_dbfs: float | None = None
         self.peak_dbfs: float | None = None
         self.clipped = False
@@ -190,6 +191,7 @@ class DashboardState:
             self.clipped = False
             self.timeline.append(None)
         elif kind == "change":
+            self.decided[str(d.get("head"))] = str(d.get("to"))
             self._log(event.t, f"{d.get('head')}: {d.get('from') or '—'} → {d.get('to')} ({d.get('p', 0.0):.2f})", "bold")
         elif kind == "overrun":
             self.overruns += 1
@@ -243,6 +245,19 @@ class DashboardState:
         entry = LogEntry(t, text, style)
         self.log.append(entry)
         return entry
+
+    def top(self, name: str) -> tuple[str, float] | None:
+        """A single-label head's label and smoothed probability as the event log has it.
+
+        The label is the decided one (the last ``change`` event's ``to``: the
+        smoother's hysteresis), not the window's argmax; before the first
+        ``change`` it is the prediction's ``top``.  ``None`` before any prediction.
+        """
+        head = self.heads.get(name)
+        if head is None:
+            return None
+        label = self.decided.get(name) or str(head.get("top", "?"))
+        return label, float(head.get("probs", {}).get(label, head.get("p", 0.0)))
 
     def latency_percentiles(self) -> tuple[float, float] | None:
         """p50 and p99 of the recent latencies in ms, or ``None`` before the first prediction."""
@@ -386,7 +401,7 @@ class DashboardView:
                 waiting = "no audio input (MIDI only)" if "model" not in s.start else "model has no genre head"
             lines.append(Text(waiting, style="dim"))
         else:
-            top, p = str(head.get("top", "?")), float(head.get("p", 0.0))
+            top, p = s.top("genre")
             big = Text(f" {' '.join(top.upper())} ", style=f"bold black on {s.color(top)}" if not self.colorless else "bold reverse")
             big.append(f"  {p:.0%}", style="bold")
             if s.silent_since is not None:
@@ -424,8 +439,9 @@ class DashboardView:
         lines: list[RenderableType] = []
         line = Text(no_wrap=True, overflow="ellipsis")
         if head is not None:
-            line.append(str(head.get("top", "?")), style="bold")
-            line.append(f" {float(head.get('p', 0.0)):.0%}")
+            label, p = s.top("mood")
+            line.append(label, style="bold")
+            line.append(f" {p:.0%}")
         elif s.midi and (s.midi.get("mood") or {}).get("top"):
             line.append(str(s.midi["mood"].get("top", "?")), style="bold")
             line.append(f" {float(s.midi['mood'].get('p', 0.0)):.0%} (MIDI)")
@@ -567,7 +583,8 @@ class DashboardView:
                 return "—"
             if "present" in h:
                 return ", ".join(h["present"]) or "none"
-            return f"{h.get('top', '?')} {float(h.get('p', 0.0)):.0%}"
+            label, p = s.top(name)
+            return f"{label} {p:.0%}"
         lat = s.latency_percentiles()
         level = f"{_db(s.level_dbfs)}/{_db(s.peak_dbfs)} dBFS"
         lines = [
@@ -670,10 +687,15 @@ class Dashboard(Sink):
         Seconds of genre history in the timeline.
     refresh_per_second : float
         Upper bound on redraws per second.
+    clock : callable
+        Seconds now, for uptime and latency (default ``time.monotonic``; a
+        replay of recorded events passes their audio time).
     """
 
-    def __init__(self, console: Console, *, on_quit: Callable[[], None], history_s: float = 300.0, refresh_per_second: float = 4.0) -> None:
+    def __init__(self, console: Console, *, on_quit: Callable[[], None], history_s: float = 300.0, refresh_per_second: float = 4.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.console = console
+        self.clock = clock
         self.state = DashboardState(history_s)
         self.view = DashboardView(console)
         self.period = 1.0 / refresh_per_second
@@ -687,7 +709,7 @@ class Dashboard(Sink):
 
     def handle(self, event: Event) -> None:
         with self._lock:
-            self.state.process(event, time.monotonic())
+            self.state.process(event, self.clock())
         self._dirty.set()
         if self._live is None and not self._closed.is_set():
             self._start()
@@ -730,7 +752,7 @@ class Dashboard(Sink):
 
     def _farewell(self) -> Text:
         s = self.state
-        genre = s.heads.get("genre", {}).get("top")
+        genre = (s.top("genre") or (None,))[0]
         text = Text(f"rtgenre: {s.stopped or 'stopped'} after {_clock(s.uptime)} · {s.predictions} predictions")
         if genre:
             text.append(f" · last genre {genre}")

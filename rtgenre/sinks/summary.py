@@ -9,7 +9,11 @@ from rtgenre.sinks.base import Sink
 
 
 class SummarySink(Sink):
-    """Prints each ``summary`` event as ``FILE  genre 62% · mood 80% · …``; ignores the rest."""
+    """Prints each ``summary`` event as ``FILE  40 windows  dominant (share of windows): genre rock 62%  mood calm 80%``.
+
+    The percentage is the share of the file's windows whose top label is the
+    dominant one, not a confidence.  Other events are ignored.
+    """
 
     def __init__(self, console: Console) -> None:
         self.console = console
@@ -19,4 +23,4 @@ class SummarySink(Sink):
             return
         d = event.data
         parts = [f"{head} [bold]{label}[/] {d['share'][head][label]:.0%}" for head, label in d["dominant"].items()]
-        self.console.print(f"[cyan]{d['file']}[/]  {d['windows']} windows  " + "  ".join(parts), highlight=False)
+        self.console.print(f"[cyan]{d['file']}[/]  {d['windows']} windows  dominant (share of windows): " + "  ".join(parts), highlight=False)

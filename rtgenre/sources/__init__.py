@@ -56,7 +56,7 @@ def open_source(
     if (input is None) == (device is None):
         raise UsageError(
             "--device and --input were both given" if input is not None else "No audio input given",
-            "Pass exactly one of --device N|NAME (see `rtgenre devices`) and --input FILE|-|URL",
+            "Pass exactly one of --device N|NAME (see `rtgenre devices`) and --input FILE|-|URL (or FILE alone: `rtgenre listen song.mp3`)",
         )
     if realtime and (input is None or input == "-" or is_url(input)):
         raise UsageError("--realtime paces files only", "Drop --realtime for devices, stdin and URLs")

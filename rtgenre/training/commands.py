@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rtgenre.card import ENGINES_DIR
 from rtgenre.errors import DataInvalidError, UsageError
 from rtgenre.evaluate import add_eval_arguments, labelled_files, run_eval
 
@@ -44,13 +45,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="steps per epoch (default: 150 on corpora, 20 with --data)")
     parser.add_argument("--batch", type=int, default=32, help="windows per step (default: 32)")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 2e-3 on corpora, 5e-3 with --data)")
-    parser.add_argument("--out", type=Path, default=Path("engines"), help="folder for <name>.onnx/.json (default: engines/)")
+    parser.add_argument("--out", type=Path, default=ENGINES_DIR, help="folder for <name>.onnx/.json (default: the package's model folder rtgenre/models/, where --model NAME looks)")
     parser.add_argument("--name", default=None, help="model name (default: rtgenre-crnn on corpora, <data folder>-crnn with --data)")
     parser.add_argument("--cache", type=Path, default=Path("cache"), help="feature cache folder for corpora (default: cache/)")
     parser.add_argument("--renditions", type=int, default=0, help="augmented renditions per corpus track to cache (default: 0)")
     parser.add_argument("--max-seconds", type=float, default=None, help="use at most the middle S seconds of each corpus track")
     parser.add_argument("--teacher-prior", action="store_true",
-                        help="on corpora: add the frozen MSD_musicnn tagger's mapped tags as a learnable log-prior to each head's logits (see engines/README.md)")
+                        help="on corpora: add the frozen MSD_musicnn tagger's mapped tags as a learnable log-prior to each head's logits (see rtgenre/models/README.md)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
 
@@ -139,7 +140,7 @@ def _train_corpora(args: argparse.Namespace) -> int:
         print(f"held-out {name}, cached features: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items()), flush=True)
     name = args.name or "rtgenre-crnn"
     extra = {
-        "license": "MIT (model); musicnn front end ISC, see engines/musicnn/LICENSE",
+        "license": "MIT (model); musicnn front end ISC, see rtgenre/models/musicnn/LICENSE",
         "teacher": {"models": list(TEACHERS), "student_frontend": TEACHERS[0], "tag_map": TAG_MAP, "sharpen": SHARPEN, "multilabel_gain": MULTILABEL_GAIN,
                     "rule": "label score = max of its tags over both teachers; multiclass targets = score^sharpen normalised; "
                             "multilabel targets = min(1, multilabel_gain * score); exact labels (rendered MIDI) replace teacher targets"},
@@ -174,29 +175,35 @@ def _train_corpora(args: argparse.Namespace) -> int:
 
 def _clip_items(files: list[tuple[Path, str]], labels: list[str]):
     """Frame features of every clip, one :class:`Item` per clip."""
+    from rtgenre.progress import WorkProgress, audio_seconds
+    from rtgenre.training.features import ChunkedFeatures
+    from rtgenre.training.musicnn import TEACHERS, load_teacher
+
+    features = ChunkedFeatures(load_teacher(TEACHERS[0]))
+    with WorkProgress("features", len(files), seconds=(audio_seconds(p) for p, _ in files)) as bar:
+        return [_clip_item(path, labels.index(label), features) for path, label in bar.track(files)]
+
+
+def _clip_item(path: Path, label: int, features):
+    """One clip's frame features as a training :class:`Item` with genre index ``label``."""
     import soundfile as sf
     import soxr
 
     from rtgenre.dsp.mel import log_mel
     from rtgenre.training.data import WINDOW_FRAMES, Item
-    from rtgenre.training.features import FRONTEND, ChunkedFeatures
-    from rtgenre.training.musicnn import TEACHERS, load_teacher
+    from rtgenre.training.features import FRONTEND
 
-    features = ChunkedFeatures(load_teacher(TEACHERS[0]))
-    items = []
-    for path, label in files:
-        try:
-            audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
-        except (sf.LibsndfileError, RuntimeError, OSError) as e:
-            raise DataInvalidError(f"{path} cannot be read as audio ({e})", "Remove or re-encode the file") from None
-        x = audio.mean(axis=1)
-        if rate != FRONTEND.sample_rate:
-            x = soxr.resample(x, rate, FRONTEND.sample_rate).astype(np.float32)
-        mel = log_mel(x, FRONTEND)
-        if len(mel) < WINDOW_FRAMES:
-            raise DataInvalidError(f"{path} is shorter than one 7.5 s window", "Remove clips shorter than 7.5 s from the data folder")
-        items.append(Item(features.process(mel), None, {"genre": labels.index(label)}, str(path)))
-    return items
+    try:
+        audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError) as e:
+        raise DataInvalidError(f"{path} cannot be read as audio ({e})", "Remove or re-encode the file") from None
+    x = audio.mean(axis=1)
+    if rate != FRONTEND.sample_rate:
+        x = soxr.resample(x, rate, FRONTEND.sample_rate).astype(np.float32)
+    mel = log_mel(x, FRONTEND)
+    if len(mel) < WINDOW_FRAMES:
+        raise DataInvalidError(f"{path} is shorter than one 7.5 s window", "Remove clips shorter than 7.5 s from the data folder")
+    return Item(features.process(mel), None, {"genre": label}, str(path))
 
 
 def stratified_folds(labels: list[int], k: int, seed: int) -> list[np.ndarray]:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from rtgenre.card import ModelCard
+from rtgenre.progress import WorkProgress
 from rtgenre.training.data import CropSampler, Item, fixed_starts, make_batch
 from rtgenre.training.model import Backend, HeadSpec, activate
 
@@ -86,25 +87,27 @@ def train_backend(
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, epochs * steps_per_epoch))
     history = []
-    for epoch in range(epochs):
-        backend.train(finetune_backend)  # a frozen back end keeps dropout off; heads have none
-        sums: dict[str, float] = {}
-        t0 = time.time()
-        for _ in range(steps_per_epoch):
-            picks = rng.choice(len(items), batch_size, p=weights)
-            x, t, m = make_batch([sampler.process(items[i], rng) for i in picks], rng, mix_prob)
-            losses = head_losses(backend, backend(x), t, m)
-            loss = sum(losses[h] for h in heads)
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 5.0)
-            opt.step()
-            sched.step()
-            for h, v in losses.items():
-                sums[h] = sums.get(h, 0.0) + float(v.detach())
-        history.append({h: v / steps_per_epoch for h, v in sums.items()})
-        if log is not None:
-            log(f"epoch {epoch + 1}/{epochs}: " + ", ".join(f"{h} {v:.3f}" for h, v in history[-1].items()) + f" ({time.time() - t0:.0f} s)")
+    with WorkProgress("training", epochs * steps_per_epoch, "steps") as bar:
+        for epoch in range(epochs):
+            bar.describe(f"training epoch {epoch + 1}/{epochs}")
+            backend.train(finetune_backend)  # a frozen back end keeps dropout off; heads have none
+            sums: dict[str, float] = {}
+            t0 = time.time()
+            for _ in bar.track(range(steps_per_epoch)):
+                picks = rng.choice(len(items), batch_size, p=weights)
+                x, t, m = make_batch([sampler.process(items[i], rng) for i in picks], rng, mix_prob)
+                losses = head_losses(backend, backend(x), t, m)
+                loss = sum(losses[h] for h in heads)
+                opt.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 5.0)
+                opt.step()
+                sched.step()
+                for h, v in losses.items():
+                    sums[h] = sums.get(h, 0.0) + float(v.detach())
+            history.append({h: v / steps_per_epoch for h, v in sums.items()})
+            if log is not None:
+                log(f"epoch {epoch + 1}/{epochs}: " + ", ".join(f"{h} {v:.3f}" for h, v in history[-1].items()) + f" ({time.time() - t0:.0f} s)")
     backend.eval()
     return history
 

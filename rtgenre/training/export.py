@@ -49,7 +49,7 @@ def save_backend(backend: Backend, path: Path) -> None:
     """Back-end weights plus its configuration (JSON) in one ``.npz``.
 
     A teacher prior's scales and tag-map matrices are saved; its frozen
-    ``MSD_musicnn`` is not (it is ``engines/musicnn/MSD_musicnn.npz``).
+    ``MSD_musicnn`` is not (it is ``rtgenre/models/musicnn/MSD_musicnn.npz``).
     """
     arrays = {k: v.detach().numpy() for k, v in backend.state_dict().items()}
     np.savez(path, __config__=np.array(json.dumps(backend.config.to_json())), **arrays)
@@ -64,7 +64,7 @@ def load_backend(path: Path, teacher: Musicnn | None = None) -> Backend:
         The ``.npz``.
     teacher : Musicnn, optional
         For a back end with a teacher prior: the ``MSD_musicnn`` it runs
-        (default: the one in ``engines/musicnn``); the ``.npz`` does not hold it.
+        (default: the one in ``rtgenre/models/musicnn``); the ``.npz`` does not hold it.
 
     Raises
     ------

@@ -34,6 +34,7 @@ import torch
 from rtgenre.card import FrontendParams
 from rtgenre.dsp.mel import log_mel
 from rtgenre.errors import DataInvalidError
+from rtgenre.progress import WorkProgress
 from rtgenre.training.corpus import SAMPLE_RATE, read_manifest
 from rtgenre.training.musicnn import (
     PATCH_FRAMES,
@@ -213,8 +214,8 @@ def build_cache(
     out.mkdir(parents=True, exist_ok=True)
     index_path = out / INDEX
     done = {r["id"]: r for r in read_index(out)} if index_path.is_file() else {}
-    with open(index_path, "a") as index:
-        for n, track in enumerate(tracks):
+    with open(index_path, "a") as index, WorkProgress(f"caching {corpus.name}", len(tracks), "tracks") as bar:
+        for n, track in enumerate(bar.track(tracks)):
             rel = str(track.path.relative_to(corpus))
             hold = is_held_out(rel, held_out)
             audio = None
@@ -226,6 +227,7 @@ def build_cache(
                 if audio is None:
                     segment = audio_segment(track.path, max_seconds)
                     audio = read_audio(track.path, segment)
+                    bar.add_audio(len(audio) / FRONTEND.sample_rate)
                 x = rend.process(audio, rng)
                 mel = log_mel(x, FRONTEND)
                 if len(mel) < PATCH_FRAMES:

@@ -47,7 +47,7 @@ BROAD_MAP: dict[str, str | None] = {
 
 MSD, MTT = "MSD_musicnn", "MTT_musicnn"
 
-#: head → label → teacher → tags (names exactly as in ``engines/musicnn/tags.json``).
+#: head → label → teacher → tags (names exactly as in ``rtgenre/models/musicnn/tags.json``).
 TAG_MAP: dict[str, dict[str, dict[str, list[str]]]] = {
     "genre": {
         "rock": {MSD: ["rock", "classic rock", "hard rock", "alternative rock", "indie rock", "Progressive rock", "alternative"], MTT: ["rock"]},

@@ -112,7 +112,7 @@ class Backend(nn.Module):
         Sizes and heads.
     teacher : Musicnn, optional
         With ``config.teacher_prior``: the pretrained ``MSD_musicnn`` whose back
-        end gives the prior (default: loaded from ``engines/musicnn``).  It is
+        end gives the prior (default: loaded from ``rtgenre/models/musicnn``).  It is
         put in eval mode and frozen, and kept out of this module's parameters
         and state: it is the published checkpoint, not trained here.
     """

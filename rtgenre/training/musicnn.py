@@ -1,10 +1,10 @@
 """The pretrained musicnn tagger, re-implemented in torch.
 
 This module owns the torch port of *musicnn* (Pons & Serra, 2019; ISC licence,
-see ``engines/musicnn/LICENSE``): the network of ``musicnn.models.build_musicnn``
+see ``rtgenre/models/musicnn/LICENSE``): the network of ``musicnn.models.build_musicnn``
 from the ``musicnn`` 0.1.0 wheel, with the weights of its two checkpoints
 (``MSD_musicnn``, ``MTT_musicnn``) converted by ``tools/import_musicnn.py`` to
-``engines/musicnn/<name>.npz``.  Parity with the original TensorFlow forward
+``rtgenre/models/musicnn/<name>.npz``.  Parity with the original TensorFlow forward
 pass is asserted by ``tests/test_musicnn_parity.py``.
 
 Architecture (``T`` = number of Mel frames, all convolutions with zero padding
@@ -62,7 +62,7 @@ RECEPTIVE_FIELD = 146
 63 before and 64 after (the 128-frame temporal convolution) plus 3 on each side
 for each of the three mid-end layers, i.e. frames ``t - 72 .. t + 73``."""
 TEACHERS = ("MSD_musicnn", "MTT_musicnn")
-"""Names of the converted checkpoints in ``engines/musicnn/``."""
+"""Names of the converted checkpoints in ``rtgenre/models/musicnn/``."""
 MUSICNN_DIR = ENGINES_DIR / "musicnn"
 
 _BN_EPS = 1e-3  # tf.compat.v1.layers.batch_normalization's default epsilon
@@ -273,7 +273,7 @@ class Musicnn(nn.Module):
         if not path.is_file():
             raise ModelMissingError(
                 f"musicnn weights {path} not found",
-                "convert them with tools/import_musicnn.py (see engines/musicnn/README.md)",
+                "convert them with tools/import_musicnn.py (see rtgenre/models/musicnn/README.md)",
             )
         try:
             with np.load(path) as npz:
@@ -332,7 +332,7 @@ def export_onnx(model: nn.Module, path: str | Path, outputs: tuple[str, ...] = (
 
 
 def load_teacher(name: str = "MSD_musicnn", folder: str | Path = MUSICNN_DIR) -> Musicnn:
-    """A pretrained musicnn from ``engines/musicnn/``.
+    """A pretrained musicnn from ``rtgenre/models/musicnn/``.
 
     Parameters
     ----------
@@ -352,7 +352,7 @@ def load_teacher(name: str = "MSD_musicnn", folder: str | Path = MUSICNN_DIR) ->
 
 
 def teacher_tags(name: str = "MSD_musicnn", folder: str | Path = MUSICNN_DIR) -> list[str]:
-    """The 50 tag names of a teacher, in output order (``engines/musicnn/tags.json``)."""
+    """The 50 tag names of a teacher, in output order (``rtgenre/models/musicnn/tags.json``)."""
     if name not in TEACHERS:
         raise UsageError(f"unknown musicnn teacher {name!r}", f"use one of {', '.join(TEACHERS)}")
     path = Path(folder) / "tags.json"

@@ -45,8 +45,12 @@ _WEIGHTS = {
 }
 
 
-def build_content_model(folder: Path, name: str = "content-test") -> Path:
-    """Write ``folder/<name>.onnx`` and its card; return the card path."""
+def build_content_model(folder: Path, name: str = "content-test", content: bool = True) -> Path:
+    """Write ``folder/<name>.onnx`` and its card; return the card path.
+
+    With ``content=False`` the card leaves the content head out (the graph still
+    computes it; the runtime then runs the model as one without a gate).
+    """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -93,7 +97,7 @@ def build_content_model(folder: Path, name: str = "content-test") -> Path:
         "frontend": {"sample_rate": 16000, "n_fft": 512, "hop_length": 256, "n_mels": MELS, "fmin": 0.0, "fmax": 8000.0},
         "window_frames": FRAMES,
         "input": {"name": "mel", "layout": "batch,frames,mels"},
-        "heads": [{"name": n, "kind": k, "output": n, "labels": labels} for n, (k, labels) in HEADS.items()],
+        "heads": [{"name": n, "kind": k, "output": n, "labels": labels} for n, (k, labels) in HEADS.items() if content or n != "content"],
         "mappings": {"gtzan": {"rock": "rock", "pop": "pop", "jazz": "jazz"},
                      "quadrant": {"happy": "Q1", "tense": "Q2", "sad": "Q3", "calm": "Q4"}},
     }

@@ -9,7 +9,7 @@ from rtgenre.sinks.base import Sink
 
 
 class SummarySink(Sink):
-    """Prints each ``summary`` event as ``FILE  genre 62% · mood 80% · …``; ignores the rest."""
+    """Prints each ``summary`` event as ``FILE  [talk 30% · music 70%]  genre rock 62% …``; ignores the rest."""
 
     def __init__(self, console: Console) -> None:
         self.console = console
@@ -19,4 +19,6 @@ class SummarySink(Sink):
             return
         d = event.data
         parts = [f"{head} [bold]{label}[/] {d['share'][head][label]:.0%}" for head, label in d["dominant"].items()]
+        if "talk_share" in d:
+            parts.insert(0, f"talk {d['talk_share']:.0%} · music {d['music_share']:.0%}")
         self.console.print(f"[cyan]{d['file']}[/]  {d['windows']} windows  " + "  ".join(parts), highlight=False)

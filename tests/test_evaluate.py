@@ -16,7 +16,7 @@ from rtgenre.evaluate import (
     Scores,
     add_eval_arguments,
     labelled_files,
-    map_genres,
+    map_labels,
     run_eval,
 )
 
@@ -71,16 +71,16 @@ def model(tmp_path_factory):
     return export_model(CRNN(Musicnn(), Backend(BackendConfig(heads=heads))), tmp_path_factory.mktemp("engines"), "m", {"gtzan": GTZAN_MAP}, {})
 
 
-def test_map_genres_sums_probabilities_onto_the_target_vocabulary(model):
+def test_map_labels_sums_probabilities_onto_the_target_vocabulary(model):
     card = load_card(model)
     labels = list(card.head("genre").labels)
     p = np.zeros((1, len(labels)), np.float32)
     p[0, labels.index("rock")], p[0, labels.index("punk")], p[0, labels.index("ambient")] = 0.3, 0.3, 0.4
-    targets, q = map_genres(card, p, "gtzan")
+    targets, q = map_labels(card, "genre", p, "gtzan")
     assert q[0, targets.index("rock")] == pytest.approx(0.6) and q.sum() == pytest.approx(0.6)  # ambient maps to nothing
-    assert map_genres(card, p, None)[0] == labels
+    assert map_labels(card, "genre", p, None)[0] == labels
     with pytest.raises(UsageError, match="no 'fma' mapping"):
-        map_genres(card, p, "fma")
+        map_labels(card, "genre", p, "fma")
 
 
 def _args(*argv):

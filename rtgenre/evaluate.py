@@ -23,7 +23,8 @@ Runtime) and scoring one head (``--head``) per window and per clip:
 column (e.g. the speech ``source``).  Results print as a table, as one JSON
 object (``--json``: ``clip.accuracy``, ``clip.macro_f1``, ``window.*``), as a
 confusion-matrix image (``--plot``) and can be recorded in the model card
-(``--record``).  Files shorter than one window are skipped and listed.
+(``--record``).  Files shorter than one window are skipped and listed, or
+repeated end to end to fill one (``--loop-short``).
 """
 
 from __future__ import annotations
@@ -31,11 +32,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
 from rtgenre.card import ModelCard, load_card
 from rtgenre.errors import DataInvalidError, DependencyMissingError, InputEmptyError, UsageError
@@ -166,6 +170,24 @@ def map_labels(card: ModelCard, head: str, probs: np.ndarray, mapping: str | Non
     return targets, probs @ m
 
 
+def _key(label: str) -> str:
+    """A data-set label as the built-in tables spell it (``Acoustic_guitar`` → ``acoustic guitar``)."""
+    return label.lower().replace("_", " ")
+
+
+def _looped(path: Path, seconds: float, folder: Path) -> Path | None:
+    """``path`` repeated end to end to last ``seconds``, as a WAV file in ``folder``; ``None`` if unreadable or empty."""
+    try:
+        x, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError):
+        return None
+    if not len(x):
+        return None
+    out = folder / "looped.wav"
+    sf.write(str(out), np.tile(x, (math.ceil(seconds * rate / len(x)), 1)), rate, subtype="FLOAT")
+    return out
+
+
 def _prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
     prec = tp / (tp + fp) if tp + fp else 0.0
     rec = tp / (tp + fn) if tp + fn else 0.0
@@ -247,7 +269,7 @@ class _SingleLabel:
         self.aliases = aliases
 
     def truth(self, label: str) -> str:
-        return self.aliases.get(label.lower(), label)
+        return self.aliases.get(_key(label), label)
 
     def windows(self, res) -> list[str]:
         targets, probs = map_labels(self.card, self.head, res.probs[self.head], self.mapping)
@@ -277,7 +299,7 @@ class _Families:
         self.table = card.mappings[mapping] if mapping is not None else INSTRUMENT_FAMILIES
 
     def truth(self, label: str) -> str:
-        family = label if label in self.head.labels else self.table.get(label.lower())
+        family = label if label in self.head.labels else self.table.get(_key(label), self.table.get(label))
         if family not in self.head.labels:
             raise DataInvalidError(
                 f"Label '{label}' names no instrument family of the model ({', '.join(self.head.labels)})",
@@ -323,7 +345,7 @@ class Evaluation:
 
 
 def evaluate(card: ModelCard, files: list[tuple[Path, str]], mapping: str | None = None, hop_s: float = 1.0, threads: int = 1,
-             head: str = "genre", groups: dict[Path, str] | None = None, silence_db: float = -50.0) -> Evaluation:
+             head: str = "genre", groups: dict[Path, str] | None = None, silence_db: float = -50.0, loop_short: bool = False) -> Evaluation:
     """Run the model on every file and score one head's window- and clip-level predictions.
 
     Parameters
@@ -344,6 +366,9 @@ def evaluate(card: ModelCard, files: list[tuple[Path, str]], mapping: str | None
         A group per file (:func:`file_groups`); the scores are repeated per group.
     silence_db : float
         Level gate of the ``content`` head: quieter windows are ``silence/noise``.
+    loop_short : bool
+        Repeat a file shorter than one window end to end until it fills one
+        (and a hop), instead of skipping it.
 
     Raises
     ------
@@ -365,13 +390,17 @@ def evaluate(card: ModelCard, files: list[tuple[Path, str]], mapping: str | None
     win: dict[str | None, tuple[list, list]] = {}
     clip: dict[str | None, tuple[list, list]] = {}
     clips, skipped = [], []
-    with OnnxRuntimeEngine(card, threads) as engine:
+    with OnnxRuntimeEngine(card, threads) as engine, tempfile.TemporaryDirectory(prefix="rtgenre-eval-") as tmp:
         for (path, _), truth in zip(files, truths):
+            looped = None
             try:
                 res = analyze_file(path, card, engine, hop_s)
             except InputEmptyError:
-                skipped.append({"file": str(path), "reason": f"shorter than one {card.window_seconds:.2f} s window"})
-                continue
+                looped = _looped(path, card.window_seconds + hop_s, Path(tmp)) if loop_short else None
+                if looped is None:
+                    skipped.append({"file": str(path), "reason": f"shorter than one {card.window_seconds:.2f} s window"})
+                    continue
+                res = analyze_file(looped, card, engine, hop_s)
             pred = scorer.windows(res)
             vote = scorer.clip(pred)
             for key in (None, *([groups[path]] if groups else [])):
@@ -383,6 +412,8 @@ def evaluate(card: ModelCard, files: list[tuple[Path, str]], mapping: str | None
                     "window_agreement": round(scorer.agreement(pred, vote, truth), 3)}
             if groups:
                 info["group"] = groups[path]
+            if looped is not None:
+                info["looped"] = True
             for h in card.heads:
                 mean = res.probs[h.name].mean(0)
                 order = np.argsort(-mean)
@@ -392,7 +423,7 @@ def evaluate(card: ModelCard, files: list[tuple[Path, str]], mapping: str | None
                     info[h.name] = [h.labels[i] for i in order if mean[i] >= h.threshold]
             clips.append(info)
     if not clips:
-        raise DataInvalidError(f"None of the {len(files)} file(s) is as long as one {card.window_seconds:.2f} s window", "Evaluate on clips of at least one window")
+        raise DataInvalidError(f"None of the {len(files)} file(s) is as long as one {card.window_seconds:.2f} s window", "Evaluate on clips of at least one window, or pass --loop-short")
     scored = {key: {"window": scorer.score(*win[key]), "clip": scorer.score(*clip[key])} for key in win}
     top = scored.pop(None)
     return Evaluation(card.name, head, mapping, top["window"], top["clip"], clips, dict(sorted(scored.items())), skipped)
@@ -438,7 +469,7 @@ def _pct(x: float | None) -> str:
 def format_report(ev: Evaluation) -> str:
     """Human-readable report: per-clip predictions, per-class scores, accuracies, groups and skipped files."""
     lines = [f"model {ev.model}, head {ev.head}" + (f", mapped to {ev.mapping}" if ev.mapping else "")]
-    others = [h for h in ev.clips[0] if h not in ("file", "label", "prediction", "windows", "window_agreement", "group")]
+    others = [h for h in ev.clips[0] if h not in ("file", "label", "prediction", "windows", "window_agreement", "group", "looped")]
     lines.append(f"{'file':28} {'label':18} {'prediction':18} {'agree':>5}  " + " | ".join(others))
     for c in ev.clips:
         pred = c["prediction"] if isinstance(c["prediction"], str) else ",".join(c["prediction"]) or "-"
@@ -474,7 +505,10 @@ def format_report(ev: Evaluation) -> str:
             lines.append(f"{g[:24]:24} {v['window'].n:8d} {v['window'].accuracy:9.1%} {v['clip'].n:6d} {v['clip'].accuracy:9.1%}")
     if ev.skipped:
         lines.append("")
-        lines.append(f"skipped {len(ev.skipped)} file(s) shorter than one window, e.g. {ev.skipped[0]['file']}")
+        lines.append(f"skipped {len(ev.skipped)} file(s) shorter than one window, e.g. {ev.skipped[0]['file']} (--loop-short repeats them to fill one)")
+    looped = sum(bool(c.get("looped")) for c in ev.clips)
+    if looped:
+        lines.append(f"{looped} file(s) shorter than one window were repeated end to end to fill one")
     return "\n".join(lines)
 
 
@@ -498,6 +532,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                         "of the data's instrument names to families (default: the built-in instrument families)")
     parser.add_argument("--group-by", default=None, metavar="COLUMN", help="also score per value of this column of --labels (e.g. source)")
     parser.add_argument("--silence-db", type=float, default=-50.0, help="content head: windows below this RMS level (dBFS) are silence/noise (default: -50)")
+    parser.add_argument("--loop-short", action="store_true", help="repeat files shorter than one window until they fill one, instead of skipping them")
     parser.add_argument("--model", default=None, help="model name, card or ONNX file (default: the shipped rtgenre-crnn)")
     parser.add_argument("--hop", type=float, default=1.0, help="seconds between windows (default: 1.0)")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default: 1)")
@@ -513,7 +548,7 @@ def run_eval(args: argparse.Namespace) -> int:
     card = load_card(args.model)
     files = labelled_files(args.data, args.labels, args.label_column)
     groups = file_groups(args.data, args.labels, args.group_by) if args.group_by else None
-    ev = evaluate(card, files, args.map, args.hop, args.threads, head=args.head, groups=groups, silence_db=args.silence_db)
+    ev = evaluate(card, files, args.map, args.hop, args.threads, head=args.head, groups=groups, silence_db=args.silence_db, loop_short=args.loop_short)
     print(json.dumps(ev.to_json()) if args.json else format_report(ev))
     if args.plot is not None:
         plot_confusion(ev, args.plot)

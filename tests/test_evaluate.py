@@ -203,7 +203,7 @@ def test_eval_instrument_families_and_voice_false_positives(content_model, tmp_p
     _program(d / "female singer" / "talk.wav", [("talk", 9.5)])
     _program(d / "piano" / "pop.wav", [("pop", 9.5)])
     _program(d / "acoustic guitar" / "rock.wav", [("rock", 9.5)])
-    _program(d / "acoustic guitar" / "dj.wav", [("talk+pop", 9.5)])  # voice and keys, no guitar
+    _program(d / "Acoustic_guitar" / "dj.wav", [("talk+pop", 9.5)])  # FSDKaggle2018 spelling  # voice and keys, no guitar
     out = _eval_json(capsys, "--data", str(d), "--model", str(content_model["gated"]), "--head", "instruments")
     c = out["clip"]
     assert c["accuracy"] == pytest.approx(3 / 4) and c["n"] == 4
@@ -221,7 +221,7 @@ def test_eval_instrument_families_and_voice_false_positives(content_model, tmp_p
         run_eval(_args("--data", str(d), "--model", str(content_model["gated"]), "--head", "instruments"))
 
 
-def test_eval_head_errors(content_model, tmp_path):
+def test_eval_head_errors_and_short_files(content_model, tmp_path, capsys):
     d = tmp_path / "d"
     _program(d / "speech" / "t.wav", [("talk", 9.5)])
     with pytest.raises(UsageError, match="has no 'content' head"):
@@ -232,6 +232,8 @@ def test_eval_head_errors(content_model, tmp_path):
     (d / "l.csv").write_text("file,label\nspeech/short.wav,speech\n")
     with pytest.raises(DataInvalidError, match="None of the 1 file"):
         run_eval(_args("--data", str(d), "--labels", str(d / "l.csv"), "--model", str(content_model["gated"]), "--head", "content"))
+    out = _eval_json(capsys, "--data", str(d), "--labels", str(d / "l.csv"), "--model", str(content_model["gated"]), "--head", "content", "--loop-short")
+    assert out["skipped"] == [] and out["clips"][0]["looped"] and out["clips"][0]["windows"] >= 2 and out["clip"]["accuracy"] == 1.0
 
 
 def test_eval_content_command_line(content_model, tmp_path):

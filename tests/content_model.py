@@ -21,13 +21,12 @@ to check the gate and evaluation end to end with real behaviour.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
 
-FRAMES, MELS = 469, 96
+from engine_fixtures import FRAMES, MELS, write_test_card
+
 #: Mel-bin ranges (96 Slaney mels, 0–8 kHz at 16 kHz) of the three bands.
 LOW, MID, HIGH = (0, 16), (16, 40), (48, 96)
 HEADS = {
@@ -88,22 +87,9 @@ def build_content_model(folder: Path, name: str = "content-test", content: bool 
     folder.mkdir(parents=True, exist_ok=True)
     onnx_path = folder / f"{name}.onnx"
     onnx_path.write_bytes(model.SerializeToString())
-    card = {
-        "format": 1,
-        "name": name,
-        "version": "0.0.1",
-        "onnx": onnx_path.name,
-        "onnx_sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
-        "frontend": {"sample_rate": 16000, "n_fft": 512, "hop_length": 256, "n_mels": MELS, "fmin": 0.0, "fmax": 8000.0},
-        "window_frames": FRAMES,
-        "input": {"name": "mel", "layout": "batch,frames,mels"},
-        "heads": [{"name": n, "kind": k, "output": n, "labels": labels} for n, (k, labels) in HEADS.items() if content or n != "content"],
-        "mappings": {"gtzan": {"rock": "rock", "pop": "pop", "jazz": "jazz"},
-                     "quadrant": {"happy": "Q1", "tense": "Q2", "sad": "Q3", "calm": "Q4"}},
-    }
-    card_path = folder / f"{name}.json"
-    card_path.write_text(json.dumps(card, indent=2))
-    return card_path
+    heads = {n: spec for n, spec in HEADS.items() if content or n != "content"}
+    return write_test_card(onnx_path, heads, mappings={"gtzan": {"rock": "rock", "pop": "pop", "jazz": "jazz"},
+                                                       "quadrant": {"happy": "Q1", "tense": "Q2", "sad": "Q3", "calm": "Q4"}})
 
 
 def tones(seconds: float, freqs: tuple[float, ...], rate: int, amp: float = 0.1) -> np.ndarray:

@@ -10,7 +10,7 @@ Kinds and their fields (see README "Event schema"):
 ``start``       model, model_version, engine, engine_detail, sample_rate,
                 source_rate, channels, source, window_s, hop_s, labels
 ``prediction``  heads{name: {top, p, raw_top, probs{label: p}, [present]}},
-                level_dbfs, peak_dbfs, clipped, latency_ms, [content], [midi]
+                level_dbfs, peak_dbfs, clipped, latency_ms, [content{top, p, state, probs}], [midi]
 ``change``      head, from, to, p
 ``talk``        since, from, previous_s, content, p   (models with a content head)
 ``music``       since, from, previous_s, content, p

@@ -39,6 +39,7 @@ def _add_analysis_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--silence-db", type=float, default=-50.0, help="windows below this RMS level (dBFS) are silence (default: -50)")
     g.add_argument("--change-margin", type=float, default=0.1, help="lead a new top genre needs over the current one (default: 0.1)")
     g.add_argument("--change-hops", type=int, default=3, help="consecutive hops the lead must hold (default: 3)")
+    g.add_argument("--talk-hold", type=float, default=3.0, help="seconds talk or music must lead before a talk/music event (models with a content head; default: 3)")
 
 
 def _add_output_options(p: argparse.ArgumentParser, dashboard: bool) -> None:
@@ -179,7 +180,7 @@ def _engine(args: argparse.Namespace, card):
 def _smoother(args: argparse.Namespace, card):
     from rtgenre.smoothing import Smoother
 
-    return Smoother(card.heads, args.hop, args.smooth, args.silence_db, args.change_margin, args.change_hops)
+    return Smoother(card.heads, args.hop, args.smooth, args.silence_db, args.change_margin, args.change_hops, args.talk_hold)
 
 
 def _run(runner, bus, summaries: bool = False) -> int:

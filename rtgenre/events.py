@@ -10,13 +10,16 @@ Kinds and their fields (see README "Event schema"):
 ``start``       model, model_version, engine, engine_detail, sample_rate,
                 source_rate, channels, source, window_s, hop_s, labels
 ``prediction``  heads{name: {top, p, raw_top, probs{label: p}, [present]}},
-                level_dbfs, peak_dbfs, clipped, latency_ms, [midi]
+                level_dbfs, peak_dbfs, clipped, latency_ms, [content{top, p, state, probs}], [midi]
 ``change``      head, from, to, p
+``talk``        since, from, previous_s, content, p   (models with a content head)
+``music``       since, from, previous_s, content, p
 ``silence``     level_dbfs, since
 ``overrun``     dropped_samples, total_dropped_samples
 ``midi``        midi (analysis without audio)
 ``error``       code, message, fatal
-``summary``     file, windows, dominant{head: label}, share{head: {label: share}}
+``summary``     file, windows, dominant{head: label}, share{head: {label: share}},
+                [content{state: share}, talk_share, music_share]
 ``stop``        reason, counts{...}
 """
 
@@ -29,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-KINDS = ("start", "prediction", "change", "silence", "overrun", "midi", "error", "summary", "stop")
+KINDS = ("start", "prediction", "change", "talk", "music", "silence", "overrun", "midi", "error", "summary", "stop")
 #: Kinds that a full event queue may drop (oldest first); all others are always delivered.
 DROPPABLE = frozenset({"prediction", "silence", "midi"})
 

@@ -28,6 +28,7 @@ from rtgenre.dsp.resample import Resampler
 from rtgenre.dsp.window import Window, Windower
 from rtgenre.errors import InputEmptyError, NonFiniteSamplesError, RtgenreError
 from rtgenre.events import Event
+from rtgenre.gate import SILENCE, SPEECH, ContentDecision
 from rtgenre.inference.base import Engine
 from rtgenre.ring import Ring
 from rtgenre.sinks.base import EventBus
@@ -125,6 +126,7 @@ class FeedStats:
     overruns: int = 0
     dropped_samples: int = 0
     tops: dict[str, collections.Counter] = field(default_factory=lambda: collections.defaultdict(collections.Counter))
+    content: collections.Counter = field(default_factory=collections.Counter)
 
 
 class Feed:
@@ -158,6 +160,7 @@ class Feed:
         self.midi_weight = midi_weight
         self.stats = FeedStats()
         self._silent_since: float | None = None
+        self._content_since = 0.0
         self.started = False
         self.finished = False
 
@@ -220,8 +223,11 @@ class Feed:
         """Smooth one window's probabilities and turn them into events."""
         self.stats.windows += 1
         decision = self.smoother.process(probs, window.level_dbfs)
+        gated = self.smoother.gate is not None
         if decision.silent:
             self.stats.silences += 1
+            if gated:
+                self.stats.content[SILENCE] += 1
             if self._silent_since is None:
                 self._silent_since = window.t
             data = {"level_dbfs": round(window.level_dbfs, 2), "peak_dbfs": round(window.peak_dbfs, 2), "since": self._silent_since}
@@ -234,13 +240,37 @@ class Feed:
             "peak_dbfs": round(window.peak_dbfs, 2),
             "clipped": bool(window.peak_dbfs >= CLIP_DBFS),
         }
+        content = decision.content
+        if content is not None:
+            self.stats.content[content.top] += 1
+            data["content"] = {"top": content.top, "p": round(content.p, 4), "state": self.smoother.gate.current,
+                               "probs": {label: round(float(p), 4) for label, p in zip(self.smoother.gate.head.labels, content.probs)}}
         if self.midi is not None:
             data["midi"] = self._midi(arrival, data["heads"])
         events = [Event("prediction", self.name, window.t, data, arrival=arrival)]
+        if content is not None and content.transition is not None:
+            events.append(self._transition(window, content))
         for c in decision.changes:
             self.stats.changes += 1
             events.append(Event("change", self.name, window.t, {"head": c.head, "from": c.old, "to": c.new, "p": round(c.p, 4)}))
         return events
+
+    def _transition(self, window: Window, content: ContentDecision) -> Event:
+        """The ``talk`` or ``music`` event of a confirmed transition.
+
+        ``since`` estimates when the new state began: the centre of the first
+        window of the confirming run (the start of the stream for the first state).
+        """
+        tr = content.transition
+        if tr.previous is None:
+            since = max(0.0, window.t - self.card.window_seconds)
+            self._content_since = since
+        else:
+            since = max(self._content_since, window.t - tr.hops_ago * self.hop_s - self.card.window_seconds / 2)
+        data = {"since": round(since, 3), "from": tr.previous, "previous_s": None if tr.previous is None else round(since - self._content_since, 3),
+                "content": content.top, "p": round(content.p, 4)}
+        self._content_since = since
+        return Event(tr.state, self.name, window.t, data)
 
     def _midi(self, now: float, heads: dict[str, Any]) -> dict[str, Any]:
         """The MIDI window ending ``now``, with the combined audio+MIDI mood."""
@@ -253,7 +283,9 @@ class Feed:
 
     def _heads(self, probs: dict[str, np.ndarray], decision: Decision) -> dict[str, Any]:
         heads = {}
-        for head in self.card.heads:
+        for head in self.smoother.heads:
+            if head.name not in decision.smoothed:  # held while the content is speech
+                continue
             sm, raw = decision.smoothed[head.name], probs[head.name]
             top = int(np.argmax(sm))
             entry: dict[str, Any] = {
@@ -283,14 +315,26 @@ class Feed:
         }
 
     def summary(self) -> dict[str, Any]:
-        """Per-feed summary: dominant label and share of windows per single-label head."""
+        """Per-feed summary: dominant label and share of windows per single-label head.
+
+        With a content head, also the share of windows per content state
+        (``content``, silence included) and the ``talk`` and ``music`` shares
+        (music: ``music`` and ``speech over music``).
+        """
         share = {}
         dominant = {}
         for head, counter in self.stats.tops.items():
             total = sum(counter.values())
             share[head] = {label: round(n / total, 4) for label, n in counter.most_common()}
             dominant[head] = counter.most_common(1)[0][0]
-        return {"windows": self.stats.windows, "predictions": self.stats.predictions, "dominant": dominant, "share": share}
+        out = {"windows": self.stats.windows, "predictions": self.stats.predictions, "dominant": dominant, "share": share}
+        content, n = self.stats.content, self.stats.windows
+        if self.smoother.gate is not None and n:
+            talk = content[SPEECH]
+            out["content"] = {label: round(k / n, 4) for label, k in content.most_common()}
+            out["talk_share"] = round(talk / n, 4)
+            out["music_share"] = round((n - talk - content[SILENCE]) / n, 4)
+        return out
 
 
 class _Stoppable:

@@ -4,7 +4,9 @@ Owns three things: exponential smoothing of each head's probabilities with a
 time constant in seconds, the silence gate (a window whose RMS level is below
 a threshold is reported as silence and leaves the smoothing state untouched)
 and change detection with hysteresis (a new top label of a single-label head
-must lead the current one by a margin for N consecutive hops).
+must lead the current one by a margin for N consecutive hops).  When the model
+has a ``content`` head, the speech/music gate (:mod:`rtgenre.gate`) runs first
+and, while the content is speech, the music heads' state is held the same way.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 
 from rtgenre.card import Head
 from rtgenre.errors import UsageError
+from rtgenre.gate import CONTENT_HEAD, ContentDecision, ContentGate
 
 
 def ema_alpha(hop_s: float, tau_s: float) -> float:
@@ -41,11 +44,16 @@ class Change:
 
 @dataclass
 class Decision:
-    """What the smoother concluded about one window."""
+    """What the smoother concluded about one window.
+
+    ``content`` is the speech/music gate's decision (models with a content
+    head, sounding windows); when it says ``talk``, ``smoothed`` is empty.
+    """
 
     silent: bool
     smoothed: dict[str, np.ndarray] = field(default_factory=dict)
     changes: list[Change] = field(default_factory=list)
+    content: ContentDecision | None = None
 
 
 class Smoother:
@@ -54,7 +62,8 @@ class Smoother:
     Parameters
     ----------
     heads : sequence of Head
-        The model's heads (from the card).
+        The model's heads (from the card).  A head named ``content`` becomes
+        the speech/music gate; the others are the music heads.
     hop_s : float
         Seconds between windows.
     tau_s : float
@@ -65,13 +74,24 @@ class Smoother:
         Lead (in smoothed probability) a new top label needs over the current one.
     hops : int
         Consecutive windows the lead must hold before a change is confirmed.
+    talk_hold_s : float
+        Seconds talk or music must lead before the gate confirms a transition.
+
+    Attributes
+    ----------
+    heads : tuple of Head
+        The music heads (every head but the content head).
+    gate : ContentGate or None
+        The speech/music gate, when the model has a content head.
     """
 
-    def __init__(self, heads: tuple[Head, ...], hop_s: float, tau_s: float = 3.0, silence_db: float = -50.0, margin: float = 0.1, hops: int = 3) -> None:
+    def __init__(self, heads: tuple[Head, ...], hop_s: float, tau_s: float = 3.0, silence_db: float = -50.0, margin: float = 0.1, hops: int = 3, talk_hold_s: float = 3.0) -> None:
         if hops < 1 or not 0.0 <= margin < 1.0:
             raise UsageError(f"Invalid change hysteresis: margin {margin}, hops {hops}", "Use --change-margin in [0, 1) and --change-hops >= 1")
-        self.heads = heads
         self.alpha = ema_alpha(hop_s, tau_s)
+        self.heads = tuple(h for h in heads if h.name != CONTENT_HEAD)
+        content = [h for h in heads if h.name == CONTENT_HEAD]
+        self.gate = ContentGate(content[0], hop_s, self.alpha, talk_hold_s) if content else None
         self.silence_db = silence_db
         self.margin = margin
         self.hops = hops
@@ -81,6 +101,8 @@ class Smoother:
         self._state: dict[str, np.ndarray] = {}
         self._current: dict[str, int] = {}
         self._candidate: dict[str, tuple[int, int]] = {}
+        if self.gate is not None:
+            self.gate.reset()
 
     def process(self, probs: dict[str, np.ndarray], level_dbfs: float) -> Decision:
         """Update with one window's raw probabilities and level.
@@ -95,11 +117,16 @@ class Smoother:
         Returns
         -------
         Decision
-            ``silent`` windows carry no smoothed values and never change labels.
+            ``silent`` windows, and windows the gate says are talk, carry no
+            smoothed values and never change labels.
         """
         if level_dbfs < self.silence_db:
             return Decision(silent=True)
         decision = Decision(silent=False)
+        if self.gate is not None:
+            decision.content = self.gate.process(probs[self.gate.head.name])
+            if decision.content.talk:
+                return decision
         for head in self.heads:
             raw = np.asarray(probs[head.name], dtype=np.float64)
             prev = self._state.get(head.name)

@@ -107,18 +107,27 @@ def export_test_model(folder: Path, name: str = "test-crnn", seed: int = 0) -> P
             opset_version=17,
             dynamo=False,
         )
+    return write_test_card(onnx_path, HEADS)
+
+
+def write_test_card(onnx_path: Path, heads: dict[str, tuple[str, list[str]]], **extra) -> Path:
+    """Write the card of a test model (the shipped front end) beside ``onnx_path``; return its path.
+
+    ``heads`` maps each output name to its kind and labels; ``extra`` adds top-level card fields (``mappings``).
+    """
     card = {
         "format": 1,
-        "name": name,
+        "name": onnx_path.stem,
         "version": "0.0.1",
         "onnx": onnx_path.name,
         "onnx_sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
         "frontend": {"sample_rate": 16000, "n_fft": 512, "hop_length": 256, "n_mels": MELS, "fmin": 0.0, "fmax": 8000.0},
         "window_frames": FRAMES,
         "input": {"name": "mel", "layout": "batch,frames,mels"},
-        "heads": [{"name": n, "kind": k, "output": n, "labels": labels} for n, (k, labels) in HEADS.items()],
+        "heads": [{"name": n, "kind": k, "output": n, "labels": labels} for n, (k, labels) in heads.items()],
+        **extra,
     }
-    card_path = folder / f"{name}.json"
+    card_path = onnx_path.with_suffix(".json")
     card_path.write_text(json.dumps(card, indent=2))
     return card_path
 

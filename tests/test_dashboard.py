@@ -343,3 +343,31 @@ def test_headline_shows_the_decided_label_of_the_event_log():
     assert "genre: — → rock" in text
     text, _ = frame(events + [Event("change", "main", 9.0, {"head": "genre", "from": "rock", "to": "jazz", "p": 0.72})])
     assert "J A Z Z   72%" in text and "genre: rock → jazz (0.72)" in text
+
+
+def _with_content(event: Event, top: str, p: float) -> Event:
+    """A prediction from a model with a content head; during talk the music heads are not reported."""
+    heads = {} if top == "speech" else event.data["heads"]
+    return Event("prediction", event.stream, event.t, {**event.data, "heads": heads, "content": {"top": top, "p": p, "state": "talk" if top == "speech" else "music", "probs": {top: p}}})
+
+
+def test_content_state_talk_held_heads_and_timeline():
+    events = [start_event()]
+    t = 7.5
+    for i in range(30):
+        top = "music" if i < 10 else "speech" if i < 24 else "speech over music"
+        events.append(_with_content(prediction(t, "rock" if i < 24 else "jazz"), top, 0.91))
+        if i == 16:
+            events.append(Event("talk", "main", t, {"since": 10.0, "from": "music", "previous_s": 62.0, "content": "speech", "p": 0.91}))
+        t += HOP
+    talk_text, _ = frame(events[:22], 100, 32)
+    assert "genre · TALK speech 91%" in talk_text and "R O C K" in talk_text and "(talk)" in talk_text  # held, not updated
+    assert "░ talk" in talk_text and "talk (music for 1:02)" in talk_text
+    later, _ = frame(events, 100, 32)
+    assert "genre · speech over music 91%" in later and "J A Z Z" in later and "(talk)" not in later
+    plain, _ = frame(events[:22], 100, 32, no_color=True)
+    assert "~ talk" in plain and "~~~~" in plain
+    tiny, _ = frame(events[:22], 50, 15)
+    assert "genre rock 72% (talk)" in tiny
+    without, _ = frame(synthetic_events(), 100, 32)  # a model without a content head: no content state anywhere
+    assert "─ genre ─" in without and "genre · " not in without.replace("rtgenre · ", "") and "talk" not in without

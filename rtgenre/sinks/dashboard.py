@@ -49,6 +49,8 @@ PALETTE = (
     "dark_orange", "medium_purple", "spring_green2", "deep_pink2", "gold3", "steel_blue1",
     "orchid", "chartreuse3", "light_salmon1", "turquoise2",
 )
+#: Timeline cell of a window whose content was speech (music heads held).
+TALK = "\x00talk"
 #: Audio seconds a notice stays on the status line (an error stays until the next one).
 NOTICE_S = 20.0
 #: Level meter range in dBFS.
@@ -152,6 +154,8 @@ class DashboardState:
         self.peak_dbfs: float | None = None
         self.clipped = False
         self.silent_since: float | None = None
+        self.content: dict[str, Any] | None = None
+        self.talking = False
         self.latencies: deque[float] = deque(maxlen=self.latency_size)
         self.predictions = 0
         self.overruns = 0
@@ -190,6 +194,9 @@ class DashboardState:
             self.level_dbfs, self.peak_dbfs = d.get("level_dbfs"), d.get("peak_dbfs", self.peak_dbfs)
             self.clipped = False
             self.timeline.append(None)
+        elif kind in ("talk", "music"):
+            was = f" ({d['from']} for {_clock(d['previous_s'])})" if d.get("previous_s") is not None else ""
+            self._log(float(d.get("since", event.t)), f"{kind}{was}", "bold")
         elif kind == "change":
             self.decided[str(d.get("head"))] = str(d.get("to"))
             self._log(event.t, f"{d.get('head')}: {d.get('from') or '—'} → {d.get('to')} ({d.get('p', 0.0):.2f})", "bold")
@@ -226,7 +233,10 @@ class DashboardState:
     def _on_prediction(self, event: Event, now: float) -> None:
         d = event.data
         self.predictions += 1
-        self.heads = dict(d.get("heads", {}))
+        self.content = d.get("content")
+        self.talking = self.content is not None and not d.get("heads")  # talk: the music heads are held, not reported
+        if not self.talking:
+            self.heads = dict(d.get("heads", {}))
         self.level_dbfs, self.peak_dbfs = d.get("level_dbfs"), d.get("peak_dbfs")
         self.clipped = bool(d.get("clipped", False))
         if self.silent_since is not None:
@@ -239,7 +249,7 @@ class DashboardState:
         if "midi" in d:
             self.midi = d["midi"]
         genre = self.heads.get("genre")
-        self.timeline.append(genre.get("top") if genre else None)
+        self.timeline.append(TALK if self.talking else genre.get("top") if genre else None)
 
     def _log(self, t: float, text: str, style: str = "") -> LogEntry:
         entry = LogEntry(t, text, style)
@@ -406,6 +416,8 @@ class DashboardView:
             big.append(f"  {p:.0%}", style="bold")
             if s.silent_since is not None:
                 big.append("  (silence)", style="dim")
+            elif s.talking:
+                big.append("  (talk)", style="dim")
             if large:
                 pad = Text(" " * (len(top) * 2 + 1), style=f"on {s.color(top)}" if not self.colorless else "reverse")
                 lines += [pad, big, pad, Text("")]
@@ -413,7 +425,15 @@ class DashboardView:
                 lines.append(big)
             n = max(0, rows - len(lines))
             lines += self._bars(head.get("probs", {}), n, width, s.color, label_w=12)
-        return Panel(Group(*lines), title="genre", title_align="left", padding=(0, 1))
+        return Panel(Group(*lines), title=self._content_title(s), title_align="left", padding=(0, 1))
+
+    @staticmethod
+    def _content_title(s: DashboardState) -> str:
+        """``genre``, with the content state when the model has a content head (``genre · TALK speech 91%``)."""
+        c = s.content
+        if c is None or s.silent_since is not None:
+            return "genre"
+        return f"genre · {'TALK ' if s.talking else ''}{c.get('top', '?')} {float(c.get('p', 0.0)):.0%}"
 
     def _bars(self, probs: dict[str, float], n: int, width: int, color: Callable[[str], str] | None, label_w: int, present: list[str] | None = None) -> list[Text]:
         """The ``n`` most probable labels as ``label ████▌ 62%`` lines, ``width`` cells wide.
@@ -475,19 +495,24 @@ class DashboardView:
             if r < rows - 1:
                 strip.append("\n")
         legend = Text(no_wrap=True, overflow="ellipsis")
-        seen = [g for g in dict.fromkeys(reversed(cells)) if g is not None]
+        seen = [g for g in dict.fromkeys(reversed(cells)) if g is not None and g != TALK]
         for g in seen:
             legend.append(self._cells(s, g, 1))
             legend.append(f" {g}  ")
         if any(c is None for c in cells):
             legend.append(self._cells(s, None, 1))
             legend.append(" silence")
+        if TALK in cells:
+            legend.append(self._cells(s, TALK, 1))
+            legend.append(" talk")
         title = f"timeline · last {_clock(len(cells) * hop)}"
         return Panel(Group(strip, legend), title=title, title_align="left", padding=(0, 1))
 
     def _cells(self, s: DashboardState, genre: str | None, n: int) -> Text:
         if genre is None:
             return Text("·" * n, style="dim")
+        if genre == TALK:
+            return Text(("~" if self.colorless else "░") * n, style="dim")
         if self.colorless:
             return Text(s.symbols.get(genre, "?") * n)
         return Text("█" * n, style=s.color(genre))
@@ -589,7 +614,7 @@ class DashboardView:
         level = f"{_db(s.level_dbfs)}/{_db(s.peak_dbfs)} dBFS"
         lines = [
             Text("rtgenre · q quit", style="bold"),
-            Text(f"genre {top('genre')}", style="bold"),
+            Text(f"genre {top('genre')}" + (" (talk)" if s.talking else ""), style="bold"),
             Text(f"mood {top('mood')}"),
             Text(f"instruments {top('instruments')}"),
             Text(f"level {level}" + (" CLIP" if s.clipped else "") + (" silence" if s.silent_since is not None else "")),

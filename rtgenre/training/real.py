@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from rtgenre.evaluate import Scores
 from rtgenre.training import vocab
-from rtgenre.training.labels import MSD, MTT, TagMapper
+from rtgenre.training.labels import MSD, TagMapper
 from rtgenre.training.model import HeadSpec, activate
 from rtgenre.training.musicnn import FEATURE_DIM, Musicnn, load_teacher, teacher_tags
 from rtgenre.training.realdata import Clip, load_features, read_index

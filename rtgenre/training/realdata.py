@@ -119,7 +119,7 @@ def mix_clips(speech: np.ndarray, music: np.ndarray, ratio_db: float) -> np.ndar
     """Speech over a music bed, the speech ``ratio_db`` dB above the bed (RMS), peak-limited to 0.99."""
     n = min(len(speech), len(music))
     s, m = speech[:n], music[:n]
-    rms = lambda x: float(np.sqrt(np.mean(x**2)) + 1e-9)  # noqa: E731
+    rms = lambda x: float(np.sqrt(np.mean(x**2)) + 1e-9)
     bed = m * np.float32(rms(s) / rms(m) * 10 ** (-ratio_db / 20))
     x = s + bed
     return (x * np.float32(min(1.0, 0.99 / (np.abs(x).max() + 1e-9)))).astype(np.float32)

@@ -100,10 +100,10 @@ INSTRUMENT_FAMILIES = {
     "female singer": "voice", "male singer": "voice", "singer": "voice", "vocals": "voice", "voice": "voice", "choir": "voice",
     "acoustic guitar": "guitar", "electric guitar": "guitar", "distorted electric guitar": "guitar", "guitar": "guitar",
     "piano": "keys", "electric piano": "keys", "organ": "keys", "harpsichord": "keys", "keyboard": "keys",
-    "violin": "strings", "viola": "strings", "cello": "strings", "harp": "strings", "strings": "strings",
+    "violin": "strings", "violin or fiddle": "strings", "viola": "strings", "cello": "strings", "harp": "strings", "strings": "strings",
     "clarinet": "winds", "flute": "winds", "saxophone": "winds", "tenor saxophone": "winds", "oboe": "winds", "bassoon": "winds",
     "trumpet": "winds", "trombone": "winds", "french horn": "winds", "horn": "winds", "winds": "winds",
-    "bass drum": "drums", "snare drum": "drums", "hi-hat": "drums", "cymbal": "drums", "drum set": "drums", "drums": "drums",
+    "bass drum": "drums", "snare drum": "drums", "hi-hat": "drums", "hi hat": "drums", "cymbal": "drums", "drum set": "drums", "drums": "drums",
     "double bass": "bass", "electric bass": "bass", "bass guitar": "bass", "bass": "bass",
     "synthesizer": "synth", "synth": "synth",
 }
@@ -178,6 +178,11 @@ def map_labels(card: ModelCard, head: str, probs: np.ndarray, mapping: str | Non
 def _key(label: str) -> str:
     """A data-set label as the built-in tables spell it (``Acoustic_guitar`` → ``acoustic guitar``)."""
     return label.lower().replace("_", " ")
+
+
+def instrument_family(label: str) -> str | None:
+    """The instrument family a data set's instrument label names (:data:`INSTRUMENT_FAMILIES`), ``None`` if unknown."""
+    return INSTRUMENT_FAMILIES.get(_key(label))
 
 
 def _looped(path: Path, seconds: float, folder: Path) -> Path | None:

@@ -137,14 +137,22 @@ def test_crop_targets_prefer_exact_labels_and_mask_unknowns():
     assert 0.5 <= float(x[0].mean()) <= 1.0
 
 
-def test_stratified_folds_partition_clips_and_balance_classes():
-    from rtgenre.training.commands import stratified_folds
+def test_grouped_folds_keep_groups_and_mixes_whole():
+    from rtgenre.training.real import Example, grouped_folds
+    from rtgenre.training.realdata import Clip
 
-    y = [0] * 10 + [1] * 6 + [2] * 4
-    folds = stratified_folds(y, 2, seed=3)
-    assert sorted(np.concatenate(folds).tolist()) == list(range(20))
-    for f in folds:
-        assert sorted(np.bincount(np.array(y)[f], minlength=3).tolist()) == [2, 3, 5]
+    def ex(i: int, group: str) -> Example:
+        return Example(Clip(f"c{i}", "x", f"c{i}", group), np.zeros((1, 1)), np.zeros((1, 1)), {}, {})
+
+    # 12 artists with 1-3 clips each, and two mixes that join a speaker to an artist
+    examples = [ex(i, f"artist:{i % 12}") for i in range(30)] + [ex(30, "speaker:a|artist:3"), ex(31, "speaker:a"), ex(32, "speaker:b|artist:5")]
+    folds = grouped_folds(examples, 4, seed=1)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(33))  # a partition
+    fold_of = {i: k for k, f in enumerate(folds) for i in f}
+    for i in range(30):
+        assert fold_of[i] == fold_of[i % 12]  # an artist never spans two folds
+    assert fold_of[30] == fold_of[31] == fold_of[3] and fold_of[32] == fold_of[5]  # a mix goes with its speaker and its song
+    assert max(map(len, folds)) - min(map(len, folds)) <= 3
 
 
 def _parser():
@@ -160,11 +168,13 @@ def test_train_option_errors(tmp_path):
 
     with pytest.raises(UsageError):
         run_train(_parser().parse_args(["--folds", "3"]))
+    with pytest.raises(UsageError, match="group-by"):
+        run_train(_parser().parse_args(["--group-by", "artist"]))
     with pytest.raises(UsageError):
         run_train(_parser().parse_args(["--epochs", "0"]))
     (tmp_path / "only").mkdir()
     sf.write(tmp_path / "only" / "a.wav", np.zeros(16000 * 8, np.float32), 16000)
-    with pytest.raises(DataInvalidError, match="class folder"):
+    with pytest.raises(DataInvalidError, match="class"):
         run_train(_parser().parse_args(["--data", str(tmp_path)]))
     with pytest.raises(UsageError, match="teacher-prior"):
         run_train(_parser().parse_args(["--data", str(tmp_path), "--teacher-prior"]))
@@ -188,42 +198,39 @@ def _gtzan_like(root: Path, clips: int = 4, seconds: float = 8.0, rate: int = 22
 
 
 @needs_weights
-def test_train_on_own_data_with_cross_validation_writes_a_loadable_model(tmp_path):
+def test_train_on_a_labels_csv_with_grouped_folds_writes_a_loadable_model(tmp_path):
     from rtgenre.inference.onnxruntime import OnnxRuntimeEngine
-    from rtgenre.training.commands import _heads, run_train
-    from rtgenre.training.export import export_model
-    from rtgenre.training.model import CRNN, Backend, BackendConfig
-    from rtgenre.training.musicnn import load_teacher
+    from rtgenre.training.commands import run_train
 
-    torch.manual_seed(0)
-    teacher = load_teacher()
-    base = export_model(CRNN(teacher, Backend(BackendConfig(heads=_heads(), teacher_prior=True), teacher)), tmp_path / "engines", "base", {"gtzan": GTZAN_MAP}, {})
     _gtzan_like(tmp_path / "data")
+    rows = ["file,kind,artist"] + [f"{c}/{c}{i}.wav,{c},{c}-artist{i % 2}" for c in ("sine", "noise", "clicks") for i in range(4)]
+    (tmp_path / "data" / "labels.csv").write_text("\n".join(rows) + "\n")
     out = io.StringIO()
     with redirect_stdout(out):
-        rc = run_train(_parser().parse_args(["--data", str(tmp_path / "data"), "--base", str(base), "--out", str(tmp_path / "engines"),
-                                             "--folds", "2", "--epochs", "3", "--steps", "6", "--batch", "8", "--name", "mine"]))
+        rc = run_train(_parser().parse_args(["--data", str(tmp_path / "data" / "labels.csv"), "--column", "kind", "--group-by", "artist",
+                                             "--out", str(tmp_path / "models"), "--cache", str(tmp_path / "cache"),
+                                             "--folds", "2", "--epochs", "15", "--batch", "8", "--name", "mine"]))
     assert rc == 0
-    assert "2-fold cross-validation: clip accuracy" in out.getvalue()
-    card = load_card(tmp_path / "engines" / "mine.json")
-    assert card.head("genre").labels == ("clicks", "noise", "sine")
-    assert [h.name for h in card.heads] == ["genre", "mood", "instruments"]  # frozen back end keeps the base model's heads
-    from rtgenre.training.export import load_backend
-
-    mine = load_backend(tmp_path / "engines" / "mine.backend.npz")
-    assert set(mine.priors) == {"mood", "instruments"}  # the new genre labels have no teacher tags, the kept heads keep their prior
+    assert "2-fold cross-validation grouped by artist: clip accuracy" in out.getvalue()
+    card = load_card(tmp_path / "models" / "mine.json")
+    assert [h.name for h in card.heads] == ["kind"] and card.head("kind").labels == ("clicks", "noise", "sine")
     cv = card.raw["evaluation"]["cross_validation"]
-    assert cv["folds"] == 2 and len(cv["clip_accuracy_per_fold"]) == 2
-    # the model runs in the runtime engine and tells the three kinds of signal apart on its training clips
+    assert cv["folds"] == 2 and cv["group_by"] == "artist" and len(cv["per_fold"]) == 2
+    assert sum(f["clips"] for f in cv["per_fold"]) == 12
+    from rtgenre.training.export import load_backend
+    from rtgenre.training.real import WindowBackend
+
+    assert isinstance(load_backend(tmp_path / "models" / "mine.backend.npz"), WindowBackend)
+    # the exported model runs in the runtime engine and tells the three kinds of signal apart on its training clips
+    import soxr
+
     from rtgenre.dsp.mel import log_mel
 
     x = []
-    for c in card.head("genre").labels:
+    for c in card.head("kind").labels:
         a, r = sf.read(tmp_path / "data" / c / f"{c}0.wav", dtype="float32")
-        import soxr
-
         x.append(log_mel(soxr.resample(a, r, 16000), card.frontend)[: card.window_frames])
-    probs = OnnxRuntimeEngine(card).run(np.stack(x))["genre"]
+    probs = OnnxRuntimeEngine(card).run(np.stack(x))["kind"]
     assert (probs.argmax(1) == np.arange(3)).sum() >= 2
 
 

@@ -5,11 +5,14 @@
 * on corpora (default ``corpora/*``): cache features and teacher tags
   (:mod:`rtgenre.training.features`), distil the back end and heads, measure
   agreement with the teachers on held-out tracks and export the model;
-* on your own data (``--data DIR``, GTZAN layout ``DIR/<label>/*``): fit a new
-  genre head (label set = folder names) on top of a trained model's front end
-  and back end (``--base``; ``--finetune-backend`` also trains the back end),
-  with optional stratified k-fold cross-validation by clip (``--folds``), and
-  export the result as a new model.
+* on your own data (``--data DIR`` in GTZAN layout ``DIR/<label>/*``, or
+  ``--data LABELS.csv`` with a ``file`` column and ``--column``): train a
+  fresh window back end (:class:`rtgenre.training.real.WindowBackend`, the
+  shipped model's kind) with one head (``--head``; label set = the labels
+  found) on the frozen musicnn encoder, with optional k-fold
+  cross-validation whose folds keep the values of ``--group-by`` (e.g. the
+  artist) apart, and export the result as a new model.  The back end starts
+  from scratch, so the folds' figures never see their test clips.
 
 ``eval`` lives in :mod:`rtgenre.evaluate` (torch-free) and is re-exported here.
 Torch is imported only when ``train`` runs.
@@ -37,10 +40,12 @@ WINDOW_HOP = 94  # frames between the fixed evaluation windows (1.5 s)
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``rtgenre train``."""
     parser.add_argument("--corpus", type=Path, nargs="+", default=None, help="corpus folders with manifest.jsonl (default: every folder in corpora/)")
-    parser.add_argument("--data", type=Path, default=None, help="your own labelled audio, DIR/<label>/*.wav|au|mp3: fit a new genre head on it")
-    parser.add_argument("--base", default=None, help="with --data: the model to start from (default: the shipped rtgenre-crnn)")
-    parser.add_argument("--finetune-backend", action="store_true", help="with --data: also train the LSTM back end (the new model then has only the genre head)")
-    parser.add_argument("--folds", type=int, default=1, help="with --data: stratified k-fold cross-validation by clip before the final fit (default: 1 = none)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="your own labelled audio: DIR/<label>/*.wav|ogg|mp3, or a labels CSV (a 'file' column relative to the CSV's folder, and --column): train a new model on it")
+    parser.add_argument("--column", default=None, help="with --data CSV: the label column (default: the CSV's first column after 'file')")
+    parser.add_argument("--head", default=None, help="with --data: name of the head the labels train (default: the --column name, or genre)")
+    parser.add_argument("--group-by", default=None, metavar="COLUMN", help="with --data CSV: folds keep clips with the same value of this column together (e.g. artist)")
+    parser.add_argument("--folds", type=int, default=1, help="with --data: k-fold cross-validation by clip (grouped with --group-by) before the final fit (default: 1 = none)")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: 12 on corpora, 20 with --data)")
     parser.add_argument("--steps", type=int, default=None, help="steps per epoch (default: 150 on corpora, 20 with --data)")
     parser.add_argument("--batch", type=int, default=32, help="windows per step (default: 32)")
@@ -66,10 +71,10 @@ def run_train(args: argparse.Namespace) -> int:
         v = getattr(args, opt)
         if v is not None and v < 1:
             raise UsageError(f"--{opt} must be at least 1, got {v}", f"Pass a positive --{opt}")
-    if args.data is None and (args.folds > 1 or args.finetune_backend or args.base):
-        raise UsageError("--folds, --finetune-backend and --base only apply to --data", "Add --data DIR or drop those options")
+    if args.data is None and (args.folds > 1 or args.column or args.group_by or args.head):
+        raise UsageError("--folds, --column, --group-by and --head only apply to --data", "Add --data DIR|CSV or drop those options")
     if args.data is not None and args.teacher_prior:
-        raise UsageError("--teacher-prior only applies to training on corpora", "Drop --teacher-prior: with --data the new model keeps the base model's back end, prior included")
+        raise UsageError("--teacher-prior only applies to training on corpora", "Drop --teacher-prior: with --data the back end reads the musicnn tagger's own layers anyway")
     from rtgenre.errors import DependencyMissingError
 
     try:
@@ -173,114 +178,70 @@ def _train_corpora(args: argparse.Namespace) -> int:
     return 0
 
 
-def _clip_items(files: list[tuple[Path, str]], labels: list[str]):
-    """Frame features of every clip, one :class:`Item` per clip."""
-    from rtgenre.progress import WorkProgress, audio_seconds
-    from rtgenre.training.features import ChunkedFeatures
-    from rtgenre.training.musicnn import TEACHERS, load_teacher
-
-    features = ChunkedFeatures(load_teacher(TEACHERS[0]))
-    with WorkProgress("features", len(files), seconds=(audio_seconds(p) for p, _ in files)) as bar:
-        return [_clip_item(path, labels.index(label), features) for path, label in bar.track(files)]
-
-
-def _clip_item(path: Path, label: int, features):
-    """One clip's frame features as a training :class:`Item` with genre index ``label``."""
-    import soundfile as sf
-    import soxr
-
-    from rtgenre.dsp.mel import log_mel
-    from rtgenre.training.data import WINDOW_FRAMES, Item
-    from rtgenre.training.features import FRONTEND
-
-    try:
-        audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, OSError) as e:
-        raise DataInvalidError(f"{path} cannot be read as audio ({e})", "Remove or re-encode the file") from None
-    x = audio.mean(axis=1)
-    if rate != FRONTEND.sample_rate:
-        x = soxr.resample(x, rate, FRONTEND.sample_rate).astype(np.float32)
-    mel = log_mel(x, FRONTEND)
-    if len(mel) < WINDOW_FRAMES:
-        raise DataInvalidError(f"{path} is shorter than one 7.5 s window", "Remove clips shorter than 7.5 s from the data folder")
-    return Item(features.process(mel), None, {"genre": label}, str(path))
-
-
-def stratified_folds(labels: list[int], k: int, seed: int) -> list[np.ndarray]:
-    """Clip indices of ``k`` folds with every class spread evenly (by clip, so no window leaks)."""
-    rng = np.random.default_rng(seed)
-    folds: list[list[int]] = [[] for _ in range(k)]
-    offset = 0
-    for c in sorted(set(labels)):
-        idx = rng.permutation([i for i, y in enumerate(labels) if y == c])
-        for j, i in enumerate(idx):
-            folds[(offset + j) % k].append(int(i))
-        offset += len(idx)
-    return [np.array(sorted(f)) for f in folds]
-
-
 def _train_own_data(args: argparse.Namespace) -> int:
-    import copy
+    import subprocess
 
-    from rtgenre.card import load_card
-    from rtgenre.training.data import CropSampler
-    from rtgenre.training.distill import predict_items, train_backend
-    from rtgenre.training.export import export_model, load_backend
+    import soundfile as sf
+
+    from rtgenre.evaluate import Scores, file_groups
+    from rtgenre.progress import WorkProgress, audio_seconds
+    from rtgenre.training import real
+    from rtgenre.training.export import export_model
     from rtgenre.training.labels import GTZAN
-    from rtgenre.training.model import CRNN, Backend, BackendConfig, HeadSpec
+    from rtgenre.training.model import CRNN, HeadSpec
     from rtgenre.training.musicnn import TEACHERS, load_teacher
+    from rtgenre.training.realdata import Clip, Encoders, fit_length, read_audio
 
-    files = labelled_files(args.data)
+    data, csv_path = (args.data.parent, args.data) if args.data.suffix.lower() == ".csv" else (args.data, None)
+    files = labelled_files(data, csv_path, args.column)
+    groups = file_groups(data, csv_path, args.group_by) if args.group_by else {p: str(p) for p, _ in files}
     classes = sorted({lab for _, lab in files})
     if len(classes) < 2:
-        raise DataInvalidError(f"{args.data} has {len(classes)} class folder(s)", "Give at least two label folders, DIR/<label>/*.wav")
-    counts = {c: sum(1 for _, lab in files if lab == c) for c in classes}
-    if args.folds > 1 and min(counts.values()) < args.folds:
-        raise DataInvalidError(f"Class '{min(counts, key=counts.get)}' has {min(counts.values())} clip(s), fewer than --folds {args.folds}", "Add clips or lower --folds")
-    base_card = load_card(args.base)
-    base = load_backend(base_card.onnx_path.with_name(base_card.raw.get("backend_weights", f"{base_card.name}.backend.npz")))
-    genre = HeadSpec("genre", "multiclass", tuple(classes))
-    kept = () if args.finetune_backend else tuple(h for h in base.config.heads if h.name != "genre")
-    cfg = BackendConfig(**{**{k: v for k, v in base.config.__dict__.items() if k != "heads"}, "heads": (genre, *kept)})
-    start = Backend(cfg)
-    reused = tuple(f"{part}.{h.name}." for h in kept for part in ("heads", "priors"))
-    state = {k: v for k, v in base.state_dict().items() if not k.startswith(("heads.", "priors.")) or k.startswith(reused)}
-    start.load_state_dict(state, strict=False)
-    items = _clip_items(files, classes)
-    y = [it.labels["genre"] for it in items]
-    sampler = CropSampler({h.name: (h.kind, h.labels) for h in cfg.heads}, None)
-    epochs, steps, lr = args.epochs or 20, args.steps or 20, args.lr or 5e-3
+        raise DataInvalidError(f"{args.data} has {len(classes)} class(es)", "Give at least two labels (DIR/<label>/*.wav, or two values in the CSV column)")
+    head_name = args.head or (args.column if csv_path is not None and args.column else "genre")
+    head = HeadSpec(head_name, "multiclass", tuple(classes))
+    enc = Encoders(workdir=args.cache)
+    examples = []
+    with WorkProgress("features", len(files), seconds=(audio_seconds(p) for p, _ in files)) as bar:
+        for path, label in bar.track(files):
+            try:
+                audio = read_audio(path)
+            except (sf.LibsndfileError, RuntimeError, OSError, subprocess.CalledProcessError) as e:
+                raise DataInvalidError(f"{path} cannot be read as audio ({e})", "Remove or re-encode the file") from None
+            maxp, meanp = real.pool_frames(enc.process(fit_length(audio))[""])
+            target = np.eye(len(classes), dtype=np.float32)[classes.index(label)]
+            clip = Clip(path.stem, "user", str(path), groups.get(path, str(path)), {head_name: label})
+            examples.append(real.Example(clip, maxp, meanp, {head_name: target}, {head_name: np.ones(len(classes), np.float32)}))
+    config = real.WindowConfig(heads=(head,))
+    tc = real.TrainConfig(epochs=args.epochs or 20, batch=args.batch, lr=args.lr or real.TrainConfig.lr, seed=args.seed)
 
-    def fit(train_items):
-        b = copy.deepcopy(start)
-        train_backend(b, train_items, sampler, epochs, steps, args.batch, lr, mix_prob=0.0, seed=args.seed, trainable=["genre"], finetune_backend=args.finetune_backend, log=None)
-        return b
-
-    def accuracy(b, test_items):
-        probs, targets, _, groups = predict_items(b, test_items, sampler, WINDOW_HOP)
-        pred, true = probs["genre"].argmax(1), targets["genre"].argmax(1)
-        clip = [np.bincount(pred[groups == g], minlength=len(classes)).argmax() == test_items[g].labels["genre"] for g in range(len(test_items))]
-        return float((pred == true).mean()), float(np.mean(clip))
+    def clip_votes(model, test):
+        return [classes[int(np.bincount(real.window_probs(model, e)[head_name].argmax(axis=1), minlength=len(classes)).argmax())] for e in test]
 
     cv = None
     if args.folds > 1:
-        win, clip = [], []
-        for k, test in enumerate(stratified_folds(y, args.folds, args.seed)):
-            test_set = set(test.tolist())
-            w, c = accuracy(fit([it for i, it in enumerate(items) if i not in test_set]), [items[i] for i in test])
-            win.append(w)
-            clip.append(c)
-            print(f"fold {k + 1}/{args.folds}: clip accuracy {c:.1%}, window accuracy {w:.1%}", flush=True)
-        cv = {"folds": args.folds, "clip_accuracy_mean": float(np.mean(clip)), "clip_accuracy_std": float(np.std(clip)),
-              "window_accuracy_mean": float(np.mean(win)), "window_accuracy_std": float(np.std(win)), "clip_accuracy_per_fold": clip}
-        print(f"{args.folds}-fold cross-validation: clip accuracy {np.mean(clip):.1%} ± {np.std(clip):.1%}, window accuracy {np.mean(win):.1%} ± {np.std(win):.1%}")
-    final = fit(items)
-    name = args.name or f"{args.data.resolve().name}-crnn"
+        truth, pred, per_fold = [], [], []
+        for k, test_idx in enumerate(real.grouped_folds(examples, args.folds, args.seed)):
+            test_set = set(test_idx.tolist())
+            test = [examples[i] for i in test_idx]
+            votes = clip_votes(real.train_backend([e for i, e in enumerate(examples) if i not in test_set], config, tc), test)
+            t = [e.clip.labels[head_name] for e in test]
+            fold = Scores.of(t, votes)
+            per_fold.append({"clip_accuracy": fold.accuracy, "clip_macro_f1": real.macro_f1(fold, classes), "clips": fold.n})
+            print(f"fold {k + 1}/{args.folds}: clip accuracy {fold.accuracy:.1%}, macro-F1 {per_fold[-1]['clip_macro_f1']:.3f} ({fold.n} clips)", flush=True)
+            truth += t
+            pred += votes
+        s = Scores.of(truth, pred)
+        cv = {"folds": args.folds, "group_by": args.group_by, "clip_accuracy": s.accuracy, "clip_macro_f1": real.macro_f1(s, classes),
+              "per_class": s.per_class, "per_fold": per_fold}
+        print(f"{args.folds}-fold cross-validation{f' grouped by {args.group_by}' if args.group_by else ''}: "
+              f"clip accuracy {s.accuracy:.1%}, macro-F1 {cv['clip_macro_f1']:.3f} ({s.n} clips)")
+    final = real.train_backend(examples, config, tc)
+    name = args.name or f"{(args.data.parent if csv_path else args.data).resolve().name}-{head_name}"
     extra = {
-        "license": "as your data; musicnn front end ISC",
-        "base_model": {"name": base_card.name, "onnx_sha256": base_card.onnx_sha256},
-        "training": {"command": _command(), "data": str(args.data), "classes": counts, "epochs": epochs, "steps_per_epoch": steps,
-                     "lr": lr, "seed": args.seed, "finetune_backend": bool(args.finetune_backend)},
+        "license": "as your data; musicnn encoder ISC",
+        "training": {"command": _command(), "data": str(args.data), "head": head_name, "classes": {c: sum(1 for _, lab in files if lab == c) for c in classes},
+                     "epochs": tc.epochs, "lr": tc.lr, "seed": args.seed, "backend": config.to_json()},
         "evaluation": {"cross_validation": cv} if cv else {},
     }
     gtzan = {c: c if c in GTZAN else None for c in classes}

@@ -77,7 +77,12 @@ def load_backend(path: Path, teacher: Musicnn | None = None) -> Backend:
             cfg = json.loads(str(z["__config__"]))
             state = {k: torch.from_numpy(z[k]) for k in z.files if k != "__config__"}
         heads = tuple(HeadSpec(h["name"], h["kind"], tuple(h["labels"])) for h in cfg.pop("heads"))
-        backend = Backend(BackendConfig(heads=heads, **cfg), teacher)
+        if "temporal" in cfg:  # a window back end of the real-data model (rtgenre.training.real)
+            from rtgenre.training.real import WindowBackend, WindowConfig
+
+            backend = WindowBackend(WindowConfig(heads=heads, **cfg), teacher)
+        else:
+            backend = Backend(BackendConfig(heads=heads, **cfg), teacher)
         backend.load_state_dict(state)
     except (OSError, KeyError, ValueError, RuntimeError) as e:
         raise ModelCorruptError(f"Back-end weights {path} are damaged ({e})", "Re-export the model with `rtgenre train`") from None

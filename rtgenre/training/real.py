@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rtgenre.evaluate import Scores
+from rtgenre.evaluate import Scores, instrument_family
 from rtgenre.training import vocab
 from rtgenre.training.labels import MSD, TagMapper
 from rtgenre.training.model import HeadSpec, activate
@@ -98,6 +98,8 @@ class Targets:
     def __init__(self) -> None:
         self.mapper = TagMapper({MSD: teacher_tags(MSD)}, vocab.TAG_MAP)
         self.genre_idx = {g: i for i, g in enumerate(vocab.GENRES)}
+        self.voice = vocab.INSTRUMENTS.index("voice")
+        self.instrumental = teacher_tags(MSD).index("instrumental")
 
     def process(self, clip: Clip, tags: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         t = {name: np.zeros(len(labels), np.float32) for name, (_, labels) in vocab.HEADS.items()}
@@ -116,15 +118,16 @@ class Targets:
                 t["genre"][idx] = s / s.sum()
                 m["genre"][:] = 1
             self._onehot(t, m, "mood", vocab.MOODS.index(next(k for k, q in vocab.QUADRANT_MAP.items() if q == lab["quadrant"])))
-            if scores is not None:  # songs: voice and guitar from the tagger, the other families unknown
-                for fam in ("voice", "guitar"):
-                    i = vocab.INSTRUMENTS.index(fam)
-                    t["instruments"][i] = min(1.0, 2.0 * float(scores["instruments"][i]))
-                    m["instruments"][i] = 1
+
+        if ds in ("4q", "gtzan") and len(tags):  # songs: voice and guitar from the tagger, the other families unknown
+            self._songs_instruments(t, m, tags, scores)
         elif ds in ("medley", "freesound"):
-            present = vocab.INSTRUMENT_FAMILIES[lab["instrument"]]
-            t["instruments"][:] = [1.0 if f in present else 0.0 for f in vocab.INSTRUMENTS]
+            present = instrument_family(lab["instrument"])  # a solo recording: every other family is absent
+            t["instruments"][:] = [1.0 if f == present else 0.0 for f in vocab.INSTRUMENTS]
             m["instruments"][:] = 1
+        if (ds == "speech" and lab["label"] == "speech") or ds == "mix":  # a human voice, whatever else the head knows nothing of
+            t["instruments"][self.voice] = 1.0
+            m["instruments"][self.voice] = 1
         if ds == "speech" and lab["label"] in ("speech", "music"):
             self._onehot(t, m, "content", vocab.CONTENT.index(lab["label"]))
         elif ds == "mix":
@@ -132,6 +135,21 @@ class Targets:
         elif ds in ("4q", "gtzan", "medley", "freesound"):
             self._onehot(t, m, "content", vocab.CONTENT.index("music"))
         return t, m
+
+    def _songs_instruments(self, t: dict, m: dict, tags: np.ndarray, scores: dict) -> None:
+        """Voice: the tagger's vocalist tags against its ``instrumental`` tag, ``v / (v + i)``.
+
+        musicnn's MSD probabilities are calibrated to sparse Last.fm tags (a
+        song with a singer scores ~0.05 on "male vocalists"), so an absolute
+        threshold says "no voice" for most songs; the ratio of the two kinds
+        of evidence does not depend on that scale.  Guitar: twice its score.
+        """
+        v = float(scores["instruments"][self.voice])
+        ins = float(tags[:, self.instrumental].mean())
+        t["instruments"][self.voice] = v / (v + ins + 1e-6)
+        g = vocab.INSTRUMENTS.index("guitar")
+        t["instruments"][g] = min(1.0, 2.0 * float(scores["instruments"][g]))
+        m["instruments"][[self.voice, g]] = 1
 
     @staticmethod
     def _onehot(t: dict, m: dict, head: str, i: int) -> None:
@@ -324,7 +342,7 @@ def _crop(e: Example, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]
 
 def _loss(model: WindowBackend, out: dict[str, Tensor], tgt: dict[str, Tensor], msk: dict[str, Tensor], weights: dict[str, float],
           content_w: Tensor) -> Tensor:
-    total = out["genre"].new_zeros(())
+    total = next(iter(out.values())).new_zeros(())
     for h in model.config.heads:
         t, m = tgt[h.name], msk[h.name]
         if h.kind == "multilabel":
@@ -353,9 +371,11 @@ def train_backend(examples: list[Example], config: WindowConfig, tc: TrainConfig
     opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
     steps = tc.epochs * math.ceil(len(examples) / tc.batch)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    counts = np.sum([e.targets["content"] * e.masks["content"] for e in examples], axis=0)
-    content_w = torch.from_numpy((counts.sum() / np.maximum(counts, 1) / len(counts)).astype(np.float32))
     names = [h.name for h in config.heads]
+    content_w = torch.ones(len(vocab.CONTENT))
+    if "content" in names:  # classes weighted by inverse frequency: speech and mixes are fewer than music clips
+        counts = np.sum([e.targets["content"] * e.masks["content"] for e in examples], axis=0)
+        content_w = torch.from_numpy((counts.sum() / np.maximum(counts, 1) / len(counts)).astype(np.float32))
     for epoch in range(tc.epochs):
         model.train()
         order = rng.permutation(len(examples))
@@ -464,7 +484,7 @@ def clip_metrics(examples: list[Example], probs: list[dict[str, np.ndarray]], th
     """
     thr = (thresholds or {}).get("voice", 0.5)
     g_t, g_p, m_t, m_p = [], [], [], []
-    voice = {"female singer": [], "clarinet": []}
+    voice: dict[str | None, list[float]] = {"voice": [], "winds": []}
     content_w = {"speech": [], "music": []}
     content_by_source: dict[str, list[float]] = defaultdict(list)
     vi = vocab.INSTRUMENTS.index("voice")
@@ -477,7 +497,7 @@ def clip_metrics(examples: list[Example], probs: list[dict[str, np.ndarray]], th
             m_t.append(e.clip.labels["quadrant"])
             m_p.append(vocab.QUADRANT_MAP[vocab.MOODS[int(np.bincount(p["mood"].argmax(axis=1), minlength=4).argmax())]])
         if e.clip.dataset == "medley" and "instruments" in p:
-            voice[e.clip.labels["instrument"]].append(float((p["instruments"][:, vi] >= thr).mean() > 0.5))
+            voice[instrument_family(e.clip.labels["instrument"])].append(float((p["instruments"][:, vi] >= thr).mean() > 0.5))
         if "content" in p:
             top = p["content"].argmax(axis=1)
             talk = (top == vocab.CONTENT.index("speech")).astype(float)
@@ -494,9 +514,9 @@ def clip_metrics(examples: list[Example], probs: list[dict[str, np.ndarray]], th
     if m_t:
         s = Scores.of(m_t, m_p)
         out["mood_quadrant"] = {"clip_accuracy": s.accuracy, "clip_macro_f1": macro_f1(s, ["Q1", "Q2", "Q3", "Q4"]), "n": s.n, "per_class": s.per_class}
-    if voice["female singer"]:
-        out["voice"] = {"singer_detected": float(np.mean(voice["female singer"])), "clarinet_false": float(np.mean(voice["clarinet"] or [0.0])),
-                        "n_singer": len(voice["female singer"]), "n_clarinet": len(voice["clarinet"])}
+    if voice["voice"]:
+        out["voice"] = {"singer_detected": float(np.mean(voice["voice"])), "clarinet_false": float(np.mean(voice["winds"] or [0.0])),
+                        "n_singer": len(voice["voice"]), "n_clarinet": len(voice["winds"])}
     if content_w["speech"]:
         out["content"] = {"speech_windows_gated": float(np.mean(content_w["speech"])), "music_windows_as_speech": float(np.mean(content_w["music"] or [0.0])),
                           "n_speech_windows": len(content_w["speech"]), "n_music_windows": len(content_w["music"]),
@@ -505,8 +525,14 @@ def clip_metrics(examples: list[Example], probs: list[dict[str, np.ndarray]], th
 
 
 def cross_validate(examples: list[Example], predict: Callable[[list[Example], list[Example]], list[dict[str, np.ndarray]]], k: int = 5,
-                   seed: int = 0, log: Callable[[str], None] | None = print) -> dict:
-    """Grouped ``k``-fold CV: ``predict(train, test)`` returns window probabilities per test clip; metrics on all folds' predictions pooled."""
+                   seed: int = 0, log: Callable[[str], None] | None = print) -> tuple[dict, list[Example], list[dict[str, np.ndarray]]]:
+    """Grouped ``k``-fold CV: ``predict(train, test)`` returns window probabilities per test clip.
+
+    Returns the metrics of all folds' predictions pooled, and the held-out
+    clips with their predictions (in fold order, the same for every variant
+    at the same seed), from which :func:`average_predictions` makes the
+    ensemble's.
+    """
     trainable = [e for e in examples if e.clip.dataset != "realmusic"]
     folds = grouped_folds(trainable, k, seed)
     all_e, all_p = [], []
@@ -518,7 +544,12 @@ def cross_validate(examples: list[Example], predict: Callable[[list[Example], li
         all_e += test
         if log:
             log(f"fold {f + 1}/{k}: {json.dumps(_headline(clip_metrics(test, all_p[-len(test):])))}")
-    return clip_metrics(all_e, all_p)
+    return clip_metrics(all_e, all_p), all_e, all_p
+
+
+def average_predictions(runs: list[list[dict[str, np.ndarray]]]) -> list[dict[str, np.ndarray]]:
+    """Per clip, the mean of several variants' window probabilities (what :class:`Ensemble` computes)."""
+    return [{h: np.mean([r[i][h] for r in runs], axis=0) for h in runs[0][i]} for i in range(len(runs[0]))]
 
 
 def _headline(m: dict) -> dict:
@@ -620,9 +651,15 @@ def predictor(name: str, tc: TrainConfig, cache: Path, log: Callable[[str], None
     return predict
 
 
+def _held_path(out: Path, variant: str) -> Path:
+    """Where a variant's held-out window probabilities are kept beside the CV figures (for the ensemble)."""
+    return out.with_name(f"{out.stem}.{variant}.pkl")
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m rtgenre.training.real --cache DIR [--variants ...] [--folds 5] [--out cv.json] [--export DIR]``."""
     import argparse
+    import pickle
     import time
 
     ap = argparse.ArgumentParser(description="Grouped cross-validation and final fits of the real-data model variants.")
@@ -651,8 +688,14 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if name == "logreg":
             res = logistic_baseline(examples, args.folds, args.seed)
+        elif name == "ensemble" and args.out and all(_held_path(args.out, v).is_file() for v in VARIANTS):  # the members' held-out predictions, averaged
+            runs = [pickle.loads(_held_path(args.out, v).read_bytes()) for v in VARIANTS]
+            ids = {e.clip.id: e for e in examples}
+            res = clip_metrics([ids[i] for i, _ in runs[0]], average_predictions([[p for _, p in r] for r in runs]))
         else:
-            res = cross_validate(examples, predictor(name, tc, args.cache), args.folds, args.seed)
+            res, test_clips, probs = cross_validate(examples, predictor(name, tc, args.cache), args.folds, args.seed)
+            if args.out:
+                _held_path(args.out, name).write_bytes(pickle.dumps([(e.clip.id, p) for e, p in zip(test_clips, probs)]))
         res["seconds"] = round(time.time() - t0, 1)
         res["folds"], res["seed"], res["epochs"] = args.folds, args.seed, args.epochs
         results[name] = res

@@ -272,11 +272,16 @@ def add_encoder(cache: Path, name: str = TEACHERS[1], datasets: tuple[str, ...] 
 
 
 def read_index(cache: Path) -> list[Clip]:
-    """The clips of a feature cache, in the order they were cached."""
+    """The clips of a feature cache, in the order they were first cached (a clip cached twice counts once)."""
     path = Path(cache) / INDEX
     if not path.is_file():
         raise DataInvalidError(f"{cache} is not a real-data feature cache (no {INDEX})", "Build it with `python -m rtgenre.training.realdata --cache DIR`")
-    return [Clip(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+    clips = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            c = Clip(**json.loads(line))
+            clips.setdefault(c.id, c)
+    return list(clips.values())
 
 
 def load_features(cache: Path, clip: Clip, kind: str = "") -> np.ndarray:

@@ -44,12 +44,6 @@ ALLMUSIC: dict[str, tuple[str, ...]] = {
     "Folk": ("folk",), "New Age": ("ambient",), "Reggae": ("reggae",), "Classical": ("classical",), "Vocal": ("pop", "jazz"),
     "Easy Listening": ("pop", "ambient"),
 }
-#: Instrument recording label → the families present (solo recordings: every other family is absent).
-INSTRUMENT_FAMILIES: dict[str, tuple[str, ...]] = {
-    "female singer": ("voice",), "clarinet": ("winds",), "Clarinet": ("winds",), "Flute": ("winds",), "Saxophone": ("winds",),
-    "Acoustic_guitar": ("guitar",), "Bass_drum": ("drums",), "Hi_hat": ("drums",), "Snare_drum": ("drums",),
-    "Cello": ("strings",), "Violin_or_fiddle": ("strings",), "Double_bass": ("strings", "bass"),
-}
 #: Tags of the musicnn taggers for each label of ours (v1's map, plus the new genres, which have none).
 TAG_MAP = {**v1.TAG_MAP, "genre": {**v1.TAG_MAP["genre"], "reggae": {}, "latin": {}}}
 
@@ -60,3 +54,4 @@ def allowed_genres(allmusic: str) -> tuple[str, ...]:
     for g in allmusic.split("|"):
         out += [x for x in ALLMUSIC.get(g.strip(), ()) if x not in out]
     return tuple(out)
+

@@ -585,7 +585,7 @@ class DashboardView:
 
 
 class KeyReader:
-    """Reads single keys from a terminal and calls ``on_quit`` on ``q``.
+    """Reads keys from a terminal; calls ``on_quit`` on ``q`` and ``on_key`` with any other key.
 
     While running, the terminal is in cbreak mode (keys arrive unbuffered and
     are not echoed; Ctrl-C still raises SIGINT).  :meth:`stop` restores the
@@ -597,10 +597,14 @@ class KeyReader:
         Called (from the reader thread) each time ``q`` or ``Q`` is pressed.
     fd : int, optional
         File descriptor to read; defaults to standard input.
+    on_key : callable, optional
+        Called (from the reader thread) with the bytes of any other key, an
+        escape sequence such as ``b"\\x1b[A"`` (arrow up) in one piece.
     """
 
-    def __init__(self, on_quit: Callable[[], None], fd: int | None = None) -> None:
+    def __init__(self, on_quit: Callable[[], None], fd: int | None = None, on_key: Callable[[bytes], None] | None = None) -> None:
         self.on_quit = on_quit
+        self.on_key = on_key
         self.fd = fd
         self._saved: list[Any] | None = None
         self._stop = threading.Event()
@@ -632,11 +636,13 @@ class KeyReader:
         while not self._stop.is_set():
             try:
                 ready, _, _ = select.select([self.fd], [], [], 0.1)
-                key = os.read(self.fd, 1) if ready else b""
+                key = os.read(self.fd, 16) if ready else b""
             except OSError:  # the terminal went away
                 return
             if key in (b"q", b"Q"):
                 self.on_quit()
+            elif key and self.on_key is not None:
+                self.on_key(key)
 
     def stop(self) -> None:
         """Stop the thread and restore the terminal settings."""

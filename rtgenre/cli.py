@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from rtgenre.inference.commands import add_engine_arguments
     from rtgenre.midi.commands import add_midi_arguments
+    from rtgenre.monitor import add_monitor_arguments
     from rtgenre.training.commands import add_eval_arguments, add_train_arguments, run_eval, run_train
 
     p = sub.add_parser("eval", help="evaluate a model on a labelled folder (accuracy, F1, confusion)")
@@ -94,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=run_train)
     add_engine_arguments(sub)
     add_midi_arguments(sub)
+    add_monitor_arguments(sub)
     return parser
 
 

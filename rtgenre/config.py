@@ -111,7 +111,8 @@ FEED_SETTINGS: dict[str, tuple[Check, Any]] = {
     "change_margin": (_number(0.0, 1.0), 0.1),
     "change_hops": (_integer(1), 3),
     "realtime": (_boolean, True),
-    "reconnect": (_boolean, True),
+    "reconnect": (_boolean, None),
+    "max_reconnects": (_integer(0), None),
     "stall_timeout": (_number(0.0, lo_open=True), 10.0),
 }
 #: Engine-wide settings: [defaults] only (one process, one engine).  Key → (check, default).
@@ -138,10 +139,14 @@ class FeedSpec:
         Analysis settings, as the ``listen`` options of the same names.
     realtime : bool
         Pace a file input at its own rate (ignored for URLs and devices).
-    reconnect : bool
-        Reconnect a URL feed that breaks instead of ending it.
+    reconnect : bool or None
+        URL feeds: None reopens a stream that ends, fails or stalls once it
+        played; True also retries one that cannot be opened at start; False
+        never reopens (as ``listen --reconnect``).
+    max_reconnects : int or None
+        URL feeds: consecutive failed reconnects before the feed ends (None: never).
     stall_timeout : float
-        Seconds without audio after which the feed counts as stalled.
+        URL feeds: seconds without audio after which the feed counts as stalled and is reopened.
     origin : str
         Where it was defined (``feeds.toml:7`` or ``--feed``), for messages.
     """
@@ -155,7 +160,8 @@ class FeedSpec:
     change_margin: float
     change_hops: int
     realtime: bool
-    reconnect: bool
+    reconnect: bool | None
+    max_reconnects: int | None
     stall_timeout: float
     origin: str = "--feed"
 

@@ -44,7 +44,7 @@ def test_a_valid_file_with_defaults_and_feed_options(tmp_path):
     assert (config.engine, config.threads, config.model) == ("onnxruntime", 2, None)
     radio, studio, song, desk = config.feeds
     assert (radio.name, radio.input, radio.device, radio.hop, radio.reconnect) == ("radio1", "http://127.0.0.1:8000/radio1.mp3", None, 1.0, False)
-    assert (studio.device, studio.input, studio.smooth, studio.hop, studio.reconnect) == ("2", None, 0.0, 1.0, True)
+    assert (studio.device, studio.input, studio.smooth, studio.hop, studio.reconnect) == ("2", None, 0.0, 1.0, None)
     assert (song.input, song.hop, song.realtime, song.origin) == ("/music/song.wav", 1.0, True, "--feed")  # the file's [defaults]
     assert desk.device == "pulse"
     assert radio.origin.endswith("feeds.toml:8") and studio.origin.endswith("feeds.toml:13")
@@ -119,5 +119,5 @@ def test_cli_exits_2_with_one_line_and_no_traceback(tmp_path):
                          cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=60)
     assert res.returncode == 2, res.stderr
     assert res.stderr == f"rtgenre: error: {path}:4: unknown key 'hopp' in feed 'a'. Known keys: name, input, device, hop, smooth, " \
-                         "silence_db, change_margin, change_hops, realtime, reconnect, stall_timeout.\n"
+                         "silence_db, change_margin, change_hops, realtime, reconnect, max_reconnects, stall_timeout.\n"
     assert res.stdout == ""

@@ -3,14 +3,14 @@
 Each feed's events go to ``DIR/<stream>.jsonl`` in the same form as on
 stdout (:class:`~rtgenre.sinks.jsonl.JsonLinesSink`).  :meth:`FeedFiles.reopen`
 (called from the SIGUSR1 handler, so it only bumps a counter) makes the sink
-thread close and reopen every file before its next write: after
+thread close and reopen every file before its next write (a write error
+is the bus's to report, like any output's): after
 ``logrotate`` renamed a file, the lines up to the reopen land in the renamed
 file and the rest in the new one, so a rotation loses no line.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import BinaryIO
 
@@ -39,7 +39,6 @@ class FeedFiles(Sink):
 
     def __init__(self, directory: str | Path, streams: list[str]) -> None:
         self.directory = Path(directory)
-        self.write_errors = 0
         self.reopens = 0
         self._requested = 0
         self._files: dict[str, BinaryIO] = {}
@@ -60,16 +59,11 @@ class FeedFiles(Sink):
         self._requested += 1
 
     def handle(self, event: Event) -> None:
-        try:
-            if self._requested != self.reopens:
-                self.reopens = self._requested
-                self.close()  # each file is reopened at its stream's next event
-            writer = self._writers.get(event.stream) or self._open(event.stream)
-            writer.handle(event)
-        except OSError as e:  # disk full, folder removed: say so once, keep the other outputs going
-            self.write_errors += 1
-            if self.write_errors == 1:
-                print(f"rtgenre: warning: writing {self.path(event.stream)} failed ({e.strerror or e}); --out-dir lines are being lost", file=sys.stderr)
+        if self._requested != self.reopens:
+            self.reopens = self._requested
+            self.close()  # each file is reopened at its stream's next event
+        writer = self._writers.get(event.stream) or self._open(event.stream)
+        writer.handle(event)
 
     def _open(self, name: str) -> JsonLinesSink:
         f = open(self.path(name), "ab")

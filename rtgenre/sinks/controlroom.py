@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from rich.console import Console, Group, RenderableType
+from rich.layout import Layout
 from rich.text import Text
 
 from rtgenre.events import Event
@@ -147,6 +148,8 @@ class ControlRoomView:
     def __init__(self, console: Console) -> None:
         self.console = console
         self.detail_view = DashboardView(console)
+        self._detail_layout = Layout()
+        self._detail_layout.split_column(Layout(name="hint", size=1), Layout(name="feed"))
 
     def rows(self, height: int) -> int:
         """Overview rows that fit a terminal ``height`` lines tall."""
@@ -166,7 +169,9 @@ class ControlRoomView:
         hint.append(f" ({order.index(feed.name) + 1}/{len(order)}) ", style="dim")
         hint.append(feed.state, style=STATE_STYLE[feed.state])
         hint.append(" · Esc back · j/k next/previous feed", style="dim")
-        return Group(hint, self.detail_view.render(feed.dash, width, height - 1))
+        self._detail_layout["hint"].update(hint)
+        self._detail_layout["feed"].update(self.detail_view.render(feed.dash, width, height - 1))
+        return self._detail_layout
 
     def _overview(self, s: ControlRoomState, width: int, height: int) -> RenderableType:
         cols = _Columns.fit(width)

@@ -1,0 +1,150 @@
+"""``rtgenre monitor`` end to end: several real-time feeds in one process, a failing feed isolated,
+a metrics scrape, a log rotation mid-run, and the control room in tmux."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from prometheus_client.parser import text_string_to_metric_families
+
+from tmux import TMUX, TmuxPane
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (ROOT / "engines" / "rtgenre-crnn.json").exists(), reason="the shipped model engines/rtgenre-crnn.json is not built yet"),
+]
+
+
+def music(path: Path, seconds: float, base: float, sr: int = 22050) -> Path:
+    """Stereo tones, chords and a beat: ``seconds`` long, pitch set by ``base``."""
+    t = np.arange(int(seconds * sr)) / sr
+    rng = np.random.default_rng(int(base))
+    tone = 0.3 * np.sin(2 * np.pi * base * t) + 0.15 * np.sin(2 * np.pi * 1.5 * base * t)
+    beat = (np.sin(2 * np.pi * 2.0 * t) > 0.9) * rng.normal(0, 0.2, t.size)
+    mono = (tone + beat).astype(np.float32)
+    sf.write(path, np.stack([mono, 0.8 * mono], axis=1), sr, subtype="PCM_16")
+    return path
+
+
+def truncated(path: Path, seconds: float, keep_s: float) -> Path:
+    """A WAV whose header announces ``seconds`` but whose data stops after ``keep_s``."""
+    music(path, seconds, 300.0)
+    data = path.read_bytes()
+    path.write_bytes(data[: 44 + int(keep_s * 22050) * 4])
+    return path
+
+
+def scrape(url: str) -> dict[str, dict[tuple, float]]:
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    out: dict[str, dict[tuple, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+def wait_for(predicate, timeout: float, step: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    return predicate()
+
+
+def lines_of(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def test_feeds_run_together_a_failing_feed_ends_alone_metrics_and_rotation(tmp_path):
+    a = music(tmp_path / "a.wav", 22.0, 220.0)
+    b = music(tmp_path / "b.wav", 22.0, 330.0)
+    broken = truncated(tmp_path / "broken.wav", 22.0, keep_s=11.0)
+    feeds = tmp_path / "feeds.toml"
+    feeds.write_text(f'[defaults]\nhop = 0.5\nengine = "onnxruntime"\n\n[[feed]]\nname = "a"\ninput = "{a}"\n\n'
+                     f'[[feed]]\nname = "broken"\ninput = "{broken}"\n')
+    out_dir, stdout = tmp_path / "out", tmp_path / "stdout.jsonl"
+    cmd = [sys.executable, "-m", "rtgenre", "monitor", str(feeds), "--feed", f"b={b}", "--json", "--no-dashboard",
+           "--metrics-port", "0", "--out-dir", str(out_dir)]
+    with open(stdout, "wb") as so, open(tmp_path / "stderr", "wb") as se:
+        proc = subprocess.Popen(cmd, stdout=so, stderr=se, cwd=ROOT, env=ENV)
+    try:
+        url = wait_for(lambda: (m := re.search(r"metrics on (http://\S+)", (tmp_path / "stderr").read_text())) and m.group(1), 30)
+        assert url and url.startswith("http://127.0.0.1:"), (tmp_path / "stderr").read_text()
+        # once every feed predicts: scrape, then rotate a's file and signal
+        assert wait_for(lambda: {"a", "b", "broken"} <= {json.loads(x)["stream"] for x in lines_of(stdout) if '"prediction"' in x}, 40)
+        metrics = scrape(url)
+        os.rename(out_dir / "a.jsonl", out_dir / "a.jsonl.1")
+        proc.send_signal(signal.SIGUSR1)
+        assert wait_for(lambda: len(lines_of(out_dir / "a.jsonl")) > 2, 10)
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stderr = (tmp_path / "stderr").read_text()
+    events = [json.loads(x) for x in lines_of(stdout)]
+
+    # metrics: per-feed series, parsed by prometheus_client's parser
+    for name in ("a", "b", "broken"):
+        assert metrics["rtgenre_feed_predictions_total"][(("stream", name),)] >= 1
+        assert metrics["rtgenre_feed_state"][(("rtgenre_feed_state", "live"), ("stream", name))] == 1.0
+    assert sum(metrics["rtgenre_engine_batches_total"].values()) >= 1
+
+    # the broken feed ends alone with its error and stop; the others go on to their end
+    by = {name: [e for e in events if e["stream"] == name] for name in ("a", "b", "broken")}
+    err = [e for e in by["broken"] if e["event"] == "error"]
+    assert len(err) == 1 and err[0]["code"] == 22 and "truncated" in err[0]["message"], err
+    assert by["broken"][-1]["event"] == "stop" and by["broken"][-1]["reason"] == "truncated input"
+    broken_stop = events.index(by["broken"][-1])
+    for name in ("a", "b"):
+        assert by[name][0]["event"] == "start" and by[name][-1]["event"] == "stop" and by[name][-1]["reason"] == "end of input"
+        assert not [e for e in by[name] if e["event"] == "error"]
+        preds = [e for e in by[name] if e["event"] == "prediction"]
+        assert any(events.index(p) > broken_stop for p in preds)  # still predicting after the other feed ended
+        ts = [p["t"] for p in preds]
+        assert np.max(np.diff(ts)) <= 0.5 + 1e-6 and ts[-1] >= 21.0  # not one hop missed
+    assert rc == 22, stderr  # the first feed error's exit code
+    assert "rtgenre: error: File" in stderr and "truncated" in stderr
+
+    # per-feed files: stdout's lines of each feed, split across the rotated and the new file, none lost
+    for name in ("a", "b", "broken"):
+        got = [json.loads(x) for x in lines_of(out_dir / f"{name}.jsonl.1") + lines_of(out_dir / f"{name}.jsonl")]
+        strip = lambda e: {k: v for k, v in e.items() if k != "latency_ms"}  # noqa: E731  (measured by each output)
+        assert [strip(e) for e in got] == [strip(e) for e in by[name]], name
+    assert lines_of(out_dir / "a.jsonl.1") and lines_of(out_dir / "a.jsonl")
+
+
+@pytest.mark.skipif(TMUX is None, reason="tmux is not installed (apt-get install tmux)")
+def test_control_room_in_tmux_80x24(tmp_path):
+    songs = [music(tmp_path / f"s{i}.wav", 40.0, 200.0 + 60 * i) for i in range(4)]
+    argv = [sys.executable, "-m", "rtgenre", "monitor", "--engine", "onnxruntime"] + [f"--feed=feed{i}={p}" for i, p in enumerate(songs)]
+    with TmuxPane(argv, 80, 24, tmp_path, cwd=ROOT, env={"PYTHONPATH": str(ROOT)}) as pane:
+        rows = lambda s: [line for line in s.splitlines() if re.match(r"^.feed\d ", line)]  # noqa: E731
+        screen = pane.wait_for(lambda s: len(rows(s)) == 4 and all("%" in r for r in rows(s)), 40)
+        assert "4 feeds" in screen and len(rows(screen)) == 4 and all("live" in r and "%" in r for r in rows(screen)), f"{screen}\n{pane.stderr()}"
+        assert len(screen.splitlines()) <= 24 and max(map(len, screen.splitlines())) <= 80
+        pane.send_keys("j")
+        assert "▸feed1" in pane.wait_for(lambda s: "▸feed1" in s, 10)
+        pane.send_keys("Enter")
+        detail = pane.wait_for(lambda s: "feed1 (2/4)" in s and "instruments" in s and "timeline" in s, 10)
+        assert "feed1 (2/4)" in detail and "health" in detail, detail
+        pane.send_keys("Escape")
+        back = pane.wait_for(lambda s: "4 feeds" in s, 10)
+        assert "4 feeds" in back and "▸feed1" in back
+        pane.send_keys("q")
+        assert pane.wait_exit(20) == 0, pane.stderr()

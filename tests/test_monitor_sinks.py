@@ -223,7 +223,7 @@ def test_enter_opens_the_single_feed_dashboard_and_esc_goes_back():
 
 
 def test_reconnect_and_recovery_change_the_state():
-    events = many(2) + [Event("reconnect", "fm01", 8.0, {"status": "lost"})]
+    events = many(2) + [Event("reconnect", "fm01", 8.0, {"status": "lost", "attempt": 0})]
     cr, text = room(events)
     assert cr.state.feeds["fm01"].state == "reconnecting" and "recon" in text
     p = prediction(20.0, "rock")

@@ -15,8 +15,10 @@ STATES = ("reconnecting", "stalled", "ended", "starting", "live")
 def next_state(state: str, event: Event) -> str:
     """The state after ``event``.
 
-    ``start`` → starting; audio (``prediction``, ``silence``) → live;
-    ``reconnect`` → reconnecting; ``stall`` → stalled; ``stop`` → ended (final).
+    ``start`` → starting; audio (``prediction``, ``silence``) and
+    ``reconnect`` with status ``recovered`` → live; other ``reconnect`` events
+    (``lost``, ``failed``) → reconnecting; ``stall`` → stalled; ``stop`` →
+    ended (final).
     """
     if state == "ended":
         return state
@@ -26,7 +28,7 @@ def next_state(state: str, event: Event) -> str:
     if kind in ("prediction", "silence"):
         return "live"
     if kind == "reconnect":
-        return "reconnecting"
+        return "live" if event.data.get("status") == "recovered" else "reconnecting"
     if kind == "stall":
         return "stalled"
     if kind == "stop":

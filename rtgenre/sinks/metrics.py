@@ -8,7 +8,8 @@
 per feed (label ``stream``)
     ``rtgenre_feed_state`` (enum: live, reconnecting, stalled, ended, starting),
     ``rtgenre_feed_windows_total``, ``rtgenre_feed_predictions_total``,
-    ``rtgenre_feed_reconnects_total``, ``rtgenre_feed_overruns_total``,
+    ``rtgenre_feed_reconnects_total`` (successful), ``rtgenre_feed_reconnect_failures_total``,
+    ``rtgenre_feed_stalls_total``, ``rtgenre_feed_overruns_total``,
     ``rtgenre_feed_dropped_samples_total``, ``rtgenre_feed_errors_total``,
     ``rtgenre_feed_seconds_since_audio``, ``rtgenre_feed_latency_seconds``
     (histogram), ``rtgenre_feed_top_genre`` (labels ``stream``, ``genre``:
@@ -53,7 +54,9 @@ class MetricsSink(Sink):
         self.state = Enum("rtgenre_feed_state", "Feed state", labels, states=list(STATES), registry=registry)
         self.windows = Counter("rtgenre_feed_windows", "Windows analysed (predictions and silences)", labels, registry=registry)
         self.predictions = Counter("rtgenre_feed_predictions", "Predictions made", labels, registry=registry)
-        self.reconnects = Counter("rtgenre_feed_reconnects", "Reconnection attempts", labels, registry=registry)
+        self.reconnects = Counter("rtgenre_feed_reconnects", "Successful reconnections (audio flows again after a loss)", labels, registry=registry)
+        self.reconnect_failures = Counter("rtgenre_feed_reconnect_failures", "Failed reconnection attempts", labels, registry=registry)
+        self.stalls = Counter("rtgenre_feed_stalls", "Stalls (no audio for the stall timeout)", labels, registry=registry)
         self.overruns = Counter("rtgenre_feed_overruns", "Overruns (audio dropped because analysis fell behind)", labels, registry=registry)
         self.dropped = Counter("rtgenre_feed_dropped_samples", "Source samples dropped by overruns", labels, registry=registry)
         self.errors = Counter("rtgenre_feed_errors", "Error events", labels, registry=registry)
@@ -85,7 +88,13 @@ class MetricsSink(Sink):
             if genre:
                 self._set_genre(name, str(genre["top"]), float(genre["p"]))
         elif kind == "reconnect":
-            self.reconnects.labels(name).inc()
+            status = d.get("status")
+            if status == "recovered":
+                self.reconnects.labels(name).inc()
+            elif status == "failed":
+                self.reconnect_failures.labels(name).inc()
+        elif kind == "stall":
+            self.stalls.labels(name).inc()
         elif kind == "overrun":
             self.overruns.labels(name).inc()
             self.dropped.labels(name).inc(int(d.get("dropped_samples", 0)))
@@ -97,7 +106,8 @@ class MetricsSink(Sink):
         self._states[name] = "starting"
         self.state.labels(name).state("starting")
         self._last_audio[name] = now
-        for metric in (self.windows, self.predictions, self.reconnects, self.overruns, self.dropped, self.errors, self.latency):
+        for metric in (self.windows, self.predictions, self.reconnects, self.reconnect_failures, self.stalls, self.overruns,
+                       self.dropped, self.errors, self.latency):
             metric.labels(name)
         self.since_audio.labels(name).set_function(lambda: time.monotonic() - self._last_audio[name])
 

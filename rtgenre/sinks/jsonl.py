@@ -1,4 +1,10 @@
-"""JSON Lines sink: one event object per line on a byte stream, flushed per event."""
+"""JSON Lines sink: one event object per line on a byte stream, flushed per event.
+
+By default the lines go straight to file descriptor 1 with ``os.write`` (no
+Python buffer, hence no buffer lock that a writer blocked on a stalled reader
+could hold when the process exits).  Write errors propagate as ``OSError``
+(``BrokenPipeError`` when the reader left); the sink runner decides.
+"""
 
 from __future__ import annotations
 
@@ -21,17 +27,17 @@ class JsonLinesSink(Sink):
     Parameters
     ----------
     stream : binary file, optional
-        Defaults to ``sys.stdout.buffer``.
+        Defaults to standard output's file descriptor, written unbuffered.
     """
 
     def __init__(self, stream: BinaryIO | None = None) -> None:
-        self.stream = stream if stream is not None else sys.stdout.buffer
+        self.stream = stream if stream is not None else _FdWriter(sys.__stdout__.fileno() if sys.__stdout__ is not None else 1)
 
     def handle(self, event: Event) -> None:
         if event.arrival is not None:
             event = event.with_data(latency_ms=round((time.monotonic() - event.arrival) * 1000.0, 3))
         try:
-            self.stream.write(event.to_json().encode("utf-8") + b"\n")
+            self.stream.write(event.to_json().encode("utf-8", "backslashreplace") + b"\n")
             self.stream.flush()
         except BrokenPipeError:
             self._detach()
@@ -54,3 +60,22 @@ class JsonLinesSink(Sink):
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, fd)
         os.close(devnull)
+
+
+class _FdWriter:
+    """Unbuffered whole writes to a file descriptor (what :class:`JsonLinesSink` needs of a stream)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def write(self, data: bytes) -> int:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+        return len(data)
+
+    def flush(self) -> None:
+        pass

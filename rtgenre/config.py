@@ -20,11 +20,13 @@ it is on.  The standard library's :mod:`tomllib` parses the file; it reports
 positions only for syntax errors, so :func:`key_lines` finds the line of each
 table and key with a small scan of the text (enough for the flat tables this
 format uses; a key written in another form, e.g. a dotted or inline table, is
-reported at its table's header line).
+reported at its table's header line).  Value ranges are those of the
+command-line options of the same names (:data:`rtgenre.options.LIMITS`).
 """
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from dataclasses import dataclass, field, replace
@@ -38,6 +40,7 @@ else:  # pragma: no cover - Python 3.10
 
 from rtgenre.errors import UsageError
 from rtgenre.inference import ENGINE_CHOICES
+from rtgenre.options import LIMITS, STALL_TIMEOUT_S
 
 #: A feed name: used as the event ``stream``, a file name under ``--out-dir`` and a metric label.
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -46,23 +49,15 @@ _NAME_RULE = "1 to 64 letters, digits, '.', '_' or '-', starting with a letter o
 Check = Callable[[Any], Any]
 
 
-def _number(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> Check:
-    def check(v: Any) -> float:
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise ValueError("a number")
-        if lo is not None and (v < lo or (lo_open and v == lo)):
-            raise ValueError(f"a number {'>' if lo_open else '>='} {lo:g}" + (f" and <= {hi:g}" if hi is not None else ""))
-        if hi is not None and v > hi:
-            raise ValueError(f"a number <= {hi:g}" + (f" and {'>' if lo_open else '>='} {lo:g}" if lo is not None else ""))
-        return float(v)
-    return check
+def _ranged(option: str, integer: bool = False) -> Check:
+    """A number within the range the command-line option ``option`` accepts (:data:`rtgenre.options.LIMITS`)."""
+    _, low, high, what, _ = LIMITS[option]
 
-
-def _integer(lo: int) -> Check:
-    def check(v: Any) -> int:
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise ValueError(f"an integer >= {lo}")
-        return v
+    def check(v: Any) -> float | int:
+        kind = int if integer else (int, float)
+        if isinstance(v, bool) or not isinstance(v, kind) or not math.isfinite(v) or not low <= v <= high:
+            raise ValueError(f"{'an integer' if integer else 'a number'} from {low:g} to {high:g} ({what})")
+        return v if integer else float(v)
     return check
 
 
@@ -105,21 +100,21 @@ def _engine(v: Any) -> str:
 
 #: Analysis and stream-handling settings: allowed in [defaults] and in each [[feed]].  Key → (check, default).
 FEED_SETTINGS: dict[str, tuple[Check, Any]] = {
-    "hop": (_number(0.0, 10.0, lo_open=True), 0.5),
-    "smooth": (_number(0.0), 3.0),
-    "silence_db": (_number(hi=0.0), -50.0),
-    "change_margin": (_number(0.0, 1.0), 0.1),
-    "change_hops": (_integer(1), 3),
+    "hop": (_ranged("--hop"), 0.5),
+    "smooth": (_ranged("--smooth"), 3.0),
+    "silence_db": (_ranged("--silence-db"), -50.0),
+    "change_margin": (_ranged("--change-margin"), 0.1),
+    "change_hops": (_ranged("--change-hops", integer=True), 3),
     "realtime": (_boolean, True),
     "reconnect": (_boolean, None),
-    "max_reconnects": (_integer(0), None),
-    "stall_timeout": (_number(0.0, lo_open=True), 10.0),
+    "max_reconnects": (_ranged("--max-reconnects", integer=True), None),
+    "stall_timeout": (_ranged("--stall-timeout"), STALL_TIMEOUT_S),
 }
 #: Engine-wide settings: [defaults] only (one process, one engine).  Key → (check, default).
 ENGINE_SETTINGS: dict[str, tuple[Check, Any]] = {
     "model": (_text, None),
     "engine": (_engine, "auto"),
-    "threads": (_integer(0), 1),
+    "threads": (_ranged("--threads", integer=True), 1),
 }
 #: Keys that only a [[feed]] has.
 FEED_KEYS: dict[str, Check] = {"name": _name, "input": _input, "device": _device}

@@ -4,7 +4,8 @@ Parses the ``monitor`` command line, turns the feed list (FEEDS.toml and
 ``--feed``, see :mod:`rtgenre.config`) into feeds, and runs them in one
 :class:`~rtgenre.session.Session` with ``isolate=True``: windows ready at the
 same time across feeds go to the engine as one batch, and a feed that fails
-ends alone (its ``error`` and ``stop`` events) while the others go on.  The
+ends alone (its ``error`` and ``stop`` events) while the others go on, also
+when it cannot even be opened (:class:`MonitorSession`).  The
 outputs are JSON Lines of every feed on stdout, one file per feed
 (``--out-dir``, reopened on SIGUSR1 for log rotation), the control-room
 dashboard, and Prometheus metrics (``--metrics-port``).
@@ -13,12 +14,17 @@ dashboard, and Prometheus metrics (``--metrics-port``).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import signal
 import sys
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 from rtgenre.config import FeedSpec, MonitorConfig, build_config
-from rtgenre.errors import ExitCode
+from rtgenre.errors import ExitCode, RtgenreError
+from rtgenre.session import Session
 
 #: Default address of the metrics endpoint (loopback: nothing is exposed unless asked for).
 METRICS_HOST = "127.0.0.1"
@@ -83,19 +89,64 @@ def _dashboard_stream(args: argparse.Namespace, json_mode: bool):
     return sys.stderr if not sys.stdout.isatty() and sys.stderr.isatty() else None
 
 
+class MonitorSession(Session):
+    """A :class:`~rtgenre.session.Session` of many feeds, each isolated from the others from the start.
+
+    The feeds are opened in parallel (a URL's probe or a device's open do not
+    wait for one another), and a feed that cannot be opened ends alone with its
+    ``error`` and ``stop`` events, like one that fails later; only when no feed
+    opens does the run fail as a whole.
+    """
+
+    def __init__(self, feeds: list, engine: Any, bus: Any) -> None:
+        super().__init__(feeds, engine, bus, isolate=True)
+
+    @contextlib.contextmanager
+    def _only(self, feeds: list) -> Iterator[None]:
+        """Let the base class see only ``feeds`` for a while."""
+        every, self.feeds = self.feeds, feeds
+        try:
+            yield
+        finally:
+            self.feeds = every
+
+    def _open(self) -> None:
+        def open_one(feed) -> None:
+            try:
+                feed.open()
+            except RtgenreError as e:
+                feed.error, feed.finished = e, True
+
+        threads = [threading.Thread(target=open_one, args=(f,), name=f"open {f.name}", daemon=True) for f in self.feeds]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if all(f.error is not None for f in self.feeds):
+            raise self.feeds[0].error
+        with self._only([]):
+            super()._open()  # the engine
+
+    def _start(self) -> None:
+        with self._only([f for f in self.feeds if f.error is None]):
+            super()._start()
+        for feed in self.feeds:
+            if feed.error is not None:
+                self._feed_failed(feed, feed.error)
+
+
 def run_monitor(args: argparse.Namespace) -> int:
     """Handler of ``rtgenre monitor``; returns the exit code (the first feed error's, else 0)."""
-    import os
-
-    config = build_config(args.feeds_file, args.feed)
     from rich.console import Console
 
     from rtgenre.card import load_card
     from rtgenre.inference import create_engine
-    from rtgenre.session import Session
+    from rtgenre.options import check_options
     from rtgenre.sinks.base import EventBus
     from rtgenre.sinks.jsonl import JsonLinesSink
 
+    check_options(args)
+    config = build_config(args.feeds_file, args.feed)
     card = load_card(args.model or config.model)
     feeds = _feeds(config, card)
     bus = EventBus()
@@ -118,7 +169,7 @@ def run_monitor(args: argparse.Namespace) -> int:
 
         return EngineMeter(e, registry)
 
-    session = Session(feeds, engine, bus, isolate=True)
+    session = MonitorSession(feeds, engine, bus)
     on_gone = lambda: session.request_stop("reader gone")  # noqa: E731
     json_mode = args.json or not sys.stdout.isatty()
     if json_mode:

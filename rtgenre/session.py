@@ -211,10 +211,19 @@ class Session:
                 for (feed, window, arrival), probs in zip(ready, results):
                     for event in feed.events_for(window, probs, arrival):
                         self.bus.publish(event)
+            if self.isolate:
+                self._report_ended()
             if all(f.finished for f in self.feeds):
                 return
             if not ready:
                 self.stop_requested.wait(self.poll_s)
+
+    def _report_ended(self) -> None:
+        """Isolated feeds: one that reached its end is stopped and reported now, not when the run ends."""
+        for feed in self.feeds:
+            if feed.finished and id(feed) not in self._reported:
+                self._stop_feed(feed)
+                self._report(feed, ended=True)
 
     def _feed_failed(self, feed: Feed, error: RtgenreError) -> None:
         feed.error = error

@@ -72,9 +72,9 @@ def lines_of(path: Path) -> list[str]:
 
 
 def test_feeds_run_together_a_failing_feed_ends_alone_metrics_and_rotation(tmp_path):
-    a = music(tmp_path / "a.wav", 22.0, 220.0)
-    b = music(tmp_path / "b.wav", 22.0, 330.0)
-    broken = truncated(tmp_path / "broken.wav", 22.0, keep_s=11.0)
+    a = music(tmp_path / "a.wav", 16.0, 220.0)
+    b = music(tmp_path / "b.wav", 16.0, 330.0)
+    broken = truncated(tmp_path / "broken.wav", 16.0, keep_s=10.0)
     feeds = tmp_path / "feeds.toml"
     feeds.write_text(f'[defaults]\nhop = 0.5\nengine = "onnxruntime"\n\n[[feed]]\nname = "a"\ninput = "{a}"\n\n'
                      f'[[feed]]\nname = "broken"\ninput = "{broken}"\n')
@@ -117,7 +117,7 @@ def test_feeds_run_together_a_failing_feed_ends_alone_metrics_and_rotation(tmp_p
         preds = [e for e in by[name] if e["event"] == "prediction"]
         assert any(events.index(p) > broken_stop for p in preds)  # still predicting after the other feed ended
         ts = [p["t"] for p in preds]
-        assert np.max(np.diff(ts)) <= 0.5 + 1e-6 and ts[-1] >= 21.0  # not one hop missed
+        assert np.max(np.diff(ts)) < 0.55 and ts[-1] >= 15.0  # not one hop missed (t is on the 16 ms frame grid)
     assert rc == 22, stderr  # the first feed error's exit code
     assert "rtgenre: error: File" in stderr and "truncated" in stderr
 

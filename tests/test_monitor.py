@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -23,10 +25,16 @@ from tmux import TMUX, TmuxPane
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not (ROOT / "engines" / "rtgenre-crnn.json").exists(), reason="the shipped model engines/rtgenre-crnn.json is not built yet"),
-]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    """The small test CRNN (same window and heads as the shipped model, far cheaper to run)."""
+    pytest.importorskip("torch")
+    from engine_fixtures import export_test_model
+
+    return export_test_model(tmp_path_factory.mktemp("model"))
 
 
 def music(path: Path, seconds: float, base: float, sr: int = 22050) -> Path:
@@ -71,12 +79,12 @@ def lines_of(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
-def test_feeds_run_together_a_failing_feed_ends_alone_metrics_and_rotation(tmp_path):
+def test_feeds_run_together_a_failing_feed_ends_alone_metrics_and_rotation(tmp_path, model):
     a = music(tmp_path / "a.wav", 16.0, 220.0)
     b = music(tmp_path / "b.wav", 16.0, 330.0)
     broken = truncated(tmp_path / "broken.wav", 16.0, keep_s=10.0)
     feeds = tmp_path / "feeds.toml"
-    feeds.write_text(f'[defaults]\nhop = 0.5\nengine = "onnxruntime"\n\n[[feed]]\nname = "a"\ninput = "{a}"\n\n'
+    feeds.write_text(f'[defaults]\nhop = 0.5\nengine = "onnxruntime"\nmodel = "{model}"\n\n[[feed]]\nname = "a"\ninput = "{a}"\n\n'
                      f'[[feed]]\nname = "broken"\ninput = "{broken}"\n')
     out_dir, stdout = tmp_path / "out", tmp_path / "stdout.jsonl"
     cmd = [sys.executable, "-m", "rtgenre", "monitor", str(feeds), "--feed", f"b={b}", "--json", "--no-dashboard",
@@ -130,9 +138,9 @@ def test_feeds_run_together_a_failing_feed_ends_alone_metrics_and_rotation(tmp_p
 
 
 @pytest.mark.skipif(TMUX is None, reason="tmux is not installed (apt-get install tmux)")
-def test_control_room_in_tmux_80x24(tmp_path):
+def test_control_room_in_tmux_80x24(tmp_path, model):
     songs = [music(tmp_path / f"s{i}.wav", 40.0, 200.0 + 60 * i) for i in range(4)]
-    argv = [sys.executable, "-m", "rtgenre", "monitor", "--engine", "onnxruntime"] + [f"--feed=feed{i}={p}" for i, p in enumerate(songs)]
+    argv = [sys.executable, "-m", "rtgenre", "monitor", "--engine", "onnxruntime", "--model", str(model)] + [f"--feed=feed{i}={p}" for i, p in enumerate(songs)]
     with TmuxPane(argv, 80, 24, tmp_path, cwd=ROOT, env={"PYTHONPATH": str(ROOT)}) as pane:
         rows = lambda s: [line for line in s.splitlines() if re.match(r"^.feed\d ", line)]  # noqa: E731
         screen = pane.wait_for(lambda s: len(rows(s)) == 4 and all("%" in r for r in rows(s)), 40)
@@ -148,3 +156,76 @@ def test_control_room_in_tmux_80x24(tmp_path):
         assert "4 feeds" in back and "▸feed1" in back
         pane.send_keys("q")
         assert pane.wait_exit(20) == 0, pane.stderr()
+
+
+class Monitor:
+    """``rtgenre monitor ... --json`` in a subprocess; its events read as they come, with their arrival time."""
+
+    def __init__(self, args: list[str], tmp_path: Path) -> None:
+        self.stderr = tmp_path / "monitor.stderr"
+        with open(self.stderr, "wb") as err:
+            self.proc = subprocess.Popen([sys.executable, "-m", "rtgenre", "monitor", "--json", "--no-dashboard", *args],
+                                         stdout=subprocess.PIPE, stderr=err, cwd=ROOT, env=ENV)
+        self.events: list[tuple[float, dict]] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.events.append((time.monotonic(), json.loads(line)))
+
+    def until(self, predicate, timeout: float = 40.0) -> dict:
+        found = wait_for(lambda: next((e for _, e in self.events if predicate(e)), None), timeout, 0.05)
+        assert found is not None, f"not seen in {timeout} s; stderr: {self.stderr.read_text()}"
+        return found
+
+    def interrupt(self) -> int:
+        self.proc.send_signal(signal.SIGINT)
+        rc = self.proc.wait(timeout=20)
+        self._reader.join(5)
+        return rc
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None, reason="needs ffmpeg and ffprobe")
+def test_url_feed_dropped_and_restored_reconnects_alone(tmp_path, model):
+    """Two live URL feeds and a paced file: one server goes down and comes back; only its feed reconnects,
+    the other two never stop predicting."""
+    from streamserver import StreamServer, encode_mp3
+
+    mp3 = encode_mp3(20.0)
+    song = music(tmp_path / "song.wav", 60.0, 262.0)
+    with StreamServer(mp3) as flaky, StreamServer(mp3, port=0) as steady:
+        run = Monitor(["--model", str(model), "--feed", f"flaky={flaky.url}", "--feed", f"steady={steady.url}",
+                       "--feed", f"file={song}", "--metrics-port", "0"], tmp_path)
+        try:
+            for name in ("flaky", "steady", "file"):
+                run.until(lambda e, n=name: e["event"] == "prediction" and e["stream"] == n)
+            flaky.down()
+            down_at = time.monotonic()
+            lost = run.until(lambda e: e["event"] == "reconnect" and e["stream"] == "flaky")
+            time.sleep(2.0)
+            flaky.up()
+            back = run.until(lambda e: e["event"] == "reconnect" and e["stream"] == "flaky" and e["status"] == "recovered")
+            run.until(lambda e: e["event"] == "prediction" and e["stream"] == "flaky" and e["t"] > back["t"])
+            up_at = time.monotonic()
+            metrics = scrape(re.search(r"metrics on (http://\S+)", run.stderr.read_text()).group(1))
+            rc = run.interrupt()
+        finally:
+            run.proc.kill()
+    assert rc == 0, run.stderr.read_text()
+    assert lost["status"] in ("lost", "failed") and back["missed_s"] > 1.0
+    events = [e for _, e in run.events]
+    assert {e["stream"] for e in events if e["event"] in ("reconnect", "stall", "error")} == {"flaky"}
+    for name in ("steady", "file"):
+        # predictions kept coming, on the wall clock, all through flaky's outage
+        arrivals = [at for at, e in run.events if e["event"] == "prediction" and e["stream"] == name]
+        during = [at for at in arrivals if down_at - 1.0 <= at <= up_at]
+        assert len(during) >= 2 * (up_at - down_at) * 0.8, (name, len(during), up_at - down_at)
+        assert max(b - a for a, b in zip(during, during[1:])) < 2.0, name
+    stops = {e["stream"]: e for e in events if e["event"] == "stop"}
+    assert set(stops) == {"flaky", "steady", "file"} and {s["reason"] for s in stops.values()} == {"interrupted"}
+    assert stops["flaky"]["counts"]["reconnects"] == 1 and stops["steady"]["counts"]["reconnects"] == 0
+    assert metrics["rtgenre_feed_reconnects_total"] == {(("stream", "flaky"),): 1.0, (("stream", "steady"),): 0.0, (("stream", "file"),): 0.0}
+    for name in ("flaky", "steady", "file"):
+        assert metrics["rtgenre_feed_state"][(("rtgenre_feed_state", "live"), ("stream", name))] == 1.0

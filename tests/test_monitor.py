@@ -12,14 +12,12 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
-from prometheus_client.parser import text_string_to_metric_families
-
+from test_monitor_sinks import scrape
 from tmux import TMUX, TmuxPane
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,15 +52,6 @@ def truncated(path: Path, seconds: float, keep_s: float) -> Path:
     data = path.read_bytes()
     path.write_bytes(data[: 44 + int(keep_s * 22050) * 4])
     return path
-
-
-def scrape(url: str) -> dict[str, dict[tuple, float]]:
-    text = urllib.request.urlopen(url, timeout=10).read().decode()
-    out: dict[str, dict[tuple, float]] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
-    return out
 
 
 def wait_for(predicate, timeout: float, step: float = 0.2):

@@ -95,11 +95,40 @@ class MonitorSession(Session):
     The feeds are opened in parallel (a URL's probe or a device's open do not
     wait for one another), and a feed that cannot be opened ends alone with its
     ``error`` and ``stop`` events, like one that fails later; only when no feed
-    opens does the run fail as a whole.
+    opens does the run fail as a whole.  The session also owns the run's
+    per-feed files (reopened on SIGUSR1 while it runs) and its metrics
+    endpoint (closed when it ends).
+
+    Parameters
+    ----------
+    feeds, engine, bus
+        As for :class:`~rtgenre.session.Session`.
+    files : FeedFiles, optional
+        The ``--out-dir`` sink (already on the bus).
+    metrics : MetricsServer, optional
+        The ``--metrics-port`` endpoint.
     """
 
-    def __init__(self, feeds: list, engine: Any, bus: Any) -> None:
+    def __init__(self, feeds: list, engine: Any, bus: Any, *, files: Any = None, metrics: Any = None) -> None:
         super().__init__(feeds, engine, bus, isolate=True)
+        self.files = files
+        self.metrics = metrics
+
+    def run(self) -> None:
+        main = threading.current_thread() is threading.main_thread()
+        old = signal.signal(signal.SIGUSR1, self._on_usr1) if main else None
+        try:
+            super().run()
+        finally:
+            if main:
+                signal.signal(signal.SIGUSR1, old)
+            if self.metrics is not None:
+                self.metrics.close()
+
+    def _on_usr1(self, signum: int, frame: object) -> None:
+        """Log rotation: reopen the per-feed files (ignored without ``--out-dir``)."""
+        if self.files is not None:
+            self.files.reopen()
 
     @contextlib.contextmanager
     def _only(self, feeds: list) -> Iterator[None]:
@@ -169,29 +198,24 @@ def run_monitor(args: argparse.Namespace) -> int:
 
         return EngineMeter(e, registry)
 
-    session = MonitorSession(feeds, engine, bus)
-    on_gone = lambda: session.request_stop("reader gone")  # noqa: E731
-    json_mode = args.json or not sys.stdout.isatty()
-    if json_mode:
-        bus.add(JsonLinesSink(), on_gone, capacity=args.event_queue)
     if args.out_dir is not None:
         from rtgenre.sinks.files import FeedFiles
 
         files = FeedFiles(args.out_dir, [f.name for f in feeds])
-        bus.add(files, lambda: None, capacity=args.event_queue)
+    session = MonitorSession(feeds, engine, bus, files=files, metrics=server)
+    on_gone = lambda: session.request_stop("reader gone")  # noqa: E731
+    json_mode = args.json or not sys.stdout.isatty()
+    if json_mode:
+        bus.add(JsonLinesSink(), on_gone, capacity=args.event_queue)
+    if files is not None:
+        bus.add(files, on_gone, capacity=args.event_queue)
     if registry is not None:
-        bus.add(MetricsSink(registry), lambda: None, capacity=args.event_queue)
+        bus.add(MetricsSink(registry), on_gone, capacity=args.event_queue)
     stream = _dashboard_stream(args, json_mode)
     if stream is not None:
         from rtgenre.sinks.controlroom import ControlRoom
 
         console = Console(file=stream, no_color=args.no_color or "NO_COLOR" in os.environ, stderr=stream is sys.stderr)
         bus.add(ControlRoom(console, on_quit=lambda: session.request_stop("quit")), on_gone, capacity=args.event_queue)
-    old = signal.signal(signal.SIGUSR1, lambda signum, frame: files.reopen() if files is not None else None)
-    try:
-        session.run()
-    finally:
-        signal.signal(signal.SIGUSR1, old)
-        if server is not None:
-            server.close()
+    session.run()
     return ExitCode.OK

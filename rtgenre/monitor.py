@@ -180,6 +180,10 @@ def run_monitor(args: argparse.Namespace) -> int:
     feeds = _feeds(config, card)
     bus = EventBus()
     registry = server = files = None
+    if args.out_dir is not None:
+        from rtgenre.sinks.files import FeedFiles
+
+        files = FeedFiles(args.out_dir, [f.name for f in feeds])
     if args.metrics_port is not None:
         from rtgenre.sinks.metrics import CollectorRegistry, MetricsServer, MetricsSink
 
@@ -198,10 +202,6 @@ def run_monitor(args: argparse.Namespace) -> int:
 
         return EngineMeter(e, registry)
 
-    if args.out_dir is not None:
-        from rtgenre.sinks.files import FeedFiles
-
-        files = FeedFiles(args.out_dir, [f.name for f in feeds])
     session = MonitorSession(feeds, engine, bus, files=files, metrics=server)
     on_gone = lambda: session.request_stop("reader gone")  # noqa: E731
     json_mode = args.json or not sys.stdout.isatty()

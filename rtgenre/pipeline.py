@@ -167,8 +167,14 @@ class Feed:
         #: The error that ended this feed (set by the session), None while it runs or after a clean end.
         self.error: RtgenreError | None = None
 
-    def open(self) -> None:
-        self.source.open()
+    def open(self, emit: Callable[[Event], None] | None = None) -> None:
+        """Open the source (``emit`` gets what it reports while opening: failed attempts to reach a URL)."""
+        if emit is not None:
+            self.source.notify = lambda notice: emit(self._notice_event(notice))
+        try:
+            self.source.open()
+        finally:
+            self.source.notify = None
         self.ring = Ring(max(1, int(self.ring_seconds * self.source.sample_rate)), self.source.channels)
         self.analyzer = Analyzer(self.card, self.source.sample_rate, self.hop_s)
 

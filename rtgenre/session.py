@@ -179,7 +179,7 @@ class Session:
 
     def _open(self) -> None:
         for feed in self.feeds:
-            feed.open()
+            feed.open(self.bus.publish)
         if self.engine is None:
             self.engine = self._engine_arg()  # type: ignore[operator]
 
@@ -267,6 +267,7 @@ class Session:
             error, fatal = self.error, True  # the run's error (open, engine, output), told on the first feed
         if error is None and hasattr(feed, "analyzer"):
             error = feed.deferred_error(ended and feed.finished)
+            fatal = error is not None and error is feed.source.error  # the input broke off; NaN or short input were still analysed
             if error is not None and self.error is None:
                 self.error = error
         if error is not None and error is self.error:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import collections
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,6 +129,8 @@ class Source(ABC):
         self.error: RtgenreError | None = None
         self.frames_in = 0
         self.notices: collections.deque[Notice] = collections.deque()
+        #: Called with the notices raised while :meth:`open` still runs (nothing polls yet); None: queue them.
+        self.notify: Callable[[Notice], None] | None = None
 
     @abstractmethod
     def open(self) -> None:

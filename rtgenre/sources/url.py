@@ -192,7 +192,8 @@ class UrlSource(ThreadedSource):
                 if self.reconnect is not True or self._gave_up(attempt):
                     raise self._giving_up(exc.problem, attempt - 1) if self.reconnect else exc
                 delay = self.backoff(attempt)
-                self.notices.append(Notice("failed", 0, {"attempt": attempt, "reason": exc.problem, "retry_in_s": round(delay, 2)}))
+                notice = Notice("failed", 0, {"attempt": attempt, "reason": exc.problem, "retry_in_s": round(delay, 2)})
+                (self.notify or self.notices.append)(notice)
                 time.sleep(delay)  # a stop signal interrupts this (the session raises out of it)
         check_format(self.description, self.sample_rate, self.channels)
         self._decoder = self._new_decoder()

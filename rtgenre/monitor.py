@@ -142,7 +142,7 @@ class MonitorSession(Session):
     def _open(self) -> None:
         def open_one(feed) -> None:
             try:
-                feed.open()
+                feed.open(self.bus.publish)
             except RtgenreError as e:
                 feed.error, feed.finished = e, True
 

@@ -10,7 +10,11 @@ from the run's own Prometheus endpoint with ``prometheus_client.parser``).  It
 stops after the first N whose latency p99 passes ``--p99-limit-ms`` or that
 overruns.
 
-In the same run it measures the engine's own cost (CPU ms of model work per
+Per N it also gives the monitor's whole CPU time per window analysed and the
+model's share of it: the share of the compute bound the monitor would reach
+with the machine to itself, whatever else runs on it now.
+
+In the same run (before and after the runs, averaged) it measures the engine's own cost (CPU ms of model work per
 window: one window per call, ONNX Runtime on the calling thread, median of
 that thread's CPU time) and from it the *compute bound*: the feeds the
 machine could carry if the model were the only work,
@@ -111,6 +115,7 @@ def run_n(path: Path, n: int, seconds: float, hop: float, threads: int, window_s
     if proc.returncode != 0:
         raise SystemExit(f"monitor failed ({proc.returncode}): {stderr.strip()}")
     preds = [e for e in events if e["event"] == "prediction"]
+    windows = sum(1 for e in events if e["event"] in ("prediction", "silence"))
     lat = np.array([e["latency_ms"] for e in preds if e["t"] > window_s + hop / 2])  # the first window of each feed waits for 7.5 s of audio to fill
     stops = [e for e in events if e["event"] == "stop"]
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -129,6 +134,7 @@ def run_n(path: Path, n: int, seconds: float, hop: float, threads: int, window_s
         "dropped_events": max((e["counts"].get("dropped_events", 0) for e in stops), default=0),
         "cpu_share_of_one_core": round(cpu / wall, 3),
         "cpu_share_of_machine": round(cpu / wall / (os.cpu_count() or 1), 3),
+        "cpu_ms_per_window": round(cpu * 1000.0 / windows, 1) if windows else None,
         "peak_rss_mb": round(peak_kb / 1024, 1),
         "engine_batches": int(batches),
         "engine_mean_batch_size": round(metrics.get("rtgenre_engine_batch_size_sum", 0.0) / batches, 2) if batches else None,
@@ -157,10 +163,8 @@ def main() -> None:
         "monitor_threads": args.threads,
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
-    cost = engine_cost(card)
     windows_per_s = 1.0 / hop
-    result["engine_cost"] = cost
-    result["compute_bound_feeds"] = round(cores / (cost["cpu_ms_per_window_median"] / 1000.0 * windows_per_s), 1)
+    result["engine_cost_before"] = engine_cost(card)
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "feed.wav"
@@ -174,9 +178,15 @@ def main() -> None:
                 break
     result["runs"] = runs
     sustained = [r["feeds"] for r in runs if r["sustained"]]
+    result["engine_cost_after"] = engine_cost(card)
+    model_ms = (result["engine_cost_before"]["cpu_ms_per_window_median"] + result["engine_cost_after"]["cpu_ms_per_window_median"]) / 2
+    result["model_cpu_ms_per_window"] = round(model_ms, 2)
+    result["compute_bound_feeds"] = round(cores / (model_ms / 1000.0 * windows_per_s), 1)
     result["max_sustained_feeds"] = max(sustained, default=0)
     result["share_of_compute_bound"] = round(result["max_sustained_feeds"] / result["compute_bound_feeds"], 3)
-    result["engine_cost_after"] = engine_cost(card)
+    for r in runs:  # the monitor's whole CPU per window against the model's: how much of the bound it could reach with the machine to itself
+        if r["cpu_ms_per_window"]:
+            r["model_share_of_cpu"] = round(model_ms / r["cpu_ms_per_window"], 3)
     result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     result["note"] = ("N feeds play the same file, started together, so their windows fall due at the same time "
                       "(largest batches). The machine is shared: see the load averages for other load during the run.")

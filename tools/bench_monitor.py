@@ -178,7 +178,8 @@ def main() -> None:
             if not r["sustained"] and not args.all:
                 break
     result["runs"] = runs
-    sustained = [r["feeds"] for r in runs if r["sustained"]]  # N tried in order; the largest one sustained
+    first_miss = next((i for i, r in enumerate(runs) if not r["sustained"]), len(runs))
+    sustained = [r["feeds"] for r in runs[:first_miss]]  # every N up to the first one not sustained
     result["engine_cost_after"] = engine_cost(card)
     model_ms = (result["engine_cost_before"]["cpu_ms_per_window_median"] + result["engine_cost_after"]["cpu_ms_per_window_median"]) / 2
     result["model_cpu_ms_per_window"] = round(model_ms, 2)

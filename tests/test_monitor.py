@@ -76,7 +76,7 @@ def test_feeds_run_together_a_failing_feed_ends_alone_metrics_and_rotation(tmp_p
     feeds.write_text(f'[defaults]\nhop = 0.5\nengine = "onnxruntime"\nmodel = "{model}"\n\n[[feed]]\nname = "a"\ninput = "{a}"\n\n'
                      f'[[feed]]\nname = "broken"\ninput = "{broken}"\n')
     out_dir, stdout = tmp_path / "out", tmp_path / "stdout.jsonl"
-    cmd = [sys.executable, "-m", "rtgenre", "monitor", str(feeds), "--feed", f"b={b}", "--json", "--no-dashboard",
+    cmd = [sys.executable, "-m", "rtgenre", "monitor", str(feeds), "--feed", f"b={b}", "--feed", f"missing={tmp_path / 'none.wav'}", "--json", "--no-dashboard",
            "--metrics-port", "0", "--out-dir", str(out_dir)]
     with open(stdout, "wb") as so, open(tmp_path / "stderr", "wb") as se:
         proc = subprocess.Popen(cmd, stdout=so, stderr=se, cwd=ROOT, env=ENV)
@@ -115,8 +115,12 @@ def test_feeds_run_together_a_failing_feed_ends_alone_metrics_and_rotation(tmp_p
         assert any(events.index(p) > broken_stop for p in preds)  # still predicting after the other feed ended
         ts = [p["t"] for p in preds]
         assert np.max(np.diff(ts)) < 0.55 and ts[-1] >= 15.0  # not one hop missed (t is on the 16 ms frame grid)
-    assert rc == 22, stderr  # the first feed error's exit code
-    assert "rtgenre: error: File" in stderr and "truncated" in stderr
+    # a feed that cannot even be opened ends alone, at once
+    missing = [e for e in events if e["stream"] == "missing"]
+    assert [e["event"] for e in missing] == ["error", "stop"] and missing[0]["code"] == 20 and missing[1]["reason"] == "input unreadable"
+    assert events.index(missing[1]) < events.index(next(e for e in events if e["event"] == "prediction"))
+    assert rc == 20, stderr  # the first feed error's exit code
+    assert "rtgenre: error: File" in stderr and "none.wav does not exist" in stderr
 
     # per-feed files: stdout's lines of each feed, split across the rotated and the new file, none lost
     for name in ("a", "b", "broken"):

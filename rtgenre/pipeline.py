@@ -185,8 +185,7 @@ class Feed:
     def stop(self) -> None:
         """Stop the source (bounded: sources never wait without a timeout) and the MIDI input."""
         try:
-            if self.started:
-                self.source.stop()
+            self.source.stop()  # also releases what open() opened when the feed never started
         finally:
             if self.midi is not None:
                 self.midi.stop()

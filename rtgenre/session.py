@@ -211,6 +211,11 @@ class Session:
                 for (feed, window, arrival), probs in zip(ready, results):
                     for event in feed.events_for(window, probs, arrival):
                         self.bus.publish(event)
+            if self.isolate:  # a feed that reached its end is told as such now, while the others go on
+                for feed in self.feeds:
+                    if feed.finished and id(feed) not in self._reported:
+                        self._stop_feed(feed)
+                        self._report(feed, ended=True)
             if all(f.finished for f in self.feeds):
                 return
             if not ready:

@@ -164,7 +164,8 @@ def _cmd_listen(args: argparse.Namespace) -> int:
         session: Session = MidiSession(midi, bus, args.hop, args.stream_name)
     else:
         source = open_source(args.input, args.device, realtime=args.realtime, fmt=args.format, rate=args.rate, channels=args.channels, **stream_options(args))
-        feed = Feed(args.stream_name, source, card, _smoother(args, card), args.hop, midi=midi, midi_weight=args.midi_weight)
+        feed = Feed(args.stream_name, source, card, _smoother(args, card), args.hop, midi=midi, midi_weight=args.midi_weight,
+                    reconnect=bool(args.reconnect), max_reconnects=args.max_reconnects)
         session = Session([feed], lambda: _engine(args, card), bus)
     _attach_sinks(args, bus, on_gone=lambda: session.request_stop("reader gone"), on_quit=lambda: session.request_stop("quit"))
     session.run()

@@ -188,13 +188,13 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         for path in args.files:
             bus = EventBus()
             session = Session([Feed(path, FileSource(path), card, _smoother(args, card), args.hop)], engine, bus, summaries=True)
-            _attach_sinks(args, bus, on_gone=lambda: session.request_stop("reader gone"), on_quit=lambda: session.request_stop("quit"), human=lambda: SummarySink(_console(sys.stdout, args.no_color)))
+            _attach_sinks(args, bus, on_gone=lambda s=session: s.request_stop("reader gone"), on_quit=lambda s=session: s.request_stop("quit"), human=lambda: SummarySink(_console(sys.stdout, args.no_color)))
             try:
                 session.run()
             except RtgenreError as e:
                 _report(e)
                 code = code or e.code
-            if session.stop_reason in ("interrupted", "reader gone", "quit") or session.stop_reason == "output failed":
+            if session.stop_reason in ("interrupted", "reader gone", "quit", "output failed"):
                 break
     finally:
         engine.close()

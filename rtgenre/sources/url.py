@@ -182,7 +182,7 @@ class UrlSource(ThreadedSource):
             except StreamFailedError as exc:  # never worked: retried only when --reconnect was asked for
                 attempt += 1
                 if self.reconnect is not True or self._gave_up(attempt):
-                    raise self._giving_up(exc.problem, attempt - 1) if self.reconnect else exc
+                    raise (self._giving_up(exc.problem, attempt - 1) if self.reconnect else exc) from None
                 delay = backoff(attempt)
                 notice = Notice("failed", 0, {"attempt": attempt, "reason": exc.problem, "retry_in_s": round(delay, 2)})
                 (self.notify or self.notices.append)(notice)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -137,3 +138,21 @@ def test_stop_request_from_another_thread(card, tmp_path):
     threading.Timer(1.0, s.request_stop, args=("quit",)).start()
     s.run()
     assert s.stop_reason == "quit" and sink.events[-1].kind == "stop" and sink.events[-1].data["reason"] == "quit"
+
+
+class SlowEngine(OnnxRuntimeEngine):
+    def run(self, windows):
+        time.sleep(0.1 * len(windows))  # a slow model: 100 ms per window (20 s of audio in the ring: 4 s in one batch)
+        return super().run(windows)
+
+
+def test_stop_is_not_kept_waiting_behind_a_backlog(card, tmp_path):
+    """Minutes of audio ready at once (a file read as fast as possible): a stop still ends the run within 2 s."""
+    sink = Collect()
+    s = session([feed("x", wav(tmp_path / "x.wav", 120), card)], SlowEngine(card), sink)
+    stopped_at = []
+    threading.Timer(1.5, lambda: (stopped_at.append(time.monotonic()), s.request_stop("interrupted"))).start()
+    s.run()
+    assert time.monotonic() - stopped_at[0] < 2.0
+    stop = sink.events[-1]
+    assert stop.kind == "stop" and stop.data["reason"] == "interrupted" and 0 < stop.data["counts"]["windows"] < 200

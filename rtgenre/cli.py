@@ -166,7 +166,8 @@ def _cmd_listen(args: argparse.Namespace) -> int:
         session: Session = MidiSession(midi, bus, args.hop, args.stream_name)
     else:
         source = open_source(args.input, args.device, realtime=args.realtime, fmt=args.format, rate=args.rate, channels=args.channels, **stream_options(args))
-        feed = Feed(args.stream_name, source, card, _smoother(args, card), args.hop, midi=midi, midi_weight=args.midi_weight)
+        feed = Feed(args.stream_name, source, card, _smoother(args, card), args.hop, midi=midi, midi_weight=args.midi_weight,
+                    reconnect=bool(args.reconnect), max_reconnects=args.max_reconnects)
         session = Session([feed], lambda: _engine(args, card), bus)
     _attach_sinks(args, bus, on_gone=lambda: session.request_stop("reader gone"), on_quit=lambda: session.request_stop("quit"))
     session.run()
@@ -189,13 +190,13 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         for path in args.files:
             bus = EventBus()
             session = Session([Feed(path, FileSource(path), card, _smoother(args, card), args.hop)], engine, bus, summaries=True)
-            _attach_sinks(args, bus, on_gone=lambda: session.request_stop("reader gone"), on_quit=lambda: session.request_stop("quit"), human=lambda: SummarySink(_console(sys.stdout, args.no_color)))
+            _attach_sinks(args, bus, on_gone=lambda s=session: s.request_stop("reader gone"), on_quit=lambda s=session: s.request_stop("quit"), human=lambda: SummarySink(_console(sys.stdout, args.no_color)))
             try:
                 session.run()
             except RtgenreError as e:
                 _report(e)
                 code = code or e.code
-            if session.stop_reason in ("interrupted", "reader gone", "quit") or session.stop_reason == "output failed":
+            if session.stop_reason in ("interrupted", "reader gone", "quit", "output failed"):
                 break
     finally:
         engine.close()

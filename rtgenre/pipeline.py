@@ -26,12 +26,20 @@ from rtgenre.dsp.level import LevelMeter
 from rtgenre.dsp.mel import MelStream
 from rtgenre.dsp.resample import Resampler
 from rtgenre.dsp.window import Window, Windower
-from rtgenre.errors import InputEmptyError, NonFiniteSamplesError, RtgenreError
+from rtgenre.errors import (
+    DeviceBusyError,
+    DeviceLostError,
+    DeviceNotFoundError,
+    InputEmptyError,
+    InputFormatError,
+    NonFiniteSamplesError,
+    RtgenreError,
+)
 from rtgenre.events import Event
 from rtgenre.inference.base import Engine
 from rtgenre.ring import Ring
 from rtgenre.smoothing import Decision, Smoother
-from rtgenre.sources.base import Source
+from rtgenre.sources.base import Source, backoff
 
 #: Peak level (dBFS) at or above which a window is flagged as clipped.
 CLIP_DBFS = -0.1
@@ -147,9 +155,15 @@ class Feed:
         MIDI analysis attached to this feed's predictions.
     midi_weight : float
         Weight of the MIDI mood in the combined mood (see :func:`rtgenre.midi.combine_mood`).
+    reconnect : bool
+        A source that can be reopened (a device) and is lost is retried with
+        backoff instead of ending the feed (URL sources reconnect by themselves).
+    max_reconnects : int or None
+        Consecutive failed attempts before the loss is final (None: never).
     """
 
-    def __init__(self, name: str, source: Source, card: ModelCard, smoother: Smoother, hop_s: float, ring_seconds: float = 20.0, midi: MidiInput | None = None, midi_weight: float = 1.0) -> None:
+    def __init__(self, name: str, source: Source, card: ModelCard, smoother: Smoother, hop_s: float, ring_seconds: float = 20.0,
+                 midi: MidiInput | None = None, midi_weight: float = 1.0, reconnect: bool = False, max_reconnects: int | None = None) -> None:
         self.name = name
         self.source = source
         self.card = card
@@ -162,6 +176,11 @@ class Feed:
         self._silent_since: float | None = None
         self._t_offset = 0.0
         self._nonfinite_before = 0
+        self.reconnect = reconnect and hasattr(source, "reopen")
+        self.max_reconnects = max_reconnects
+        self._lost: tuple[float, str] | None = None  # (monotonic time, reason) while reconnecting
+        self._attempt = 0
+        self._retry_at = 0.0
         self.started = False
         self.finished = False
         #: The error that ended this feed (set by the session), None while it runs or after a clean end.
@@ -185,8 +204,7 @@ class Feed:
     def stop(self) -> None:
         """Stop the source (bounded: sources never wait without a timeout) and the MIDI input."""
         try:
-            if self.started:
-                self.source.stop()
+            self.source.stop()  # also releases what open() opened when the feed never started
         finally:
             if self.midi is not None:
                 self.midi.stop()
@@ -219,8 +237,17 @@ class Feed:
         flushed and :attr:`finished` is set; a source error is raised only once
         everything that arrived before it has been analysed.
         """
+        if self._lost is not None:
+            return self._retry(emit), time.monotonic()
         if hasattr(self.source, "check"):
-            self.source.check()
+            try:
+                self.source.check()
+            except DeviceLostError as exc:
+                if not self.reconnect:
+                    raise
+                windows = self._process(self.ring.read()[0])  # the audio that arrived before the loss
+                self._lose(exc.problem, emit)
+                return windows, time.monotonic()
         frames, dropped = self.ring.read()
         now = time.monotonic()
         if dropped:
@@ -250,6 +277,42 @@ class Feed:
         if analyzer is None:
             return 0.0
         return self._t_offset + analyzer.mel.frames_done * self.card.frontend.hop_length / self.card.frontend.sample_rate
+
+    def _lose(self, reason: str, emit: Callable[[Event], None]) -> None:
+        """The source is gone: release it and schedule the first attempt to reopen it."""
+        self.source.stop()
+        self._lost, self._attempt = (time.monotonic(), reason), 1
+        delay = backoff(1)
+        self._retry_at = time.monotonic() + delay
+        emit(Event("reconnect", self.name, self._t(), {"status": "lost", "attempt": 0, "reason": reason, "retry_in_s": round(delay, 2)}))
+
+    def _retry(self, emit: Callable[[Event], None]) -> list[Window]:
+        """Try to reopen a lost source when its attempt is due; restart the analysis after the gap once it works."""
+        assert self._lost is not None
+        if time.monotonic() < self._retry_at:
+            return []
+        lost_at, reason = self._lost
+        try:
+            self.source.reopen()  # type: ignore[attr-defined]
+        except (DeviceNotFoundError, DeviceBusyError, DeviceLostError, InputFormatError) as exc:
+            if self.max_reconnects is not None and self._attempt >= self.max_reconnects:
+                raise DeviceLostError(f"{self.source.description} was lost ({reason}) and {self._attempt} reconnect attempt(s) did not bring it back",
+                                      "Check that it is connected, then restart") from None
+            delay = backoff(self._attempt + 1)
+            emit(Event("reconnect", self.name, self._t(), {"status": "failed", "attempt": self._attempt, "reason": exc.problem, "retry_in_s": round(delay, 2)}))
+            self._attempt += 1
+            self._retry_at = time.monotonic() + delay
+            return []
+        missed = time.monotonic() - lost_at
+        windows = self._restart_after_gap(missed)
+        self.analyzer = Analyzer(self.card, self.source.sample_rate, self.hop_s)  # the device may come back at another rate
+        self.ring = Ring(max(1, int(self.ring_seconds * self.source.sample_rate)), self.source.channels)
+        self.source.start(self.ring)
+        self.stats.reconnects += 1
+        self.stats.missed_s += missed
+        emit(Event("reconnect", self.name, self._t(), {"status": "recovered", "attempt": self._attempt, "reason": reason, "missed_s": round(missed, 3)}))
+        self._lost = None
+        return windows
 
     def _process(self, frames: np.ndarray) -> list[Window]:
         return self._offset(self.analyzer.process(frames)) if len(frames) else []

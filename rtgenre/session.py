@@ -18,6 +18,7 @@ has ended.  :class:`MidiSession` is the same lifecycle for MIDI without audio.
 
 from __future__ import annotations
 
+import collections
 import signal
 import threading
 import time
@@ -26,6 +27,7 @@ from typing import Callable
 from rtgenre.errors import ExitCode, OutputFailedError, RtgenreError
 from rtgenre.events import Event
 from rtgenre.inference.base import Engine
+from rtgenre.dsp.window import Window
 from rtgenre.pipeline import Feed, MidiInput, infer
 from rtgenre.sinks.base import EventBus
 
@@ -33,6 +35,8 @@ from rtgenre.sinks.base import EventBus
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 #: Seconds within which a stop signal ends a run.
 STOP_WITHIN_S = 2.0
+#: Windows run through the engine per step of the loop (the stop flag is checked between steps).
+STEP_WINDOWS = 8
 #: Seconds the sinks get to drain after a stop that was not the end of the input.
 DRAIN_AFTER_STOP_S = 0.5
 
@@ -193,6 +197,7 @@ class Session:
 
     def _loop(self) -> None:
         assert self.engine is not None
+        pending: collections.deque[tuple[Feed, Window, float]] = collections.deque()
         while not self.stop_requested.is_set():
             ready = []
             for feed in self.feeds:
@@ -206,24 +211,23 @@ class Session:
                     self._feed_failed(feed, e)
                     continue
                 ready += [(feed, w, now) for w in windows]
-            if ready:
-                results = infer(self.engine, [w for _, w, _ in ready])
-                for (feed, window, arrival), probs in zip(ready, results):
+            pending.extend(ready)
+            if pending:  # a bounded step, so that a stop is never kept waiting behind a long backlog
+                step = [pending.popleft() for _ in range(min(len(pending), STEP_WINDOWS))]
+                results = infer(self.engine, [w for _, w, _ in step])
+                for (feed, window, arrival), probs in zip(step, results):
                     for event in feed.events_for(window, probs, arrival):
                         self.bus.publish(event)
-            if self.isolate:
-                self._report_ended()
-            if all(f.finished for f in self.feeds):
+            if self.isolate:  # a feed that reached its end is told as such now, while the others go on
+                waiting = {id(f) for f, _, _ in pending}
+                for feed in self.feeds:
+                    if feed.finished and id(feed) not in self._reported and id(feed) not in waiting:
+                        self._stop_feed(feed)
+                        self._report(feed, ended=True)
+            if not pending and all(f.finished for f in self.feeds):
                 return
-            if not ready:
+            if not ready and not pending:
                 self.stop_requested.wait(self.poll_s)
-
-    def _report_ended(self) -> None:
-        """Isolated feeds: one that reached its end is stopped and reported now, not when the run ends."""
-        for feed in self.feeds:
-            if feed.finished and id(feed) not in self._reported:
-                self._stop_feed(feed)
-                self._report(feed, ended=True)
 
     def _feed_failed(self, feed: Feed, error: RtgenreError) -> None:
         feed.error = error

@@ -116,6 +116,7 @@ CASES = [
     Case("no-input", L(), U, ("input",), events=False),
     Case("two-inputs", L("--input", "{wav}", "--device", "1"), U, ("--device", "--input"), events=False),
     Case("reconnect-with-a-file", L("--input", "{wav}", "--reconnect"), U, ("--reconnect",), events=False),
+    Case("max-reconnects-with-stdin", L("--input", "-", "--max-reconnects", "3"), U, ("--max-reconnects",), events=False),
     Case("format-with-a-file", L("--input", "{wav}", "--format", "s16le"), U, ("--format",), events=False),
     Case("realtime-with-stdin", L("--input", "-", "--realtime"), U, ("--realtime",), events=False),
     Case("raw-without-rate", L("--input", "-", "--format", "s16le"), U, ("--rate",)),

@@ -20,11 +20,10 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from engine_fixtures import export_test_model
-from rtgenre.errors import ExitCode, StreamFailedError
+from rtgenre.errors import ExitCode
 from rtgenre.ring import Ring
 from rtgenre.sources.url import UrlSource
 from streamserver import FRAME_SAMPLES, RATE, StreamServer, encode_mp3
@@ -188,35 +187,27 @@ def test_no_audio_after_a_recovery_is_lost(server):
     assert 99 * FRAME_SAMPLES <= after <= 100 * FRAME_SAMPLES
 
 
-def test_give_up_after_max_reconnects(server, model):
-    proc_run = Listen(server.url, model, "--max-reconnects", "1")
-    try:
-        proc_run.until(is_("prediction"))
-        server.down()
-        proc_run.drain()
-        rc = proc_run.proc.wait(timeout=30)
-    finally:
-        proc_run.proc.kill()
-    err = proc_run.proc.stderr.read().decode()
-    assert rc == ExitCode.STREAM_FAILED and "Traceback" not in err
-    assert len([ln for ln in err.splitlines() if ln.startswith("rtgenre: error:")]) == 1 and "1 reconnect attempt" in err
-    error, stop = proc_run.events[-2:]
-    assert error["event"] == "error" and error["code"] == ExitCode.STREAM_FAILED and error["fatal"]
-    assert stop["event"] == "stop" and stop["reason"] == "stream failed"
-
-
-def test_no_reconnect_makes_a_drop_an_error(server, model):
-    run = Listen(server.url, model, "--no-reconnect")
+@pytest.mark.parametrize(
+    "extra, fault, says",
+    [(("--max-reconnects", "1"), "down", "1 reconnect attempt"), (("--no-reconnect",), "drop", "broke off")],
+    ids=["max-reconnects-then-down", "no-reconnect-then-drop"],
+)
+def test_a_stream_given_up_is_exit_24(server, model, extra, fault, says):
+    run = Listen(server.url, model, *extra)
     try:
         run.until(is_("prediction"))
-        server.drop()
+        getattr(server, fault)()
         run.drain()
-        rc = run.proc.wait(timeout=20)
+        rc = run.proc.wait(timeout=30)
     finally:
         run.proc.kill()
-    assert rc == ExitCode.STREAM_FAILED
-    assert run.events[-2]["event"] == "error" and "broke off" in run.events[-2]["message"]
-    assert run.events[-1]["reason"] == "stream failed"
+    err = run.proc.stderr.read().decode()
+    assert rc == ExitCode.STREAM_FAILED and "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith("rtgenre: error:")]
+    assert len(lines) == 1 and says in lines[0]
+    error, stop = run.events[-2:]
+    assert error["event"] == "error" and error["code"] == ExitCode.STREAM_FAILED and error["fatal"] and says in error["message"]
+    assert stop["event"] == "stop" and stop["reason"] == "stream failed"
 
 
 def free_port() -> int:

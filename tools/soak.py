@@ -29,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-from streamserver import StreamServer, encode_mp3  # noqa: E402
+from streamserver import StreamServer, encode_mp3
 
 
 def proc_stats(pid: int) -> dict[str, int]:

@@ -197,6 +197,14 @@ class DashboardState:
             self._log(event.t, f"overrun: {d.get('dropped_samples', 0)} samples dropped", "yellow")
         elif kind == "midi":
             self.midi = d.get("midi")
+        elif kind == "stall":
+            self._log(event.t, f"stall: no audio for {d.get('seconds')} s", "yellow")
+        elif kind == "reconnect":
+            status = d.get("status")
+            if status == "recovered":
+                self._log(event.t, f"reconnected (attempt {d.get('attempt')}, {d.get('missed_s', 0):.1f} s missed)", "green")
+            else:
+                self._log(event.t, f"stream {status}: {d.get('reason', '')}; retrying in {d.get('retry_in_s', 0):.1f} s", "yellow")
         elif kind == "error":
             style = "bold red" if d.get("fatal") else "red"
             entry = self._log(event.t, f"error {d.get('code', '?')}: {d.get('message', '')}", style)

@@ -27,11 +27,15 @@ class JsonLinesSink(Sink):
     Parameters
     ----------
     stream : binary file, optional
-        Defaults to standard output's file descriptor, written unbuffered.
+        Defaults to standard output: its file descriptor, written unbuffered
+        (``sys.stdout.buffer`` when ``sys.stdout`` was replaced).
     """
 
     def __init__(self, stream: BinaryIO | None = None) -> None:
-        self.stream = stream if stream is not None else _FdWriter(sys.__stdout__.fileno() if sys.__stdout__ is not None else 1)
+        if stream is None:
+            # the process's own stdout is written straight to its descriptor; a replaced sys.stdout (a test, an embedding program) is used as it is
+            stream = _FdWriter(1) if sys.stdout is None or sys.stdout is sys.__stdout__ else sys.stdout.buffer
+        self.stream = stream
 
     def handle(self, event: Event) -> None:
         if event.arrival is not None:

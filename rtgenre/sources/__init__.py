@@ -73,9 +73,8 @@ def open_source(
         raise UsageError("--realtime paces files only", "Drop --realtime for devices, stdin and URLs")
     if fmt is not None and input != "-":
         raise UsageError("--format applies to raw PCM on stdin only (--input -)", "Drop --format")
-    if reconnect is not None or max_reconnects is not None:
-        if input is None or not is_url(input):
-            raise UsageError("--reconnect / --max-reconnects apply to URLs only", "Drop them for devices, files and stdin")
+    if (reconnect is not None or max_reconnects is not None) and device is None and not (input is not None and is_url(input)):
+        raise UsageError("--reconnect / --max-reconnects apply to URLs and devices only", "Drop them for files and stdin")
     if device is not None:
         from rtgenre.sources.device import DeviceSource
 

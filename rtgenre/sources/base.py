@@ -30,6 +30,7 @@ in stream order and restarts its analysis exactly at a gap.
 from __future__ import annotations
 
 import collections
+import random
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -150,6 +151,15 @@ class Source(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+#: First delay before a reconnect and its ceiling, in seconds (doubling, ±20 % jitter).
+BACKOFF_S, BACKOFF_MAX_S = 1.0, 60.0
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to wait before reconnect attempt ``attempt`` (1, 2, ...): 1 s doubling to 60 s, ±20 % jitter."""
+    return min(BACKOFF_MAX_S, BACKOFF_S * 2.0 ** min(attempt - 1, 30)) * random.uniform(0.8, 1.2)
 
 
 class ThreadedSource(Source):

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import select
 import shutil
 import subprocess
@@ -33,7 +32,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from rtgenre.errors import DependencyMissingError, StreamFailedError
-from rtgenre.sources.base import Notice, ThreadedSource, check_format
+from rtgenre.sources.base import Notice, ThreadedSource, backoff, check_format
 from rtgenre.sources.stdin import PcmDecoder
 
 #: Decoding parameters when ffprobe is not installed.
@@ -161,9 +160,6 @@ class UrlSource(ThreadedSource):
         The stream has no length (a live stream), known after :meth:`open`.
     """
 
-    #: First delay before a reconnect and its ceiling, in seconds (doubling, ±20 % jitter).
-    BACKOFF_S, BACKOFF_MAX_S = 1.0, 60.0
-
     def __init__(self, url: str, *, block_seconds: float = 0.05, reconnect: bool | None = None,
                  max_reconnects: int | None = None, stall_timeout: float = 10.0) -> None:
         super().__init__()
@@ -176,10 +172,6 @@ class UrlSource(ThreadedSource):
         self.endless = False
         self._decoder: FfmpegDecoder | None = None
 
-    def backoff(self, attempt: int) -> float:
-        """Seconds to wait before reconnect attempt ``attempt`` (1, 2, ...)."""
-        return min(self.BACKOFF_MAX_S, self.BACKOFF_S * 2.0 ** min(attempt - 1, 30)) * random.uniform(0.8, 1.2)
-
     def open(self) -> None:
         require_ffmpeg()
         attempt = 0
@@ -190,8 +182,8 @@ class UrlSource(ThreadedSource):
             except StreamFailedError as exc:  # never worked: retried only when --reconnect was asked for
                 attempt += 1
                 if self.reconnect is not True or self._gave_up(attempt):
-                    raise self._giving_up(exc.problem, attempt - 1) if self.reconnect else exc
-                delay = self.backoff(attempt)
+                    raise (self._giving_up(exc.problem, attempt - 1) if self.reconnect else exc) from None
+                delay = backoff(attempt)
                 notice = Notice("failed", 0, {"attempt": attempt, "reason": exc.problem, "retry_in_s": round(delay, 2)})
                 (self.notify or self.notices.append)(notice)
                 time.sleep(delay)  # a stop signal interrupts this (the session raises out of it)
@@ -261,7 +253,7 @@ class UrlSource(ThreadedSource):
             attempt += 1
             if self._gave_up(attempt):
                 raise self._giving_up(reason or why, attempt - 1)
-            delay = self.backoff(attempt)
+            delay = backoff(attempt)
             if lost_at is None:
                 lost_at, reason = last_audio, why
                 self.notices.append(Notice("lost", self.frames_in, {"attempt": 0, "reason": why, "retry_in_s": round(delay, 2)}))

@@ -2,7 +2,8 @@
 
 The overview shows, per feed: name, state (live / reconnecting / stalled /
 ended, see :mod:`rtgenre.sinks.feedstate`), current genre and its smoothed
-probability, mood, instrument families present, a level meter, latency p99,
+probability, mood, instrument families present (for a feed that ended with
+an error: that error), a level meter, latency p99,
 overruns and uptime; sorted by name or by state (trouble first), scrolled by
 the selection and paged when the feeds do not fit.  Enter opens the selected
 feed's detail view, which is the single-feed dashboard of ``listen``
@@ -49,6 +50,7 @@ class FeedView:
     dash: DashboardState
     state: str = "starting"
     since: float = 0.0  # monotonic time the state was entered
+    error: str | None = None  # the latest error event, shown in the row once the feed ended
 
 
 class ControlRoomState:
@@ -71,6 +73,8 @@ class ControlRoomState:
             if self.selected is None:
                 self.selected = event.stream
         feed.dash.process(event, now)
+        if event.kind == "error":
+            feed.error = f"error {event.data.get('code', '?')}: {event.data.get('message', '')}"
         state = next_state(feed.state, event)
         if state != feed.state:
             feed.state, feed.since = state, now
@@ -214,17 +218,20 @@ class ControlRoomView:
         state = f.state if c.state >= len(f.state) else STATE_SHORT[f.state]
         row.append(_cell(state, c.state) + " ", style=STATE_STYLE[f.state])
         genre = d.heads.get("genre")
-        if genre:
+        if f.state == "ended" and f.error:  # why it ended, across the genre, mood and instruments cells
+            row.append(_cell(f.error, c.genre + c.mood + c.instruments + 2) + " ", style="red")
+        elif genre:
             p = f" {float(genre.get('p', 0.0)):3.0%}"
             row.append(_cell(str(genre.get("top", "?")), c.genre - len(p)), style=f"bold {d.color(genre.get('top'))}" if not self._plain else "bold")
             row.append(p + " ")
         else:
             row.append(_cell("—", c.genre) + " ", style="dim")
-        mood = d.heads.get("mood")
-        row.append(_cell(str(mood.get("top", "?")) if mood else "—", c.mood) + " ")
-        inst = d.heads.get("instruments")
-        present = ",".join(str(x)[:4] for x in inst.get("present", [])) if inst else "—"
-        row.append(_cell(present or "none", c.instruments) + " ")
+        if not (f.state == "ended" and f.error):
+            mood = d.heads.get("mood")
+            row.append(_cell(str(mood.get("top", "?")) if mood else "—", c.mood) + " ")
+            inst = d.heads.get("instruments")
+            present = ",".join(str(x)[:4] for x in inst.get("present", [])) if inst else "—"
+            row.append(_cell(present or "none", c.instruments) + " ")
         self._meter(row, d, c.level, silent=d.silent_since is not None)
         lat = d.latency_percentiles()
         row.append(_cell("—" if lat is None else _ms(lat[1]), c.latency, right=True) + " ")

@@ -162,6 +162,8 @@ class Session:
             except Exception as e:  # a bug: still stop and report everything, then show the traceback
                 bug = InternalError(f"Internal error ({type(e).__name__}: {e})", "Please report this bug with the command that caused it")
                 self.request_stop(bug.reason, bug)
+                if self.error is None:  # a stop was asked for first; the bug is still told
+                    self.error = bug
                 raise
             finally:
                 self._phase = "closing"

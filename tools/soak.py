@@ -82,7 +82,7 @@ def main() -> int:
     reader.start()
     t0 = time.monotonic()
     duration = args.minutes * 60
-    stall_at = duration / 2
+    stall_at = (duration // 2 // args.drop_every + 0.5) * args.drop_every  # half-way, between two drops
     next_drop, drops, stalled = args.drop_every, [], False
     samples, baseline = [], None
     next_sample = 0.0
@@ -124,6 +124,7 @@ def main() -> int:
     recovered = [r for r in reconnects if r.get("status") == "recovered"]
     after = [s for s in samples if baseline is not None and s["t"] >= baseline["t"]]
     growth_kb = (max(s["rss_kb"] for s in after) - baseline["rss_kb"]) if after else None
+    half = next((s for s in samples if s["t"] >= end["t"] / 2), end)
     report = {
         "command": "python tools/soak.py " + " ".join(sys.argv[1:]),
         "listen_command": " ".join(cmd[1:]),
@@ -140,7 +141,8 @@ def main() -> int:
         "stop": {k: last.get(k) for k in ("event", "reason", "signal", "counts")},
         "exit_code": rc,
         "stop_seconds": round(stop_s, 3),
-        "memory": {"baseline": baseline, "end": end, "growth_after_warmup_kb": growth_kb},
+        "memory": {"baseline": baseline, "half": half, "end": end, "growth_after_warmup_kb": growth_kb,
+                   "growth_second_half_kb": end["rss_kb"] - half["rss_kb"], "max_rss_kb": max(s["rss_kb"] for s in samples)},
         "threads": {"baseline": baseline and baseline["threads"], "end": end["threads"]},
         "fds": {"baseline": baseline and baseline["fds"], "end": end["fds"]},
         "targets": {

@@ -1,7 +1,8 @@
 """The ``rtgenre`` command line: argument parsing and subcommand dispatch only.
 
 Subcommands: ``listen`` (live feed), ``classify`` (files, offline), ``devices``,
-``eval``, ``train``, ``engine build|info``, ``midi-ports``, ``analyze-midi``.
+``eval``, ``train``, ``engine build|info``, ``midi-ports``, ``analyze-midi``,
+``monitor`` (many live feeds, see :mod:`rtgenre.monitor`).
 User mistakes end with one line on stderr and the error's exit code
 (:mod:`rtgenre.errors`); Ctrl-C ends ``listen`` cleanly with a ``stop`` event.
 """

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from test_device import needs_pulse, pulse  # noqa: F401  (the fixture)
 from test_monitor_sinks import scrape
 from tmux import TMUX, TmuxPane
 
@@ -154,11 +155,11 @@ def test_control_room_in_tmux_80x24(tmp_path, model):
 class Monitor:
     """``rtgenre monitor ... --json`` in a subprocess; its events read as they come, with their arrival time."""
 
-    def __init__(self, args: list[str], tmp_path: Path) -> None:
+    def __init__(self, args: list[str], tmp_path: Path, env: dict[str, str] | None = None) -> None:
         self.stderr = tmp_path / "monitor.stderr"
         with open(self.stderr, "wb") as err:
             self.proc = subprocess.Popen([sys.executable, "-m", "rtgenre", "monitor", "--json", "--no-dashboard", *args],
-                                         stdout=subprocess.PIPE, stderr=err, cwd=ROOT, env=ENV)
+                                         stdout=subprocess.PIPE, stderr=err, cwd=ROOT, env={**(env or os.environ), "PYTHONPATH": str(ROOT)})
         self.events: list[tuple[float, dict]] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -222,3 +223,29 @@ def test_url_feed_dropped_and_restored_reconnects_alone(tmp_path, model):
     assert metrics["rtgenre_feed_reconnects_total"] == {(("stream", "flaky"),): 1.0, (("stream", "steady"),): 0.0, (("stream", "file"),): 0.0}
     for name in ("flaky", "steady", "file"):
         assert metrics["rtgenre_feed_state"][(("rtgenre_feed_state", "live"), ("stream", name))] == 1.0
+
+
+@needs_pulse
+def test_device_feed_beside_a_file_feed(pulse, make_tone, tmp_path, model):
+    """A FEEDS.toml with a capture device (a private PulseAudio, paplay looping a tone) and a file."""
+    tone = make_tone("tone.wav", seconds=12.0, freqs=(220.0, 330.0), amps=(0.4, 0.2))
+    played, _ = sf.read(tone, dtype="float32", always_2d=True)
+    expected = float(10 * np.log10(np.mean(np.mean(played[: int(7.5 * 48000)], axis=1, dtype=np.float64) ** 2)))
+    pulse.play(tone, loop=True)
+    song = music(tmp_path / "song.wav", 30.0, 262.0)
+    feeds = tmp_path / "feeds.toml"
+    feeds.write_text(f'[defaults]\nmodel = "{model}"\n[[feed]]\nname = "desk"\ndevice = "pulse"\n[[feed]]\nname = "song"\ninput = "{song}"\n')
+    run = Monitor([str(feeds)], tmp_path, env=pulse.env)
+    try:
+        for name in ("desk", "song"):
+            run.until(lambda e, n=name: e["event"] == "prediction" and e["stream"] == n)
+        rc = run.interrupt()
+    finally:
+        run.proc.kill()
+    assert rc == 0, run.stderr.read_text()
+    events = [e for _, e in run.events]
+    start = next(e for e in events if e["event"] == "start" and e["stream"] == "desk")
+    assert "pulse" in start["source"]
+    desk = [e for e in events if e["event"] == "prediction" and e["stream"] == "desk"]
+    assert all(abs(p["level_dbfs"] - expected) < 1.5 for p in desk), ([p["level_dbfs"] for p in desk], expected)
+    assert {e["stream"] for e in events if e["event"] == "stop"} == {"desk", "song"}

@@ -232,7 +232,7 @@ def _unknown(table: dict[str, Any], owner: str, where: Callable[[str], str], kno
             raise UsageError(f"{where(k)}: unknown key {k!r} in {owner}", "Known keys: " + ", ".join(known))
 
 
-def _feed(values: dict[str, Any], base: dict[str, Any], origin: str, owner: str, where: Callable[[str], str]) -> FeedSpec:
+def _feed(values: dict[str, Any], base: dict[str, Any], origin: str, owner: str) -> FeedSpec:
     """A FeedSpec from a feed's own values over ``base`` (the [defaults] settings)."""
     if "name" not in values:
         raise UsageError(f"{origin}: {owner} has no name", 'Add name = "..." to it')
@@ -289,7 +289,7 @@ def load_config(path: str | Path) -> MonitorConfig:
         _unknown(table, owner, at, list(FEED_KEYS) + list(FEED_SETTINGS))
         values = _settings(table, owner, at, FEED_SETTINGS)
         values.update({k: _checked(at(k), owner, k, table[k], check) for k, check in FEED_KEYS.items() if k in table})
-        feeds.append(_feed(values, base, at("name"), owner, at))
+        feeds.append(_feed(values, base, at("name"), owner))
     check_unique(tuple(feeds))
     return MonitorConfig(feeds=tuple(feeds), defaults=base, **engine)
 
@@ -310,7 +310,7 @@ def parse_feed_option(option: str, base: dict[str, Any] | None = None) -> FeedSp
             values["input"] = _input(spec)
     except ValueError as e:
         raise UsageError(f"--feed {option!r} is invalid", f"Use {e}") from None
-    return _feed(values, base or {}, "--feed", f"--feed {name}", lambda k: "--feed")
+    return _feed(values, base or {}, "--feed", f"--feed {name}")
 
 
 def build_config(path: str | Path | None, options: list[str]) -> MonitorConfig:

@@ -1,7 +1,8 @@
 """The ``rtgenre`` command line: argument parsing and subcommand dispatch only.
 
 Subcommands: ``listen`` (live feed), ``classify`` (files, offline), ``devices``,
-``eval``, ``train``, ``engine build|info``, ``midi-ports``, ``analyze-midi``.
+``eval``, ``train``, ``engine build|info``, ``midi-ports``, ``analyze-midi``,
+``monitor`` (many live feeds, see :mod:`rtgenre.monitor`).
 User mistakes end with one line on stderr and the error's exit code
 (:mod:`rtgenre.errors`); Ctrl-C ends ``listen`` cleanly with a ``stop`` event.
 """
@@ -10,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from rtgenre import __version__
 from rtgenre.errors import ExitCode, RtgenreError, UsageError
+from rtgenre.options import add_stream_options, check_options, stream_options
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     midi.add_argument("--midi-port", help="analyse a MIDI input port too (index or name; see `rtgenre midi-ports`)")
     midi.add_argument("--midi-file", help="replay a MIDI file in real time through the MIDI analysis")
     midi.add_argument("--midi-weight", type=float, default=1.0, help="weight of the MIDI mood in the combined mood (product of experts; 0 = audio only; default: 1)")
+    add_stream_options(p)
     _add_model_options(p)
     _add_analysis_options(p)
     _add_output_options(p, dashboard=True)
@@ -93,7 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     from rtgenre.inference.commands import add_engine_arguments
     from rtgenre.midi.commands import add_midi_arguments
-    from rtgenre.training.commands import add_eval_arguments, add_train_arguments, run_eval, run_train
+    from rtgenre.monitor import add_monitor_arguments
+    from rtgenre.training.commands import (
+        add_eval_arguments,
+        add_train_arguments,
+        run_eval,
+        run_train,
+    )
 
     p = sub.add_parser("eval", help="evaluate a model on a labelled folder (accuracy, F1, confusion)",
                        description="Run a model over labelled audio files and report accuracy, per-class precision/recall/F1 and the "
@@ -112,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         for nested in (a for a in command._actions if isinstance(a, argparse._SubParsersAction)):
             for leaf in nested.choices.values():
                 leaf.set_defaults(usage_parser=leaf)
+    add_monitor_arguments(sub)
     return parser
 
 
@@ -169,8 +178,6 @@ def _attach_sinks(args: argparse.Namespace, bus, on_gone: Callable[[], None], on
 def _engine(args: argparse.Namespace, card):
     from rtgenre.inference import create_engine
 
-    if args.threads < 0 or args.max_batch < 1:
-        raise UsageError(f"Invalid --threads {args.threads} or --max-batch {args.max_batch}", "Use --threads >= 0 and --max-batch >= 1")
     engine = create_engine(args.engine, card, threads=args.threads, precision=args.precision, max_batch=args.max_batch)
     if engine.notice and (args.verbose or args.engine != "auto"):  # always in the start event; on stderr when asked
         print(f"rtgenre: notice: {engine.notice}", file=sys.stderr)
@@ -183,32 +190,14 @@ def _smoother(args: argparse.Namespace, card):
     return Smoother(card.heads, args.hop, args.smooth, args.silence_db, args.change_margin, args.change_hops, args.talk_hold)
 
 
-def _run(runner, bus, summaries: bool = False) -> int:
-    """Run with SIGINT/SIGTERM mapped to a clean stop; always drain the sinks.
-
-    At the end of the input the sinks are drained completely (a slow reader
-    still gets every remaining event, ``stop`` last); after an interruption or
-    an error they get a few seconds.
-    """
-    def on_signal(signum, frame):
-        runner.request_stop("interrupted")
-
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        runner.run(summaries=summaries)
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-        bus.finish(timeout=None if runner.stop_reason == "end of input" else 3.0)
-    return ExitCode.OK
-
-
 def _cmd_listen(args: argparse.Namespace) -> int:
     from rtgenre.card import load_card
-    from rtgenre.pipeline import Feed, MidiRunner, Runner
+    from rtgenre.pipeline import Feed
+    from rtgenre.session import MidiSession, Session
     from rtgenre.sinks.base import EventBus
     from rtgenre.sources import open_source
 
+    check_options(args)
     if args.file is not None:
         if args.input is not None or args.device is not None:
             raise UsageError(f"Both FILE ({args.file}) and --input/--device name an input", "Give one input: FILE, --input or --device")
@@ -222,47 +211,49 @@ def _cmd_listen(args: argparse.Namespace) -> int:
         midi = open_midi(args.midi_port, args.midi_file, window_s=card.window_seconds, **({"mood_labels": mood[0]} if mood else {}))
     bus = EventBus()
     if midi is not None and args.device is None and args.input is None:
-        runner = MidiRunner(midi, bus, args.hop, args.stream_name)
+        session: Session = MidiSession(midi, bus, args.hop, args.stream_name)
     else:
-        source = open_source(args.input, args.device, realtime=args.realtime, fmt=args.format, rate=args.rate, channels=args.channels)
-        feed = Feed(args.stream_name, source, card, _smoother(args, card), args.hop, midi=midi, midi_weight=args.midi_weight)
-        feed.open()
-        runner = Runner([feed], _engine(args, card), bus)
-    _attach_sinks(args, bus, on_gone=lambda: runner.request_stop("reader gone"), on_quit=lambda: runner.request_stop("quit"))
-    return _run(runner, bus)
+        source = open_source(args.input, args.device, realtime=args.realtime, fmt=args.format, rate=args.rate, channels=args.channels, **stream_options(args))
+        feed = Feed(args.stream_name, source, card, _smoother(args, card), args.hop, midi=midi, midi_weight=args.midi_weight,
+                    reconnect=bool(args.reconnect), max_reconnects=args.max_reconnects)
+        session = Session([feed], lambda: _engine(args, card), bus)
+    _attach_sinks(args, bus, on_gone=lambda: session.request_stop("reader gone"), on_quit=lambda: session.request_stop("quit"))
+    session.run()
+    return ExitCode.OK
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
     from rtgenre.card import load_card
-    from rtgenre.pipeline import Feed, Runner
+    from rtgenre.pipeline import Feed
+    from rtgenre.progress import WorkProgress, audio_seconds
+    from rtgenre.session import Session
     from rtgenre.sinks.base import EventBus
     from rtgenre.sinks.summary import SummarySink
     from rtgenre.sources.file import FileSource
 
-    from rtgenre.progress import WorkProgress, audio_seconds
-
+    check_options(args)
     card = load_card(args.model)
-    engine = None  # created with the first file that opens, so that a file error comes first
     code = ExitCode.OK
     several = len(args.files) > 1
-    with WorkProgress("classify", len(args.files), seconds=(audio_seconds(f) for f in args.files), json_output=_json_mode(args),
-                      enabled=None if several else False) as bar:
-        for path in args.files:
-            bus = EventBus()
-            try:
-                feed = Feed(path, FileSource(path), card, _smoother(args, card), args.hop)
-                feed.open()
-                engine = engine or _engine(args, card)
-                runner = Runner([feed], engine, bus)
-                _attach_sinks(args, bus, on_gone=lambda: runner.request_stop("reader gone"), on_quit=lambda: runner.request_stop("quit"), human=lambda: SummarySink(_console(sys.stdout, args.no_color)))
-                _run(runner, bus, summaries=True)
-                if runner.stop_reason in ("interrupted", "reader gone"):
+    engine = _engine(args, card)
+    try:
+        with WorkProgress("classify", len(args.files), seconds=(audio_seconds(f) for f in args.files), json_output=_json_mode(args),
+                          enabled=None if several else False) as bar:
+            for path in args.files:
+                bus = EventBus()
+                session = Session([Feed(path, FileSource(path), card, _smoother(args, card), args.hop)], engine, bus, summaries=True)
+                _attach_sinks(args, bus, on_gone=lambda s=session: s.request_stop("reader gone"), on_quit=lambda s=session: s.request_stop("quit"),
+                              human=lambda: SummarySink(_console(sys.stdout, args.no_color)))
+                try:
+                    session.run()
+                except RtgenreError as e:
+                    _report(e)
+                    code = code or e.code
+                bar.advance()
+                if session.stop_reason in ("interrupted", "reader gone", "quit", "output failed"):
                     break
-            except RtgenreError as e:
-                bus.finish()
-                _report(e)
-                code = code or e.code
-            bar.advance()
+    finally:
+        engine.close()
     return code
 
 
@@ -277,7 +268,11 @@ def _cmd_devices(args: argparse.Namespace) -> int:
 
 
 def _report(e: RtgenreError) -> None:
-    print(f"rtgenre: error: {e}", file=sys.stderr)
+    line = f"rtgenre: error: {e}\n"
+    try:  # any file name, in any encoding, ends up on one line of stderr
+        os.write(2, line.encode(sys.getfilesystemencoding(), "backslashreplace"))
+    except OSError:
+        pass
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -35,6 +35,7 @@ class ExitCode(IntEnum):
     MIDI_PORT_LOST = 61
     MIDI_INPUT = 62
     DATA_INVALID = 70
+    OUTPUT_FAILED = 80
 
 
 class RtgenreError(Exception):
@@ -49,6 +50,8 @@ class RtgenreError(Exception):
     """
 
     code: ExitCode = ExitCode.INTERNAL
+    #: What ``stop.reason`` says when this error ends a run.
+    reason: str = "error"
 
     def __init__(self, problem: str, fix: str = "") -> None:
         super().__init__(problem)
@@ -63,105 +66,130 @@ class UsageError(RtgenreError):
     """Options that contradict each other or are out of range."""
 
     code = ExitCode.USAGE
+    reason = "usage"
 
 
 class DeviceNotFoundError(RtgenreError):
     """No input device matches."""
 
     code = ExitCode.DEVICE_NOT_FOUND
+    reason = "device not found"
 
 
 class DeviceBusyError(RtgenreError):
     """The device exists but cannot be opened."""
 
     code = ExitCode.DEVICE_BUSY
+    reason = "device busy"
 
 
 class DeviceLostError(RtgenreError):
     """The device stopped delivering audio mid-stream."""
 
     code = ExitCode.DEVICE_LOST
+    reason = "device lost"
 
 
 class InputUnreadableError(RtgenreError):
     """Missing, unreadable or non-audio input."""
 
     code = ExitCode.INPUT_UNREADABLE
+    reason = "input unreadable"
 
 
 class InputEmptyError(RtgenreError):
     """Input holds no (or too little) audio."""
 
     code = ExitCode.INPUT_EMPTY
+    reason = "input too short"
 
 
 class InputTruncatedError(RtgenreError):
     """Input ends early (truncated file, stdin mid-frame)."""
 
     code = ExitCode.INPUT_TRUNCATED
+    reason = "truncated input"
 
 
 class InputFormatError(RtgenreError):
     """Unsupported sample rate, channel count or sample format."""
 
     code = ExitCode.INPUT_FORMAT
+    reason = "input format"
 
 
 class StreamFailedError(RtgenreError):
     """A URL stream could not be opened or broke."""
 
     code = ExitCode.STREAM_FAILED
+    reason = "stream failed"
 
 
 class NonFiniteSamplesError(RtgenreError):
     """NaN or Inf samples in the input (zeroed and counted; reported at the end)."""
 
     code = ExitCode.INPUT_NONFINITE
+    reason = "non-finite samples"
 
 
 class ModelMissingError(RtgenreError):
     """The model file or its card is missing."""
 
     code = ExitCode.MODEL_MISSING
+    reason = "model missing"
 
 
 class ModelCorruptError(RtgenreError):
     """The model file or its card is damaged or inconsistent."""
 
     code = ExitCode.MODEL_CORRUPT
+    reason = "model corrupt"
 
 
 class EngineUnavailableError(RtgenreError):
     """The requested inference engine cannot run here."""
 
     code = ExitCode.ENGINE_UNAVAILABLE
+    reason = "engine unavailable"
 
 
 class DependencyMissingError(RtgenreError):
     """An optional program or package is not installed."""
 
     code = ExitCode.DEPENDENCY_MISSING
+    reason = "dependency missing"
 
 
 class MidiPortNotFoundError(RtgenreError):
     """No MIDI input port matches."""
 
     code = ExitCode.MIDI_PORT_NOT_FOUND
+    reason = "midi port not found"
 
 
 class MidiPortLostError(RtgenreError):
     """The MIDI port vanished mid-stream."""
 
     code = ExitCode.MIDI_PORT_LOST
+    reason = "midi port lost"
 
 
 class MidiInputError(RtgenreError):
     """An unreadable MIDI file or message stream."""
 
     code = ExitCode.MIDI_INPUT
+    reason = "midi input"
 
 
 class DataInvalidError(RtgenreError):
     """A training or evaluation data folder is unusable."""
 
     code = ExitCode.DATA_INVALID
+    reason = "data invalid"
+
+
+class OutputFailedError(RtgenreError):
+    """The output (stdout, a file) cannot be written: disk full, I/O error, closed descriptor."""
+
+    code = ExitCode.OUTPUT_FAILED
+    reason = "output failed"

@@ -17,10 +17,13 @@ Kinds and their fields (see README "Event schema"):
 ``silence``     level_dbfs, since
 ``overrun``     dropped_samples, total_dropped_samples
 ``midi``        midi (analysis without audio)
+``stall``       seconds, attempt (a live URL sent no audio for ``seconds``)
+``reconnect``   status (lost|failed|recovered), attempt, reason,
+                retry_in_s (lost, failed), missed_s (recovered)
 ``error``       code, message, fatal
 ``summary``     file, windows, dominant{head: label}, share{head: {label: share}},
                 [content{state: share}, talk_share, music_share]
-``stop``        reason, counts{...}
+``stop``        reason, counts{...}, [signal]
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-KINDS = ("start", "prediction", "change", "talk", "music", "silence", "overrun", "midi", "error", "summary", "stop")
+KINDS = ("start", "prediction", "change", "talk", "music", "silence", "overrun", "midi", "stall", "reconnect", "error", "summary", "stop")
 #: Kinds that a full event queue may drop (oldest first); all others are always delivered.
 DROPPABLE = frozenset({"prediction", "silence", "midi"})
 

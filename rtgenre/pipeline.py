@@ -1,19 +1,19 @@
-"""Wires feeds to one engine and to the sinks; owns the analysis loop and shutdown.
+"""The analysis path of one stream: feeds, their analyzers, batched inference.
 
 One *feed* is one audio stream: ``Source → Ring → Analyzer (mono mix, resample,
-log-Mel, level, windows) → Smoother``.  The :class:`Runner` polls every feed,
-gathers the windows that are ready across all feeds into batches for the one
-shared :class:`~rtgenre.inference.base.Engine`, and turns each window's
-probabilities into events named after the feed's stream.  ``listen`` runs one
-live feed; ``classify`` runs files as feeds the same way; ``analyze_file`` is
-the plain offline path (no smoothing) used by evaluation, built from the same
+log-Mel, level, windows) → Smoother``.  A feed turns each window's
+probabilities into events named after its stream, and a gap in its source (a
+reconnected URL) into a clean restart of its analysis.  The run loop that
+polls feeds, batches their windows through :func:`infer` and owns the run's
+lifecycle is :class:`rtgenre.session.Session`.  ``analyze_file`` is the plain
+offline path (no smoothing) used by evaluation, built from the same
 :class:`Analyzer`.
 """
 
 from __future__ import annotations
 
 import collections
-import threading
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,14 +26,21 @@ from rtgenre.dsp.level import LevelMeter
 from rtgenre.dsp.mel import MelStream
 from rtgenre.dsp.resample import Resampler
 from rtgenre.dsp.window import Window, Windower
-from rtgenre.errors import InputEmptyError, NonFiniteSamplesError, RtgenreError
+from rtgenre.errors import (
+    DeviceBusyError,
+    DeviceLostError,
+    DeviceNotFoundError,
+    InputEmptyError,
+    InputFormatError,
+    NonFiniteSamplesError,
+    RtgenreError,
+)
 from rtgenre.events import Event
 from rtgenre.gate import SILENCE, SPEECH, ContentDecision
 from rtgenre.inference.base import Engine
 from rtgenre.ring import Ring
-from rtgenre.sinks.base import EventBus
 from rtgenre.smoothing import Decision, Smoother
-from rtgenre.sources.base import Source
+from rtgenre.sources.base import Source, backoff
 
 #: Peak level (dBFS) at or above which a window is flagged as clipped.
 CLIP_DBFS = -0.1
@@ -125,6 +132,9 @@ class FeedStats:
     changes: int = 0
     overruns: int = 0
     dropped_samples: int = 0
+    stalls: int = 0
+    reconnects: int = 0
+    missed_s: float = 0.0
     tops: dict[str, collections.Counter] = field(default_factory=lambda: collections.defaultdict(collections.Counter))
     content: collections.Counter = field(default_factory=collections.Counter)
 
@@ -147,9 +157,15 @@ class Feed:
         MIDI analysis attached to this feed's predictions.
     midi_weight : float
         Weight of the MIDI mood in the combined mood (see :func:`rtgenre.midi.combine_mood`).
+    reconnect : bool
+        A source that can be reopened (a device) and is lost is retried with
+        backoff instead of ending the feed (URL sources reconnect by themselves).
+    max_reconnects : int or None
+        Consecutive failed attempts before the loss is final (None: never).
     """
 
-    def __init__(self, name: str, source: Source, card: ModelCard, smoother: Smoother, hop_s: float, ring_seconds: float = 20.0, midi: MidiInput | None = None, midi_weight: float = 1.0) -> None:
+    def __init__(self, name: str, source: Source, card: ModelCard, smoother: Smoother, hop_s: float, ring_seconds: float = 20.0,
+                 midi: MidiInput | None = None, midi_weight: float = 1.0, reconnect: bool = False, max_reconnects: int | None = None) -> None:
         self.name = name
         self.source = source
         self.card = card
@@ -161,11 +177,26 @@ class Feed:
         self.stats = FeedStats()
         self._silent_since: float | None = None
         self._content_since = 0.0
+        self._t_offset = 0.0
+        self._nonfinite_before = 0
+        self.reconnect = reconnect and hasattr(source, "reopen")
+        self.max_reconnects = max_reconnects
+        self._lost: tuple[float, str] | None = None  # (monotonic time, reason) while reconnecting
+        self._attempt = 0
+        self._retry_at = 0.0
         self.started = False
         self.finished = False
+        #: The error that ended this feed (set by the session), None while it runs or after a clean end.
+        self.error: RtgenreError | None = None
 
-    def open(self) -> None:
-        self.source.open()
+    def open(self, emit: Callable[[Event], None] | None = None) -> None:
+        """Open the source (``emit`` gets what it reports while opening: failed attempts to reach a URL)."""
+        if emit is not None:
+            self.source.notify = lambda notice: emit(self._notice_event(notice))
+        try:
+            self.source.open()
+        finally:
+            self.source.notify = None
         self.ring = Ring(max(1, int(self.ring_seconds * self.source.sample_rate)), self.source.channels)
         self.analyzer = Analyzer(self.card, self.source.sample_rate, self.hop_s)
 
@@ -174,8 +205,12 @@ class Feed:
         self.started = True
 
     def stop(self) -> None:
-        if self.started:
-            self.source.stop()
+        """Stop the source (bounded: sources never wait without a timeout) and the MIDI input."""
+        try:
+            self.source.stop()  # also releases what open() opened when the feed never started
+        finally:
+            if self.midi is not None:
+                self.midi.stop()
 
     def start_event(self, engine: Engine) -> Event:
         fe = self.card.frontend
@@ -198,26 +233,117 @@ class Feed:
     def poll(self, emit: Callable[[Event], None]) -> tuple[list[Window], float]:
         """Read what the ring holds; return the completed windows and the read time.
 
-        Overruns are emitted here.  At the end of the stream the analyzer is
-        flushed and :attr:`finished` is set; a source error is raised only
-        once everything that arrived before it has been analysed.
+        Overruns and the source's notices (stall, lost, recovered) are emitted
+        here, in stream order.  At a gap (a reconnected source) the analysis is
+        flushed and restarted, so that no window spans the gap, and ``t`` jumps
+        by the seconds missed.  At the end of the stream the analyzer is
+        flushed and :attr:`finished` is set; a source error is raised only once
+        everything that arrived before it has been analysed.
         """
+        if self._lost is not None:
+            return self._retry(emit), time.monotonic()
         if hasattr(self.source, "check"):
-            self.source.check()
+            try:
+                self.source.check()
+            except DeviceLostError as exc:
+                if not self.reconnect:
+                    raise
+                windows = self._process(self.ring.read()[0])  # the audio that arrived before the loss
+                self._lose(exc.problem, emit)
+                return windows, time.monotonic()
         frames, dropped = self.ring.read()
         now = time.monotonic()
         if dropped:
             self.stats.overruns += 1
             self.stats.dropped_samples += dropped
             emit(Event("overrun", self.name, self._t(), {"dropped_samples": dropped, "total_dropped_samples": self.stats.dropped_samples}))
-        windows = self.analyzer.process(frames) if len(frames) else []
-        if self.ring.closed and self.ring.available() == 0 and not len(frames):  # every producer closes its ring at the end
-            windows += self.analyzer.flush()
+        windows: list[Window] = []
+        done = 0  # frames of ``frames`` analysed so far
+        notices = self.source.notices
+        while notices and notices[0].pos <= self.ring.read_pos:
+            notice = notices.popleft()
+            cut = max(done, min(len(frames), notice.pos - (self.ring.read_pos - len(frames))))
+            windows += self._process(frames[done:cut])
+            done = cut
+            if notice.kind == "recovered":
+                windows += self._restart_after_gap(notice.data["missed_s"])
+            emit(self._notice_event(notice))
+        windows += self._process(frames[done:])
+        if self.ring.closed and self.ring.available() == 0 and not len(frames) and not notices:  # every producer closes its ring at the end
+            windows += self._offset(self.analyzer.flush())
             self.finished = True
         return windows, now
 
     def _t(self) -> float:
-        return self.analyzer.mel.frames_done * self.card.frontend.hop_length / self.card.frontend.sample_rate
+        """Seconds of audio on the stream's clock so far (0 before the feed was opened)."""
+        analyzer = getattr(self, "analyzer", None)
+        if analyzer is None:
+            return 0.0
+        return self._t_offset + analyzer.mel.frames_done * self.card.frontend.hop_length / self.card.frontend.sample_rate
+
+    def _lose(self, reason: str, emit: Callable[[Event], None]) -> None:
+        """The source is gone: release it and schedule the first attempt to reopen it."""
+        self.source.stop()
+        self._lost, self._attempt = (time.monotonic(), reason), 1
+        delay = backoff(1)
+        self._retry_at = time.monotonic() + delay
+        emit(Event("reconnect", self.name, self._t(), {"status": "lost", "attempt": 0, "reason": reason, "retry_in_s": round(delay, 2)}))
+
+    def _retry(self, emit: Callable[[Event], None]) -> list[Window]:
+        """Try to reopen a lost source when its attempt is due; restart the analysis after the gap once it works."""
+        assert self._lost is not None
+        if time.monotonic() < self._retry_at:
+            return []
+        lost_at, reason = self._lost
+        try:
+            self.source.reopen()  # type: ignore[attr-defined]
+        except (DeviceNotFoundError, DeviceBusyError, DeviceLostError, InputFormatError) as exc:
+            if self.max_reconnects is not None and self._attempt >= self.max_reconnects:
+                raise DeviceLostError(f"{self.source.description} was lost ({reason}) and {self._attempt} reconnect attempt(s) did not bring it back",
+                                      "Check that it is connected, then restart") from None
+            delay = backoff(self._attempt + 1)
+            emit(Event("reconnect", self.name, self._t(), {"status": "failed", "attempt": self._attempt, "reason": exc.problem, "retry_in_s": round(delay, 2)}))
+            self._attempt += 1
+            self._retry_at = time.monotonic() + delay
+            return []
+        missed = time.monotonic() - lost_at
+        windows = self._restart_after_gap(missed)
+        self.analyzer = Analyzer(self.card, self.source.sample_rate, self.hop_s)  # the device may come back at another rate
+        self.ring = Ring(max(1, int(self.ring_seconds * self.source.sample_rate)), self.source.channels)
+        self.source.start(self.ring)
+        self.stats.reconnects += 1
+        self.stats.missed_s += missed
+        emit(Event("reconnect", self.name, self._t(), {"status": "recovered", "attempt": self._attempt, "reason": reason, "missed_s": round(missed, 3)}))
+        self._lost = None
+        return windows
+
+    def _process(self, frames: np.ndarray) -> list[Window]:
+        return self._offset(self.analyzer.process(frames)) if len(frames) else []
+
+    def _offset(self, windows: list[Window]) -> list[Window]:
+        """Windows on the stream's clock (which keeps counting across gaps)."""
+        if not self._t_offset:
+            return windows
+        return [dataclasses.replace(w, t=w.t + self._t_offset) for w in windows]
+
+    def _restart_after_gap(self, missed_s: float) -> list[Window]:
+        """Finish the audio before a gap and start the analysis afresh after it (smoothing state is kept)."""
+        last = self._offset(self.analyzer.flush())
+        t = self._t()
+        self._nonfinite_before += self.analyzer.nonfinite
+        self.analyzer.reset()
+        self._t_offset = t + missed_s
+        self._silent_since = None
+        return last
+
+    def _notice_event(self, notice) -> Event:
+        if notice.kind == "stall":
+            self.stats.stalls += 1
+            return Event("stall", self.name, self._t(), dict(notice.data))
+        if notice.kind == "recovered":
+            self.stats.reconnects += 1
+            self.stats.missed_s += notice.data["missed_s"]
+        return Event("reconnect", self.name, self._t(), {"status": notice.kind, **notice.data})
 
     def events_for(self, window: Window, probs: dict[str, np.ndarray], arrival: float) -> list[Event]:
         """Smooth one window's probabilities and turn them into events."""
@@ -311,8 +437,40 @@ class Feed:
             "changes": s.changes,
             "overruns": s.overruns,
             "dropped_samples": s.dropped_samples,
-            "nonfinite_samples": self.analyzer.nonfinite,
+            "nonfinite_samples": self.nonfinite,
+            "stalls": s.stalls,
+            "reconnects": s.reconnects,
+            "missed_s": round(s.missed_s, 3),
         }
+
+    @property
+    def nonfinite(self) -> int:
+        """NaN/Inf samples zeroed so far (across restarts after gaps)."""
+        analyzer = getattr(self, "analyzer", None)
+        return self._nonfinite_before + (analyzer.nonfinite if analyzer is not None else 0)
+
+    def deferred_error(self, ended: bool) -> RtgenreError | None:
+        """The data problem to report once the feed stopped: a source error found at the
+        end, NaN/Inf samples, or an input shorter than one window.
+
+        Parameters
+        ----------
+        ended : bool
+            The feed ran to the end of its input (not stopped early).
+        """
+        if ended and self.source.error is not None:
+            return self.source.error
+        if self.nonfinite:
+            return NonFiniteSamplesError(
+                f"{self.nonfinite} NaN/Inf samples in {self.source.description} were replaced by silence",
+                "Check the producer of the audio; the results were computed with those samples zeroed",
+            )
+        if ended and self.started and self.stats.windows == 0:
+            return InputEmptyError(
+                f"{self.source.description} ended before one full {self.card.window_seconds:.2f} s window",
+                "Give at least one window's worth of audio",
+            )
+        return None
 
     def summary(self) -> dict[str, Any]:
         """Per-feed summary: dominant label and share of windows per single-label head.
@@ -335,157 +493,6 @@ class Feed:
             out["talk_share"] = round(talk / n, 4)
             out["music_share"] = round((n - talk - content[SILENCE]) / n, 4)
         return out
-
-
-class _Stoppable:
-    """Stop handling shared by the runners: a reason and an event the loop waits on."""
-
-    def __init__(self) -> None:
-        self.stop_requested = threading.Event()
-        self.stop_reason = "end of input"
-
-    def request_stop(self, reason: str) -> None:
-        """Ask the loop to stop after the current step (signal handlers, sinks, the dashboard's ``q``)."""
-        if not self.stop_requested.is_set():
-            self.stop_reason = reason
-            self.stop_requested.set()
-
-
-class Runner(_Stoppable):
-    """Runs feeds against one engine until they end, fail or are stopped.
-
-    Parameters
-    ----------
-    feeds : list of Feed
-        Opened feeds; the runner starts them.
-    engine : Engine
-        Shared by all feeds: windows ready at the same time are batched together.
-    bus : EventBus
-        Where events go.
-    poll_s : float
-        Sleep between polls when no audio is waiting.
-    """
-
-    def __init__(self, feeds: list[Feed], engine: Engine, bus: EventBus, poll_s: float = 0.005) -> None:
-        super().__init__()
-        self.feeds = feeds
-        self.engine = engine
-        self.bus = bus
-        self.poll_s = poll_s
-        self._current = feeds[0]
-
-    def run(self, summaries: bool = False) -> None:
-        """Run to the end.
-
-        Raises
-        ------
-        RtgenreError
-            A fatal error (device lost, unreadable input) after its ``error`` and
-            ``stop`` events were published; or, once the input ended, a deferred
-            data problem (truncated input, non-finite samples).
-        """
-        for feed in self.feeds:
-            self.bus.publish(feed.start_event(self.engine))
-            if feed.midi is not None:
-                feed.midi.start()
-            feed.start()
-        fatal: RtgenreError | None = None
-        try:
-            self._loop()
-        except RtgenreError as e:
-            fatal = e
-            self.stop_reason = "error"
-            self.bus.publish(Event("error", self._current.name, 0.0, {"code": int(e.code), "message": str(e), "fatal": True}))
-        finally:
-            for feed in self.feeds:
-                feed.stop()
-                if feed.midi is not None:
-                    feed.midi.stop()
-        for feed in self.feeds:
-            if summaries and feed.stats.windows:
-                self.bus.publish(Event("summary", feed.name, feed._t(), {"file": feed.name, **feed.summary()}))
-            self.bus.publish(Event("stop", feed.name, feed._t(), {"reason": self.stop_reason, "counts": {**feed.stop_counts(), "dropped_events": self.bus.dropped}}))
-        if fatal is not None:
-            raise fatal
-        self._raise_deferred()
-
-    def _loop(self) -> None:
-        while not self.stop_requested.is_set():
-            ready: list[tuple[Feed, Window, float]] = []
-            for feed in self.feeds:
-                if feed.finished:
-                    continue
-                self._current = feed
-                if feed.midi is not None:
-                    feed.midi.check()
-                windows, now = feed.poll(self.bus.publish)
-                ready += [(feed, w, now) for w in windows]
-            if ready:
-                results = infer(self.engine, [w for _, w, _ in ready])
-                for (feed, window, arrival), probs in zip(ready, results):
-                    for event in feed.events_for(window, probs, arrival):
-                        self.bus.publish(event)
-            if all(f.finished for f in self.feeds):
-                return
-            if not ready:
-                self.stop_requested.wait(self.poll_s)
-
-    def _raise_deferred(self) -> None:
-        for feed in self.feeds:
-            if self.stop_reason == "end of input" and feed.source.error is not None:
-                raise feed.source.error
-            if feed.analyzer.nonfinite:
-                raise NonFiniteSamplesError(
-                    f"{feed.analyzer.nonfinite} NaN/Inf samples in {feed.source.description} were replaced by silence",
-                    "Check the producer of the audio; the results were computed with those samples zeroed",
-                )
-            if self.stop_reason == "end of input" and feed.stats.windows == 0:
-                raise InputEmptyError(
-                    f"{feed.source.description} ended before one full {feed.card.window_seconds:.2f} s window",
-                    "Give at least one window's worth of audio",
-                )
-
-
-class MidiRunner(_Stoppable):
-    """MIDI without audio: one ``midi`` event per hop, timed by the monotonic clock.
-
-    Parameters
-    ----------
-    midi : MidiInput
-    bus : EventBus
-    hop_s : float
-        Seconds between events.
-    stream : str
-        Stream name of the events.
-    """
-
-    def __init__(self, midi: MidiInput, bus: EventBus, hop_s: float, stream: str) -> None:
-        super().__init__()
-        self.midi = midi
-        self.bus = bus
-        self.hop_s = hop_s
-        self.stream = stream
-
-    def run(self, summaries: bool = False) -> None:
-        """Run until stopped, the MIDI file ends or the port fails (raised after ``error``/``stop``)."""
-        self.bus.publish(Event("start", self.stream, 0.0, {"source": f"midi {self.midi.name}", "hop_s": self.hop_s, "midi": True}))
-        self.midi.start()
-        t0, k, fatal = time.monotonic(), 0, None
-        try:
-            while not self.stop_requested.wait(max(0.0, t0 + (k + 1) * self.hop_s - time.monotonic())):
-                k += 1
-                self.midi.check()
-                self.bus.publish(Event("midi", self.stream, k * self.hop_s, {"midi": self.midi.snapshot(time.monotonic())}))
-                if self.midi.done:
-                    break
-        except RtgenreError as e:
-            fatal, self.stop_reason = e, "error"
-            self.bus.publish(Event("error", self.stream, k * self.hop_s, {"code": int(e.code), "message": str(e), "fatal": True}))
-        finally:
-            self.midi.stop()
-        self.bus.publish(Event("stop", self.stream, k * self.hop_s, {"reason": self.stop_reason, "counts": {"midi_events": k, "dropped_events": self.bus.dropped}}))
-        if fatal is not None:
-            raise fatal
 
 
 @dataclass

@@ -308,3 +308,47 @@ def test_cli_listen_on_pulse_device(pulse, make_tone, tmp_path, model):
     preds = [e for e in events if e["event"] == "prediction"]
     assert preds, f"no prediction in {kinds}; stderr: {err}"
     assert all(abs(p["level_dbfs"] - expected) < 1.5 for p in preds), ([p["level_dbfs"] for p in preds], expected)
+
+
+@needs_pulse
+@pytest.mark.slow
+def test_cli_device_lost_and_back_with_reconnect(pulse, make_tone, tmp_path):
+    """``--reconnect``: the sound server dies under a device capture and comes back; the feed recovers."""
+    pytest.importorskip("torch")
+    from engine_fixtures import export_test_model
+
+    model = export_test_model(tmp_path / "model")
+    pulse.play(make_tone("song.wav", seconds=12.0, freqs=(220.0, 330.0), amps=(0.4, 0.2)), loop=True)
+    cmd = [sys.executable, "-m", "rtgenre", "listen", "--device", "pulse", "--json", "--reconnect", "--hop", "1", "--model", str(model)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=pulse.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    events: list[dict] = []
+    reader = threading.Thread(target=lambda: events.extend(json.loads(ln) for ln in proc.stdout), daemon=True)
+    reader.start()
+
+    def wait_for(pred, timeout=60.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            found = [e for e in list(events) if pred(e)]
+            if found:
+                return found[0]
+            time.sleep(0.1)
+        raise AssertionError(f"not seen within {timeout} s: {[e['event'] for e in events]}; stderr: {proc.stderr.read() if proc.poll() is not None else ''}")
+
+    try:
+        wait_for(lambda e: e["event"] == "prediction")
+        pulse.kill()
+        lost = wait_for(lambda e: e.get("status") == "lost", 20)
+        assert "stopped delivering audio" in lost["reason"]
+        wait_for(lambda e: e.get("status") == "failed", 20)  # the server is still down
+        pulse.start()
+        back = wait_for(lambda e: e.get("status") == "recovered", 60)
+        wait_for(lambda e: e["event"] == "prediction" and e["t"] > back["t"], 60)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(timeout=10)
+    assert proc.returncode == 0
+    assert events[-1]["event"] == "stop" and events[-1]["counts"]["reconnects"] == 1 and events[-1]["signal"] == "SIGTERM"
+    assert back["missed_s"] > 1.0

@@ -1,4 +1,4 @@
-"""The runner: several feeds batched into one engine, overruns, and the offline path."""
+"""The session's run loop: several feeds batched into one engine, overruns, and the offline path."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from engine_fixtures import export_test_model
 from rtgenre.card import load_card
 from rtgenre.events import Event
 from rtgenre.inference.onnxruntime import OnnxRuntimeEngine
-from rtgenre.pipeline import Analyzer, Feed, Runner, analyze_file
+from rtgenre.pipeline import Analyzer, Feed, analyze_file
+from rtgenre.session import Session
 from rtgenre.sinks.base import EventBus, Sink
 from rtgenre.smoothing import Smoother
 from rtgenre.sources.file import FileSource
@@ -54,10 +55,7 @@ def noise_file(path, seconds, rate, seed, channels=1, amp=0.1):
 def run(feeds, engine):
     bus, sink = EventBus(), Collect()
     bus.add(sink, on_gone=lambda: None, capacity=100000)
-    for f in feeds:
-        f.open()
-    Runner(feeds, engine, bus).run(summaries=True)
-    bus.finish(None)
+    Session(feeds, engine, bus, summaries=True).run()
     return sink.events
 
 

@@ -6,8 +6,10 @@ usable, else ONNX Runtime on the CPU, and says why in ``engine.notice``.
 
 from __future__ import annotations
 
+import numpy as np
+
 from rtgenre.card import ModelCard
-from rtgenre.errors import EngineUnavailableError, UsageError
+from rtgenre.errors import EngineUnavailableError, ModelCorruptError, UsageError
 from rtgenre.inference.base import Engine
 
 ENGINE_CHOICES = ("auto", "onnxruntime", "tensorrt")
@@ -36,7 +38,48 @@ def create_engine(kind: str, card: ModelCard, *, threads: int = 1, precision: st
     ------
     EngineUnavailableError
         ``tensorrt`` was asked for explicitly and cannot run here.
+    ModelCorruptError
+        The model's outputs do not match the card (see :func:`check_card`).
     """
+    engine = _create(kind, card, threads=threads, precision=precision, max_batch=max_batch)
+    try:
+        check_card(engine)
+    except BaseException:
+        engine.close()
+        raise
+    return engine
+
+
+def check_card(engine: Engine) -> None:
+    """Run one silent window and check every head's output against the card's label list.
+
+    A card whose label lists do not match the model would otherwise fail hours
+    later (too few labels: the first time the top class falls past the list)
+    or be silently wrong (too many).
+
+    Raises
+    ------
+    ModelCorruptError
+        An output is missing, or its shape is not ``(1, len(labels))``, or it is not finite.
+    """
+    card = engine.card
+    x = np.zeros((1, card.window_frames, card.frontend.n_mels), np.float32)
+    try:
+        out = engine.run(x)
+    except Exception as e:  # the runtime's own error types for a shape mismatch
+        raise ModelCorruptError(f"Model {card.onnx_path} does not accept the card's input (1, {card.window_frames}, {card.frontend.n_mels}) ({str(e).splitlines()[0]})",
+                                "Fix window_frames / n_mels in the card, or re-export the model") from None
+    for head in card.heads:
+        got = np.shape(out.get(head.name))
+        if got != (1, len(head.labels)):
+            raise ModelCorruptError(
+                f"Model card {card.name}: head '{head.name}' lists {len(head.labels)} labels but the model's output '{head.output}' has shape {got}",
+                "Make the card's label lists match the model's outputs (re-export the model to rewrite the card)",
+            )
+
+
+def _create(kind: str, card: ModelCard, *, threads: int, precision: str, max_batch: int) -> Engine:
+    """The engine ``kind`` names (see :func:`create_engine`), not yet checked against the card."""
     if kind not in ENGINE_CHOICES:
         raise UsageError(f"Unknown engine '{kind}'", f"Use one of: {', '.join(ENGINE_CHOICES)}")
     notice = ""

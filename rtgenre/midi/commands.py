@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
-from rtgenre.errors import ExitCode, UsageError
+from rtgenre.errors import ExitCode, MidiInputError, UsageError
 from rtgenre.events import Event
 from rtgenre.midi.analysis import MidiAnalyzer
 from rtgenre.midi.mood import MOOD_LABELS
@@ -112,33 +112,47 @@ def open_midi(
     return MidiInput(source, MidiAnalyzer(window_s, port=source.name, mood_labels=mood_labels))
 
 
-def analyze_file(path: str, hop_s: float = 0.5, window_s: float = 7.5, mood_labels: Sequence[str] = MOOD_LABELS) -> list[Event]:
-    """Offline analysis of a MIDI file: one ``midi`` event per hop.
+#: Longest MIDI timeline ``analyze-midi`` accepts (seconds): a file's delta times can claim weeks.
+MAX_FILE_SECONDS = 24 * 3600.0
+
+
+def analyze_file(path: str, hop_s: float = 0.5, window_s: float = 7.5, mood_labels: Sequence[str] = MOOD_LABELS) -> Iterator[Event]:
+    """Offline analysis of a MIDI file: one ``midi`` event per hop, made as they are consumed.
 
     Windows end at ``hop_s, 2 hop_s, ...`` up to the first hop at or after the
-    last message (file time, seconds).
+    last message (file time, seconds).  Memory stays bounded whatever the file
+    says: events are generated one at a time and the timeline is capped at
+    :data:`MAX_FILE_SECONDS`.
 
     Raises
     ------
     UsageError
         ``hop_s`` or ``window_s`` not positive.
     MidiInputError
-        Unreadable or truncated file.
+        Unreadable or truncated file, or a timeline longer than :data:`MAX_FILE_SECONDS`.
     """
     if not (hop_s > 0 and window_s > 0 and math.isfinite(hop_s) and math.isfinite(window_s)):
         raise UsageError(f"Invalid --hop {hop_s} or --window {window_s}", "Both must be positive seconds")
     records = MidiFileSource(path, realtime=False).read_all()
-    analyzer = MidiAnalyzer(window_s, port=path, mood_labels=mood_labels)
     last = float(records["t"][-1]) if len(records) else 0.0
-    events, start, k = [], 0, 1
+    if not last <= MAX_FILE_SECONDS:
+        raise MidiInputError(
+            f"MIDI file {path!r} spans {last / 3600:.0f} hours (its delta times say so); at most {MAX_FILE_SECONDS / 3600:.0f} hours are analysed",
+            "Check the file: a damaged or hostile file can claim huge delta times",
+        )
+    return _analyze_records(path, records, last, hop_s, MidiAnalyzer(window_s, port=path, mood_labels=mood_labels))
+
+
+def _analyze_records(path: str, records, last: float, hop_s: float, analyzer: MidiAnalyzer) -> Iterator[Event]:
+    start, k = 0, 1
     while True:
         t_end = k * hop_s
         stop = int(records["t"].searchsorted(t_end, side="right"))
         analyzer.process(records[start:stop])
         start = stop
-        events.append(Event("midi", path, t_end, {"midi": analyzer.snapshot(t_end)}))
+        yield Event("midi", path, t_end, {"midi": analyzer.snapshot(t_end)})
         if t_end >= last:
-            return events
+            return
         k += 1
 
 
@@ -169,12 +183,16 @@ def run_analyze_midi(args: argparse.Namespace) -> int:
     if args.json or not sys.stdout.isatty():
         from rtgenre.sinks.jsonl import JsonLinesSink
 
+        from rtgenre.sinks.base import output_error
+
         sink = JsonLinesSink()
         try:
             for e in events:
                 sink.handle(e)
         except BrokenPipeError:
             pass
+        except OSError as exc:  # disk full, I/O error, closed stdout
+            raise output_error(exc) from None
         return ExitCode.OK
     print(TABLE_HEADER)
     for e in events:

@@ -206,6 +206,14 @@ class DashboardState:
             self._log(event.t, f"overrun: {d.get('dropped_samples', 0)} samples dropped", "yellow")
         elif kind == "midi":
             self.midi = d.get("midi")
+        elif kind == "stall":
+            self._log(event.t, f"stall: no audio for {d.get('seconds')} s", "yellow")
+        elif kind == "reconnect":
+            status = d.get("status")
+            if status == "recovered":
+                self._log(event.t, f"reconnected (attempt {d.get('attempt')}, {d.get('missed_s', 0):.1f} s missed)", "green")
+            else:
+                self._log(event.t, f"stream {status}: {d.get('reason', '')}; retrying in {d.get('retry_in_s', 0):.1f} s", "yellow")
         elif kind == "error":
             style = "bold red" if d.get("fatal") else "red"
             entry = self._log(event.t, f"error {d.get('code', '?')}: {d.get('message', '')}", style)
@@ -627,7 +635,7 @@ class DashboardView:
 
 
 class KeyReader:
-    """Reads single keys from a terminal and calls ``on_quit`` on ``q``.
+    """Reads keys from a terminal; calls ``on_quit`` on ``q`` and ``on_key`` with any other key.
 
     While running, the terminal is in cbreak mode (keys arrive unbuffered and
     are not echoed; Ctrl-C still raises SIGINT).  :meth:`stop` restores the
@@ -639,10 +647,14 @@ class KeyReader:
         Called (from the reader thread) each time ``q`` or ``Q`` is pressed.
     fd : int, optional
         File descriptor to read; defaults to standard input.
+    on_key : callable, optional
+        Called (from the reader thread) with the bytes of any other key, an
+        escape sequence such as ``b"\\x1b[A"`` (arrow up) in one piece.
     """
 
-    def __init__(self, on_quit: Callable[[], None], fd: int | None = None) -> None:
+    def __init__(self, on_quit: Callable[[], None], fd: int | None = None, on_key: Callable[[bytes], None] | None = None) -> None:
         self.on_quit = on_quit
+        self.on_key = on_key
         self.fd = fd
         self._saved: list[Any] | None = None
         self._stop = threading.Event()
@@ -674,11 +686,13 @@ class KeyReader:
         while not self._stop.is_set():
             try:
                 ready, _, _ = select.select([self.fd], [], [], 0.1)
-                key = os.read(self.fd, 1) if ready else b""
+                key = os.read(self.fd, 16) if ready else b""
             except OSError:  # the terminal went away
                 return
             if key in (b"q", b"Q"):
                 self.on_quit()
+            elif key and self.on_key is not None:
+                self.on_key(key)
 
     def stop(self) -> None:
         """Stop the thread and restore the terminal settings."""

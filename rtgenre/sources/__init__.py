@@ -32,6 +32,9 @@ def open_source(
     rate: int | None = None,
     channels: int | None = None,
     block_seconds: float = 0.05,
+    reconnect: bool | None = None,
+    max_reconnects: int | None = None,
+    stall_timeout: float = 10.0,
 ) -> Source:
     """Create the source the options name (not yet opened).
 
@@ -48,6 +51,14 @@ def open_source(
         ``channels`` also choose how a device is opened.
     block_seconds : float
         Block length in seconds.
+    reconnect : bool or None
+        Live URLs: None reopens a stream that ends, fails or stalls once it
+        played; True also retries a URL that cannot be opened at start; False
+        never reopens.
+    max_reconnects : int or None
+        Consecutive failed reconnects before giving up (None: never).
+    stall_timeout : float
+        Seconds without audio after which a live URL counts as stalled.
 
     Returns
     -------
@@ -62,6 +73,8 @@ def open_source(
         raise UsageError("--realtime paces files only", "Drop --realtime for devices, stdin and URLs")
     if fmt is not None and input != "-":
         raise UsageError("--format applies to raw PCM on stdin only (--input -)", "Drop --format")
+    if (reconnect is not None or max_reconnects is not None) and device is None and not (input is not None and is_url(input)):
+        raise UsageError("--reconnect / --max-reconnects apply to URLs and devices only", "Drop them for files and stdin")
     if device is not None:
         from rtgenre.sources.device import DeviceSource
 
@@ -75,7 +88,7 @@ def open_source(
     if is_url(input):
         from rtgenre.sources.url import UrlSource
 
-        return UrlSource(input, block_seconds=block_seconds)
+        return UrlSource(input, block_seconds=block_seconds, reconnect=reconnect, max_reconnects=max_reconnects, stall_timeout=stall_timeout)
     from rtgenre.sources.file import FileSource
 
     return FileSource(input, realtime=realtime, block_seconds=block_seconds)

@@ -20,13 +20,22 @@ raises it once it has drained the ring (nothing readable is lost).
 :class:`ThreadedSource` implements this for every source fed by a reader
 thread.  A device source also offers ``check()``, a watchdog the consumer
 polls.
+
+What happens to the stream itself (a stall, a lost connection, a recovery)
+is told to the consumer through :attr:`Source.notices`, each :class:`Notice`
+stamped with the ring position it belongs to, so that the consumer reports it
+in stream order and restarts its analysis exactly at a gap.
 """
 
 from __future__ import annotations
 
+import collections
+import random
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -66,6 +75,27 @@ def check_format(what: str, sample_rate: int, channels: int, fix: str | None = N
         )
 
 
+@dataclass(frozen=True)
+class Notice:
+    """Something that happened to a stream, for the consumer to report.
+
+    Attributes
+    ----------
+    kind : str
+        ``"stall"`` (no audio for the stall timeout), ``"lost"`` (the stream
+        ended or failed; a reconnect follows), ``"failed"`` (a reconnect attempt
+        failed) or ``"recovered"`` (audio flows again; a gap precedes ``pos``).
+    pos : int
+        Ring position (frames written before it) the notice belongs to.
+    data : dict
+        Fields of the event (attempt, reason, seconds missed ...).
+    """
+
+    kind: str
+    pos: int
+    data: dict[str, Any] = field(default_factory=dict)
+
+
 class Source(ABC):
     """One audio input feeding a ring.
 
@@ -86,6 +116,8 @@ class Source(ABC):
         Set when the stream failed mid-way; the consumer raises it.
     frames_in : int
         Frames delivered to the ring so far.
+    notices : deque of Notice
+        Appended by the producer, taken by the consumer (thread-safe ends).
     """
 
     description: str = ""
@@ -97,6 +129,9 @@ class Source(ABC):
         self.done = False
         self.error: RtgenreError | None = None
         self.frames_in = 0
+        self.notices: collections.deque[Notice] = collections.deque()
+        #: Called with the notices raised while :meth:`open` still runs (nothing polls yet); None: queue them.
+        self.notify: Callable[[Notice], None] | None = None
 
     @abstractmethod
     def open(self) -> None:
@@ -116,6 +151,15 @@ class Source(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+#: First delay before a reconnect and its ceiling, in seconds (doubling, ±20 % jitter).
+BACKOFF_S, BACKOFF_MAX_S = 1.0, 60.0
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to wait before reconnect attempt ``attempt`` (1, 2, ...): 1 s doubling to 60 s, ±20 % jitter."""
+    return min(BACKOFF_MAX_S, BACKOFF_S * 2.0 ** min(attempt - 1, 30)) * random.uniform(0.8, 1.2)
 
 
 class ThreadedSource(Source):
@@ -151,12 +195,23 @@ class ThreadedSource(Source):
         self._thread = threading.Thread(target=self._run, name=f"source {self.description}", daemon=True)
         self._thread.start()
 
+    #: Seconds :meth:`stop` waits for the reader thread once it was interrupted.
+    JOIN_TIMEOUT = 1.0
+
     def stop(self) -> None:
+        """Stop the reader within :data:`JOIN_TIMEOUT` seconds whatever it is blocked on.
+
+        A reader still stuck after that (a system call that :meth:`interrupt`
+        could not end) is left behind as a daemon thread, and what it reads from
+        is not released under it.
+        """
         self._stop.set()
         thread, self._thread = self._thread, None
         self.interrupt()
         if thread is not None and thread is not threading.current_thread():
-            thread.join()
+            thread.join(self.JOIN_TIMEOUT)
+            if thread.is_alive():
+                return
         self.release()
 
     def _run(self) -> None:

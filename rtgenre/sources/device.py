@@ -179,6 +179,7 @@ class DeviceSource(Source):
         self._running = False
         self._seen_frames = 0
         self._seen_at = 0.0
+        self._start_frames = 0
 
     def open(self) -> None:
         sd = _sounddevice()
@@ -222,7 +223,8 @@ class DeviceSource(Source):
         if self._stream is None:
             raise RuntimeError("DeviceSource.open() was not called")
         self._ring = ring
-        self._seen_frames, self._seen_at = 0, time.monotonic()
+        self._seen_frames, self._seen_at = self.frames_in, time.monotonic()
+        self._start_frames = self.frames_in
         self._running = True
         try:
             self._stream.start()
@@ -241,7 +243,7 @@ class DeviceSource(Source):
             self._seen_frames, self._seen_at = self.frames_in, now
             if self._stream.active:
                 return
-        limit = STALL_SECONDS if self.frames_in else STARTUP_SECONDS
+        limit = STALL_SECONDS if self.frames_in > self._start_frames else STARTUP_SECONDS
         if not self._stream.active:
             why = "its stream stopped"
         elif now - self._seen_at > limit:
@@ -256,6 +258,18 @@ class DeviceSource(Source):
         if self._ring is not None:
             self._ring.close()
         raise self.error
+
+    def reopen(self) -> None:
+        """Open the device again after it was lost (``--reconnect``): devices are enumerated afresh.
+
+        Raises the same errors as :meth:`open` while the device is still missing or busy.
+        """
+        self.stop()
+        self.error = None
+        sd = _sounddevice()
+        sd._terminate()  # sounddevice's documented way to make PortAudio scan the devices again
+        sd._initialize()
+        self.open()
 
     def stop(self) -> None:
         self._running = False

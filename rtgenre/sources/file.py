@@ -9,7 +9,9 @@ within 1e-6.  A file is read block by block in a reader thread,
 either as fast as the consumer takes it (lossless backpressure) or paced at
 the file's own rate (``realtime=True``, a live source that behaves like a
 device).  A truncated file delivers everything readable, then fails with
-:class:`~rtgenre.errors.InputTruncatedError`.
+:class:`~rtgenre.errors.InputTruncatedError` (an MP3 when its Xing/Info
+header states its length, as encoders write it; a cut CBR MP3 without one
+cannot be told from a shorter file).
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ from rtgenre.sources.url import FfmpegDecoder, require_ffmpeg
 
 #: libsndfile's header log line for a WAV data chunk whose size disagrees with the file.
 _DATA_LOG = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+#: libsndfile's log line for an MP3 whose Xing/Info header gives the exact frame count.
+_XING = re.compile(r"^\s*bitrate mode\s*:\s*variable", re.MULTILINE)
+#: Frames an intact MP3 may decode short of its header's count (encoder delay/padding rounding).
+MP3_SLACK_FRAMES = 2 * 1152
 #: Data sizes that mean "unknown length" (written by streaming encoders), not truncation.
 _UNKNOWN_SIZES = (0, 0xFFFFFFFF, 0x7FFFFFFF)
 
@@ -58,6 +64,7 @@ class FileSource(ThreadedSource):
         self.declared_frames = 0
         self._file: sf.SoundFile | None = None
         self._ffmpeg: FfmpegDecoder | None = None
+        self._mp3_exact = False
 
     def open(self) -> None:
         if not os.path.exists(self.path):
@@ -65,7 +72,7 @@ class FileSource(ThreadedSource):
         if os.path.isdir(self.path):
             raise InputUnreadableError(f"{self.path} is a directory, not an audio file", _FIX_READABLE)
         try:
-            f = sf.SoundFile(self.path)
+            f = sf.SoundFile(os.fsencode(self.path))  # bytes: a file name in any encoding
         except (sf.LibsndfileError, RuntimeError, OSError) as exc:
             raise InputUnreadableError(f"Cannot read {self.path} as audio ({exc})", _FIX_READABLE) from None
         try:
@@ -77,6 +84,9 @@ class FileSource(ThreadedSource):
             f.close()
             raise
         self.sample_rate, self.channels = f.samplerate, f.channels
+        # an MP3 with a Xing/Info header (libsndfile then says "variable") states its exact length; without one
+        # the length is an estimate from the file size, which a cut file follows, so a cut cannot be seen
+        self._mp3_exact = f.format == "MP3" and _XING.search(f.extra_info) is not None
         if f.format == "MP3":
             f.close()
             require_ffmpeg()
@@ -107,6 +117,12 @@ class FileSource(ThreadedSource):
             raise InputTruncatedError(
                 f"File {self.path} is damaged after {pos / self.sample_rate:.2f} s ({exc.problem})", _FIX_TRUNCATED
             ) from None
+        if self._ffmpeg is not None and self._mp3_exact and pos < self.declared_frames - MP3_SLACK_FRAMES and not self._stop.is_set():
+            raise InputTruncatedError(
+                f"File {self.path} is truncated: its header announces {self.declared_frames / self.sample_rate:.2f} s, "
+                f"only {pos / self.sample_rate:.2f} s are present",
+                _FIX_TRUNCATED,
+            )
 
     def _sndfile_blocks(self, f: sf.SoundFile, block: int) -> Iterator[np.ndarray]:
         """Blocks read by libsndfile; InputTruncatedError after the last readable one if the file is cut."""

@@ -138,6 +138,29 @@ def _wav_spec(fmt_chunk: bytes) -> tuple[str, int, int]:
     return fmt, rate, channels
 
 
+#: Float samples beyond this magnitude cannot be audio in [-1, 1] (a little headroom over full scale is normal).
+FLOAT_LIMIT = 64.0
+#: Share of NaN/Inf samples in one block above which the data cannot be float audio with a few bad samples.
+NONFINITE_SHARE = 0.25
+
+
+def check_float_block(block: np.ndarray, what: str) -> None:
+    """Raise :class:`InputFormatError` when a block of ``f32le`` samples cannot be float audio.
+
+    Integer PCM read as float gives NaN/Inf and magnitudes up to 1e38 in about
+    every other sample; a few NaN samples in real float audio are zeroed and
+    counted downstream instead.
+    """
+    finite = np.isfinite(block)
+    share = 1.0 - float(finite.mean())
+    peak = float(np.abs(block[finite]).max()) if finite.any() else 0.0
+    if share > NONFINITE_SHARE or peak > FLOAT_LIMIT:
+        raise InputFormatError(
+            f"{what[:1].upper() + what[1:]} cannot be float samples: {share:.0%} of a block are NaN/Inf and values reach {peak:.3g} (audio is within [-1, 1])",
+            "Pass the format the data really has, e.g. --format s16le for 16-bit PCM",
+        )
+
+
 class StdinSource(ThreadedSource):
     """Reads raw PCM or a WAV stream from standard input.
 
@@ -211,6 +234,8 @@ class StdinSource(ThreadedSource):
                 self._remaining -= len(data)
             block = dec.process(data)
             if len(block):
+                if dec.fmt == "f32le":
+                    check_float_block(block, self.description)
                 yield block
         if self._stop.is_set():
             return

@@ -1,0 +1,221 @@
+"""``rtgenre monitor``: many live feeds in one process, one engine, one session.
+
+Parses the ``monitor`` command line, turns the feed list (FEEDS.toml and
+``--feed``, see :mod:`rtgenre.config`) into feeds, and runs them in one
+:class:`~rtgenre.session.Session` with ``isolate=True``: windows ready at the
+same time across feeds go to the engine as one batch, and a feed that fails
+ends alone (its ``error`` and ``stop`` events) while the others go on, also
+when it cannot even be opened (:class:`MonitorSession`).  The
+outputs are JSON Lines of every feed on stdout, one file per feed
+(``--out-dir``, reopened on SIGUSR1 for log rotation), the control-room
+dashboard, and Prometheus metrics (``--metrics-port``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from rtgenre.config import FeedSpec, MonitorConfig, build_config
+from rtgenre.errors import ExitCode, RtgenreError
+from rtgenre.session import Session
+
+#: Default address of the metrics endpoint (loopback: nothing is exposed unless asked for).
+METRICS_HOST = "127.0.0.1"
+
+
+def add_monitor_arguments(sub: Any) -> None:
+    """Add the ``monitor`` subcommand to the ``rtgenre`` subparsers."""
+    from rtgenre.inference import ENGINE_CHOICES
+
+    p = sub.add_parser(
+        "monitor", help="classify many live feeds at once (one engine, control-room dashboard, Prometheus metrics)",
+        description="Classify many feeds (URLs, files, devices) in one process with one engine. "
+                    "Feeds come from FEEDS.toml ([defaults] and [[feed]] tables, see README) and/or --feed.",
+    )
+    p.add_argument("feeds_file", nargs="?", metavar="FEEDS.toml", help="feed list ([defaults] and [[feed]] tables)")
+    p.add_argument("--feed", action="append", default=[], metavar="NAME=SPEC",
+                   help="add a feed: SPEC is a URL, a file (paced in real time) or device:INDEX|NAME (repeatable)")
+    g = p.add_argument_group("model and engine (override [defaults])")
+    g.add_argument("--model", default=None, help="model name in engines/, or path to its card or ONNX file (default: the shipped rtgenre-crnn)")
+    g.add_argument("--engine", default=None, choices=ENGINE_CHOICES, help="inference engine (default: auto)")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime (default: 1)")
+    g.add_argument("--precision", default="fp16", choices=("fp16", "fp32"), help="TensorRT precision (default: fp16)")
+    g.add_argument("--max-batch", type=int, default=256, help="largest batch of windows per engine call (default: 256)")
+    g = p.add_argument_group("output")
+    g.add_argument("--json", action="store_true", help="JSON Lines of every feed on stdout (default when stdout is not a terminal)")
+    g.add_argument("--no-dashboard", action="store_true", help="never show the control-room dashboard")
+    g.add_argument("--no-color", action="store_true", help="no colours (also when NO_COLOR is set)")
+    g.add_argument("--out-dir", default=None, metavar="DIR", help="also append each feed's events to DIR/NAME.jsonl (reopened on SIGUSR1)")
+    g.add_argument("--event-queue", type=int, default=1024, help="events buffered per output before old predictions are dropped (default: 1024)")
+    g = p.add_argument_group("metrics")
+    g.add_argument("--metrics-port", type=int, default=None, metavar="PORT", help="serve Prometheus metrics on PORT (0: any free port, printed on stderr)")
+    g.add_argument("--metrics-host", default=METRICS_HOST, help=f"address of the metrics endpoint (default: {METRICS_HOST})")
+    p.set_defaults(handler=run_monitor)
+
+
+def _source(spec: FeedSpec):
+    """The feed's source (not yet opened); reconnect settings apply to URLs, pacing to files."""
+    from rtgenre.sources import is_url, open_source
+
+    if spec.input is not None and is_url(spec.input):
+        return open_source(spec.input, None, reconnect=spec.reconnect, max_reconnects=spec.max_reconnects, stall_timeout=spec.stall_timeout)
+    return open_source(spec.input, spec.device, realtime=spec.realtime and spec.input is not None)
+
+
+def _feeds(config: MonitorConfig, card) -> list:
+    from rtgenre.pipeline import Feed
+    from rtgenre.smoothing import Smoother
+
+    return [
+        Feed(s.name, _source(s), card, Smoother(card.heads, s.hop, s.smooth, s.silence_db, s.change_margin, s.change_hops), s.hop)
+        for s in config.feeds
+    ]
+
+
+def _dashboard_stream(args: argparse.Namespace, json_mode: bool):
+    """Where the control room goes: stdout when it is a terminal and JSON was not asked for,
+    stderr when JSON goes to a pipe or file and stderr is a terminal, else nowhere."""
+    if args.no_dashboard:
+        return None
+    if not json_mode:
+        return sys.stdout
+    return sys.stderr if not sys.stdout.isatty() and sys.stderr.isatty() else None
+
+
+class MonitorSession(Session):
+    """A :class:`~rtgenre.session.Session` of many feeds, each isolated from the others from the start.
+
+    The feeds are opened in parallel (a URL's probe or a device's open do not
+    wait for one another), and a feed that cannot be opened ends alone with its
+    ``error`` and ``stop`` events, like one that fails later; only when no feed
+    opens does the run fail as a whole.  The session also owns the run's
+    per-feed files (reopened on SIGUSR1 while it runs) and its metrics
+    endpoint (closed when it ends).
+
+    Parameters
+    ----------
+    feeds, engine, bus
+        As for :class:`~rtgenre.session.Session`.
+    files : FeedFiles, optional
+        The ``--out-dir`` sink (already on the bus).
+    metrics : MetricsServer, optional
+        The ``--metrics-port`` endpoint.
+    """
+
+    def __init__(self, feeds: list, engine: Any, bus: Any, *, files: Any = None, metrics: Any = None) -> None:
+        super().__init__(feeds, engine, bus, isolate=True)
+        self.files = files
+        self.metrics = metrics
+
+    def run(self) -> None:
+        main = threading.current_thread() is threading.main_thread()
+        old = signal.signal(signal.SIGUSR1, self._on_usr1) if main else None
+        try:
+            super().run()
+        finally:
+            if main:
+                signal.signal(signal.SIGUSR1, old)
+            if self.metrics is not None:
+                self.metrics.close()
+
+    def _on_usr1(self, signum: int, frame: object) -> None:
+        """Log rotation: reopen the per-feed files (ignored without ``--out-dir``)."""
+        if self.files is not None:
+            self.files.reopen()
+
+    @contextlib.contextmanager
+    def _only(self, feeds: list) -> Iterator[None]:
+        """Let the base class see only ``feeds`` for a while."""
+        every, self.feeds = self.feeds, feeds
+        try:
+            yield
+        finally:
+            self.feeds = every
+
+    def _open(self) -> None:
+        def open_one(feed) -> None:
+            try:
+                feed.open(self.bus.publish)
+            except RtgenreError as e:
+                feed.error, feed.finished = e, True
+
+        threads = [threading.Thread(target=open_one, args=(f,), name=f"open {f.name}", daemon=True) for f in self.feeds]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if all(f.error is not None for f in self.feeds):
+            raise self.feeds[0].error
+        with self._only([]):
+            super()._open()  # the engine
+
+    def _start(self) -> None:
+        with self._only([f for f in self.feeds if f.error is None]):
+            super()._start()
+        for feed in self.feeds:
+            if feed.error is not None:
+                self._feed_failed(feed, feed.error)
+
+
+def run_monitor(args: argparse.Namespace) -> int:
+    """Handler of ``rtgenre monitor``; returns the exit code (the first feed error's, else 0)."""
+    from rich.console import Console
+
+    from rtgenre.card import load_card
+    from rtgenre.inference import create_engine
+    from rtgenre.options import check_options
+    from rtgenre.sinks.base import EventBus
+    from rtgenre.sinks.jsonl import JsonLinesSink
+
+    check_options(args)
+    config = build_config(args.feeds_file, args.feed)
+    card = load_card(args.model or config.model)
+    feeds = _feeds(config, card)
+    bus = EventBus()
+    registry = server = files = None
+    if args.out_dir is not None:
+        from rtgenre.sinks.files import FeedFiles
+
+        files = FeedFiles(args.out_dir, [f.name for f in feeds])
+    if args.metrics_port is not None:
+        from rtgenre.sinks.metrics import CollectorRegistry, MetricsServer, MetricsSink
+
+        registry = CollectorRegistry()
+        server = MetricsServer(registry, args.metrics_host, args.metrics_port)
+        print(f"rtgenre: notice: metrics on {server.url}", file=sys.stderr)
+
+    def engine():
+        e = create_engine(args.engine or config.engine, card, threads=config.threads if args.threads is None else args.threads,
+                          precision=args.precision, max_batch=args.max_batch)
+        if e.notice:
+            print(f"rtgenre: notice: {e.notice}", file=sys.stderr)
+        if registry is None:
+            return e
+        from rtgenre.sinks.metrics import EngineMeter
+
+        return EngineMeter(e, registry)
+
+    session = MonitorSession(feeds, engine, bus, files=files, metrics=server)
+    on_gone = lambda: session.request_stop("reader gone")  # noqa: E731
+    json_mode = args.json or not sys.stdout.isatty()
+    if json_mode:
+        bus.add(JsonLinesSink(), on_gone, capacity=args.event_queue)
+    if files is not None:
+        bus.add(files, on_gone, capacity=args.event_queue)
+    if registry is not None:
+        bus.add(MetricsSink(registry), on_gone, capacity=args.event_queue)
+    stream = _dashboard_stream(args, json_mode)
+    if stream is not None:
+        from rtgenre.sinks.controlroom import ControlRoom
+
+        console = Console(file=stream, no_color=args.no_color or "NO_COLOR" in os.environ, stderr=stream is sys.stderr)
+        bus.add(ControlRoom(console, on_quit=lambda: session.request_stop("quit")), on_gone, capacity=args.event_queue)
+    session.run()
+    return ExitCode.OK

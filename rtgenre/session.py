@@ -1,0 +1,351 @@
+"""One run's lifecycle: open the feeds and the engine, start, run, stop, close, report.
+
+A :class:`Session` owns everything a run holds (its feeds with their sources,
+reader threads and child processes, the engine, the event bus) inside one
+``try``/``finally``: whatever fails, and whenever, the feeds are stopped, the
+engine is closed, every feed gets its ``error`` (if any) and ``stop`` events,
+and the sinks are drained.  It also owns the stop signals: SIGINT, SIGTERM and
+SIGHUP end any run within :data:`STOP_WITHIN_S` seconds with a ``stop`` event,
+whatever a reader thread or a child process is blocked on (nothing here waits
+without a timeout once a stop was asked for).
+
+A session runs many feeds against one engine (windows ready at the same time
+are batched together).  A feed's failure ends the session unless the session
+was made with ``isolate=True``: then only that feed stops (with its ``error``
+and ``stop`` events) and the others go on; the session ends when every feed
+has ended.  :class:`MidiSession` is the same lifecycle for MIDI without audio.
+"""
+
+from __future__ import annotations
+
+import collections
+import signal
+import threading
+import time
+from typing import Callable
+
+from rtgenre.errors import ExitCode, OutputFailedError, RtgenreError
+from rtgenre.events import Event
+from rtgenre.inference.base import Engine
+from rtgenre.dsp.window import Window
+from rtgenre.pipeline import Feed, MidiInput, infer
+from rtgenre.sinks.base import EventBus
+
+#: Signals that stop a run cleanly (exit code 0, ``stop`` reason ``interrupted``).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: Seconds within which a stop signal ends a run.
+STOP_WITHIN_S = 2.0
+#: Windows run through the engine per step of the loop (the stop flag is checked between steps).
+STEP_WINDOWS = 8
+#: Seconds the sinks get to drain after a stop that was not the end of the input.
+DRAIN_AFTER_STOP_S = 0.5
+
+END_OF_INPUT = "end of input"
+
+
+class InternalError(RtgenreError):
+    """A bug, reported in the event stream like any failure (the traceback still follows)."""
+
+    code = ExitCode.INTERNAL
+    reason = "internal error"
+
+
+class _Interrupted(BaseException):
+    """Raised by the signal handler while the session is still opening (a blocking open, a probe)."""
+
+
+class Session:
+    """Runs feeds against one engine, from opening them to the last ``stop`` event.
+
+    Parameters
+    ----------
+    feeds : list of Feed
+        Not yet opened; :meth:`run` opens and starts them.
+    engine : Engine or callable returning Engine
+        An engine (shared with other sessions; not closed here) or a factory
+        called once the feeds are open (the session closes what it made).
+    bus : EventBus
+        Where events go; drained by :meth:`run`.  Its output errors end the run.
+    summaries : bool
+        Publish a ``summary`` event per feed before its ``stop`` (``classify``).
+    isolate : bool
+        A failing feed stops alone; the others go on.
+    poll_s : float
+        Sleep between polls when no audio is waiting.
+    signals : bool
+        Handle the stop signals during :meth:`run` (main thread only).
+
+    Attributes
+    ----------
+    stop_reason : str
+        ``end of input``, ``interrupted``, ``quit``, ``reader gone`` or the
+        ``reason`` of the error that ended the run.
+    signal : str or None
+        Name of the signal that stopped the run.
+    error : RtgenreError or None
+        The error that ended the run (or the first deferred one); :meth:`run` raises it.
+    """
+
+    def __init__(
+        self,
+        feeds: list[Feed],
+        engine: Engine | Callable[[], Engine],
+        bus: EventBus,
+        *,
+        summaries: bool = False,
+        isolate: bool = False,
+        poll_s: float = 0.005,
+        signals: bool = True,
+    ) -> None:
+        self.feeds = feeds
+        self._engine_arg = engine
+        self.engine: Engine | None = engine if isinstance(engine, Engine) else None
+        self.bus = bus
+        self.summaries = summaries
+        self.isolate = isolate
+        self.poll_s = poll_s
+        self.signals = signals
+        self.stop_requested = threading.Event()
+        self.stop_reason = END_OF_INPUT
+        self.signal: str | None = None
+        self.error: RtgenreError | None = None
+        self._phase = "new"
+        self._reported: set[int] = set()
+        self._error_published = False
+        bus.on_error = self._output_failed
+
+    # ------------------------------------------------------------------ control
+    def request_stop(self, reason: str, error: RtgenreError | None = None) -> None:
+        """Ask the run to stop after the current step (signals, sinks, the dashboard's ``q``, errors)."""
+        if not self.stop_requested.is_set():
+            self.stop_reason = reason
+            if error is not None and self.error is None:
+                self.error = error
+            self.stop_requested.set()
+
+    def _output_failed(self, error: OutputFailedError) -> None:
+        self.request_stop(error.reason, error)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if self.signal is None:
+            self.signal = signal.Signals(signum).name
+        self.request_stop("interrupted")
+        if self._phase == "opening":
+            raise _Interrupted
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> None:
+        """Open, start and run the feeds until they end, fail or are stopped; then close.
+
+        Raises
+        ------
+        RtgenreError
+            The error that ended the run, or a deferred data problem (truncated
+            input, NaN samples, input shorter than a window), after its ``error``
+            event and the ``stop`` events were published and the sinks drained.
+        """
+        old = self._install_signals()
+        try:
+            try:
+                self._phase = "opening"
+                self._open()
+                self._phase = "running"
+                if not self.stop_requested.is_set():
+                    self._start()
+                    self._loop()
+            except _Interrupted:
+                pass
+            except RtgenreError as e:
+                self.request_stop(e.reason, e)
+                if self.error is None:  # a stop was asked for first; the error still counts
+                    self.error = e
+            except Exception as e:  # a bug: still stop and report everything, then show the traceback
+                bug = InternalError(f"Internal error ({type(e).__name__}: {e})", "Please report this bug with the command that caused it")
+                self.request_stop(bug.reason, bug)
+                if self.error is None:  # a stop was asked for first; the bug is still told
+                    self.error = bug
+                raise
+            finally:
+                self._phase = "closing"
+                self._close()
+        finally:
+            self._restore_signals(old)
+        if self.error is not None:
+            raise self.error
+
+    def _install_signals(self) -> dict[int, object]:
+        if not self.signals or threading.current_thread() is not threading.main_thread():
+            return {}
+        return {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
+
+    @staticmethod
+    def _restore_signals(old: dict[int, object]) -> None:
+        for s, h in old.items():
+            signal.signal(s, h)  # type: ignore[arg-type]
+
+    def _open(self) -> None:
+        for feed in self.feeds:
+            feed.open(self.bus.publish)
+        if self.engine is None:
+            self.engine = self._engine_arg()  # type: ignore[operator]
+
+    def _start(self) -> None:
+        assert self.engine is not None
+        for feed in self.feeds:
+            self.bus.publish(feed.start_event(self.engine))
+            if feed.midi is not None:
+                feed.midi.start()
+            feed.start()
+
+    def _loop(self) -> None:
+        assert self.engine is not None
+        pending: collections.deque[tuple[Feed, Window, float]] = collections.deque()
+        while not self.stop_requested.is_set():
+            ready = []
+            for feed in self.feeds:
+                if feed.finished:
+                    continue
+                try:
+                    if feed.midi is not None:
+                        feed.midi.check()
+                    windows, now = feed.poll(self.bus.publish)
+                except RtgenreError as e:
+                    self._feed_failed(feed, e)
+                    continue
+                ready += [(feed, w, now) for w in windows]
+            pending.extend(ready)
+            if pending:  # a bounded step, so that a stop is never kept waiting behind a long backlog
+                step = [pending.popleft() for _ in range(min(len(pending), STEP_WINDOWS))]
+                results = infer(self.engine, [w for _, w, _ in step])
+                for (feed, window, arrival), probs in zip(step, results):
+                    for event in feed.events_for(window, probs, arrival):
+                        self.bus.publish(event)
+            if self.isolate:  # a feed that reached its end is told as such now, while the others go on
+                waiting = {id(f) for f, _, _ in pending}
+                for feed in self.feeds:
+                    if feed.finished and id(feed) not in self._reported and id(feed) not in waiting:
+                        self._stop_feed(feed)
+                        self._report(feed, ended=True)
+            if not pending and all(f.finished for f in self.feeds):
+                return
+            if not ready and not pending:
+                self.stop_requested.wait(self.poll_s)
+
+    def _feed_failed(self, feed: Feed, error: RtgenreError) -> None:
+        feed.error = error
+        feed.finished = True
+        if not self.isolate:
+            self.request_stop(error.reason, error)
+            return
+        if self.error is None:
+            self.error = error
+        self._stop_feed(feed)
+        self._report(feed, ended=False)
+
+    # ------------------------------------------------------------------ close
+    def _close(self) -> None:
+        """Stop every feed (bounded), close the engine we made, report each feed, drain the sinks."""
+        for feed in self.feeds:
+            if id(feed) not in self._reported:
+                self._stop_feed(feed)
+        try:
+            if self.engine is not None and self.engine is not self._engine_arg:
+                self.engine.close()
+        finally:
+            ended = self.stop_reason == END_OF_INPUT
+            for feed in self.feeds:
+                if id(feed) not in self._reported:
+                    self._report(feed, ended)
+            self._drain(ended)
+
+    @staticmethod
+    def _stop_feed(feed: Feed) -> None:
+        try:
+            feed.stop()
+        except RtgenreError:
+            pass  # a source that fails while stopping has nothing left to report
+
+    def _report(self, feed: Feed, ended: bool) -> None:
+        """The feed's ``error`` event (its failure or a deferred data problem), ``summary`` and ``stop``."""
+        self._reported.add(id(feed))
+        error, fatal = feed.error, feed.error is not None
+        if error is None and self.error is not None and not self.isolate and not self._error_published:
+            error, fatal = self.error, True  # the run's error (open, engine, output), told on the first feed
+        if error is None and hasattr(feed, "analyzer"):
+            error = feed.deferred_error(ended and feed.finished)
+            fatal = error is not None and error is feed.source.error  # the input broke off; NaN or short input were still analysed
+            if error is not None and self.error is None:
+                self.error = error
+        if error is not None and error is self.error:
+            self._error_published = True
+        t = feed._t()
+        if error is not None:
+            self.bus.publish(Event("error", feed.name, t, {"code": int(error.code), "message": str(error), "fatal": fatal}))
+        if self.summaries and feed.stats.windows:
+            self.bus.publish(Event("summary", feed.name, t, {"file": feed.name, **feed.summary()}))
+        reason = error.reason if error is not None and (fatal or self.stop_reason == END_OF_INPUT) else self.stop_reason
+        data = {"reason": reason, "counts": {**feed.stop_counts(), "dropped_events": self.bus.dropped}}
+        if self.signal is not None:
+            data["signal"] = self.signal
+        self.bus.publish(Event("stop", feed.name, t, data))
+
+    def _drain(self, ended: bool) -> None:
+        """Let the sinks write what is queued: all of it after the end of the input
+        (until a stop signal), else :data:`DRAIN_AFTER_STOP_S` seconds."""
+        deadline = None if ended and not self.stop_requested.is_set() else time.monotonic() + DRAIN_AFTER_STOP_S
+        while not self.bus.wait_drained(0.1):
+            if deadline is None and self.stop_requested.is_set():
+                deadline = time.monotonic() + DRAIN_AFTER_STOP_S
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+        self.bus.finish(timeout=0)
+
+
+class MidiSession(Session):
+    """MIDI without audio: one ``midi`` event per hop, timed by the monotonic clock.
+
+    Parameters
+    ----------
+    midi : MidiInput
+    bus : EventBus
+    hop_s : float
+        Seconds between events.
+    stream : str
+        Stream name of the events.
+    """
+
+    def __init__(self, midi: MidiInput, bus: EventBus, hop_s: float, stream: str, *, signals: bool = True) -> None:
+        super().__init__([], lambda: None, bus, signals=signals)  # type: ignore[arg-type, return-value]
+        self.midi = midi
+        self.hop_s = hop_s
+        self.stream = stream
+        self._k = 0
+
+    def _open(self) -> None:
+        pass
+
+    def _start(self) -> None:
+        self.bus.publish(Event("start", self.stream, 0.0, {"source": f"midi {self.midi.name}", "hop_s": self.hop_s, "midi": True}))
+        self.midi.start()
+
+    def _loop(self) -> None:
+        t0 = time.monotonic()
+        while not self.stop_requested.wait(max(0.0, t0 + (self._k + 1) * self.hop_s - time.monotonic())):
+            self._k += 1
+            self.midi.check()
+            self.bus.publish(Event("midi", self.stream, self._k * self.hop_s, {"midi": self.midi.snapshot(time.monotonic())}))
+            if self.midi.done:
+                return
+
+    def _close(self) -> None:
+        t = self._k * self.hop_s
+        try:
+            self.midi.stop()
+        finally:
+            if self.error is not None:
+                self.bus.publish(Event("error", self.stream, t, {"code": int(self.error.code), "message": str(self.error), "fatal": True}))
+            data = {"reason": self.stop_reason, "counts": {"midi_events": self._k, "dropped_events": self.bus.dropped}}
+            if self.signal is not None:
+                data["signal"] = self.signal
+            self.bus.publish(Event("stop", self.stream, t, data))
+            self._drain(self.stop_reason == END_OF_INPUT)

@@ -1,0 +1,208 @@
+"""Capacity of ``rtgenre monitor`` on this machine: N live feeds paced in real time; JSON output.
+
+For N = 1, 5, 10, 20, 30, ... (``--feeds``) it runs ``rtgenre monitor`` with N
+``--feed`` file feeds paced in real time (the same WAV for every feed: real
+music from ``../shared/data/real-music`` when present, else the generated demo
+song) for ``--seconds`` seconds, then reports per N: the process's CPU share,
+peak RSS, prediction latency p50/p99 (after the first window of every feed),
+overruns, predictions per second, and the engine's mean batch size (scraped
+from the run's own Prometheus endpoint with ``prometheus_client.parser``).  It
+stops after the first N whose latency p99 passes ``--p99-limit-ms`` or that
+overruns.
+
+Per N it also gives the monitor's whole CPU time per window analysed and the
+model's share of it: the share of the compute bound the monitor would reach
+with the machine to itself, whatever else runs on it now.
+
+In the same run (before and after the runs, averaged) it measures the engine's own cost (CPU ms of model work per
+window: one window per call, ONNX Runtime on the calling thread, median of
+that thread's CPU time) and from it the *compute bound*: the feeds the
+machine could carry if the model were the only work,
+``cores / (ms per window / 1000 × windows per second per feed)``.  The result
+says how close the sustained feeds come to it, and the load average before
+and after each step (other processes on a shared machine).  On a shared
+machine a monitor that cannot keep up gets less than all cores; the most CPU
+it obtained in a run it could not sustain gives a second bound, on the cores
+it actually obtained.
+
+Usage::
+
+    python tools/bench_monitor.py --out benchmarks/results/bench_monitor.json [--seconds 45] [--feeds 1,5,10,20,30,40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+
+from bench_pipeline import _vm_hwm_kb, make_long_file  # noqa: E402
+from benchutil import emit  # noqa: E402
+
+from rtgenre.card import load_card  # noqa: E402
+
+
+def engine_cost(card, n: int = 40) -> dict:
+    """Model work per window: one window per call, ONNX Runtime on 1 thread (the calling thread),
+    as CPU time of that thread (what other processes on the machine do not change) and wall time."""
+    from rtgenre.inference.onnxruntime import OnnxRuntimeEngine
+
+    engine = OnnxRuntimeEngine(card, threads=1)
+    x = np.random.default_rng(0).standard_normal((1, card.window_frames, card.frontend.n_mels)).astype(np.float32) + 2.0
+    for _ in range(5):
+        engine.run(x)
+    cpu, wall = [], []
+    for _ in range(n):
+        c0, w0 = time.thread_time(), time.perf_counter()
+        engine.run(x)
+        cpu.append((time.thread_time() - c0) * 1000.0)
+        wall.append((time.perf_counter() - w0) * 1000.0)
+    return {"threads": 1, "runs": n, "cpu_ms_per_window_median": round(float(np.median(cpu)), 2),
+            "wall_ms_per_window_median": round(float(np.median(wall)), 2)}
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Sum of every sample of each name (over its labels) on a Prometheus endpoint."""
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[s.name] = out.get(s.name, 0.0) + s.value
+    return out
+
+
+def run_n(path: Path, n: int, seconds: float, hop: float, threads: int, window_s: float) -> dict:
+    """One ``monitor`` run with ``n`` paced feeds of ``path``; its figures."""
+    cmd = [sys.executable, "-m", "rtgenre", "monitor", "--json", "--no-dashboard", "--metrics-port", "0", "--threads", str(threads)]
+    cmd += [f"--feed=f{i:03d}={path}" for i in range(n)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    load_before = os.getloadavg()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t0 = time.monotonic()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, cwd=ROOT, env=env)
+        url, peak_kb, metrics = None, 0, {}
+        while proc.poll() is None and time.monotonic() - t0 < seconds:
+            peak_kb = max(peak_kb, _vm_hwm_kb(proc.pid))
+            if url is None:
+                err.seek(0)
+                m = re.search(r"metrics on (http://\S+)", err.read())
+                url = m.group(1) if m else None
+            time.sleep(0.5)
+        if url is not None and proc.poll() is None:
+            metrics = scrape(url)
+        peak_kb = max(peak_kb, _vm_hwm_kb(proc.pid))
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+        wall = time.monotonic() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        out.seek(0), err.seek(0)
+        events = [json.loads(line) for line in out.read().splitlines()]
+        stderr = err.read()
+    if proc.returncode != 0:
+        raise SystemExit(f"monitor failed ({proc.returncode}): {stderr.strip()}")
+    preds = [e for e in events if e["event"] == "prediction"]
+    windows = sum(1 for e in events if e["event"] in ("prediction", "silence"))
+    lat = np.array([e["latency_ms"] for e in preds if e["t"] > window_s + hop / 2])  # the first window of each feed waits for 7.5 s of audio to fill
+    stops = [e for e in events if e["event"] == "stop"]
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    batches = metrics.get("rtgenre_engine_batches_total", 0.0)
+    return {
+        "feeds": n,
+        "wall_s": round(wall, 2),
+        "predictions": len(preds),
+        "predictions_per_s": round(len(preds) / max(wall - window_s, 1e-9), 2),
+        "expected_predictions_per_s": round(n / hop, 2),
+        "latency_ms_p50": round(float(np.percentile(lat, 50)), 1) if lat.size else None,
+        "latency_ms_p99": round(float(np.percentile(lat, 99)), 1) if lat.size else None,
+        "latency_ms_max": round(float(lat.max()), 1) if lat.size else None,
+        "overruns": sum(e["counts"].get("overruns", 0) for e in stops),
+        "dropped_samples": sum(e["counts"].get("dropped_samples", 0) for e in stops),
+        "dropped_events": max((e["counts"].get("dropped_events", 0) for e in stops), default=0),
+        "cpu_share_of_one_core": round(cpu / wall, 3),
+        "cpu_share_of_machine": round(cpu / wall / (os.cpu_count() or 1), 3),
+        "cpu_ms_per_window": round(cpu * 1000.0 / windows, 1) if windows else None,
+        "peak_rss_mb": round(peak_kb / 1024, 1),
+        "engine_batches": int(batches),
+        "engine_mean_batch_size": round(metrics.get("rtgenre_engine_batch_size_sum", 0.0) / batches, 2) if batches else None,
+        "engine_seconds_per_window_ms": round(1000 * metrics.get("rtgenre_engine_inference_seconds_sum", 0.0) / max(metrics.get("rtgenre_engine_batch_size_sum", 0.0), 1), 2),
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "stop_reasons": sorted({e["reason"] for e in stops}),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="Capacity of rtgenre monitor: N live feeds (JSON output).")
+    ap.add_argument("--out", type=Path, default=None, help="write the JSON here too")
+    ap.add_argument("--seconds", type=float, default=45.0, help="length of each run (default 45)")
+    ap.add_argument("--feeds", default="1,2,3,5,10,15,20,25,30,40,60", help="values of N, in order (default 1,2,3,5,10,15,20,25,30,40,60)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="ONNX Runtime threads of the monitor (default: all cores)")
+    ap.add_argument("--p99-limit-ms", type=float, default=500.0, help="stop after the first N over this latency p99 (default 500)")
+    ap.add_argument("--all", action="store_true", help="run every N even after one was not sustained (CPU figures of larger N on a busy machine)")
+    args = ap.parse_args()
+    card = load_card()
+    hop, cores = 0.5, os.cpu_count() or 1
+    result: dict = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": cores, "python": platform.python_version()},
+        "command": "python tools/bench_monitor.py " + " ".join(sys.argv[1:]),
+        "model": card.name,
+        "hop_s": hop,
+        "monitor_threads": args.threads,
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+    windows_per_s = 1.0 / hop
+    result["engine_cost_before"] = engine_cost(card)
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "feed.wav"
+        result["input"] = make_long_file(path, args.seconds + 30)
+        for n in (int(x) for x in args.feeds.split(",")):
+            r = run_n(path, n, args.seconds, hop, args.threads, card.window_seconds)
+            r["sustained"] = bool(r["overruns"] == 0 and r["latency_ms_p99"] is not None and r["latency_ms_p99"] <= args.p99_limit_ms)
+            runs.append(r)
+            print(json.dumps(r), file=sys.stderr, flush=True)
+            if not r["sustained"] and not args.all:
+                break
+    result["runs"] = runs
+    first_miss = next((i for i, r in enumerate(runs) if not r["sustained"]), len(runs))
+    sustained = [r["feeds"] for r in runs[:first_miss]]  # every N up to the first one not sustained
+    result["engine_cost_after"] = engine_cost(card)
+    model_ms = (result["engine_cost_before"]["cpu_ms_per_window_median"] + result["engine_cost_after"]["cpu_ms_per_window_median"]) / 2
+    result["model_cpu_ms_per_window"] = round(model_ms, 2)
+    result["compute_bound_feeds"] = round(cores / (model_ms / 1000.0 * windows_per_s), 1)
+    result["max_sustained_feeds"] = max(sustained, default=0)
+    result["share_of_compute_bound"] = round(result["max_sustained_feeds"] / result["compute_bound_feeds"], 3)
+    saturated = [r["cpu_share_of_one_core"] for r in runs if not r["sustained"]]
+    if saturated:  # a backlogged monitor takes all the CPU it can get: on a shared machine that is less than the cores
+        got = max(saturated)
+        result["cores_obtained_when_saturated"] = got
+        result["compute_bound_feeds_on_cores_obtained"] = round(got / (model_ms / 1000.0 * windows_per_s), 2)
+        result["share_of_compute_bound_on_cores_obtained"] = round(result["max_sustained_feeds"] / result["compute_bound_feeds_on_cores_obtained"], 3)
+    for r in runs:  # the monitor's whole CPU per window against the model's: how much of the bound it could reach with the machine to itself
+        if r["cpu_ms_per_window"]:
+            r["model_share_of_cpu"] = round(model_ms / r["cpu_ms_per_window"], 3)
+    result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["note"] = ("N feeds play the same file, started together, so their windows fall due at the same time "
+                      "(largest batches). The machine is shared: see the load averages for other load during the run.")
+    emit(result, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -97,8 +97,9 @@ def write_card(
     extra: dict[str, Any],
     version: str = "1.0.0",
     frames: int = 469,
+    backend_weights: bool = True,
 ) -> Path:
-    """Write ``<folder>/<name>.json`` for an exported ``<name>.onnx``."""
+    """Write ``<folder>/<name>.json`` for an exported ``<name>.onnx`` (and ``<name>.backend.npz`` with ``backend_weights``)."""
     onnx_path = folder / f"{name}.onnx"
     card = {
         "format": CARD_FORMAT,
@@ -114,7 +115,7 @@ def write_card(
             for h in heads
         ],
         "mappings": mappings,
-        "backend_weights": f"{name}.backend.npz",
+        **({"backend_weights": f"{name}.backend.npz"} if backend_weights else {}),
         **extra,
     }
     path = folder / f"{name}.json"
@@ -122,9 +123,14 @@ def write_card(
     return path
 
 
-def export_model(model: CRNN, folder: Path, name: str, mappings: dict[str, dict[str, str | None]], extra: dict[str, Any]) -> Path:
-    """ONNX, back-end weights and card of ``model``; returns the card's path."""
+def export_model(model: CRNN, folder: Path, name: str, mappings: dict[str, dict[str, str | None]], extra: dict[str, Any],
+                 version: str = "1.0.0") -> Path:
+    """ONNX, back-end weights (when the back end can save them) and card of ``model``; returns the card's path."""
     folder = Path(folder)
     export_onnx(model, folder / f"{name}.onnx")
-    save_backend(model.backend, folder / f"{name}.backend.npz")
-    return write_card(folder, name, model.backend.config.heads, mappings, extra)
+    from rtgenre.training.real import WindowBackend
+
+    weights = isinstance(model.backend, (Backend, WindowBackend))  # an ensemble or the zero-shot mapping has nothing to fine-tune
+    if weights:
+        save_backend(model.backend, folder / f"{name}.backend.npz")
+    return write_card(folder, name, model.backend.config.heads, mappings, extra, version=version, backend_weights=weights)

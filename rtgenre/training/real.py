@@ -219,6 +219,7 @@ class WindowConfig:
     embedding: int = 256
     dropout: float = 0.3
     teacher_features: bool = True
+    raw_stats: bool = True
     families: bool = False
     heads: tuple[HeadSpec, ...] = HEAD_SPECS
     pool: int = POOL
@@ -262,9 +263,11 @@ class WindowBackend(nn.Module):
             self.project = nn.Sequential(nn.Linear(c.feature_dim, c.projection), nn.ReLU(), nn.Dropout(c.dropout))
             self.lstm = nn.LSTM(c.projection, c.hidden, num_layers=2, batch_first=True, dropout=c.dropout)
             stats = 2 * c.hidden
-        else:
+        elif c.raw_stats:
             self.norm = nn.LayerNorm(2 * c.feature_dim)
             stats = 2 * c.feature_dim
+        else:
+            stats = 0
         self.teacher = TeacherBack(teacher if teacher is not None else load_teacher(MSD)) if c.teacher_features else None
         extra = 250 if c.teacher_features else 0
         self.embedding = nn.Sequential(nn.Dropout(c.dropout), nn.Linear(stats + extra, c.embedding), nn.ReLU())
@@ -288,8 +291,10 @@ class WindowBackend(nn.Module):
         if self.config.temporal == "lstm":
             h, _ = self.lstm(self.project(self.norm(maxp)))
             stats = [h[:, -1], h.mean(dim=1)]
-        else:
+        elif self.config.raw_stats:
             stats = [self.norm(torch.cat([mx, mean], dim=1))]
+        else:
+            stats = []
         if self.teacher is not None:
             stats.append(self.teacher(mx, mean))
         return self.embedding(torch.cat(stats, dim=1))
@@ -333,6 +338,8 @@ class TrainConfig:
     weight_decay: float = 1e-2
     seed: int = 0
     head_weights: dict[str, float] = field(default_factory=lambda: {"genre": 1.0, "mood": 1.0, "instruments": 1.0, "content": 1.0})
+    sung_repeats: int = 1
+    """Times each clip of exactly labelled sung music (a solo singer) is drawn per epoch: the only exact voice labels on music, and rare."""
 
 
 def _crop(e: Example, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -366,6 +373,10 @@ def train_backend(examples: list[Example], config: WindowConfig, tc: TrainConfig
     """Fit a :class:`WindowBackend` on ``examples`` (one random window crop per clip and epoch)."""
     torch.manual_seed(tc.seed)
     rng = np.random.default_rng(tc.seed)
+    if tc.sung_repeats > 1 and "instruments" in [h.name for h in config.heads]:
+        v = vocab.INSTRUMENTS.index("voice")
+        sung = [e for e in examples if e.clip.dataset in ("medley", "freesound") and e.targets["instruments"][v] == 1]
+        examples = examples + sung * (tc.sung_repeats - 1)
     model = WindowBackend(config)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
@@ -623,18 +634,53 @@ class Ensemble(nn.Module):
         return torch.cat([m.embed(feats) for m in self.members], dim=1)
 
 
+class ZeroShot(nn.Module):
+    """musicnn's own tagger over the window, its tags mapped to our labels: the untrained baseline as a loadable model.
+
+    Genre and instruments as :func:`zero_shot_probs`; mood quadrants from v1's
+    mood tags; no content head (no tag says speech).  ``forward`` returns
+    log-scores (multiclass) or logits (multilabel) so that :func:`activate`
+    gives the mapped probabilities.
+    """
+
+    def __init__(self, net: Musicnn | None = None) -> None:
+        super().__init__()
+        self.teacher = TeacherBack(net if net is not None else load_teacher(MSD))
+        mapper = TagMapper({MSD: teacher_tags(MSD)}, vocab.TAG_MAP)
+        for head, rows in mapper.index.items():
+            m = torch.zeros(len(rows), mapper.n_tags)
+            for i, idx in enumerate(rows):
+                m[i, idx] = 1.0
+            self.register_buffer(f"map_{head}", m)
+        self.config = WindowConfig(heads=tuple(h for h in HEAD_SPECS if h.name != "content"), teacher_features=True)
+
+    def forward(self, feats: Tensor) -> dict[str, Tensor]:
+        tags = self.teacher(feats.amax(dim=1), feats.mean(dim=1))[:, 200:]
+        score = {h: (tags.unsqueeze(1) * getattr(self, f"map_{h}")).amax(dim=-1) for h in ("genre", "mood", "instruments")}
+        m = score["mood"]  # energetic, happy, calm, sad, aggressive → happy, tense, sad, calm
+        mood = torch.stack([torch.maximum(m[:, 0], m[:, 1]), m[:, 4], m[:, 3], m[:, 2]], dim=1)
+        inst = (2.0 * score["instruments"]).clamp(1e-6, 1 - 1e-6)
+        return {"genre": torch.log(score["genre"] + 1e-6), "mood": torch.log(mood + 1e-6), "instruments": torch.log(inst) - torch.log1p(-inst)}
+
+    def embed(self, feats: Tensor) -> Tensor:
+        return self.teacher(feats.amax(dim=1), feats.mean(dim=1))
+
+
 #: Trained variants: name → back-end configuration (the ensemble combines the three).
 VARIANTS: dict[str, WindowConfig] = {
     "pool": WindowConfig(temporal="pool"),
     "crnn": WindowConfig(temporal="lstm"),
     "hier": WindowConfig(temporal="pool", families=True),
+    "tagger": WindowConfig(temporal="pool", raw_stats=False),
 }
+ENSEMBLE = ("pool", "crnn", "hier")
+"""The ensemble's members."""
 
 
 def fit_variant(name: str, train: list[Example], tc: TrainConfig, log: Callable[[str], None] | None = None) -> nn.Module:
     """One trained variant (``pool``, ``crnn``, ``hier`` or ``ensemble`` of the three)."""
     if name == "ensemble":
-        return Ensemble([fit_variant(v, train, tc, log) for v in VARIANTS]).eval()
+        return Ensemble([fit_variant(v, train, tc, log) for v in ENSEMBLE]).eval()
     return train_backend(train, VARIANTS[name], tc, log)
 
 
@@ -649,6 +695,77 @@ def predictor(name: str, tc: TrainConfig, cache: Path, log: Callable[[str], None
         return [window_probs(model, e) for e in test]
 
     return predict
+
+
+#: Model names of the variants in the model folder.
+MODEL_NAMES = {"tagger": "rtgenre-tagger", "pool": "rtgenre-pool", "crnn": "rtgenre-crnn", "hier": "rtgenre-hier", "ensemble": "rtgenre-ensemble", "zeroshot": "rtgenre-zeroshot"}
+DESCRIPTIONS = {
+    "tagger": "the frozen musicnn tagger's penultimate layer and tags over the window (no other encoder statistics) → embedding 256 → heads",
+    "pool": "window statistics (max and mean of every encoder feature over the window) with the frozen musicnn tagger's penultimate layer and tags → embedding 256 → heads",
+    "crnn": "CRNN: per-frame projection 753→128, 2-layer LSTM (hidden 128) over 16-frame steps, last and mean state, with the musicnn tagger's penultimate layer and tags → embedding 256 → heads",
+    "hier": "hierarchical: as pool, the genre head split into a family head (rock, popular, electronic, roots, classical) and a genre-within-family head, p(genre) = p(family) p(genre | family)",
+    "ensemble": "ensemble of pool, crnn and hier: the members' probabilities averaged",
+    "zeroshot": "musicnn's MSD tags over the window mapped to our labels (no training): the baseline",
+}
+DATASETS = [
+    {"name": "4Q audio emotion dataset (4q)", "clips": 731, "used_for": "mood (quadrants), genre (AllMusic genres), voice/guitar (tagger targets)",
+     "citation": "R. Panda, R. Malheiro, R. P. Paiva, 'Novel audio features for music emotion recognition', IEEE Transactions on Affective Computing, 2018"},
+    {"name": "GTZAN excerpts", "clips": 499, "used_for": "genre", "citation": "G. Tzanetakis, P. Cook, 'Musical genre classification of audio signals', IEEE TSAP 10(5), 2002 (known faults: B. Sturm, 2013)"},
+    {"name": "Medley-solos-DB (clarinet, female singer)", "clips": 148, "used_for": "instruments (voice, winds)",
+     "citation": "V. Lostanlen, C.-E. Cella, 'Deep convolutional networks on the pitch spiral for musical instrument recognition', ISMIR 2016; CC BY 4.0"},
+    {"name": "FSDKaggle2018 instrument subset (Freesound)", "clips": 300, "used_for": "instruments",
+     "citation": "E. Fonseca et al., 'General-purpose tagging of Freesound audio with AudioSet labels', DCASE 2018; CC0 / CC BY"},
+    {"name": "speech set: LibriSpeech, Asterisk prompts, codec2 samples, asr_testclips, pyAudioAnalysis, MUSAN excerpts, and 200 mixes of its speech over 4q songs (0-15 dB)",
+     "clips": 869, "used_for": "content (speech / music / speech over music), voice",
+     "citation": "V. Panayotov et al., 'LibriSpeech', ICASSP 2015 (CC BY 4.0); Asterisk sounds (CC BY-SA 3.0); codec2 (LGPL); T. Giannakopoulos, pyAudioAnalysis, PLoS ONE 2015; D. Snyder et al., MUSAN, 2015"},
+]
+
+
+def export_variants(fitted: Path, out: Path, cv: dict, variants: list[str], version: str = "2.0.0") -> list[Path]:
+    """Export each variant (fitted ``<variant>.pt`` from ``--fit``; the ensemble from its members) as a loadable model with its card."""
+    from rtgenre.training.export import export_model
+    from rtgenre.training.model import CRNN
+
+    encoder = load_teacher(MSD)
+    cards = []
+    for v in variants:
+        if v == "zeroshot":
+            backend: nn.Module = ZeroShot(encoder)
+        elif v == "ensemble":
+            backend = Ensemble([torch.load(fitted / f"{m}.pt", weights_only=False) for m in ENSEMBLE])
+        else:
+            backend = torch.load(fitted / f"{v}.pt", weights_only=False)
+        extra = {
+            "license": "model weights: MIT; musicnn encoder weights: ISC (rtgenre/models/musicnn/LICENSE)",
+            "variant": {"name": v, "description": DESCRIPTIONS[v]},
+            "encoder": {"name": MSD, "frozen": True, "features_per_frame": FEATURE_DIM},
+            "data": DATASETS,
+            "training": {"command": "python -m rtgenre.training.realdata --cache cache/real && python -m rtgenre.training.real --cache cache/real --fit runs/fit "
+                                    "&& python -m rtgenre.training.real --export rtgenre/models --fitted runs/fit --cv runs/cv.json",
+                         "epochs": TrainConfig.epochs if v != "zeroshot" else 0, "window_frames": WINDOW_FRAMES, "pool_frames": POOL,
+                         "targets": __doc__.split("Targets (see")[1].strip() if "Targets (see" in __doc__ else ""},
+            "evaluation": {"cross_validation": {"protocol": "grouped 5-fold (artist for 4q, track for GTZAN, speaker for speech; a mix goes with its speaker and its song), "
+                                                            "clip = majority of its 7.5 s windows (hop ~1 s)", **cv.get(v, {})}},
+        }
+        cards.append(export_model(CRNN(encoder, backend), out, MODEL_NAMES[v], vocab.MAPPINGS, extra, version=version))
+    return cards
+
+
+def variants_table(cv: dict, names: list[str]) -> str:
+    """The CV figures of several variants as a Markdown table (the card's record, for the models README)."""
+    def f(v: dict, *keys: str) -> str:
+        for k in keys:
+            v = v.get(k, {}) if isinstance(v, dict) else {}
+        return f"{v:.3f}" if isinstance(v, float) else "—"
+
+    rows = ["| variant | genre acc. (GTZAN-10) | genre macro-F1 | mood acc. (Q1-Q4) | mood macro-F1 | voice: singers / clarinets | speech gated / music as speech |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    for n in names:
+        v = cv.get(n, {})
+        rows.append(f"| {n} | {f(v, 'genre_gtzan', 'clip_accuracy')} | {f(v, 'genre_gtzan', 'clip_macro_f1')} | {f(v, 'mood_quadrant', 'clip_accuracy')} | "
+                    f"{f(v, 'mood_quadrant', 'clip_macro_f1')} | {f(v, 'voice', 'singer_detected')} / {f(v, 'voice', 'clarinet_false')} | "
+                    f"{f(v, 'content', 'speech_windows_gated')} / {f(v, 'content', 'music_windows_as_speech')} |")
+    return "\n".join(rows)
 
 
 def _held_path(out: Path, variant: str) -> Path:
@@ -667,13 +784,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", default="logreg,zeroshot,pool,crnn,hier,ensemble")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    ap.add_argument("--sung-repeats", type=int, default=TrainConfig.sung_repeats)
+    ap.add_argument("--genre-weight", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, help="write the CV figures here (JSON, merged into an existing file)")
     ap.add_argument("--fit", type=Path, help="fit each trained variant on all data and save it here (<variant>.pt)")
+    ap.add_argument("--export", type=Path, help="export the variants fitted in --fitted as models (ONNX + card) into this folder")
+    ap.add_argument("--fitted", type=Path, default=Path("runs/fit"))
+    ap.add_argument("--cv", type=Path, default=Path("runs/cv.json"), help="with --export: the CV figures for the cards")
+    ap.add_argument("--table", action="store_true", help="print the CV figures of --cv as a Markdown table")
     args = ap.parse_args(argv)
+    if args.table:
+        print(variants_table(json.loads(args.cv.read_text()), args.variants.split(",")))
+        return 0
+    if args.export:
+        cv = json.loads(args.cv.read_text()) if args.cv.is_file() else {}
+        for card in export_variants(args.fitted, args.export, cv, args.variants.split(",")):
+            print(f"wrote {card}")
+        return 0
     torch.set_num_threads(args.threads)
-    tc = TrainConfig(epochs=args.epochs, seed=args.seed)
+    tc = TrainConfig(epochs=args.epochs, seed=args.seed, sung_repeats=args.sung_repeats)
+    tc.head_weights["genre"] = args.genre_weight
     examples = load_examples(args.cache)
     results = json.loads(args.out.read_text()) if args.out and args.out.is_file() else {}
     for name in args.variants.split(","):
@@ -688,8 +820,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if name == "logreg":
             res = logistic_baseline(examples, args.folds, args.seed)
-        elif name == "ensemble" and args.out and all(_held_path(args.out, v).is_file() for v in VARIANTS):  # the members' held-out predictions, averaged
-            runs = [pickle.loads(_held_path(args.out, v).read_bytes()) for v in VARIANTS]
+        elif name == "ensemble" and args.out and all(_held_path(args.out, v).is_file() for v in ENSEMBLE):  # the members' held-out predictions, averaged
+            runs = [pickle.loads(_held_path(args.out, v).read_bytes()) for v in ENSEMBLE]
             ids = {e.clip.id: e for e in examples}
             res = clip_metrics([ids[i] for i, _ in runs[0]], average_predictions([[p for _, p in r] for r in runs]))
         else:
@@ -698,6 +830,7 @@ def main(argv: list[str] | None = None) -> int:
                 _held_path(args.out, name).write_bytes(pickle.dumps([(e.clip.id, p) for e, p in zip(test_clips, probs)]))
         res["seconds"] = round(time.time() - t0, 1)
         res["folds"], res["seed"], res["epochs"] = args.folds, args.seed, args.epochs
+        res["sung_repeats"], res["genre_weight"] = args.sung_repeats, args.genre_weight
         results[name] = res
         print(f"{name}: {json.dumps(_headline(res))} ({res['seconds']} s)", flush=True)
         if args.out:

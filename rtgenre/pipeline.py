@@ -42,6 +42,9 @@ from rtgenre.ring import Ring
 from rtgenre.smoothing import Decision, Smoother
 from rtgenre.sources.base import Source, backoff
 
+#: Most seconds of audio one poll takes from a feed's ring: a backlog is worked off in bounded
+#: steps (bounded temporaries, so memory does not grow with how far behind the analysis is).
+READ_SECONDS = 1.0
 #: Peak level (dBFS) at or above which a window is flagged as clipped.
 CLIP_DBFS = -0.1
 
@@ -251,7 +254,7 @@ class Feed:
                 windows = self._process(self.ring.read()[0])  # the audio that arrived before the loss
                 self._lose(exc.problem, emit)
                 return windows, time.monotonic()
-        frames, dropped = self.ring.read()
+        frames, dropped = self.ring.read(max(1, int(READ_SECONDS * self.source.sample_rate)))
         now = time.monotonic()
         if dropped:
             self.stats.overruns += 1

@@ -22,6 +22,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     from rtgenre.inference import ENGINE_CHOICES
+    from rtgenre.inference.streaming import add_streaming_arguments
 
     g = p.add_argument_group("model and engine")
     g.add_argument("--model", default=None, help="model name in engines/, or path to its card (.json) or ONNX file (default: the shipped rtgenre-crnn)")
@@ -29,6 +30,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int, default=1, help="CPU threads for ONNX Runtime (default: 1)")
     g.add_argument("--precision", default="fp16", choices=("fp16", "fp32"), help="TensorRT precision (default: fp16)")
     g.add_argument("--max-batch", type=int, default=256, help="largest batch of windows per engine call (default: 256)")
+    add_streaming_arguments(g)
 
 
 def _add_analysis_options(p: argparse.ArgumentParser) -> None:
@@ -133,7 +135,7 @@ def _engine(args: argparse.Namespace, card):
 
     if args.threads < 0 or args.max_batch < 1:
         raise UsageError(f"Invalid --threads {args.threads} or --max-batch {args.max_batch}", "Use --threads >= 0 and --max-batch >= 1")
-    engine = create_engine(args.engine, card, threads=args.threads, precision=args.precision, max_batch=args.max_batch)
+    engine = create_engine(args.engine, card, threads=args.threads, precision=args.precision, max_batch=args.max_batch, stream=not args.recompute)
     if engine.notice:
         print(f"rtgenre: notice: {engine.notice}", file=sys.stderr)
     return engine
@@ -167,7 +169,7 @@ def _run(runner, bus, summaries: bool = False) -> int:
 
 def _cmd_listen(args: argparse.Namespace) -> int:
     from rtgenre.card import load_card
-    from rtgenre.pipeline import Feed, MidiRunner, Runner
+    from rtgenre.pipeline import Feed, MidiRunner, Runner, lookahead_for
     from rtgenre.sinks.base import EventBus
     from rtgenre.sources import open_source
 
@@ -183,16 +185,17 @@ def _cmd_listen(args: argparse.Namespace) -> int:
         runner = MidiRunner(midi, bus, args.hop, args.stream_name)
     else:
         source = open_source(args.input, args.device, realtime=args.realtime, fmt=args.format, rate=args.rate, channels=args.channels)
-        feed = Feed(args.stream_name, source, card, _smoother(args, card), args.hop, midi=midi, midi_weight=args.midi_weight)
+        engine = _engine(args, card)
+        feed = Feed(args.stream_name, source, card, _smoother(args, card), args.hop, midi=midi, midi_weight=args.midi_weight, lookahead=lookahead_for(engine, args.lookahead))
         feed.open()
-        runner = Runner([feed], _engine(args, card), bus)
+        runner = Runner([feed], engine, bus)
     _attach_sinks(args, bus, on_gone=lambda: runner.request_stop("reader gone"), on_quit=lambda: runner.request_stop("quit"))
     return _run(runner, bus)
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
     from rtgenre.card import load_card
-    from rtgenre.pipeline import Feed, Runner
+    from rtgenre.pipeline import Feed, Runner, lookahead_for
     from rtgenre.sinks.base import EventBus
     from rtgenre.sinks.summary import SummarySink
     from rtgenre.sources.file import FileSource
@@ -203,7 +206,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     for path in args.files:
         bus = EventBus()
         try:
-            feed = Feed(path, FileSource(path), card, _smoother(args, card), args.hop)
+            feed = Feed(path, FileSource(path), card, _smoother(args, card), args.hop, lookahead=lookahead_for(engine, args.lookahead))
             feed.open()
             runner = Runner([feed], engine, bus)
             _attach_sinks(args, bus, on_gone=lambda: runner.request_stop("reader gone"), on_quit=lambda: runner.request_stop("quit"), human=lambda: SummarySink(_console(sys.stdout, args.no_color)))

@@ -24,6 +24,7 @@ import numpy as np
 
 from rtgenre.card import ModelCard, load_card
 from rtgenre.errors import DataInvalidError, DependencyMissingError, UsageError
+from rtgenre.inference.streaming import add_streaming_arguments
 
 AUDIO_EXTENSIONS = (".wav", ".au", ".mp3", ".flac", ".ogg", ".aiff", ".aif")
 #: Predicted label of a window whose model genres all map to nothing in the target vocabulary.
@@ -146,15 +147,19 @@ class Evaluation:
         }
 
 
-def evaluate(card: ModelCard, files: list[tuple[Path, str]], mapping: str | None = None, hop_s: float = 1.0, threads: int = 1) -> Evaluation:
-    """Run the model on every file and score window- and clip-level genre predictions."""
+def evaluate(card: ModelCard, files: list[tuple[Path, str]], mapping: str | None = None, hop_s: float = 1.0, threads: int = 1, stream: bool = True, lookahead: str = "wait") -> Evaluation:
+    """Run the model on every file and score window- and clip-level genre predictions.
+
+    ``stream`` and ``lookahead`` choose the inference path as for ``classify``
+    (``--recompute``, ``--lookahead``).
+    """
     from rtgenre.inference.onnxruntime import OnnxRuntimeEngine
     from rtgenre.pipeline import analyze_file
 
     win_true, win_pred, clip_true, clip_pred, clips = [], [], [], [], []
-    with OnnxRuntimeEngine(card, threads) as engine:
+    with OnnxRuntimeEngine(card, threads, stream=stream) as engine:
         for path, label in files:
-            res = analyze_file(path, card, engine, hop_s)
+            res = analyze_file(path, card, engine, hop_s, lookahead=lookahead)
             targets, probs = map_genres(card, res.probs["genre"], mapping)
             pred = [targets[i] if probs[k].sum() > 0 else UNMAPPED for k, i in enumerate(probs.argmax(1))]
             vote = Counter(pred).most_common(1)[0][0]
@@ -243,6 +248,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="model name, card or ONNX file (default: the shipped rtgenre-crnn)")
     parser.add_argument("--hop", type=float, default=1.0, help="seconds between windows (default: 1.0)")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default: 1)")
+    add_streaming_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
     parser.add_argument("--plot", type=Path, default=None, help="write the confusion matrices to this image (PNG)")
     parser.add_argument("--record", default=None, metavar="KEY", help="store the results under evaluation.KEY in the model card")
@@ -254,7 +260,7 @@ def run_eval(args: argparse.Namespace) -> int:
         raise UsageError(f"--hop must be positive, got {args.hop}", "Pass e.g. --hop 1.0")
     card = load_card(args.model)
     files = labelled_files(args.data, args.labels, args.label_column)
-    ev = evaluate(card, files, args.map, args.hop, args.threads)
+    ev = evaluate(card, files, args.map, args.hop, args.threads, stream=not args.recompute, lookahead=args.lookahead)
     print(json.dumps(ev.to_json()) if args.json else format_report(ev))
     if args.plot is not None:
         plot_confusion(ev, args.plot)

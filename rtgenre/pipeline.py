@@ -2,9 +2,12 @@
 
 One *feed* is one audio stream: ``Source → Ring → Analyzer (mono mix, resample,
 log-Mel, level, windows) → Smoother``.  The :class:`Runner` polls every feed,
-gathers the windows that are ready across all feeds into batches for the one
-shared :class:`~rtgenre.inference.base.Engine`, and turns each window's
-probabilities into events named after the feed's stream.  ``listen`` runs one
+gathers the windows that are ready across all feeds, runs them through the one
+shared :class:`~rtgenre.inference.base.Engine` with :func:`infer` (the only
+place that does), and turns each window's probabilities into events named
+after the feed's stream.  With a streaming engine (a split model) the analyzer
+also keeps the feed's :class:`~rtgenre.inference.streaming.FeatureStream` and
+:func:`infer` encodes only the frames each hop completes.  ``listen`` runs one
 live feed; ``classify`` runs files as feeds the same way; ``analyze_file`` is
 the plain offline path (no smoothing) used by evaluation, built from the same
 :class:`Analyzer`.
@@ -29,6 +32,7 @@ from rtgenre.dsp.window import Window, Windower
 from rtgenre.errors import InputEmptyError, NonFiniteSamplesError, RtgenreError
 from rtgenre.events import Event
 from rtgenre.inference.base import Engine
+from rtgenre.inference.streaming import FeatureStream, run_windows
 from rtgenre.ring import Ring
 from rtgenre.sinks.base import EventBus
 from rtgenre.smoothing import Decision, Smoother
@@ -62,14 +66,21 @@ class Analyzer:
         Sample rate of the frames given to :meth:`process`.
     hop_s : float
         Seconds between windows.
+    lookahead : {"wait", "provisional"} or None
+        ``None``: windows carry their log-Mel frames (whole-window engines).
+        Otherwise the Mel frames go to a :class:`FeatureStream` (streaming
+        engines), windows carry none and are handed on as that look-ahead allows.
     """
 
-    def __init__(self, card: ModelCard, source_rate: int, hop_s: float) -> None:
+    def __init__(self, card: ModelCard, source_rate: int, hop_s: float, lookahead: str | None = None) -> None:
         fe = card.frontend
         self.resampler = Resampler(source_rate, fe.sample_rate)
         self.mel = MelStream(fe)
         self.level = LevelMeter(fe.hop_length)
-        self.windower = Windower(card.window_frames, fe.n_mels, hop_s, fe.sample_rate, fe.hop_length, fe.n_fft)
+        self.features = None if lookahead is None else FeatureStream(card, lookahead)
+        width = fe.n_mels if self.features is None else 0
+        self.windower = Windower(card.window_frames, width, hop_s, fe.sample_rate, fe.hop_length, fe.n_fft)
+        self._waiting: list[Window] = []
         self.nonfinite = 0
 
     def process(self, frames: np.ndarray) -> list[Window]:
@@ -86,11 +97,18 @@ class Analyzer:
 
     def flush(self) -> list[Window]:
         """End of stream: push the resampler's tail through; return the last windows."""
-        return self._model_rate(self.resampler.flush())
+        windows = self._model_rate(self.resampler.flush())
+        if self.features is not None:
+            self.features.end()
+            windows += self._waiting
+            self._waiting = []
+        return windows
 
     def reset(self) -> None:
-        for stage in (self.resampler, self.mel, self.level, self.windower):
-            stage.reset()
+        for stage in (self.resampler, self.mel, self.level, self.windower, self.features):
+            if stage is not None:
+                stage.reset()
+        self._waiting = []
         self.nonfinite = 0
 
     def _model_rate(self, samples: np.ndarray) -> list[Window]:
@@ -98,20 +116,50 @@ class Analyzer:
             return []
         frames = self.mel.process(samples)
         block_ms, block_peak = self.level.process(samples)
-        return self.windower.process(frames, block_ms, block_peak)
+        if self.features is None:
+            return self.windower.process(frames, block_ms, block_peak)
+        self.features.append(frames)
+        self._waiting += self.windower.process(frames[:, :0], block_ms, block_peak)
+        n = next((i for i, w in enumerate(self._waiting) if not self.features.ready(w.end_frame)), len(self._waiting))
+        ready, self._waiting = self._waiting[:n], self._waiting[n:]
+        return ready
 
 
-def infer(engine: Engine, windows: list[Window]) -> list[dict[str, np.ndarray]]:
-    """Run windows through the engine in batches of at most ``engine.max_batch``.
+def infer(engine: Engine, ready: list[tuple[Analyzer, Window]]) -> list[dict[str, np.ndarray]]:
+    """Run the due windows of any number of feeds through the engine, batched.
 
-    Returns one dict (head → probabilities of that window) per window, in order.
+    A streaming engine encodes the new frames of every feed that has due
+    windows, then runs the back end on the windows
+    (:func:`~rtgenre.inference.streaming.run_windows`); a whole-window engine
+    runs the windows' log-Mel frames.  Batches hold at most ``engine.max_batch``.
+
+    Parameters
+    ----------
+    engine : Engine
+    ready : list of (Analyzer, Window)
+        Each window with the analyzer (feed) that cut it, each feed's in order.
+
+    Returns
+    -------
+    list of dict
+        Head → probabilities, one per window, in order.
     """
+    if engine.streaming:
+        missing = [a for a, _ in ready if a.features is None]
+        if missing:
+            raise ValueError("a streaming engine needs analyzers made with a lookahead (their windows carry no Mel frames)")
+        return run_windows(engine, [(a.features, w) for a, w in ready])
     out: list[dict[str, np.ndarray]] = []
-    for i in range(0, len(windows), engine.max_batch):
-        chunk = windows[i : i + engine.max_batch]
+    for i in range(0, len(ready), engine.max_batch):
+        chunk = [w for _, w in ready[i : i + engine.max_batch]]
         probs = engine.run(np.stack([w.mel for w in chunk]))
         out.extend({h: p[j] for h, p in probs.items()} for j in range(len(chunk)))
     return out
+
+
+def lookahead_for(engine: Engine, lookahead: str = "wait") -> str | None:
+    """The analyzers' ``lookahead`` for ``engine``: ``lookahead`` when it streams, else ``None``."""
+    return lookahead if engine.streaming else None
 
 
 @dataclass
@@ -145,9 +193,11 @@ class Feed:
         MIDI analysis attached to this feed's predictions.
     midi_weight : float
         Weight of the MIDI mood in the combined mood (see :func:`rtgenre.midi.combine_mood`).
+    lookahead : {"wait", "provisional"} or None
+        For a streaming engine (see :func:`lookahead_for`); ``None`` for a whole-window one.
     """
 
-    def __init__(self, name: str, source: Source, card: ModelCard, smoother: Smoother, hop_s: float, ring_seconds: float = 20.0, midi: MidiInput | None = None, midi_weight: float = 1.0) -> None:
+    def __init__(self, name: str, source: Source, card: ModelCard, smoother: Smoother, hop_s: float, ring_seconds: float = 20.0, midi: MidiInput | None = None, midi_weight: float = 1.0, lookahead: str | None = None) -> None:
         self.name = name
         self.source = source
         self.card = card
@@ -156,6 +206,7 @@ class Feed:
         self.ring_seconds = ring_seconds
         self.midi = midi
         self.midi_weight = midi_weight
+        self.lookahead = lookahead
         self.stats = FeedStats()
         self._silent_since: float | None = None
         self.started = False
@@ -164,7 +215,7 @@ class Feed:
     def open(self) -> None:
         self.source.open()
         self.ring = Ring(max(1, int(self.ring_seconds * self.source.sample_rate)), self.source.channels)
-        self.analyzer = Analyzer(self.card, self.source.sample_rate, self.hop_s)
+        self.analyzer = Analyzer(self.card, self.source.sample_rate, self.hop_s, self.lookahead)
 
     def start(self) -> None:
         self.source.start(self.ring)
@@ -190,7 +241,16 @@ class Feed:
             "hop_s": self.hop_s,
             "labels": self.card.labels(),
             "midi": self.midi is not None,
+            "streaming": self.lookahead,
+            "lookahead_s": self._lookahead_s(),
         })
+
+    def _lookahead_s(self) -> float:
+        """Seconds of audio after a window's end that its event waits for (``wait`` look-ahead)."""
+        if self.lookahead != "wait":
+            return 0.0
+        fe = self.card.frontend
+        return round(self.card.split.encoder.context_after * fe.hop_length / fe.sample_rate, 4)
 
     def poll(self, emit: Callable[[Event], None]) -> tuple[list[Window], float]:
         """Read what the ring holds; return the completed windows and the read time.
@@ -324,6 +384,8 @@ class Runner(_Stoppable):
 
     def __init__(self, feeds: list[Feed], engine: Engine, bus: EventBus, poll_s: float = 0.005) -> None:
         super().__init__()
+        if any((f.lookahead is not None) != engine.streaming for f in feeds):
+            raise ValueError("feeds need lookahead_for(engine): a streaming engine needs a lookahead, a whole-window one none")
         self.feeds = feeds
         self.engine = engine
         self.bus = bus
@@ -377,14 +439,18 @@ class Runner(_Stoppable):
                 windows, now = feed.poll(self.bus.publish)
                 ready += [(feed, w, now) for w in windows]
             if ready:
-                results = infer(self.engine, [w for _, w, _ in ready])
-                for (feed, window, arrival), probs in zip(ready, results):
-                    for event in feed.events_for(window, probs, arrival):
-                        self.bus.publish(event)
+                self.analyse(ready)
             if all(f.finished for f in self.feeds):
                 return
             if not ready:
                 self.stop_requested.wait(self.poll_s)
+
+    def analyse(self, ready: list[tuple[Feed, Window, float]]) -> None:
+        """Infer the due windows of all feeds in one batched step and publish their events."""
+        results = infer(self.engine, [(feed.analyzer, w) for feed, w, _ in ready])
+        for (feed, window, arrival), probs in zip(ready, results):
+            for event in feed.events_for(window, probs, arrival):
+                self.bus.publish(event)
 
     def _raise_deferred(self) -> None:
         for feed in self.feeds:
@@ -454,7 +520,7 @@ class FileAnalysis:
     probs: dict[str, np.ndarray]
 
 
-def analyze_file(path: str | Path, card: ModelCard, engine: Engine, hop_s: float = 0.5, block_s: float = 10.0) -> FileAnalysis:
+def analyze_file(path: str | Path, card: ModelCard, engine: Engine, hop_s: float = 0.5, block_s: float = 10.0, lookahead: str = "wait") -> FileAnalysis:
     """Offline analysis of one file with the same stages as the live path, without smoothing.
 
     Parameters
@@ -465,6 +531,8 @@ def analyze_file(path: str | Path, card: ModelCard, engine: Engine, hop_s: float
         The model and the engine that runs it.
     hop_s : float
         Seconds between windows.
+    lookahead : {"wait", "provisional"}
+        For a streaming engine, as for :class:`Analyzer`.
 
     Returns
     -------
@@ -480,7 +548,7 @@ def analyze_file(path: str | Path, card: ModelCard, engine: Engine, hop_s: float
     source = FileSource(str(path))
     source.open()
     ring = Ring(int(block_s * source.sample_rate) * 2, source.channels)
-    analyzer = Analyzer(card, source.sample_rate, hop_s)
+    analyzer = Analyzer(card, source.sample_rate, hop_s, lookahead_for(engine, lookahead))
     source.start(ring)
     windows: list[Window] = []
     try:
@@ -499,7 +567,7 @@ def analyze_file(path: str | Path, card: ModelCard, engine: Engine, hop_s: float
         raise source.error
     if not windows:
         raise InputEmptyError(f"{path} is shorter than one {card.window_seconds:.2f} s window", "Use files of at least that length")
-    results = infer(engine, windows)
+    results = infer(engine, [(analyzer, w) for w in windows])
     return FileAnalysis(
         path=Path(path),
         t=np.array([w.t for w in windows]),

@@ -13,7 +13,7 @@ from rtgenre.inference.base import Engine
 ENGINE_CHOICES = ("auto", "onnxruntime", "tensorrt")
 
 
-def create_engine(kind: str, card: ModelCard, *, threads: int = 1, precision: str = "fp16", max_batch: int = 256) -> Engine:
+def create_engine(kind: str, card: ModelCard, *, threads: int = 1, precision: str = "fp16", max_batch: int = 256, stream: bool = True) -> Engine:
     """Create the engine named by ``kind`` for ``card``.
 
     Parameters
@@ -26,6 +26,9 @@ def create_engine(kind: str, card: ModelCard, *, threads: int = 1, precision: st
         TensorRT precision (FP16 falls back to FP32 where the GPU lacks fast FP16).
     max_batch : int
         Largest batch the engine accepts.
+    stream : bool
+        Run a split card's encoder and back end (streaming); ``False`` runs
+        its whole-window graph every hop.  Cards without a split always do.
 
     Returns
     -------
@@ -46,7 +49,7 @@ def create_engine(kind: str, card: ModelCard, *, threads: int = 1, precision: st
         ok, reason = trt_engine.tensorrt_available()
         if ok:
             try:
-                return trt_engine.TensorRTEngine(card, precision=precision, max_batch=max_batch)
+                return trt_engine.TensorRTEngine(card, precision=precision, max_batch=max_batch, stream=stream)
             except EngineUnavailableError as e:  # e.g. the GPU is not among the TensorRT build's targets
                 if kind == "tensorrt":
                     raise
@@ -56,6 +59,6 @@ def create_engine(kind: str, card: ModelCard, *, threads: int = 1, precision: st
         notice = f"TensorRT not used ({reason}); running ONNX Runtime on the CPU"
     from rtgenre.inference.onnxruntime import OnnxRuntimeEngine
 
-    engine = OnnxRuntimeEngine(card, threads=threads, max_batch=max_batch)
+    engine = OnnxRuntimeEngine(card, threads=threads, max_batch=max_batch, stream=stream)
     engine.notice = notice
     return engine

@@ -51,7 +51,8 @@ class StreamEncoder(nn.Module):
 
     def __init__(self, net: Musicnn) -> None:
         super().__init__()
-        self.net = net.eval()
+        self.net = net
+        self.eval()  # frozen; an exporter restores this wrapper's mode afterwards
 
     def forward(self, mel: Tensor, valid: Tensor) -> Tensor:
         """Features of the chunk's middle frames.

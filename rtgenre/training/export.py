@@ -137,7 +137,8 @@ class BackendGraph(nn.Module):
 
     def __init__(self, backend: nn.Module) -> None:
         super().__init__()
-        self.backend = backend.eval()
+        self.backend = backend
+        self.eval()  # an exporter restores the wrapper's own mode afterwards: it must be eval too
 
     def forward(self, feats: Tensor) -> tuple[Tensor, ...]:
         logits = self.backend(feats)
@@ -161,7 +162,7 @@ def export_encoder(encoder: Musicnn, path: Path, n_mels: int = 96) -> None:
     frames = CONTEXT_BEFORE + CONTEXT_AFTER + 32
     example = (torch.zeros(2, frames, n_mels), torch.ones(2, frames))
     axes = {0: "batch", 1: "frames"}
-    _export(StreamEncoder(encoder).eval(), example, path, {"mel": axes, "valid": axes}, {"feats": {0: "batch", 1: "out_frames"}})
+    _export(StreamEncoder(encoder), example, path, {"mel": axes, "valid": axes}, {"feats": {0: "batch", 1: "out_frames"}})
 
 
 def export_backend(backend: nn.Module, path: Path, frames: int = 469, feature_dim: int = FEATURE_DIM) -> None:

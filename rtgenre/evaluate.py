@@ -147,11 +147,11 @@ class Evaluation:
         }
 
 
-def evaluate(card: ModelCard, files: list[tuple[Path, str]], mapping: str | None = None, hop_s: float = 1.0, threads: int = 1, stream: bool = True, lookahead: str = "wait") -> Evaluation:
+def evaluate(card: ModelCard, files: list[tuple[Path, str]], mapping: str | None = None, hop_s: float = 1.0, threads: int = 1, stream: bool = True, lookahead: str = "wait", live_block: int | None = None) -> Evaluation:
     """Run the model on every file and score window- and clip-level genre predictions.
 
     ``stream`` and ``lookahead`` choose the inference path as for ``classify``
-    (``--recompute``, ``--lookahead``).
+    (``--recompute``, ``--lookahead``); ``live_block`` as for :func:`~rtgenre.pipeline.analyze_file`.
     """
     from rtgenre.inference.onnxruntime import OnnxRuntimeEngine
     from rtgenre.pipeline import analyze_file
@@ -159,7 +159,7 @@ def evaluate(card: ModelCard, files: list[tuple[Path, str]], mapping: str | None
     win_true, win_pred, clip_true, clip_pred, clips = [], [], [], [], []
     with OnnxRuntimeEngine(card, threads, stream=stream) as engine:
         for path, label in files:
-            res = analyze_file(path, card, engine, hop_s, lookahead=lookahead)
+            res = analyze_file(path, card, engine, hop_s, lookahead=lookahead, live_block=live_block)
             targets, probs = map_genres(card, res.probs["genre"], mapping)
             pred = [targets[i] if probs[k].sum() > 0 else UNMAPPED for k, i in enumerate(probs.argmax(1))]
             vote = Counter(pred).most_common(1)[0][0]

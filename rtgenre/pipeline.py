@@ -520,7 +520,7 @@ class FileAnalysis:
     probs: dict[str, np.ndarray]
 
 
-def analyze_file(path: str | Path, card: ModelCard, engine: Engine, hop_s: float = 0.5, block_s: float = 10.0, lookahead: str = "wait") -> FileAnalysis:
+def analyze_file(path: str | Path, card: ModelCard, engine: Engine, hop_s: float = 0.5, block_s: float = 10.0, lookahead: str = "wait", live_block: int | None = None) -> FileAnalysis:
     """Offline analysis of one file with the same stages as the live path, without smoothing.
 
     Parameters
@@ -533,6 +533,10 @@ def analyze_file(path: str | Path, card: ModelCard, engine: Engine, hop_s: float
         Seconds between windows.
     lookahead : {"wait", "provisional"}
         For a streaming engine, as for :class:`Analyzer`.
+    live_block : int, optional
+        Hand the audio to the analyzer, and run the windows it completes, in
+        blocks of this many source frames, as a live source would (what
+        ``provisional`` features are depends on it); default: as read.
 
     Returns
     -------
@@ -551,23 +555,30 @@ def analyze_file(path: str | Path, card: ModelCard, engine: Engine, hop_s: float
     analyzer = Analyzer(card, source.sample_rate, hop_s, lookahead_for(engine, lookahead))
     source.start(ring)
     windows: list[Window] = []
+    results: list[dict[str, np.ndarray]] = []
+
+    def run(new: list[Window]) -> None:
+        windows.extend(new)
+        results.extend(infer(engine, [(analyzer, w) for w in new]))
+
     try:
         while True:
             frames, _ = ring.read()
             if len(frames):
-                windows += analyzer.process(frames)
+                step = live_block or len(frames)
+                for i in range(0, len(frames), step):
+                    run(analyzer.process(frames[i : i + step]))
             elif ring.closed and ring.available() == 0:
                 break
             else:
                 ring.wait_available(1, 0.01)
-        windows += analyzer.flush()
+        run(analyzer.flush())
     finally:
         source.stop()
     if source.error is not None:
         raise source.error
     if not windows:
         raise InputEmptyError(f"{path} is shorter than one {card.window_seconds:.2f} s window", "Use files of at least that length")
-    results = infer(engine, [(analyzer, w) for w in windows])
     return FileAnalysis(
         path=Path(path),
         t=np.array([w.t for w in windows]),

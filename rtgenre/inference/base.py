@@ -34,6 +34,10 @@ class Engine(ABC):
         Largest batch accepted by :meth:`run`.
     notice : str
         One-line notice for the user (e.g. why ``auto`` fell back to the CPU); empty if none.
+    streaming : bool
+        Runs :meth:`encode` and :meth:`head` (a split card) instead of :meth:`run`.
+    encode_batch : int
+        Largest batch of encoder chunks accepted by :meth:`encode`.
     """
 
     name: str = "engine"
@@ -41,6 +45,7 @@ class Engine(ABC):
     max_batch: int = 256
     notice: str = ""
     streaming: bool = False
+    encode_batch: int = 256
 
     def __init__(self, card: ModelCard) -> None:
         self.card = card

@@ -194,8 +194,8 @@ def run_windows(engine: Engine, due: Sequence[tuple[FeatureStream, Window]]) -> 
             order.append(row)
     feats: dict[int, np.ndarray] = {}
     for rows in by_length.values():
-        for i in range(0, len(rows), engine.max_batch):
-            part = rows[i : i + engine.max_batch]
+        for i in range(0, len(rows), engine.encode_batch):
+            part = rows[i : i + engine.encode_batch]
             out = engine.encode(np.stack([r[2] for r in part]), np.stack([r[3] for r in part]))
             feats.update((id(r), f) for r, f in zip(part, out))
     for row in order:  # each stream's chunks in frame order

@@ -268,3 +268,34 @@ def test_run_windows_empty_and_backend_outputs(split, engine):
     assert [o.name for o in sess.get_outputs()] == [h.name for h in card.heads] + ["embedding"]
     out = sess.run(None, {"feats": np.zeros((2, card.window_frames, 753), np.float32)})
     assert out[-1].shape[0] == 2 and out[-1].ndim == 2
+
+
+@pytest.mark.parametrize("flavour", ["tensorrt", "tensorrt_rtx"])
+def test_tensorrt_streams_with_two_cached_plans(split, engine, flavour, monkeypatch, tmp_path):
+    """The TensorRT engine (fake CUDA and TensorRT, ONNX Runtime underneath) builds, caches and runs both graphs."""
+    pytest.importorskip("onnx")
+    from engine_fixtures import install_fake_gpu
+    from rtgenre.inference.plancache import PlanCache
+    from rtgenre.inference.tensorrt import TensorRTEngine
+
+    trt, _ = install_fake_gpu(monkeypatch, flavour)
+    card = split[0]
+    cache = PlanCache(tmp_path)
+    audio = music(9.0, seed=2)
+    with TensorRTEngine(card, precision="fp32", max_batch=8, cache=cache) as first:
+        assert first.streaming and not first.cache_hit and len(first.plan_paths) == 2 and trt.builds == 2
+        assert "streaming" in first.detail
+        _, _, _, got = stream(card, first, audio, 0.5, 4096)
+    _, _, _, want = stream(card, engine, audio, 0.5, 4096)
+    for h in card.heads:
+        np.testing.assert_allclose(got[h.name], want[h.name], atol=1e-5)
+    keys = {e.key.profile_frames for e in cache.entries()}
+    assert keys == {"", f"{CONTEXT_BEFORE + CONTEXT_AFTER + 1}/{CONTEXT_BEFORE + CONTEXT_AFTER + 32}/{CONTEXT_BEFORE + CONTEXT_AFTER + 256}"}
+    with TensorRTEngine(card, precision="fp32", max_batch=8, cache=cache) as second:
+        assert second.cache_hit and trt.builds == 2
+        mel = np.zeros((3, 40 + CONTEXT_BEFORE + CONTEXT_AFTER, 96), np.float32)
+        assert second.encode(mel, np.ones(mel.shape[:2], np.float32)).shape == (3, 40, 753)
+        with pytest.raises(NotImplementedError):
+            second.run(np.zeros((1, card.window_frames, 96), np.float32))
+    with TensorRTEngine(card, precision="fp32", max_batch=8, cache=cache, stream=False) as whole:
+        assert not whole.streaming and trt.builds == 3  # the whole-window graph: its own plan

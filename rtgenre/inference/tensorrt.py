@@ -351,7 +351,8 @@ class TensorRTEngine(Engine):
             (enc.output,), profile_frames=f"{t_lo}/{t_opt}/{t_hi}",
         )
         dim = enc.feature_dim
-        backend = _GraphSpec(back.onnx_path, back.onnx_sha256 or file_sha256(back.onnx_path), {back.input: ((lo, frames, dim), (opt, frames, dim), (hi, frames, dim))}, heads)
+        outputs = heads + ((back.embedding,) if back.embedding else ())  # TensorRT needs an address for every output
+        backend = _GraphSpec(back.onnx_path, back.onnx_sha256 or file_sha256(back.onnx_path), {back.input: ((lo, frames, dim), (opt, frames, dim), (hi, frames, dim))}, outputs)
         return {"encoder": encoder, "backend": backend}
 
     def _load(self, spec: _GraphSpec) -> _Graph:
@@ -541,6 +542,7 @@ class TensorRTEngine(Engine):
             return [host.reshape(-1)[: int(np.prod(shape))].reshape(shape).astype(np.float32) for host, shape in shapes]
 
     def _heads(self, outputs: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """Head name → probabilities from a graph's outputs (heads first, in card order)."""
         return {h.name: out for h, out in zip(self.card.heads, outputs)}
 
     def run(self, windows: np.ndarray) -> dict[str, np.ndarray]:

@@ -66,7 +66,7 @@ def make_long_file(path: Path, seconds: float, music: Path = REAL_MUSIC) -> str:
 
 
 def bench_inference(card, threads: int, n: int = 50) -> dict:
-    engine = OnnxRuntimeEngine(card, threads=threads)
+    engine = OnnxRuntimeEngine(card, threads=threads, stream=False)
     x = np.random.default_rng(0).standard_normal((1, card.window_frames, card.frontend.n_mels)).astype(np.float32) + 2.0
     times = timed_ms(lambda: engine.run(x), n)
     return {"threads": threads, "ms_per_window_median": float(np.median(times)), "ms_per_window_p90": float(np.percentile(times, 90)), "runs": n}

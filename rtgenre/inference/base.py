@@ -38,6 +38,8 @@ class Engine(ABC):
         Runs :meth:`encode` and :meth:`head` (a split card) instead of :meth:`run`.
     encode_batch : int
         Largest batch of encoder chunks accepted by :meth:`encode`.
+    head_batch : int
+        Largest batch of windows accepted by :meth:`head`.
     """
 
     name: str = "engine"
@@ -46,6 +48,7 @@ class Engine(ABC):
     notice: str = ""
     streaming: bool = False
     encode_batch: int = 256
+    head_batch: int = 256
 
     def __init__(self, card: ModelCard) -> None:
         self.card = card

@@ -202,8 +202,8 @@ def run_windows(engine: Engine, due: Sequence[tuple[FeatureStream, Window]]) -> 
         stream, start, _, _, keep_from = row
         stream.accept(start, feats[id(row)], keep_from)
     results: list[dict[str, np.ndarray]] = []
-    for i in range(0, len(due), engine.max_batch):
-        part = due[i : i + engine.max_batch]
+    for i in range(0, len(due), engine.head_batch):
+        part = due[i : i + engine.head_batch]
         probs = engine.head(np.stack([stream.window(w.end_frame) for stream, w in part]))
         results.extend({h: p[j] for h, p in probs.items()} for j in range(len(part)))
     return results

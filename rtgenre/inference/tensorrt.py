@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
-import dataclasses
 import threading
 import time
 from dataclasses import dataclass
@@ -46,6 +45,8 @@ PROFILE_MIN = 1
 PROFILE_OPT = 8
 ENCODE_BATCH = 32
 """Largest batch of encoder chunks (its buffers hold up to ``MAX_CHUNK`` frames of 753 features per chunk)."""
+HEAD_BATCH = 64
+"""Largest batch of back-end windows (1.4 MB of features each)."""
 FP16_MAX = 65504.0
 
 
@@ -295,6 +296,7 @@ class TensorRTEngine(Engine):
         self.max_batch = int(max_batch)
         self.streaming = stream and card.split is not None
         self.encode_batch = min(self.max_batch, ENCODE_BATCH)
+        self.head_batch = min(self.max_batch, HEAD_BATCH)
         self.cache = cache if cache is not None else PlanCache()
         self._lock = threading.Lock()
         self._buffers: list[int] = []
@@ -340,7 +342,7 @@ class TensorRTEngine(Engine):
         enc, back = card.split.encoder, card.split.backend
         context = enc.context_before + enc.context_after
         t_lo, t_opt, t_hi = context + 1, context + 32, context + MAX_CHUNK  # one frame .. MAX_CHUNK frames; a 0.5 s hop is 31-32
-        b_hi = self.encode_batch
+        b_hi, h_hi = self.encode_batch, self.head_batch
         b_opt = min(opt, b_hi)
         encoder = _GraphSpec(
             enc.onnx_path, enc.onnx_sha256 or file_sha256(enc.onnx_path),
@@ -352,11 +354,12 @@ class TensorRTEngine(Engine):
         )
         dim = enc.feature_dim
         outputs = heads + ((back.embedding,) if back.embedding else ())  # TensorRT needs an address for every output
-        backend = _GraphSpec(back.onnx_path, back.onnx_sha256 or file_sha256(back.onnx_path), {back.input: ((lo, frames, dim), (opt, frames, dim), (hi, frames, dim))}, outputs)
+        backend = _GraphSpec(back.onnx_path, back.onnx_sha256 or file_sha256(back.onnx_path), {back.input: ((lo, frames, dim), (min(opt, h_hi), frames, dim), (h_hi, frames, dim))}, outputs)
         return {"encoder": encoder, "backend": backend}
 
     def _load(self, spec: _GraphSpec) -> _Graph:
         """The graph's plan from the cache, or built now and cached; deserialized."""
+        batch = [shape[0] for shape in next(iter(spec.inputs.values()))]  # min, opt, max batch of the profile
         key = PlanKey(
             onnx_sha256=spec.onnx_sha256,
             trt_module=self.trt.__name__,
@@ -364,14 +367,11 @@ class TensorRTEngine(Engine):
             gpu_name=self.gpu.name,
             compute_capability=self.gpu.cc,
             precision=self.precision,
-            profile_min=PROFILE_MIN,
-            profile_opt=min(PROFILE_OPT, self.max_batch),
-            profile_max=self.max_batch,
+            profile_min=batch[0],
+            profile_opt=batch[1],
+            profile_max=batch[2],
             profile_frames=spec.profile_frames,
         )
-        if spec.profile_frames:  # the encoder: its own batch range
-            hi = next(iter(spec.inputs.values()))[2][0]
-            key = dataclasses.replace(key, profile_opt=min(PROFILE_OPT, hi), profile_max=hi)
         plan = self.cache.load(key)
         cache_hit, build_seconds = plan is not None, 0.0
         engine = self._runtime.deserialize_cuda_engine(plan) if plan is not None else None

@@ -111,6 +111,21 @@ class Analyzer:
         self._waiting = []
         self.nonfinite = 0
 
+    def ahead(self) -> int | None:
+        """Whether to encode ahead of the first window: the first frame it needs, or ``None``.
+
+        Until a stream's first window is due, a streaming analyzer with at
+        least one hop of frames whose context has arrived and whose features
+        are not computed yet returns 0; the runner then encodes them now, so
+        that the first window does not bring 7.5 s of encoder work at once.
+        Afterwards the due windows drive the encoder, one chunk per hop.
+        """
+        f = self.features
+        handed_on = self.windower.next_index - len(self._waiting)
+        if f is None or handed_on > 0 or f.settled - f.final < self.windower.hop_frames:
+            return None
+        return 0
+
     def _model_rate(self, samples: np.ndarray) -> list[Window]:
         if samples.size == 0:
             return []
@@ -125,11 +140,11 @@ class Analyzer:
         return ready
 
 
-def infer(engine: Engine, ready: list[tuple[Analyzer, Window]]) -> list[dict[str, np.ndarray]]:
+def infer(engine: Engine, ready: list[tuple[Analyzer, Window]], ahead: list[Analyzer] | tuple[()] = ()) -> list[dict[str, np.ndarray]]:
     """Run the due windows of any number of feeds through the engine, batched.
 
     A streaming engine encodes the new frames of every feed that has due
-    windows, then runs the back end on the windows
+    windows or is in ``ahead``, then runs the back end on the windows
     (:func:`~rtgenre.inference.streaming.run_windows`); a whole-window engine
     runs the windows' log-Mel frames.  Batches hold at most ``engine.max_batch``.
 
@@ -138,6 +153,8 @@ def infer(engine: Engine, ready: list[tuple[Analyzer, Window]]) -> list[dict[str
     engine : Engine
     ready : list of (Analyzer, Window)
         Each window with the analyzer (feed) that cut it, each feed's in order.
+    ahead : list of Analyzer
+        Streaming analyzers to encode ahead of their next window (see :meth:`Analyzer.ahead`).
 
     Returns
     -------
@@ -148,7 +165,8 @@ def infer(engine: Engine, ready: list[tuple[Analyzer, Window]]) -> list[dict[str
         missing = [a for a, _ in ready if a.features is None]
         if missing:
             raise ValueError("a streaming engine needs analyzers made with a lookahead (their windows carry no Mel frames)")
-        return run_windows(engine, [(a.features, w) for a, w in ready])
+        early = [(a.features, k) for a in ahead if (k := a.ahead()) is not None]
+        return run_windows(engine, [(a.features, w) for a, w in ready], early)
     out: list[dict[str, np.ndarray]] = []
     for i in range(0, len(ready), engine.max_batch):
         chunk = [w for _, w in ready[i : i + engine.max_batch]]
@@ -438,16 +456,17 @@ class Runner(_Stoppable):
                     feed.midi.check()
                 windows, now = feed.poll(self.bus.publish)
                 ready += [(feed, w, now) for w in windows]
-            if ready:
-                self.analyse(ready)
+            ahead = [f.analyzer for f in self.feeds if not f.finished and f.analyzer.ahead() is not None]
+            if ready or ahead:
+                self.analyse(ready, ahead)
             if all(f.finished for f in self.feeds):
                 return
             if not ready:
                 self.stop_requested.wait(self.poll_s)
 
-    def analyse(self, ready: list[tuple[Feed, Window, float]]) -> None:
-        """Infer the due windows of all feeds in one batched step and publish their events."""
-        results = infer(self.engine, [(feed.analyzer, w) for feed, w, _ in ready])
+    def analyse(self, ready: list[tuple[Feed, Window, float]], ahead: list[Analyzer] | tuple[()] = ()) -> None:
+        """Infer the due windows of all feeds in one batched step (encoding ``ahead`` too) and publish their events."""
+        results = infer(self.engine, [(feed.analyzer, w) for feed, w, _ in ready], ahead)
         for (feed, window, arrival), probs in zip(ready, results):
             for event in feed.events_for(window, probs, arrival):
                 self.bus.publish(event)

@@ -299,3 +299,29 @@ def test_tensorrt_streams_with_two_cached_plans(split, engine, flavour, monkeypa
             second.run(np.zeros((1, card.window_frames, 96), np.float32))
     with TensorRTEngine(card, precision="fp32", max_batch=8, cache=cache, stream=False) as whole:
         assert not whole.streaming and trt.builds == 3  # the whole-window graph: its own plan
+
+
+def test_runner_encodes_ahead_of_the_first_window_hop_by_hop(split, engine, tmp_path):
+    """A live feed's frames are encoded as they arrive, also before its first window, with the same results."""
+    card = split[0]
+    audio = music(10.0, seed=3)
+    sizes = []
+
+    class Counting(OnnxRuntimeEngine):
+        def encode(self, mel, valid):
+            sizes.append(mel.shape[1] - CONTEXT_BEFORE - CONTEXT_AFTER)
+            return super().encode(mel, valid)
+
+    counting = Counting(card)
+    analyzer = Analyzer(card, SR, 0.5, "wait")
+    probs = []
+    block = 800  # 50 ms, as a live source delivers
+    for i in range(0, len(audio), block):
+        windows = analyzer.process(audio[i : i + block, None])
+        probs += infer(counting, [(analyzer, w) for w in windows], [analyzer])
+    probs += infer(counting, [(analyzer, w) for w in analyzer.flush()])
+    hop_frames = 0.5 * SR / 256
+    assert max(sizes[:-1]) <= hop_frames + block / 256 + 1, str(sizes)  # never the whole first window at once
+    _, _, _, want = stream(card, engine, audio, 0.5, 16000 * 30)
+    for h in card.heads:
+        np.testing.assert_allclose(np.stack([p[h.name] for p in probs]), want[h.name], atol=TOL)

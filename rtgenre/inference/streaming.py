@@ -98,6 +98,11 @@ class FeatureStream:
     def final(self) -> int:
         return self._feats.total
 
+    @property
+    def settled(self) -> int:
+        """Frames whose features are final if computed now: those whose context has arrived (all, once ended)."""
+        return self.frames if self.ended else max(0, self.frames - self.after)
+
     def append(self, mel: np.ndarray) -> None:
         """Add the next Mel frames ``(n, n_mels)``."""
         self._mel.reserve(self.frames + len(mel) - (self.final - self.before))
@@ -166,8 +171,12 @@ def add_streaming_arguments(group: argparse._ActionsContainer) -> None:
     group.add_argument("--recompute", action="store_true", help="run the whole-window graph every hop even when the model streams (the pre-streaming path)")
 
 
-def run_windows(engine: Engine, due: Sequence[tuple[FeatureStream, Window]]) -> list[dict[str, np.ndarray]]:
+def run_windows(engine: Engine, due: Sequence[tuple[FeatureStream, Window]], ahead: Sequence[tuple[FeatureStream, int]] = ()) -> list[dict[str, np.ndarray]]:
     """One streaming step: encode what the due windows need, then classify them.
+
+    Every stream touched is encoded up to its :attr:`FeatureStream.settled`
+    frames too, so a feed's frames are encoded hop by hop as they arrive, also
+    before its first window.
 
     Parameters
     ----------
@@ -175,21 +184,26 @@ def run_windows(engine: Engine, due: Sequence[tuple[FeatureStream, Window]]) -> 
         A streaming engine (:attr:`Engine.streaming`).
     due : sequence of (FeatureStream, Window)
         Windows of any number of feeds, each feed's in order.
+    ahead : sequence of (FeatureStream, int)
+        Streams to encode without a due window, each with the first frame a
+        coming window needs (see :meth:`rtgenre.pipeline.Analyzer.ahead`).
 
     Returns
     -------
     list of dict
         Head → probabilities of each window, in the order of ``due``.
     """
-    spans: dict[FeatureStream, tuple[int, int]] = {}
+    spans: dict[FeatureStream, tuple[int, int]] = {}  # stream -> (first frame still needed, encode up to)
+    for stream, keep_from in ahead:
+        spans[stream] = (keep_from, stream.settled)
     for stream, w in due:
-        lo, hi = spans.get(stream, (w.end_frame, w.end_frame))
-        spans[stream] = (min(lo, w.end_frame), max(hi, w.end_frame))
+        lo, hi = spans.get(stream, (w.end_frame - stream.window_frames, stream.settled))
+        spans[stream] = (min(lo, w.end_frame - stream.window_frames), max(hi, w.end_frame))
     by_length: dict[int, list[tuple[FeatureStream, int, np.ndarray, np.ndarray, int]]] = defaultdict(list)
     order = []
-    for stream, (first_end, last_end) in spans.items():
-        for start, mel, valid in stream.chunks(last_end):
-            row = (stream, start, mel, valid, first_end - stream.window_frames)
+    for stream, (keep_from, upto) in spans.items():
+        for start, mel, valid in stream.chunks(upto):
+            row = (stream, start, mel, valid, keep_from)
             by_length[len(mel)].append(row)
             order.append(row)
     feats: dict[int, np.ndarray] = {}

@@ -25,8 +25,29 @@ Card schema (``format`` 1)::
                 {"name": "instruments", "kind": "multilabel",
                  "output": "instruments", "labels": [...], "threshold": 0.5}],
       "mappings": {"gtzan": {"<our genre>": "<gtzan genre>" | null}},
+      "split": {...},                       # optional, see below
       ...free-form: "training", "evaluation", "license", "teacher" ...
     }
+
+A card with a ``split`` section describes the model also as two graphs, run
+by the streaming path (:mod:`rtgenre.inference.streaming`) instead of the
+whole-window graph; a card without one runs ``onnx`` on every window::
+
+    "split": {
+      "encoder": {"onnx": "<name>.encoder.onnx", "onnx_sha256": "<hex>",
+                  "inputs": {"mel": "batch,frames,mels", "valid": "batch,frames"},
+                  "output": "feats", "context_before": 72, "context_after": 73,
+                  "feature_dim": 753},
+      "backend": {"onnx": "<name>.backend.onnx", "onnx_sha256": "<hex>",
+                  "input": "feats", "embedding": "embedding"}
+    }
+
+The encoder maps ``T`` Mel frames (``valid`` is 1 for frames of the stream,
+0 outside it) to the features of the ``T - context_before - context_after``
+frames in the middle, equal to those of one pass over the whole stream; the
+back end maps one window of features ``(batch, window_frames, feature_dim)``
+to one probability output per head (named by the head's ``output``) and the
+window embedding.
 
 Model outputs are probabilities already (softmax for ``multiclass`` heads,
 sigmoid for ``multilabel`` heads), shape ``(batch, len(labels))``.
@@ -113,6 +134,63 @@ class Head:
 
 
 @dataclass(frozen=True)
+class EncoderGraph:
+    """The streaming encoder graph of a split model (card ``split.encoder``)."""
+
+    onnx_path: Path
+    onnx_sha256: str
+    context_before: int
+    context_after: int
+    feature_dim: int
+    mel_input: str = "mel"
+    valid_input: str = "valid"
+    output: str = "feats"
+
+
+@dataclass(frozen=True)
+class BackendGraph:
+    """The per-window back-end graph of a split model (card ``split.backend``)."""
+
+    onnx_path: Path
+    onnx_sha256: str
+    input: str = "feats"
+    embedding: str | None = "embedding"
+
+
+@dataclass(frozen=True)
+class SplitModel:
+    """A model exported as encoder + back end for streaming inference."""
+
+    encoder: EncoderGraph
+    backend: BackendGraph
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], folder: Path) -> "SplitModel":
+        enc, back = d["encoder"], d["backend"]
+        inputs = list(enc.get("inputs", {"mel": "", "valid": ""}))
+        if len(inputs) != 2:
+            raise ValueError("split.encoder.inputs must name the mel and valid inputs")
+        return cls(
+            EncoderGraph(
+                onnx_path=(folder / enc["onnx"]).resolve(),
+                onnx_sha256=enc.get("onnx_sha256", ""),
+                context_before=int(enc["context_before"]),
+                context_after=int(enc["context_after"]),
+                feature_dim=int(enc["feature_dim"]),
+                mel_input=inputs[0],
+                valid_input=inputs[1],
+                output=enc.get("output", "feats"),
+            ),
+            BackendGraph(
+                onnx_path=(folder / back["onnx"]).resolve(),
+                onnx_sha256=back.get("onnx_sha256", ""),
+                input=back.get("input", "feats"),
+                embedding=back.get("embedding"),
+            ),
+        )
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """A loaded, validated model card."""
 
@@ -126,6 +204,7 @@ class ModelCard:
     heads: tuple[Head, ...]
     mappings: dict[str, dict[str, str | None]] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    split: SplitModel | None = None
 
     @property
     def window_samples(self) -> int:
@@ -218,6 +297,7 @@ def load_card(model: str | Path | None = None, verify: bool = True) -> ModelCard
             heads=heads,
             mappings=raw.get("mappings", {}),
             raw=raw,
+            split=SplitModel.from_json(raw["split"], path.parent) if raw.get("split") else None,
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ModelCorruptError(f"Model card {path} is incomplete or inconsistent ({e})", "Restore the card from the repository or re-export the model") from None
@@ -235,11 +315,15 @@ def file_sha256(path: Path) -> str:
 
 
 def verify_onnx(card: ModelCard) -> None:
-    """Check that the card's ONNX file exists and has the recorded checksum."""
-    if not card.onnx_path.is_file():
-        raise ModelMissingError(f"Model file {card.onnx_path} is missing", "Restore it from the repository (git checkout rtgenre/models/) or re-export the model")
-    if card.onnx_sha256 and file_sha256(card.onnx_path) != card.onnx_sha256:
-        raise ModelCorruptError(
-            f"Model file {card.onnx_path} does not match its card's SHA-256 (damaged or replaced)",
-            "Restore it from the repository or re-export the model so that the card is rewritten",
-        )
+    """Check that the card's ONNX files (the split graphs too) exist and have the recorded checksums."""
+    graphs = [(card.onnx_path, card.onnx_sha256)]
+    if card.split is not None:
+        graphs += [(g.onnx_path, g.onnx_sha256) for g in (card.split.encoder, card.split.backend)]
+    for path, sha in graphs:
+        if not path.is_file():
+            raise ModelMissingError(f"Model file {path} is missing", "Restore it from the repository (git checkout rtgenre/models/) or re-export the model")
+        if sha and file_sha256(path) != sha:
+            raise ModelCorruptError(
+                f"Model file {path} does not match its card's SHA-256 (damaged or replaced)",
+                "Restore it from the repository or re-export the model so that the card is rewritten",
+            )

@@ -23,6 +23,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     from rtgenre.inference import ENGINE_CHOICES
+    from rtgenre.inference.streaming import add_streaming_arguments
 
     g = p.add_argument_group("model and engine")
     g.add_argument("--model", default=None, help="model name in rtgenre/models/, or path to its card (.json) or ONNX file (default: the shipped rtgenre-crnn)")
@@ -31,6 +32,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", default="fp16", choices=("fp16", "fp32"), help="TensorRT precision (default: fp16)")
     g.add_argument("--max-batch", type=int, default=256, help="largest batch of windows per engine call (default: 256)")
     g.add_argument("-v", "--verbose", action="store_true", help="also print notices (e.g. why TensorRT is not used) on stderr; they are always in the start event")
+    add_streaming_arguments(g)
 
 
 def _add_analysis_options(p: argparse.ArgumentParser) -> None:
@@ -178,7 +180,7 @@ def _attach_sinks(args: argparse.Namespace, bus, on_gone: Callable[[], None], on
 def _engine(args: argparse.Namespace, card):
     from rtgenre.inference import create_engine
 
-    engine = create_engine(args.engine, card, threads=args.threads, precision=args.precision, max_batch=args.max_batch)
+    engine = create_engine(args.engine, card, threads=args.threads, precision=args.precision, max_batch=args.max_batch, stream=not args.recompute)
     if engine.notice and (args.verbose or args.engine != "auto"):  # always in the start event; on stderr when asked
         print(f"rtgenre: notice: {engine.notice}", file=sys.stderr)
     return engine
@@ -215,7 +217,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     else:
         source = open_source(args.input, args.device, realtime=args.realtime, fmt=args.format, rate=args.rate, channels=args.channels, **stream_options(args))
         feed = Feed(args.stream_name, source, card, _smoother(args, card), args.hop, midi=midi, midi_weight=args.midi_weight,
-                    reconnect=bool(args.reconnect), max_reconnects=args.max_reconnects)
+                    reconnect=bool(args.reconnect), max_reconnects=args.max_reconnects, lookahead=args.lookahead)
         session = Session([feed], lambda: _engine(args, card), bus)
     _attach_sinks(args, bus, on_gone=lambda: session.request_stop("reader gone"), on_quit=lambda: session.request_stop("quit"))
     session.run()
@@ -241,7 +243,8 @@ def _cmd_classify(args: argparse.Namespace) -> int:
                           enabled=None if several else False) as bar:
             for path in args.files:
                 bus = EventBus()
-                session = Session([Feed(path, FileSource(path), card, _smoother(args, card), args.hop)], engine, bus, summaries=True)
+                session = Session([Feed(path, FileSource(path), card, _smoother(args, card), args.hop, lookahead=args.lookahead)], engine, bus,
+                                  summaries=True)
                 _attach_sinks(args, bus, on_gone=lambda s=session: s.request_stop("reader gone"), on_quit=lambda s=session: s.request_stop("quit"),
                               human=lambda: SummarySink(_console(sys.stdout, args.no_color)))
                 try:

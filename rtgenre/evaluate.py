@@ -49,6 +49,7 @@ from rtgenre.errors import (
     UsageError,
 )
 from rtgenre.gate import CONTENT_HEAD, SILENCE
+from rtgenre.inference.streaming import add_streaming_arguments
 
 AUDIO_EXTENSIONS = (".wav", ".au", ".mp3", ".flac", ".ogg", ".aiff", ".aif")
 #: Predicted label of a window whose model genres all map to nothing in the target vocabulary.
@@ -355,7 +356,8 @@ class Evaluation:
 
 
 def evaluate(card: ModelCard, files: list[tuple[Path, str]], mapping: str | None = None, hop_s: float = 1.0, threads: int = 1,
-             head: str = "genre", groups: dict[Path, str] | None = None, silence_db: float = -50.0, loop_short: bool = False) -> Evaluation:
+             head: str = "genre", groups: dict[Path, str] | None = None, silence_db: float = -50.0, loop_short: bool = False,
+             stream: bool = True, lookahead: str = "wait", live_block: int | None = None) -> Evaluation:
     """Run the model on every file and score one head's window- and clip-level predictions.
 
     Parameters
@@ -379,6 +381,10 @@ def evaluate(card: ModelCard, files: list[tuple[Path, str]], mapping: str | None
     loop_short : bool
         Repeat a file shorter than one window end to end until it fills one
         (and a hop), instead of skipping it.
+    stream, lookahead : bool, str
+        The inference path, as for ``classify`` (``--recompute``, ``--lookahead``).
+    live_block : int, optional
+        As for :func:`~rtgenre.pipeline.analyze_file`.
 
     Raises
     ------
@@ -401,19 +407,19 @@ def evaluate(card: ModelCard, files: list[tuple[Path, str]], mapping: str | None
     win: dict[str | None, tuple[list, list]] = {}
     clip: dict[str | None, tuple[list, list]] = {}
     clips, skipped = [], []
-    with OnnxRuntimeEngine(card, threads) as engine, tempfile.TemporaryDirectory(prefix="rtgenre-eval-") as tmp, \
+    with OnnxRuntimeEngine(card, threads, stream=stream) as engine, tempfile.TemporaryDirectory(prefix="rtgenre-eval-") as tmp, \
             WorkProgress("eval", len(files), seconds=(audio_seconds(p) for p, _ in files)) as bar:
         for (path, _), truth in zip(files, truths):
             looped = None
             try:
-                res = analyze_file(path, card, engine, hop_s)
+                res = analyze_file(path, card, engine, hop_s, lookahead=lookahead, live_block=live_block)
             except InputEmptyError:
                 looped = _looped(path, card.window_seconds + hop_s, Path(tmp)) if loop_short else None
                 if looped is None:
                     skipped.append({"file": str(path), "reason": f"shorter than one {card.window_seconds:.2f} s window"})
                     bar.advance()
                     continue
-                res = analyze_file(looped, card, engine, hop_s)
+                res = analyze_file(looped, card, engine, hop_s, lookahead=lookahead, live_block=live_block)
             pred = scorer.windows(res)
             vote = scorer.clip(pred)
             for key in (None, *([groups[path]] if groups else [])):
@@ -550,6 +556,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="model name, card or ONNX file (default: the shipped rtgenre-crnn)")
     parser.add_argument("--hop", type=float, default=1.0, help="seconds between windows (default: 1.0)")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default: 1)")
+    add_streaming_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
     parser.add_argument("--plot", type=Path, default=None, help="write the confusion matrices to this image (PNG)")
     parser.add_argument("--record", default=None, metavar="KEY", help="store the results under evaluation.KEY in the model card")
@@ -562,7 +569,8 @@ def run_eval(args: argparse.Namespace) -> int:
     card = load_card(args.model)
     files = labelled_files(args.data, args.labels, args.label_column)
     groups = file_groups(args.data, args.labels, args.group_by) if args.group_by else None
-    ev = evaluate(card, files, args.map, args.hop, args.threads, head=args.head, groups=groups, silence_db=args.silence_db, loop_short=args.loop_short)
+    ev = evaluate(card, files, args.map, args.hop, args.threads, head=args.head, groups=groups, silence_db=args.silence_db, loop_short=args.loop_short,
+                  stream=not args.recompute, lookahead=args.lookahead)
     print(json.dumps(ev.to_json()) if args.json else format_report(ev))
     if args.plot is not None:
         plot_confusion(ev, args.plot)

@@ -4,8 +4,11 @@ One *feed* is one audio stream: ``Source → Ring → Analyzer (mono mix, resamp
 log-Mel, level, windows) → Smoother``.  A feed turns each window's
 probabilities into events named after its stream, and a gap in its source (a
 reconnected URL) into a clean restart of its analysis.  The run loop that
-polls feeds, batches their windows through :func:`infer` and owns the run's
-lifecycle is :class:`rtgenre.session.Session`.  ``analyze_file`` is the plain
+polls feeds, batches their windows through :func:`infer` (the only place that
+runs the engine) and owns the run's lifecycle is :class:`rtgenre.session.Session`.
+With a streaming engine (a split model) the analyzer also keeps the feed's
+:class:`~rtgenre.inference.streaming.FeatureStream` and :func:`infer` encodes
+only the frames each hop completes.  ``analyze_file`` is the plain
 offline path (no smoothing) used by evaluation, built from the same
 :class:`Analyzer`.
 """
@@ -38,6 +41,7 @@ from rtgenre.errors import (
 from rtgenre.events import Event
 from rtgenre.gate import SILENCE, SPEECH, ContentDecision
 from rtgenre.inference.base import Engine
+from rtgenre.inference.streaming import FeatureStream, run_windows
 from rtgenre.ring import Ring
 from rtgenre.smoothing import Decision, Smoother
 from rtgenre.sources.base import Source, backoff
@@ -73,14 +77,21 @@ class Analyzer:
         Sample rate of the frames given to :meth:`process`.
     hop_s : float
         Seconds between windows.
+    lookahead : {"wait", "provisional"} or None
+        ``None``: windows carry their log-Mel frames (whole-window engines).
+        Otherwise the Mel frames go to a :class:`FeatureStream` (streaming
+        engines), windows carry none and are handed on as that look-ahead allows.
     """
 
-    def __init__(self, card: ModelCard, source_rate: int, hop_s: float) -> None:
+    def __init__(self, card: ModelCard, source_rate: int, hop_s: float, lookahead: str | None = None) -> None:
         fe = card.frontend
         self.resampler = Resampler(source_rate, fe.sample_rate)
         self.mel = MelStream(fe)
         self.level = LevelMeter(fe.hop_length)
-        self.windower = Windower(card.window_frames, fe.n_mels, hop_s, fe.sample_rate, fe.hop_length, fe.n_fft)
+        self.features = None if lookahead is None else FeatureStream(card, lookahead)
+        width = fe.n_mels if self.features is None else 0
+        self.windower = Windower(card.window_frames, width, hop_s, fe.sample_rate, fe.hop_length, fe.n_fft)
+        self._waiting: list[Window] = []
         self.nonfinite = 0
 
     def process(self, frames: np.ndarray) -> list[Window]:
@@ -97,32 +108,87 @@ class Analyzer:
 
     def flush(self) -> list[Window]:
         """End of stream: push the resampler's tail through; return the last windows."""
-        return self._model_rate(self.resampler.flush())
+        windows = self._model_rate(self.resampler.flush())
+        if self.features is not None:
+            self.features.end()
+            windows += self._waiting
+            self._waiting = []
+        return windows
 
     def reset(self) -> None:
-        for stage in (self.resampler, self.mel, self.level, self.windower):
-            stage.reset()
+        for stage in (self.resampler, self.mel, self.level, self.windower, self.features):
+            if stage is not None:
+                stage.reset()
+        self._waiting = []
         self.nonfinite = 0
+
+    def ahead(self) -> int | None:
+        """Whether to encode ahead of the first window: the first frame it needs, or ``None``.
+
+        Until a stream's first window is due, a streaming analyzer with at
+        least one hop of frames whose context has arrived and whose features
+        are not computed yet returns 0; the runner then encodes them now, so
+        that the first window does not bring 7.5 s of encoder work at once.
+        Afterwards the due windows drive the encoder, one chunk per hop.
+        """
+        f = self.features
+        handed_on = self.windower.next_index - len(self._waiting)
+        if f is None or handed_on > 0 or f.settled - f.final < self.windower.hop_frames:
+            return None
+        return 0
 
     def _model_rate(self, samples: np.ndarray) -> list[Window]:
         if samples.size == 0:
             return []
         frames = self.mel.process(samples)
         block_ms, block_peak = self.level.process(samples)
-        return self.windower.process(frames, block_ms, block_peak)
+        if self.features is None:
+            return self.windower.process(frames, block_ms, block_peak)
+        self.features.append(frames)
+        self._waiting += self.windower.process(frames[:, :0], block_ms, block_peak)
+        n = next((i for i, w in enumerate(self._waiting) if not self.features.ready(w.end_frame)), len(self._waiting))
+        ready, self._waiting = self._waiting[:n], self._waiting[n:]
+        return ready
 
 
-def infer(engine: Engine, windows: list[Window]) -> list[dict[str, np.ndarray]]:
-    """Run windows through the engine in batches of at most ``engine.max_batch``.
+def infer(engine: Engine, ready: list[tuple[Analyzer, Window]], ahead: list[Analyzer] | tuple[()] = ()) -> list[dict[str, np.ndarray]]:
+    """Run the due windows of any number of feeds through the engine, batched.
 
-    Returns one dict (head → probabilities of that window) per window, in order.
+    A streaming engine encodes the new frames of every feed that has due
+    windows or is in ``ahead``, then runs the back end on the windows
+    (:func:`~rtgenre.inference.streaming.run_windows`); a whole-window engine
+    runs the windows' log-Mel frames.  Batches hold at most ``engine.max_batch``.
+
+    Parameters
+    ----------
+    engine : Engine
+    ready : list of (Analyzer, Window)
+        Each window with the analyzer (feed) that cut it, each feed's in order.
+    ahead : list of Analyzer
+        Streaming analyzers to encode ahead of their next window (see :meth:`Analyzer.ahead`).
+
+    Returns
+    -------
+    list of dict
+        Head → probabilities, one per window, in order.
     """
+    if engine.streaming:
+        missing = [a for a, _ in ready if a.features is None]
+        if missing:
+            raise ValueError("a streaming engine needs analyzers made with a lookahead (their windows carry no Mel frames)")
+        early = [(a.features, k) for a in ahead if (k := a.ahead()) is not None]
+        return run_windows(engine, [(a.features, w) for a, w in ready], early)
     out: list[dict[str, np.ndarray]] = []
-    for i in range(0, len(windows), engine.max_batch):
-        chunk = windows[i : i + engine.max_batch]
+    for i in range(0, len(ready), engine.max_batch):
+        chunk = [w for _, w in ready[i : i + engine.max_batch]]
         probs = engine.run(np.stack([w.mel for w in chunk]))
         out.extend({h: p[j] for h, p in probs.items()} for j in range(len(chunk)))
     return out
+
+
+def lookahead_for(engine: Engine, lookahead: str = "wait") -> str | None:
+    """The analyzers' ``lookahead`` for ``engine``: ``lookahead`` when it streams, else ``None``."""
+    return lookahead if engine.streaming else None
 
 
 @dataclass
@@ -165,10 +231,15 @@ class Feed:
         backoff instead of ending the feed (URL sources reconnect by themselves).
     max_reconnects : int or None
         Consecutive failed attempts before the loss is final (None: never).
+    lookahead : {"wait", "provisional"}
+        How a streaming engine handles the newest frames (see
+        :class:`~rtgenre.inference.streaming.FeatureStream`); :meth:`open` keeps
+        it only when the engine streams (else :attr:`lookahead` is ``None``).
     """
 
     def __init__(self, name: str, source: Source, card: ModelCard, smoother: Smoother, hop_s: float, ring_seconds: float = 20.0,
-                 midi: MidiInput | None = None, midi_weight: float = 1.0, reconnect: bool = False, max_reconnects: int | None = None) -> None:
+                 midi: MidiInput | None = None, midi_weight: float = 1.0, reconnect: bool = False, max_reconnects: int | None = None,
+                 lookahead: str | None = "wait") -> None:
         self.name = name
         self.source = source
         self.card = card
@@ -177,6 +248,7 @@ class Feed:
         self.ring_seconds = ring_seconds
         self.midi = midi
         self.midi_weight = midi_weight
+        self.lookahead = lookahead
         self.stats = FeedStats()
         self._silent_since: float | None = None
         self._content_since = 0.0
@@ -192,8 +264,13 @@ class Feed:
         #: The error that ended this feed (set by the session), None while it runs or after a clean end.
         self.error: RtgenreError | None = None
 
-    def open(self, emit: Callable[[Event], None] | None = None) -> None:
-        """Open the source (``emit`` gets what it reports while opening: failed attempts to reach a URL)."""
+    def open(self, emit: Callable[[Event], None] | None = None, streaming: bool = False) -> None:
+        """Open the source (``emit`` gets what it reports while opening: failed attempts to reach a URL).
+
+        ``streaming``: the engine this feed runs on encodes frames as they come (:func:`lookahead_for`).
+        """
+        if not streaming:
+            self.lookahead = None
         if emit is not None:
             self.source.notify = lambda notice: emit(self._notice_event(notice))
         try:
@@ -201,7 +278,7 @@ class Feed:
         finally:
             self.source.notify = None
         self.ring = Ring(max(1, int(self.ring_seconds * self.source.sample_rate)), self.source.channels)
-        self.analyzer = Analyzer(self.card, self.source.sample_rate, self.hop_s)
+        self.analyzer = Analyzer(self.card, self.source.sample_rate, self.hop_s, self.lookahead)
 
     def start(self) -> None:
         self.source.start(self.ring)
@@ -231,7 +308,16 @@ class Feed:
             "hop_s": self.hop_s,
             "labels": self.card.labels(),
             "midi": self.midi is not None,
+            "streaming": self.lookahead,
+            "lookahead_s": self._lookahead_s(),
         })
+
+    def _lookahead_s(self) -> float:
+        """Seconds of audio after a window's end that its event waits for (``wait`` look-ahead)."""
+        if self.lookahead != "wait":
+            return 0.0
+        fe = self.card.frontend
+        return round(self.card.split.encoder.context_after * fe.hop_length / fe.sample_rate, 4)
 
     def poll(self, emit: Callable[[Event], None]) -> tuple[list[Window], float]:
         """Read what the ring holds; return the completed windows and the read time.
@@ -508,7 +594,7 @@ class FileAnalysis:
     probs: dict[str, np.ndarray]
 
 
-def analyze_file(path: str | Path, card: ModelCard, engine: Engine, hop_s: float = 0.5, block_s: float = 10.0) -> FileAnalysis:
+def analyze_file(path: str | Path, card: ModelCard, engine: Engine, hop_s: float = 0.5, block_s: float = 10.0, lookahead: str = "wait", live_block: int | None = None) -> FileAnalysis:
     """Offline analysis of one file with the same stages as the live path, without smoothing.
 
     Parameters
@@ -519,6 +605,12 @@ def analyze_file(path: str | Path, card: ModelCard, engine: Engine, hop_s: float
         The model and the engine that runs it.
     hop_s : float
         Seconds between windows.
+    lookahead : {"wait", "provisional"}
+        For a streaming engine, as for :class:`Analyzer`.
+    live_block : int, optional
+        Hand the audio to the analyzer, and run the windows it completes, in
+        blocks of this many source frames, as a live source would (what
+        ``provisional`` features are depends on it); default: as read.
 
     Returns
     -------
@@ -534,26 +626,33 @@ def analyze_file(path: str | Path, card: ModelCard, engine: Engine, hop_s: float
     source = FileSource(str(path))
     source.open()
     ring = Ring(int(block_s * source.sample_rate) * 2, source.channels)
-    analyzer = Analyzer(card, source.sample_rate, hop_s)
+    analyzer = Analyzer(card, source.sample_rate, hop_s, lookahead_for(engine, lookahead))
     source.start(ring)
     windows: list[Window] = []
+    results: list[dict[str, np.ndarray]] = []
+
+    def run(new: list[Window]) -> None:
+        windows.extend(new)
+        results.extend(infer(engine, [(analyzer, w) for w in new]))
+
     try:
         while True:
             frames, _ = ring.read()
             if len(frames):
-                windows += analyzer.process(frames)
+                step = live_block or len(frames)
+                for i in range(0, len(frames), step):
+                    run(analyzer.process(frames[i : i + step]))
             elif ring.closed and ring.available() == 0:
                 break
             else:
                 ring.wait_available(1, 0.01)
-        windows += analyzer.flush()
+        run(analyzer.flush())
     finally:
         source.stop()
     if source.error is not None:
         raise source.error
     if not windows:
         raise InputEmptyError(f"{path} is shorter than one {card.window_seconds:.2f} s window", "Use files of at least that length")
-    results = infer(engine, windows)
     return FileAnalysis(
         path=Path(path),
         t=np.array([w.t for w in windows]),

@@ -184,10 +184,10 @@ class Session:
             signal.signal(s, h)  # type: ignore[arg-type]
 
     def _open(self) -> None:
-        for feed in self.feeds:
-            feed.open(self.bus.publish)
-        if self.engine is None:
+        if self.engine is None:  # first: whether it streams decides how the feeds analyse
             self.engine = self._engine_arg()  # type: ignore[operator]
+        for feed in self.feeds:
+            feed.open(self.bus.publish, streaming=self.engine.streaming)
 
     def _start(self) -> None:
         assert self.engine is not None
@@ -214,9 +214,10 @@ class Session:
                     continue
                 ready += [(feed, w, now) for w in windows]
             pending.extend(ready)
-            if pending:  # a bounded step, so that a stop is never kept waiting behind a long backlog
+            ahead = [f.analyzer for f in self.feeds if not f.finished and f.analyzer.ahead() is not None]
+            if pending or ahead:  # a bounded step, so that a stop is never kept waiting behind a long backlog
                 step = [pending.popleft() for _ in range(min(len(pending), STEP_WINDOWS))]
-                results = infer(self.engine, [w for _, w, _ in step])
+                results = infer(self.engine, [(feed.analyzer, w) for feed, w, _ in step], ahead)
                 for (feed, window, arrival), probs in zip(step, results):
                     for event in feed.events_for(window, probs, arrival):
                         self.bus.publish(event)

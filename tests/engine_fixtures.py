@@ -20,8 +20,10 @@ TensorRT engine's own logic on machines without a GPU.
 - ``tensorrt`` (weakly typed, ``BuilderFlag.FP16``) or ``tensorrt_rtx``
   (strongly typed, no FP16 flag): the parser checks the ONNX bytes, the
   "plan" is a header plus the ONNX model, and ``execute_async_v3`` runs it with
-  ONNX Runtime on the bytes found at the tensor addresses, with the batch of
-  the last ``set_input_shape`` (checked against the optimisation profile).
+  ONNX Runtime on the bytes found at the tensor addresses, with the shapes of
+  the last ``set_input_shape`` of each input (checked against the optimisation
+  profile; any number of inputs and dynamic axes, as the streaming encoder has).
+  Output shapes come from running the model on zeros of those shapes at batch 1.
 
 It checks buffer sizes, shapes, the plan cache round trip, the FP16 route and
 resource release.  It cannot check the real TensorRT/CUDA APIs: the GPU run
@@ -347,8 +349,11 @@ def make_fake_tensorrt(name: str, runtime: FakeCudaRuntime) -> types.ModuleType:
             return self.errors[i]
 
     class Profile:
+        def __init__(self):
+            self.shapes = {}
+
         def set_shape(self, name, lo, opt, hi):
-            self.shape = (name, tuple(lo), tuple(opt), tuple(hi))
+            self.shapes[name] = (tuple(lo), tuple(opt), tuple(hi))
 
     class Config:
         def __init__(self):
@@ -389,15 +394,17 @@ def make_fake_tensorrt(name: str, runtime: FakeCudaRuntime) -> types.ModuleType:
             trt.build_attempts += 1
             if len(config.profiles) != 1 or (trt.reject_current and config.targets):
                 return None
+            shapes = config.profiles[0].shapes
+            if set(shapes) != set(network.inputs):
+                return None  # every dynamic input needs a profile
             trt.builds += 1
-            name, lo, opt, hi = config.profiles[0].shape
-            header = {"input": name, "min": lo, "opt": opt, "max": hi, "fp16_flag": getattr(BuilderFlag, "FP16", None) in config.flags}
+            header = {"inputs": shapes, "fp16_flag": getattr(BuilderFlag, "FP16", None) in config.flags}
             blob = json.dumps(header).encode()
             return PLAN_MAGIC + len(blob).to_bytes(4, "little") + blob + network.onnx
 
     class Context:
         def __init__(self, engine):
-            self.engine, self.addresses, self.shape = engine, {}, None
+            self.engine, self.addresses, self.shapes = engine, {}, {}
 
         def set_tensor_address(self, name, ptr):
             assert name in self.engine.names, name
@@ -405,24 +412,24 @@ def make_fake_tensorrt(name: str, runtime: FakeCudaRuntime) -> types.ModuleType:
             return True
 
         def set_input_shape(self, name, shape):
-            h = self.engine.header
+            profile = self.engine.header["inputs"].get(name)
             shape = tuple(shape)
-            if name != h["input"] or len(shape) != 3 or shape[1:] != tuple(h["max"][1:]) or not h["min"][0] <= shape[0] <= h["max"][0]:
+            if profile is None or len(shape) != len(profile[0]) or not all(lo <= d <= hi for lo, d, hi in zip(profile[0], shape, profile[2])):
                 return False
-            self.shape = shape
+            self.shapes[name] = shape
             return True
 
         def get_tensor_shape(self, name):
-            return (self.shape[0], self.engine.widths[name])
+            return self.engine.output_shape(name, self.shapes)
 
         def execute_async_v3(self, stream_handle):
-            if stream_handle not in runtime.streams or self.shape is None or set(self.addresses) != set(self.engine.names):
+            if stream_handle not in runtime.streams or set(self.shapes) != set(self.engine.inputs) or set(self.addresses) != set(self.engine.names):
                 return False
-            shape, addresses, engine = self.shape, dict(self.addresses), self.engine
+            shapes, addresses, engine = dict(self.shapes), dict(self.addresses), self.engine
 
-            def work():  # runs at stream synchronisation, with the shape and addresses of enqueue time
-                x = np.frombuffer(ctypes.string_at(addresses[engine.header["input"]], int(np.prod(shape)) * 4), np.float32).reshape(shape)
-                outs = engine.session.run(engine.outputs, {engine.header["input"]: x})
+            def work():  # runs at stream synchronisation, with the shapes and addresses of enqueue time
+                feed = {n: np.frombuffer(ctypes.string_at(addresses[n], int(np.prod(s)) * 4), np.float32).reshape(s) for n, s in shapes.items()}
+                outs = engine.session.run(engine.outputs, feed)
                 for name, out in zip(engine.outputs, outs):
                     out = np.ascontiguousarray(out, np.float32)
                     assert FakeCudaRuntime._inside(runtime.device_mem, addresses[name], out.nbytes), f"output {name} buffer too small"
@@ -435,9 +442,19 @@ def make_fake_tensorrt(name: str, runtime: FakeCudaRuntime) -> types.ModuleType:
         def __init__(self, header, onnx_bytes):
             self.header = header
             self.session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+            self.inputs = list(header["inputs"])
             self.outputs = [o.name for o in self.session.get_outputs()]
-            self.widths = {o.name: o.shape[1] for o in self.session.get_outputs()}
-            self.names = [header["input"], *self.outputs]
+            self.names = [*self.inputs, *self.outputs]
+            self._shapes = {}
+
+        def output_shape(self, name, input_shapes):
+            """The output's shape for these input shapes: the model run on zeros at batch 1, batch put back."""
+            key = tuple(sorted(input_shapes.items()))
+            if key not in self._shapes:
+                outs = self.session.run(self.outputs, {n: np.zeros((1, *s[1:]), np.float32) for n, s in input_shapes.items()})
+                batch = next(iter(input_shapes.values()))[0]
+                self._shapes[key] = {n: (batch, *o.shape[1:]) for n, o in zip(self.outputs, outs)}
+            return self._shapes[key][name]
 
         @property
         def num_io_tensors(self):
@@ -447,7 +464,7 @@ def make_fake_tensorrt(name: str, runtime: FakeCudaRuntime) -> types.ModuleType:
             return self.names[i]
 
         def get_tensor_mode(self, name):
-            return TensorIOMode.INPUT if name == self.header["input"] else TensorIOMode.OUTPUT
+            return TensorIOMode.INPUT if name in self.inputs else TensorIOMode.OUTPUT
 
         def get_tensor_dtype(self, name):
             return DataType.FLOAT

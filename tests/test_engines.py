@@ -35,11 +35,11 @@ TRT_OK, TRT_REASON = tensorrt_available()
 def make_engine(kind: str, card, cache_dir, max_batch: int = MAX_BATCH):
     """An engine of ``kind`` for ``card``; skips TensorRT kinds that cannot run here."""
     if kind == "onnxruntime":
-        return OnnxRuntimeEngine(card, threads=2, max_batch=max_batch)
+        return OnnxRuntimeEngine(card, threads=2, max_batch=max_batch, stream=False)
     ok, reason = tensorrt_available()
     if not ok:
         pytest.skip(f"TensorRT unavailable: {reason}")
-    return TensorRTEngine(card, precision=kind.split("-")[1], max_batch=max_batch, cache=PlanCache(cache_dir))
+    return TensorRTEngine(card, precision=kind.split("-")[1], max_batch=max_batch, cache=PlanCache(cache_dir), stream=False)
 
 
 def windows(card, n: int, seed: int) -> np.ndarray:
@@ -66,7 +66,7 @@ def gpu(request, monkeypatch, tmp_path):
 
 @pytest.fixture(scope="session")
 def reference(model_card):
-    with OnnxRuntimeEngine(model_card, threads=1, max_batch=MAX_BATCH) as engine:
+    with OnnxRuntimeEngine(model_card, threads=1, max_batch=MAX_BATCH, stream=False) as engine:
         yield engine
 
 

@@ -137,3 +137,18 @@ def test_streamed_front_end_windows_equal_offline_slices():
     for w in got:
         np.testing.assert_array_equal(w.mel, offline[w.end_frame - W : w.end_frame])
         assert w.level_dbfs == pytest.approx(20 * np.log10(0.4 / np.sqrt(2)), abs=0.05)
+
+
+def test_row_ring_reserve_keeps_the_rows_held():
+    from rtgenre.dsp.window import RowRing
+
+    ring = RowRing(4, 2, np.float32)
+    rows = np.arange(20, dtype=np.float32).reshape(10, 2)
+    ring.extend(rows[:7])  # holds rows 3..6, wrapped
+    ring.reserve(6)
+    assert ring.data.shape == (6, 2) and ring.total == 7
+    np.testing.assert_array_equal(ring.get(3, 7), rows[3:7])
+    ring.extend(rows[7:9])
+    np.testing.assert_array_equal(ring.get(3, 9), rows[3:9])
+    ring.reserve(2)  # never shrinks
+    assert ring.data.shape == (6, 2)

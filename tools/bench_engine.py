@@ -75,7 +75,7 @@ def windows(card: ModelCard, n: int, seed: int = 0) -> np.ndarray:
 
 
 def bench_onnxruntime(card: ModelCard, batches: list[int], iters: int, warmup: int, threads: int) -> dict[str, Any]:
-    with OnnxRuntimeEngine(card, threads=threads, max_batch=max(batches)) as engine:
+    with OnnxRuntimeEngine(card, threads=threads, max_batch=max(batches), stream=False) as engine:
         res = {"detail": engine.detail, "timing": "wall clock of engine.run", "batches": {}}
         for b in batches:
             x = windows(card, b)
@@ -88,7 +88,7 @@ def bench_tensorrt(card: ModelCard, precision: str, batches: list[int], iters: i
     if not ok:
         return {"skipped": reason}
     try:
-        engine = TensorRTEngine(card, precision=precision, max_batch=max(batches))
+        engine = TensorRTEngine(card, precision=precision, max_batch=max(batches), stream=False)
     except RtgenreError as e:  # TensorRT is installed but cannot build or load this model here
         return {"skipped": f"engine failed: {e}"}
     with engine:

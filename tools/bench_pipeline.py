@@ -45,9 +45,9 @@ from rtgenre.inference.onnxruntime import OnnxRuntimeEngine  # noqa: E402
 REAL_MUSIC = ROOT.parent / "shared" / "data" / "real-music"
 
 
-def make_long_file(path: Path, seconds: float) -> str:
-    """Write ``seconds`` of audio (44.1 kHz stereo): real clips back to back if available."""
-    clips = sorted(REAL_MUSIC.glob("*.mp3")) if REAL_MUSIC.is_dir() else []
+def make_long_file(path: Path, seconds: float, music: Path = REAL_MUSIC) -> str:
+    """Write ``seconds`` of audio (44.1 kHz stereo): real clips of ``music`` back to back if available."""
+    clips = sorted(music.glob("*.mp3")) if music.is_dir() else []
     if clips:
         parts, total = [], 0
         while total < seconds * 44100:
@@ -58,7 +58,7 @@ def make_long_file(path: Path, seconds: float) -> str:
                 total += len(parts[-1])
                 if total >= seconds * 44100:
                     break
-        audio, sr, what = np.concatenate(parts)[: int(seconds * 44100)], 44100, f"real music: {len(clips)} clips of {REAL_MUSIC} back to back"
+        audio, sr, what = np.concatenate(parts)[: int(seconds * 44100)], 44100, f"real music: {len(clips)} clips of {music} back to back"
     else:
         audio, sr, what = render(seconds), DEMO_SR, "generated demo song (tools/make_demo.py)"
     sf.write(path, audio, sr, subtype="PCM_16")
@@ -66,7 +66,7 @@ def make_long_file(path: Path, seconds: float) -> str:
 
 
 def bench_inference(card, threads: int, n: int = 50) -> dict:
-    engine = OnnxRuntimeEngine(card, threads=threads)
+    engine = OnnxRuntimeEngine(card, threads=threads, stream=False)
     x = np.random.default_rng(0).standard_normal((1, card.window_frames, card.frontend.n_mels)).astype(np.float32) + 2.0
     times = timed_ms(lambda: engine.run(x), n)
     return {"threads": threads, "ms_per_window_median": float(np.median(times)), "ms_per_window_p90": float(np.percentile(times, 90)), "runs": n}
@@ -81,8 +81,8 @@ def _vm_hwm_kb(pid: int) -> int:
         return 0
 
 
-def bench_listen(path: Path, threads: int) -> dict:
-    cmd = [sys.executable, "-m", "rtgenre", "listen", "--input", str(path), "--realtime", "--json", "--threads", str(threads)]
+def bench_listen(path: Path, threads: int, extra: list[str] | tuple[str, ...] = ()) -> dict:
+    cmd = [sys.executable, "-m", "rtgenre", "listen", "--input", str(path), "--realtime", "--json", "--threads", str(threads), *extra]
     t0 = time.monotonic()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:

@@ -26,7 +26,9 @@ class Window:
     Attributes
     ----------
     mel : ndarray, shape (window_frames, n_mels)
-        A fresh array, safe to keep.
+        A fresh array, safe to keep.  Empty, ``(window_frames, 0)``, when the
+        analyzer streams frame features (the window's features are then read
+        from its :class:`~rtgenre.inference.streaming.FeatureStream`).
     index : int
         0 for the first window, then 1, 2, ...
     end_frame : int
@@ -48,7 +50,7 @@ class Window:
     peak_dbfs: float | None = None
 
 
-class _RowRing:
+class RowRing:
     """Rows stored by absolute index; keeps the last ``capacity`` of them."""
 
     def __init__(self, capacity: int, width: int | None, dtype: type[np.generic]) -> None:
@@ -66,6 +68,17 @@ class _RowRing:
         self.data[pos : pos + first] = kept[:first]
         self.data[: len(kept) - first] = kept[first:]
         self.total += n
+
+    def reserve(self, capacity: int) -> None:
+        """Grow to hold at least ``capacity`` rows, keeping the rows held (no-op when large enough)."""
+        cap = self.data.shape[0]
+        if capacity <= cap:
+            return
+        held = min(self.total, cap)
+        rows = self.get(self.total - held, self.total) if held else self.data[:0]
+        self.data = np.zeros((capacity, *self.data.shape[1:]), dtype=self.data.dtype)
+        self.total -= held
+        self.extend(rows)
 
     def get(self, start: int, end: int) -> np.ndarray:
         """A fresh copy of rows ``[start, end)``; they must still be held."""
@@ -119,9 +132,9 @@ class Windower:
         self.hop_frames = Fraction(hop_seconds).limit_denominator(10**6) * Fraction(sample_rate, hop_length)
         # Between calls, level blocks run ahead of frames by at most ceil(n_fft / hop) - 1.
         lead = -(-self.n_fft // self.hop_length) + 1
-        self._frames = _RowRing(self.window_frames + lead, self.n_mels, np.float32)
-        self._ms = _RowRing(self.window_frames + lead, None, np.float64)
-        self._peak = _RowRing(self.window_frames + lead, None, np.float64)
+        self._frames = RowRing(self.window_frames + lead, self.n_mels, np.float32)
+        self._ms = RowRing(self.window_frames + lead, None, np.float64)
+        self._peak = RowRing(self.window_frames + lead, None, np.float64)
         self.reset()
 
     def reset(self) -> None:

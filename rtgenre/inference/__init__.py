@@ -15,7 +15,7 @@ from rtgenre.inference.base import Engine
 ENGINE_CHOICES = ("auto", "onnxruntime", "tensorrt")
 
 
-def create_engine(kind: str, card: ModelCard, *, threads: int = 1, precision: str = "fp16", max_batch: int = 256) -> Engine:
+def create_engine(kind: str, card: ModelCard, *, threads: int = 1, precision: str = "fp16", max_batch: int = 256, stream: bool = True) -> Engine:
     """Create the engine named by ``kind`` for ``card``.
 
     Parameters
@@ -28,6 +28,9 @@ def create_engine(kind: str, card: ModelCard, *, threads: int = 1, precision: st
         TensorRT precision (FP16 falls back to FP32 where the GPU lacks fast FP16).
     max_batch : int
         Largest batch the engine accepts.
+    stream : bool
+        Run a split card's encoder and back end (streaming); ``False`` runs
+        its whole-window graph every hop.  Cards without a split always do.
 
     Returns
     -------
@@ -41,7 +44,7 @@ def create_engine(kind: str, card: ModelCard, *, threads: int = 1, precision: st
     ModelCorruptError
         The model's outputs do not match the card (see :func:`check_card`).
     """
-    engine = _create(kind, card, threads=threads, precision=precision, max_batch=max_batch)
+    engine = _create(kind, card, threads=threads, precision=precision, max_batch=max_batch, stream=stream)
     try:
         check_card(engine)
     except BaseException:
@@ -63,9 +66,13 @@ def check_card(engine: Engine) -> None:
         An output is missing, or its shape is not ``(1, len(labels))``, or it is not finite.
     """
     card = engine.card
-    x = np.zeros((1, card.window_frames, card.frontend.n_mels), np.float32)
+    if engine.streaming:  # the back end's outputs are the heads; the encoder's width is checked by its export
+        assert card.split is not None
+        x = np.zeros((1, card.window_frames, card.split.encoder.feature_dim), np.float32)
+    else:
+        x = np.zeros((1, card.window_frames, card.frontend.n_mels), np.float32)
     try:
-        out = engine.run(x)
+        out = engine.head(x) if engine.streaming else engine.run(x)
     except Exception as e:  # the runtime's own error types for a shape mismatch
         raise ModelCorruptError(f"Model {card.onnx_path} does not accept the card's input (1, {card.window_frames}, {card.frontend.n_mels}) ({str(e).splitlines()[0]})",
                                 "Fix window_frames / n_mels in the card, or re-export the model") from None
@@ -78,7 +85,7 @@ def check_card(engine: Engine) -> None:
             )
 
 
-def _create(kind: str, card: ModelCard, *, threads: int, precision: str, max_batch: int) -> Engine:
+def _create(kind: str, card: ModelCard, *, threads: int, precision: str, max_batch: int, stream: bool) -> Engine:
     """The engine ``kind`` names (see :func:`create_engine`), not yet checked against the card."""
     if kind not in ENGINE_CHOICES:
         raise UsageError(f"Unknown engine '{kind}'", f"Use one of: {', '.join(ENGINE_CHOICES)}")
@@ -89,7 +96,7 @@ def _create(kind: str, card: ModelCard, *, threads: int, precision: str, max_bat
         ok, reason = trt_engine.tensorrt_available()
         if ok:
             try:
-                return trt_engine.TensorRTEngine(card, precision=precision, max_batch=max_batch)
+                return trt_engine.TensorRTEngine(card, precision=precision, max_batch=max_batch, stream=stream)
             except EngineUnavailableError as e:  # e.g. the GPU is not among the TensorRT build's targets
                 if kind == "tensorrt":
                     raise
@@ -99,6 +106,6 @@ def _create(kind: str, card: ModelCard, *, threads: int, precision: str, max_bat
         notice = f"TensorRT not used ({reason}); running ONNX Runtime on the CPU"
     from rtgenre.inference.onnxruntime import OnnxRuntimeEngine
 
-    engine = OnnxRuntimeEngine(card, threads=threads, max_batch=max_batch)
+    engine = OnnxRuntimeEngine(card, threads=threads, max_batch=max_batch, stream=stream)
     engine.notice = notice
     return engine

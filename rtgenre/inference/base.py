@@ -3,7 +3,12 @@
 An engine runs the model card's network on a batch of log-Mel windows,
 ``(batch, window_frames, n_mels)`` float32, and returns one probability array
 per head, ``(batch, n_labels)``.  The batch may hold windows of several
-streams; the engine neither knows nor cares.  Backends: ONNX Runtime on the
+streams; the engine neither knows nor cares.
+
+An engine made for a card with a ``split`` section (and ``stream=True``) is
+*streaming* (:attr:`Engine.streaming`): it runs the encoder on chunks of
+frames (:meth:`Engine.encode`) and the back end on windows of features
+(:meth:`Engine.head`) instead; :mod:`rtgenre.inference.streaming` drives it.  Backends: ONNX Runtime on the
 CPU (``onnxruntime``), TensorRT on an NVIDIA GPU (``tensorrt``).
 """
 
@@ -29,12 +34,21 @@ class Engine(ABC):
         Largest batch accepted by :meth:`run`.
     notice : str
         One-line notice for the user (e.g. why ``auto`` fell back to the CPU); empty if none.
+    streaming : bool
+        Runs :meth:`encode` and :meth:`head` (a split card) instead of :meth:`run`.
+    encode_batch : int
+        Largest batch of encoder chunks accepted by :meth:`encode`.
+    head_batch : int
+        Largest batch of windows accepted by :meth:`head`.
     """
 
     name: str = "engine"
     detail: str = ""
     max_batch: int = 256
     notice: str = ""
+    streaming: bool = False
+    encode_batch: int = 256
+    head_batch: int = 256
 
     def __init__(self, card: ModelCard) -> None:
         self.card = card
@@ -53,6 +67,37 @@ class Engine(ABC):
         dict of str to ndarray
             Head name → probabilities, shape ``(batch, len(head.labels))``, float32.
         """
+
+    def encode(self, mel: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """Frame features of chunks of Mel frames (streaming engines only).
+
+        Parameters
+        ----------
+        mel : ndarray, shape (batch, frames, n_mels), float32
+            Chunks with ``context_before`` frames before and ``context_after``
+            after the frames wanted.
+        valid : ndarray, shape (batch, frames), float32
+            1 for frames of the stream, 0 for frames outside it.
+
+        Returns
+        -------
+        ndarray, shape (batch, frames - context_before - context_after, feature_dim), float32
+        """
+        raise NotImplementedError(f"{self.name} runs the whole-window graph only")
+
+    def head(self, feats: np.ndarray) -> dict[str, np.ndarray]:
+        """Classify windows of frame features (streaming engines only).
+
+        Parameters
+        ----------
+        feats : ndarray, shape (batch, window_frames, feature_dim), float32
+
+        Returns
+        -------
+        dict of str to ndarray
+            Head name → probabilities ``(batch, n_labels)``, as :meth:`run`.
+        """
+        raise NotImplementedError(f"{self.name} runs the whole-window graph only")
 
     def close(self) -> None:
         """Release resources (GPU memory, sessions)."""

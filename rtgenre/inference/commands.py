@@ -66,10 +66,11 @@ def _build(args: argparse.Namespace) -> int:
     with Console(stderr=True).status(f"Building the TensorRT engine for {card.name} ({args.precision}, batch up to {args.max_batch}) ..."):
         engine = TensorRTEngine(card, precision=args.precision, max_batch=args.max_batch)
     with engine:
+        where = ", ".join(str(p) for p in engine.plan_paths)  # two plans for a streaming (split) model
         if engine.cache_hit:
-            out.print(f"{card.name}: plan already cached at {engine.plan_path}", soft_wrap=True)
+            out.print(f"{card.name}: plan already cached at {where}", soft_wrap=True)
         else:
-            out.print(f"{card.name}: plan built in {engine.build_seconds:.1f} s, cached at {engine.plan_path}", soft_wrap=True)
+            out.print(f"{card.name}: plan built in {engine.build_seconds:.1f} s, cached at {where}", soft_wrap=True)
         out.print(f"engine: {engine.detail}", soft_wrap=True)
     return 0
 

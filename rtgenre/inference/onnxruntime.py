@@ -24,6 +24,32 @@ def session_options(threads: int):
     return opts
 
 
+def _open_session(path, threads: int):
+    """An ONNX Runtime CPU session of ``path``; a file it cannot load is a :class:`ModelCorruptError`."""
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(str(path), sess_options=session_options(threads), providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types for bad models
+        raise ModelCorruptError(f"ONNX Runtime cannot load {path} ({str(e).splitlines()[0]})", "Restore the model from the repository or re-export it") from None
+
+
+def _check_io(session, path, inputs: list[str], outputs: list[str]) -> None:
+    """Raise :class:`ModelCorruptError` when ``session`` lacks an input or output named by the card."""
+    missing = [n for n in outputs if n not in {o.name for o in session.get_outputs()}]
+    missing_in = [n for n in inputs if n not in {i.name for i in session.get_inputs()}]
+    if missing or missing_in:
+        raise ModelCorruptError(
+            f"{path} does not match its card (missing outputs {missing} or inputs {missing_in})",
+            "Re-export the model so that the ONNX file and the card agree",
+        )
+
+
+HEAD_BATCH = 16
+"""Windows per back-end call: batching the LSTM halves its cost per window at 8, and 16 windows of
+features (1.4 MB each) keep the call's memory small."""
+
+
 class OnnxRuntimeEngine(Engine):
     """Runs the card's ONNX model with ONNX Runtime's CPU execution provider.
 
@@ -38,35 +64,54 @@ class OnnxRuntimeEngine(Engine):
     chunk : int
         Windows per ONNX Runtime call.  On the CPU a larger call gains no
         throughput but its intermediate tensors grow with it (about 150 MB per
-        window for the default model), so a batch runs as chunks of this size.
+        window for the default model), so a batch runs as chunks of this size;
+        the streaming encoder likewise runs one chunk of frames per call.
+    stream : bool
+        For a card with a ``split`` section: run its encoder and back end
+        (:attr:`streaming`) instead of the whole-window graph.
     """
 
     name = "onnxruntime"
 
-    def __init__(self, card: ModelCard, threads: int = 1, max_batch: int = 256, chunk: int = 1) -> None:
+    def __init__(self, card: ModelCard, threads: int = 1, max_batch: int = 256, chunk: int = 1, stream: bool = True) -> None:
         super().__init__(card)
         try:
             import onnxruntime as ort
         except ImportError:
             raise EngineUnavailableError("onnxruntime is not installed", "pip install onnxruntime") from None
-        try:
-            self._session = ort.InferenceSession(str(card.onnx_path), sess_options=session_options(threads), providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own exception types for bad models
-            raise ModelCorruptError(f"ONNX Runtime cannot load {card.onnx_path} ({str(e).splitlines()[0]})", "Restore the model from the repository or re-export it") from None
-        outputs = {o.name for o in self._session.get_outputs()}
-        missing = [h.output for h in card.heads if h.output not in outputs]
-        if missing or card.input_name not in {i.name for i in self._session.get_inputs()}:
-            raise ModelCorruptError(
-                f"{card.onnx_path} does not match its card (missing outputs {missing} or input '{card.input_name}')",
-                "Re-export the model so that the ONNX file and the card agree",
-            )
         self._outputs = [h.output for h in card.heads]
         self._heads = [h.name for h in card.heads]
         self.max_batch = max_batch
         self.chunk = max(1, chunk)
-        self.detail = f"CPUExecutionProvider, {threads or 'auto'} thread(s), onnxruntime {ort.__version__}"
+        self.streaming = stream and card.split is not None
+        self.head_batch = min(max_batch, HEAD_BATCH)
+        if self.streaming:
+            enc, back = card.split.encoder, card.split.backend
+            self._encoder = _open_session(enc.onnx_path, threads)
+            _check_io(self._encoder, enc.onnx_path, [enc.mel_input, enc.valid_input], [enc.output])
+            self._backend = _open_session(back.onnx_path, threads)
+            _check_io(self._backend, back.onnx_path, [back.input], self._outputs)
+            what = "streaming encoder + back end"
+        else:
+            self._session = _open_session(card.onnx_path, threads)
+            _check_io(self._session, card.onnx_path, [card.input_name], self._outputs)
+            what = "whole-window graph"
+        self.detail = f"CPUExecutionProvider, {threads or 'auto'} thread(s), onnxruntime {ort.__version__}, {what}"
 
     def run(self, windows: np.ndarray) -> dict[str, np.ndarray]:
+        if self.streaming:
+            raise NotImplementedError("a streaming engine runs encode() and head(); create it with stream=False for run()")
         x = self.check_input(windows)
         parts = [self._session.run(self._outputs, {self.card.input_name: x[i : i + self.chunk]}) for i in range(0, len(x), self.chunk)]
         return {name: np.concatenate([p[k] for p in parts]).astype(np.float32, copy=False) for k, name in enumerate(self._heads)}
+
+    def encode(self, mel: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        enc = self.card.split.encoder
+        mel = np.ascontiguousarray(mel, dtype=np.float32)
+        valid = np.ascontiguousarray(valid, dtype=np.float32)
+        parts = [self._encoder.run([enc.output], {enc.mel_input: mel[i : i + 1], enc.valid_input: valid[i : i + 1]})[0] for i in range(len(mel))]
+        return np.concatenate(parts)
+
+    def head(self, feats: np.ndarray) -> dict[str, np.ndarray]:
+        out = self._backend.run(self._outputs, {self.card.split.backend.input: np.ascontiguousarray(feats, dtype=np.float32)})
+        return {name: p.astype(np.float32, copy=False) for name, p in zip(self._heads, out)}

@@ -58,6 +58,10 @@ class PlanKey:
         The precision that was built (``fp16`` or ``fp32``).
     profile_min, profile_opt, profile_max : int
         Batch sizes of the optimisation profile.
+    profile_frames : str
+        ``"min/opt/max"`` frames of a graph with a dynamic frame axis (the
+        streaming encoder); empty for fixed-length windows, and then left out
+        of the digest, so that those keys are what they were before the field.
     """
 
     onnx_sha256: str
@@ -69,10 +73,14 @@ class PlanKey:
     profile_min: int
     profile_opt: int
     profile_max: int
+    profile_frames: str = ""
 
     def digest(self) -> str:
-        """SHA-256 hex digest of the fields (canonical JSON)."""
-        blob = json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
+        """SHA-256 hex digest of the fields (canonical JSON; an empty ``profile_frames`` left out)."""
+        d = asdict(self)
+        if not d["profile_frames"]:
+            del d["profile_frames"]
+        blob = json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()
 
     @classmethod
@@ -80,7 +88,7 @@ class PlanKey:
         """Rebuild a key from a sidecar's ``key`` object (raises ``KeyError``/``TypeError``/``ValueError`` when incomplete)."""
         kw = {}
         for f in fields(cls):
-            value = d[f.name]
+            value = d[f.name] if f.name != "profile_frames" else d.get(f.name, "")
             kw[f.name] = int(value) if f.type == "int" else str(value)
         return cls(**kw)
 

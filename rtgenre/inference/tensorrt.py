@@ -1,4 +1,4 @@
-"""TensorRT engine: the card's ONNX model built into a cached plan and run on an NVIDIA GPU.
+"""TensorRT engine: the card's ONNX model(s) built into cached plans and run on an NVIDIA GPU.
 
 This module owns everything TensorRT-specific: whether TensorRT can run here
 (:func:`tensorrt_available`, cheap and crash-free on a CPU-only machine), the
@@ -6,7 +6,9 @@ build (ONNX parser, one optimisation profile with a dynamic batch axis, FP16
 where the GPU and TensorRT flavour allow it), the plan cache round trip
 (:mod:`rtgenre.inference.plancache`), and inference with ``execute_async_v3``
 on one CUDA stream with device and pinned host buffers allocated once for
-``max_batch`` windows.
+``max_batch`` windows.  A split card's encoder and back end (streaming) are
+two plans built and cached by the same rules; the encoder's profile also
+covers its range of frames.
 
 Two flavours of TensorRT share one API and are both supported: ``tensorrt``
 and ``tensorrt_rtx`` (tried in that order).  They differ in how FP16 is asked
@@ -24,6 +26,8 @@ import importlib
 import importlib.util
 import threading
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -39,6 +43,10 @@ TRT_MODULES = ("tensorrt", "tensorrt_rtx")
 PRECISIONS = ("fp16", "fp32")
 PROFILE_MIN = 1
 PROFILE_OPT = 8
+ENCODE_BATCH = 32
+"""Largest batch of encoder chunks (its buffers hold up to ``MAX_CHUNK`` frames of 753 features per chunk)."""
+HEAD_BATCH = 64
+"""Largest batch of back-end windows (1.4 MB of features each)."""
 FP16_MAX = 65504.0
 
 
@@ -203,11 +211,36 @@ class _Logger:
         return cls.loggers[trt.__name__]
 
 
+@dataclass(frozen=True)
+class _GraphSpec:
+    """One ONNX graph to build: its file, inputs with their (min, opt, max) shapes, and the outputs read back."""
+
+    onnx_path: Path
+    onnx_sha256: str
+    inputs: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
+    outputs: tuple[str, ...]
+    profile_frames: str = ""
+
+
+class _Graph:
+    """A built graph: engine, execution context, and pinned/device buffers sized for its largest shapes."""
+
+    def __init__(self, spec: _GraphSpec, engine: Any, key: PlanKey, cache_hit: bool, build_seconds: float, plan_path: Path) -> None:
+        self.spec, self.engine, self.key = spec, engine, key
+        self.cache_hit, self.build_seconds, self.plan_path = cache_hit, build_seconds, plan_path
+        self.context: Any = None
+        self.inputs: dict[str, tuple[np.ndarray, int]] = {}
+        self.outputs: dict[str, tuple[np.ndarray, int]] = {}
+
+
 class TensorRTEngine(Engine):
     """Runs the card's model with TensorRT on an NVIDIA GPU.
 
-    The plan is taken from the plan cache or built there first (seconds to
-    minutes, once per model, GPU, TensorRT version, precision and ``max_batch``).
+    Each graph's plan is taken from the plan cache or built there first
+    (seconds to minutes, once per model, GPU, TensorRT version, precision,
+    ``max_batch`` and, for the streaming encoder, its range of frames).  A
+    streaming engine (a card with a ``split`` section and ``stream=True``) has
+    two plans, the encoder's and the back end's; otherwise one, the whole-window graph's.
 
     Parameters
     ----------
@@ -222,17 +255,19 @@ class TensorRTEngine(Engine):
         Plan cache; ``None`` uses the default folder.
     device : int
         CUDA device index.
+    stream : bool
+        For a card with a ``split`` section: build and run the encoder and back end.
 
     Attributes
     ----------
     precision : str
-        The precision the plan was built with.
+        The precision the plans were built with.
     cache_hit : bool
-        Whether the plan came from the cache (``False``: it was built now).
+        Whether every plan came from the cache (``False``: at least one was built now).
     build_seconds : float
-        Time spent building the plan (0 on a cache hit).
+        Time spent building plans (0 when all were cache hits).
     plan_path : Path
-        Where the plan is cached.
+        Where the (first) plan is cached; :attr:`plan_paths` lists all.
 
     Raises
     ------
@@ -246,7 +281,7 @@ class TensorRTEngine(Engine):
 
     name = "tensorrt"
 
-    def __init__(self, card: ModelCard, precision: str = "fp16", max_batch: int = 256, cache: PlanCache | None = None, device: int = 0) -> None:
+    def __init__(self, card: ModelCard, precision: str = "fp16", max_batch: int = 256, cache: PlanCache | None = None, device: int = 0, stream: bool = True) -> None:
         super().__init__(card)
         if precision not in PRECISIONS:
             raise UsageError(f"Unknown precision '{precision}'", f"Use one of: {', '.join(PRECISIONS)}")
@@ -259,53 +294,101 @@ class TensorRTEngine(Engine):
         self.cuda: Cuda = load_cuda(device)
         self.gpu = self.cuda.device_info()
         self.max_batch = int(max_batch)
+        self.streaming = stream and card.split is not None
+        self.encode_batch = min(self.max_batch, ENCODE_BATCH)
+        self.head_batch = min(self.max_batch, HEAD_BATCH)
         self.cache = cache if cache is not None else PlanCache()
         self._lock = threading.Lock()
         self._buffers: list[int] = []
         self._pinned: list[np.ndarray] = []
         self._stream = None
+        self._graphs: dict[str, _Graph] = {}
 
         self.precision, how = self._choose_precision(precision)
+        self._runtime = self.trt.Runtime(_Logger.get(self.trt))
+        try:
+            for name, spec in self._specs().items():
+                self._graphs[name] = self._load(spec)
+            self._stream = self.cuda.stream_create()
+            self._stream_handle = self.cuda.stream_handle(self._stream)
+            for graph in self._graphs.values():
+                self._setup_io(graph)
+        except BaseException:
+            self.close()
+            raise
+        graphs = list(self._graphs.values())
+        self.cache_hit = all(g.cache_hit for g in graphs)
+        self.build_seconds = sum(g.build_seconds for g in graphs)
+        self.plan_paths = [g.plan_path for g in graphs]
+        self.plan_path = self.plan_paths[0]
+        key = graphs[0].key
+        source = "plan cache hit" if self.cache_hit else f"plan built in {self.build_seconds:.1f} s"
+        what = ", streaming encoder + back end" if self.streaming else ""
+        self.detail = (
+            f"{self.gpu.name} (compute {self.gpu.cc}), {self.trt.__name__} {key.trt_version}, {how}, "
+            f"batch profile {key.profile_min}/{key.profile_opt}/{key.profile_max}, {source}, {self.cuda.binding}{what}"
+        )
+
+    def _specs(self) -> dict[str, _GraphSpec]:
+        """The graphs this engine runs, with the shapes their optimisation profiles cover."""
+        card, lo, opt, hi = self.card, PROFILE_MIN, min(PROFILE_OPT, self.max_batch), self.max_batch
+        frames, mels = card.window_frames, card.frontend.n_mels
+        heads = tuple(h.output for h in card.heads)
+        if not self.streaming:
+            shapes = ((lo, frames, mels), (opt, frames, mels), (hi, frames, mels))
+            return {"window": _GraphSpec(card.onnx_path, card.onnx_sha256 or file_sha256(card.onnx_path), {card.input_name: shapes}, heads)}
+        from rtgenre.inference.streaming import MAX_CHUNK
+
+        enc, back = card.split.encoder, card.split.backend
+        context = enc.context_before + enc.context_after
+        t_lo, t_opt, t_hi = context + 1, context + 32, context + MAX_CHUNK  # one frame .. MAX_CHUNK frames; a 0.5 s hop is 31-32
+        b_hi, h_hi = self.encode_batch, self.head_batch
+        b_opt = min(opt, b_hi)
+        encoder = _GraphSpec(
+            enc.onnx_path, enc.onnx_sha256 or file_sha256(enc.onnx_path),
+            {
+                enc.mel_input: ((lo, t_lo, mels), (b_opt, t_opt, mels), (b_hi, t_hi, mels)),
+                enc.valid_input: ((lo, t_lo), (b_opt, t_opt), (b_hi, t_hi)),
+            },
+            (enc.output,), profile_frames=f"{t_lo}/{t_opt}/{t_hi}",
+        )
+        dim = enc.feature_dim
+        outputs = heads + ((back.embedding,) if back.embedding else ())  # TensorRT needs an address for every output
+        backend = _GraphSpec(back.onnx_path, back.onnx_sha256 or file_sha256(back.onnx_path), {back.input: ((lo, frames, dim), (min(opt, h_hi), frames, dim), (h_hi, frames, dim))}, outputs)
+        return {"encoder": encoder, "backend": backend}
+
+    def _load(self, spec: _GraphSpec) -> _Graph:
+        """The graph's plan from the cache, or built now and cached; deserialized."""
+        batch = [shape[0] for shape in next(iter(spec.inputs.values()))]  # min, opt, max batch of the profile
         key = PlanKey(
-            onnx_sha256=card.onnx_sha256 or file_sha256(card.onnx_path),
+            onnx_sha256=spec.onnx_sha256,
             trt_module=self.trt.__name__,
             trt_version=str(getattr(self.trt, "__version__", "unknown")),
             gpu_name=self.gpu.name,
             compute_capability=self.gpu.cc,
             precision=self.precision,
-            profile_min=PROFILE_MIN,
-            profile_opt=min(PROFILE_OPT, self.max_batch),
-            profile_max=self.max_batch,
+            profile_min=batch[0],
+            profile_opt=batch[1],
+            profile_max=batch[2],
+            profile_frames=spec.profile_frames,
         )
-        self._runtime = self.trt.Runtime(_Logger.get(self.trt))
         plan = self.cache.load(key)
-        self.cache_hit = plan is not None
-        self.build_seconds = 0.0
-        self._engine = self._runtime.deserialize_cuda_engine(plan) if plan is not None else None
-        if self._engine is None:  # a miss, or a cached plan this runtime rejects: (re)build
-            self.cache_hit = False
+        cache_hit, build_seconds = plan is not None, 0.0
+        engine = self._runtime.deserialize_cuda_engine(plan) if plan is not None else None
+        if engine is None:  # a miss, or a cached plan this runtime rejects: (re)build
+            cache_hit = False
             t0 = time.perf_counter()
-            plan = self._build(key)
-            self.build_seconds = time.perf_counter() - t0
-            self.cache.store(key, plan, self.build_seconds)
-            self._engine = self._runtime.deserialize_cuda_engine(plan)
-            if self._engine is None:
+            plan = self._build(key, spec)
+            build_seconds = time.perf_counter() - t0
+            self.cache.store(key, plan, build_seconds)
+            engine = self._runtime.deserialize_cuda_engine(plan)
+            if engine is None:
                 self.cache.remove(key)
                 raise EngineUnavailableError(
-                    f"{self.trt.__name__} {key.trt_version} built a plan for {card.onnx_path} but cannot load it on {self.gpu.name} (compute {self.gpu.cc}); its log above says why",
+                    f"{self.trt.__name__} {key.trt_version} built a plan for {spec.onnx_path} but cannot load it on {self.gpu.name} (compute {self.gpu.cc}); its log above says why",
                     "Use --engine onnxruntime, and report this with `rtgenre engine info`",
                 )
-        self.plan_path = self.cache.paths(key)[0]
-        try:
-            self._setup_io()
-        except BaseException:
-            self.close()
-            raise
-        source = "plan cache hit" if self.cache_hit else f"plan built in {self.build_seconds:.1f} s"
-        self.detail = (
-            f"{self.gpu.name} (compute {self.gpu.cc}), {self.trt.__name__} {key.trt_version}, {how}, "
-            f"batch profile {key.profile_min}/{key.profile_opt}/{key.profile_max}, {source}, {self.cuda.binding}"
-        )
+        return _Graph(spec, engine, key, cache_hit, build_seconds, self.cache.paths(key)[0])
 
     def _choose_precision(self, requested: str) -> tuple[str, str]:
         """The precision to build and how it is obtained, as words for :attr:`detail`.
@@ -326,10 +409,10 @@ class TensorRTEngine(Engine):
     def _weakly_typed_fp16(self) -> bool:
         return hasattr(self.trt, "BuilderFlag") and hasattr(self.trt.BuilderFlag, "FP16")
 
-    def _parse(self, parser: Any) -> bool:
+    def _parse(self, parser: Any, path: Path) -> bool:
         """Feed the ONNX model to ``parser``: the file itself, or its FP16 copy where a strongly typed build needs one."""
         if self.precision == "fp32" or self._weakly_typed_fp16():
-            return parser.parse_from_file(str(self.card.onnx_path))  # also finds external weights beside the file
+            return parser.parse_from_file(str(path))  # also finds external weights beside the file
         try:
             import onnx
         except ImportError:
@@ -337,12 +420,12 @@ class TensorRTEngine(Engine):
                 f"FP16 with {self.trt.__name__} needs the onnx package to convert the model", "pip install onnx, or pass --precision fp32"
             ) from None
         try:
-            model = onnx.load(str(self.card.onnx_path))
+            model = onnx.load(str(path))
         except Exception as e:  # onnx raises DecodeError and friends for damaged files
-            raise ModelCorruptError(f"{self.card.onnx_path} is not a valid ONNX model ({e})", "Restore the model from the repository or re-export it") from None
+            raise ModelCorruptError(f"{path} is not a valid ONNX model ({e})", "Restore the model from the repository or re-export it") from None
         return parser.parse(convert_onnx_to_fp16(model).SerializeToString())
 
-    def _build(self, key: PlanKey) -> bytes:
+    def _build(self, key: PlanKey, spec: _GraphSpec) -> bytes:
         """Parse the ONNX model and build a serialized plan for ``key``."""
         trt = self.trt
         logger = _Logger.get(trt)
@@ -352,19 +435,20 @@ class TensorRTEngine(Engine):
             flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
         network = builder.create_network(flags)
         parser = trt.OnnxParser(network, logger)
-        if not self._parse(parser):
+        if not self._parse(parser, spec.onnx_path):
             errors = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
-            raise ModelCorruptError(f"TensorRT's ONNX parser rejects {self.card.onnx_path}: {errors or 'no details'}", "Re-export the model (opset 17+), or use --engine onnxruntime")
-        inputs = {network.get_input(i).name: network.get_input(i) for i in range(network.num_inputs)}
-        if self.card.input_name not in inputs:
-            raise ModelCorruptError(f"{self.card.onnx_path} has no input '{self.card.input_name}' named by its card", "Re-export the model so that the ONNX file and the card agree")
-        plan = builder.build_serialized_network(network, self._config(builder, key, current_cc=True))
+            raise ModelCorruptError(f"TensorRT's ONNX parser rejects {spec.onnx_path}: {errors or 'no details'}", "Re-export the model (opset 17+), or use --engine onnxruntime")
+        inputs = {network.get_input(i).name for i in range(network.num_inputs)}
+        missing = [name for name in spec.inputs if name not in inputs]
+        if missing:
+            raise ModelCorruptError(f"{spec.onnx_path} has no input {missing[0]!r} named by its card", "Re-export the model so that the ONNX file and the card agree")
+        plan = builder.build_serialized_network(network, self._config(builder, spec, current_cc=True))
         if plan is None and self._targets_compute_capability():
             # TensorRT-RTX may not build for this GPU's own compute capability; its default targets can still run here
-            plan = builder.build_serialized_network(network, self._config(builder, key, current_cc=False))
+            plan = builder.build_serialized_network(network, self._config(builder, spec, current_cc=False))
         if plan is None:
             raise EngineUnavailableError(
-                f"{self.trt.__name__} {key.trt_version} could not build an engine for {self.card.onnx_path} on {self.gpu.name} (compute {self.gpu.cc}); its log above says why",
+                f"{self.trt.__name__} {key.trt_version} could not build an engine for {spec.onnx_path} on {self.gpu.name} (compute {self.gpu.cc}); its log above says why",
                 "Use --engine onnxruntime, or try --precision fp32 or a smaller --max-batch",
             )
         return bytes(plan)
@@ -373,8 +457,8 @@ class TensorRTEngine(Engine):
         """Whether this TensorRT can target a compute capability (TensorRT-RTX: ``ComputeCapability.CURRENT``)."""
         return hasattr(self.trt, "ComputeCapability") and hasattr(self.trt.ComputeCapability, "CURRENT")
 
-    def _config(self, builder: Any, key: PlanKey, current_cc: bool) -> Any:
-        """Builder config: FP16 flag where weakly typed, the batch profile, and (optionally) the current GPU as target."""
+    def _config(self, builder: Any, spec: _GraphSpec, current_cc: bool) -> Any:
+        """Builder config: FP16 flag where weakly typed, the input profile, and (optionally) the current GPU as target."""
         trt = self.trt
         config = builder.create_builder_config()
         if self.precision == "fp16" and self._weakly_typed_fp16():
@@ -384,48 +468,46 @@ class TensorRTEngine(Engine):
         if current_cc and self._targets_compute_capability():
             config.num_compute_capabilities = 1
             config.set_compute_capability(trt.ComputeCapability.CURRENT, 0)
-        frames, mels = self.card.window_frames, self.card.frontend.n_mels
         profile = builder.create_optimization_profile()
-        profile.set_shape(self.card.input_name, (key.profile_min, frames, mels), (key.profile_opt, frames, mels), (key.profile_max, frames, mels))
+        for name, (lo, opt, hi) in spec.inputs.items():
+            profile.set_shape(name, lo, opt, hi)
         config.add_optimization_profile(profile)
         return config
 
-    def _setup_io(self) -> None:
-        """Create the context and stream; allocate device and pinned buffers for ``max_batch``."""
-        trt, eng = self.trt, self._engine
-        self._context = eng.create_execution_context()
+    def _setup_io(self, graph: _Graph) -> None:
+        """Create the graph's context; allocate device and pinned buffers for its largest shapes."""
+        trt, eng, spec = self.trt, graph.engine, graph.spec
+        graph.context = eng.create_execution_context()
         names = [eng.get_tensor_name(i) for i in range(eng.num_io_tensors)]
         outputs = [n for n in names if eng.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        missing = [h.output for h in self.card.heads if h.output not in outputs]
-        if missing or self.card.input_name not in names:
+        missing = [n for n in spec.outputs if n not in outputs]
+        if missing or any(n not in names for n in spec.inputs):
             raise ModelCorruptError(
-                f"{self.card.onnx_path} does not match its card (missing outputs {missing} or input '{self.card.input_name}')",
+                f"{spec.onnx_path} does not match its card (missing outputs {missing} or inputs {list(spec.inputs)})",
                 "Re-export the model so that the ONNX file and the card agree",
             )
-        self._stream = self.cuda.stream_create()
-        self._stream_handle = self.cuda.stream_handle(self._stream)
-        frames, mels = self.card.window_frames, self.card.frontend.n_mels
-        self._in_dtype = _nptype(trt, eng.get_tensor_dtype(self.card.input_name))
-        self._h_in = self._pinned_buffer((self.max_batch, frames, mels), self._in_dtype)
-        self._d_in = self._device_buffer(self._h_in.nbytes)
-        self._context.set_tensor_address(self.card.input_name, self._d_in)
-        if not self._context.set_input_shape(self.card.input_name, (self.max_batch, frames, mels)):
-            raise ModelCorruptError(
-                f"{self.card.onnx_path} does not take input '{self.card.input_name}' of shape (batch, {frames}, {mels}) named by its card",
-                "Re-export the model so that the ONNX file and the card agree",
-            )
-        self._outs = []
-        for head in self.card.heads:
-            shape = tuple(self._context.get_tensor_shape(head.output))
-            if shape != (self.max_batch, len(head.labels)):
+        for name, (_, _, hi) in spec.inputs.items():
+            host = self._pinned_buffer(hi, _nptype(trt, eng.get_tensor_dtype(name)))
+            dev = self._device_buffer(host.nbytes)
+            graph.context.set_tensor_address(name, dev)
+            if not graph.context.set_input_shape(name, hi):
                 raise ModelCorruptError(
-                    f"{self.card.onnx_path} output '{head.output}' has shape {shape}, expected (batch, {len(head.labels)}) for head '{head.name}'",
+                    f"{spec.onnx_path} does not take input '{name}' of shape {hi} named by its card",
                     "Re-export the model so that the ONNX file and the card agree",
                 )
-            host = self._pinned_buffer(shape, _nptype(trt, eng.get_tensor_dtype(head.output)))
+            graph.inputs[name] = (host, dev)
+        widths = {h.output: len(h.labels) for h in self.card.heads}
+        for name in spec.outputs:
+            shape = tuple(graph.context.get_tensor_shape(name))
+            if name in widths and shape != (self.max_batch, widths[name]):
+                raise ModelCorruptError(
+                    f"{spec.onnx_path} output '{name}' has shape {shape}, expected (batch, {widths[name]})",
+                    "Re-export the model so that the ONNX file and the card agree",
+                )
+            host = self._pinned_buffer(shape, _nptype(trt, eng.get_tensor_dtype(name)))
             dev = self._device_buffer(host.nbytes)
-            self._context.set_tensor_address(head.output, dev)
-            self._outs.append((head.name, host, dev))
+            graph.context.set_tensor_address(name, dev)
+            graph.outputs[name] = (host, dev)
 
     def _pinned_buffer(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         arr = self.cuda.pinned_empty(shape, dtype)
@@ -437,28 +519,51 @@ class TensorRTEngine(Engine):
         self._buffers.append(ptr)
         return ptr
 
-    def run(self, windows: np.ndarray) -> dict[str, np.ndarray]:
-        x = self.check_input(windows)
-        n = x.shape[0]
+    def _execute(self, graph: _Graph, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run ``graph`` on ``inputs`` (shapes within its profile); its outputs in :attr:`_GraphSpec.outputs` order, float32."""
         with self._lock:
             self.cuda.make_current()
-            self._h_in[:n] = x
-            if not self._context.set_input_shape(self.card.input_name, x.shape):
-                raise RuntimeError(f"TensorRT rejects input shape {x.shape} (profile 1..{self.max_batch})")
-            self.cuda.memcpy_htod_async(self._d_in, self._h_in, n * self._h_in[0].nbytes, self._stream)
-            if not self._context.execute_async_v3(self._stream_handle):
+            for name, x in inputs.items():
+                host, dev = graph.inputs[name]
+                flat = host.reshape(-1)
+                flat[: x.size] = x.reshape(-1)
+                if not graph.context.set_input_shape(name, x.shape):
+                    raise RuntimeError(f"TensorRT rejects input {name} of shape {x.shape} (profile {graph.spec.inputs[name][0]}..{graph.spec.inputs[name][2]})")
+                self.cuda.memcpy_htod_async(dev, host, x.size * host.itemsize, self._stream)
+            if not graph.context.execute_async_v3(self._stream_handle):
                 raise RuntimeError("TensorRT execute_async_v3 failed (see the TensorRT log)")
-            for _, host, dev in self._outs:
-                self.cuda.memcpy_dtoh_async(host, dev, n * host[0].nbytes, self._stream)
+            shapes = []
+            for name in graph.spec.outputs:
+                host, dev = graph.outputs[name]
+                shape = tuple(graph.context.get_tensor_shape(name))
+                self.cuda.memcpy_dtoh_async(host, dev, int(np.prod(shape)) * host.itemsize, self._stream)
+                shapes.append((host, shape))
             self.cuda.stream_synchronize(self._stream)
-            return {name: host[:n].astype(np.float32) for name, host, _ in self._outs}
+            return [host.reshape(-1)[: int(np.prod(shape))].reshape(shape).astype(np.float32) for host, shape in shapes]
+
+    def _heads(self, outputs: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """Head name → probabilities from a graph's outputs (heads first, in card order)."""
+        return {h.name: out for h, out in zip(self.card.heads, outputs)}
+
+    def run(self, windows: np.ndarray) -> dict[str, np.ndarray]:
+        if self.streaming:
+            raise NotImplementedError("a streaming engine runs encode() and head(); create it with stream=False for run()")
+        x = self.check_input(windows)
+        return self._heads(self._execute(self._graphs["window"], {self.card.input_name: x}))
+
+    def encode(self, mel: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        enc = self.card.split.encoder
+        return self._execute(self._graphs["encoder"], {enc.mel_input: np.ascontiguousarray(mel, np.float32), enc.valid_input: np.ascontiguousarray(valid, np.float32)})[0]
+
+    def head(self, feats: np.ndarray) -> dict[str, np.ndarray]:
+        return self._heads(self._execute(self._graphs["backend"], {self.card.split.backend.input: np.ascontiguousarray(feats, np.float32)}))
 
     def time_execute(self, batch: int, iterations: int) -> list[float]:
         """GPU milliseconds of ``execute_async_v3`` alone for ``batch`` windows, once per iteration.
 
         Measured with CUDA events recorded on the engine's stream just before
         and after the call, on whatever the input buffer holds (call :meth:`run`
-        first to load real windows).  Used by ``tools/bench_engine.py``.
+        first to load real windows).  Whole-window engines only.  Used by ``tools/bench_engine.py``.
 
         Parameters
         ----------
@@ -474,17 +579,20 @@ class TensorRTEngine(Engine):
         """
         if not 1 <= batch <= self.max_batch:
             raise ValueError(f"batch size {batch} outside 1..{self.max_batch}")
+        if self.streaming:
+            raise NotImplementedError("time_execute times the whole-window graph; create the engine with stream=False")
+        graph = self._graphs["window"]
         frames, mels = self.card.window_frames, self.card.frontend.n_mels
         times = []
         with self._lock:
             self.cuda.make_current()
             start, end = self.cuda.event_create(), self.cuda.event_create()
             try:
-                if not self._context.set_input_shape(self.card.input_name, (batch, frames, mels)):
+                if not graph.context.set_input_shape(self.card.input_name, (batch, frames, mels)):
                     raise RuntimeError(f"TensorRT rejects batch {batch}")
                 for _ in range(iterations):
                     self.cuda.event_record(start, self._stream)
-                    if not self._context.execute_async_v3(self._stream_handle):
+                    if not graph.context.execute_async_v3(self._stream_handle):
                         raise RuntimeError("TensorRT execute_async_v3 failed (see the TensorRT log)")
                     self.cuda.event_record(end, self._stream)
                     times.append(self.cuda.event_elapsed_ms(start, end))
@@ -494,12 +602,13 @@ class TensorRTEngine(Engine):
         return times
 
     def close(self) -> None:
-        """Free the GPU buffers, stream, context and engine (idempotent)."""
+        """Free the GPU buffers, stream, contexts and engines (idempotent)."""
         with self._lock:
             if self._stream is not None:
                 self.cuda.stream_synchronize(self._stream)
-            self._context = None
-            self._engine = None
+            for graph in self._graphs.values():
+                graph.context = None
+                graph.engine = None
             for ptr in self._buffers:
                 self.cuda.free(ptr)
             for arr in self._pinned:

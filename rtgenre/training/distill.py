@@ -183,7 +183,7 @@ def agreement_runtime(card: ModelCard, items: Sequence[Item], sampler: CropSampl
     probs: dict[str, list[np.ndarray]] = {h.name: [] for h in heads}
     targets: dict[str, list[np.ndarray]] = {h.name: [] for h in heads}
     masks: dict[str, list[np.ndarray]] = {h.name: [] for h in heads}
-    with OnnxRuntimeEngine(card) as engine:
+    with OnnxRuntimeEngine(card, stream=False) as engine:
         for it in items:
             mel = log_mel(read_audio(*it.audio), card.frontend)
             starts = fixed_starts(it, sampler.frames, hop)

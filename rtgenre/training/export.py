@@ -10,6 +10,17 @@ Writes, for a model ``<name>`` into a folder:
 * ``<name>.json`` — the card (:mod:`rtgenre.card`) with ``onnx_sha256``, the
   heads, ``mappings.gtzan``, the teacher tag→label mapping and the
   ``training``/``evaluation`` records passed in.
+
+:func:`export_split_model` also writes the model as two graphs for streaming
+inference (:mod:`rtgenre.inference.streaming`), described by the card's
+``split`` section:
+
+* ``<name>.encoder.onnx`` — :class:`~rtgenre.training.encoder.StreamEncoder`:
+  inputs ``mel`` ``(batch, frames, 96)`` and ``valid`` ``(batch, frames)``
+  (dynamic batch and frames), output ``feats`` ``(batch, frames - 145, 753)``;
+* ``<name>.backend.onnx`` — the back end on one window of features: input
+  ``feats`` ``(batch, 469, 753)``, one probability output per head named after
+  it and ``embedding`` ``(batch, D)``.
 """
 
 from __future__ import annotations
@@ -22,11 +33,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from torch import Tensor, nn
+
 from rtgenre.card import CARD_FORMAT, file_sha256
 from rtgenre.errors import ModelCorruptError, ModelMissingError
+from rtgenre.training.encoder import CONTEXT_AFTER, CONTEXT_BEFORE, StreamEncoder
 from rtgenre.training.features import FRONTEND
-from rtgenre.training.model import CRNN, Backend, BackendConfig, HeadSpec
-from rtgenre.training.musicnn import Musicnn
+from rtgenre.training.model import CRNN, Backend, BackendConfig, HeadSpec, activate
+from rtgenre.training.labels import MSD
+from rtgenre.training.musicnn import FEATURE_DIM, Musicnn, load_teacher
 
 OPSET = 17
 
@@ -121,6 +136,105 @@ def write_card(
     path = folder / f"{name}.json"
     path.write_text(json.dumps(card, indent=1, ensure_ascii=False) + "\n")
     return path
+
+
+class BackendGraph(nn.Module):
+    """The exported back end: one window of features → head probabilities and the embedding."""
+
+    def __init__(self, backend: nn.Module) -> None:
+        super().__init__()
+        self.backend = backend
+        self.eval()  # an exporter restores the wrapper's own mode afterwards: it must be eval too
+
+    def forward(self, feats: Tensor) -> tuple[Tensor, ...]:
+        logits = self.backend(feats)
+        probs = tuple(activate(h, logits[h.name]) for h in self.backend.config.heads)
+        return (*probs, self.backend.embed(feats))
+
+
+def _export(module: nn.Module, example: tuple[Tensor, ...], path: Path, inputs: dict[str, dict[int, str]], outputs: dict[str, dict[int, str]]) -> None:
+    """TorchScript-exporter ONNX (opset :data:`OPSET`) of ``module`` with the given dynamic axes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():  # the TorchScript exporter warns about LSTM batch sizes it handles correctly
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, example, str(path), input_names=list(inputs), output_names=list(outputs), opset_version=OPSET,
+            dynamic_axes={**inputs, **outputs}, dynamo=False,
+        )
+
+
+def export_encoder(encoder: Musicnn, path: Path, n_mels: int = 96) -> None:
+    """Write the :class:`StreamEncoder` of ``encoder`` (inputs ``mel``, ``valid``; output ``feats``)."""
+    frames = CONTEXT_BEFORE + CONTEXT_AFTER + 32
+    example = (torch.zeros(2, frames, n_mels), torch.ones(2, frames))
+    axes = {0: "batch", 1: "frames"}
+    _export(StreamEncoder(encoder), example, path, {"mel": axes, "valid": axes}, {"feats": {0: "batch", 1: "out_frames"}})
+
+
+def export_backend(backend: nn.Module, path: Path, frames: int = 469, feature_dim: int = FEATURE_DIM) -> None:
+    """Write the back end on ``(batch, frames, feature_dim)`` features: one output per head, then ``embedding``."""
+    names = [h.name for h in backend.config.heads]
+    outputs = {n: {0: "batch"} for n in [*names, "embedding"]}
+    _export(BackendGraph(backend), (torch.zeros(2, frames, feature_dim),), path, {"feats": {0: "batch"}}, outputs)
+
+
+def export_split_model(
+    backend: nn.Module,
+    folder: Path,
+    name: str,
+    mappings: dict[str, dict[str, str | None]],
+    extra: dict[str, Any],
+    encoder: Musicnn | None = None,
+    version: str = "1.0.0",
+) -> Path:
+    """Export a model as the single graph and as encoder + back end for streaming; returns the card's path.
+
+    Writes ``<name>.onnx`` (whole window, as :func:`export_model`),
+    ``<name>.encoder.onnx``, ``<name>.backend.onnx``, ``<name>.backend.npz``
+    and the card ``<name>.json`` with a ``split`` section (checksums, context,
+    feature dimension), which makes the runtime stream.
+
+    Parameters
+    ----------
+    backend : nn.Module
+        ``forward(feats (B, T, 753)) -> {head: logits}``, ``config.heads`` (:class:`HeadSpec`)
+        and ``embed(feats) -> (B, D)``; e.g. :class:`Backend`.
+    folder : Path
+        Output folder (created).
+    name : str
+        Model name (file stem).
+    mappings, extra
+        As for :func:`write_card`.
+    encoder : Musicnn, optional
+        The frozen front and mid end (default: ``MSD_musicnn``).
+    version : str
+        Model version in the card.
+    """
+    folder = Path(folder)
+    encoder = (encoder if encoder is not None else load_teacher(MSD)).eval()
+    backend = backend.eval()
+    export_onnx(CRNN(encoder, backend), folder / f"{name}.onnx")
+    export_encoder(encoder, folder / f"{name}.encoder.onnx")
+    export_backend(backend, folder / f"{name}.backend.onnx")
+    save_backend(backend, folder / f"{name}.backend.npz")
+    split = {
+        "encoder": {
+            "onnx": f"{name}.encoder.onnx",
+            "onnx_sha256": file_sha256(folder / f"{name}.encoder.onnx"),
+            "inputs": {"mel": "batch,frames,mels", "valid": "batch,frames"},
+            "output": "feats",
+            "context_before": CONTEXT_BEFORE,
+            "context_after": CONTEXT_AFTER,
+            "feature_dim": FEATURE_DIM,
+        },
+        "backend": {
+            "onnx": f"{name}.backend.onnx",
+            "onnx_sha256": file_sha256(folder / f"{name}.backend.onnx"),
+            "input": "feats",
+            "embedding": "embedding",
+        },
+    }
+    return write_card(folder, name, backend.config.heads, mappings, {**extra, "split": split}, version=version)
 
 
 def export_model(model: CRNN, folder: Path, name: str, mappings: dict[str, dict[str, str | None]], extra: dict[str, Any],

@@ -1,0 +1,223 @@
+"""Streaming inference: each feed's frame-feature stream, and one batched step over all feeds.
+
+A split model (card ``split``, :class:`~rtgenre.card.SplitModel`) runs in two
+parts.  The *encoder* (the frozen front and mid end) is local in time: the
+feature of frame ``t`` depends on Mel frames ``t - context_before .. t +
+context_after`` only.  So each feed keeps a :class:`FeatureStream`: its recent
+Mel frames and a ring of the features already computed; the encoder runs only
+on the frames that are new since the last hop (with their context), and the
+*back end* runs on the last window's features.  :func:`run_windows` does one
+step for the due windows of all feeds: the encoder's chunks of every feed that
+has new frames, batched by length, then the back end's windows, batched.
+
+What the outputs equal
+----------------------
+The features equal those of one :meth:`Musicnn.frame_features` pass over the
+whole stream (what the feature cache and therefore training use): frames near
+the stream's start and end see the same zero padding, and no frame inside the
+stream sees padding, unlike the whole-window graph, whose window edges do.
+
+The newest frames of a window (the last ``context_after``, 73 frames or
+1.17 s) need Mel frames that have not arrived yet when the window is due.
+Two ways, chosen per feed (:data:`LOOKAHEADS`):
+
+``wait`` (default)
+    the window is handed on once those frames have arrived: every feature is
+    final and exactly the whole-stream one; events come ``context_after``
+    frames later (a fixed look-ahead, reported separately from latency);
+``provisional``
+    the window is handed on at once; its last ``context_after`` features are
+    computed as if the stream ended there (zero padding) and recomputed at the
+    next hop, which costs ``context_after`` more encoder frames per hop.
+
+At the end of the stream every waiting window is handed on and the last
+features see the stream's end, as in the whole-stream pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+
+from rtgenre.card import ModelCard
+from rtgenre.dsp.window import RowRing, Window
+from rtgenre.errors import UsageError
+from rtgenre.inference.base import Engine
+
+LOOKAHEADS = ("wait", "provisional")
+#: Most features one encoder row computes (bounds the encoder's intermediate tensors).
+MAX_CHUNK = 256
+
+
+class FeatureStream:
+    """One feed's Mel frames → its whole-stream frame features, each encoded once.
+
+    Parameters
+    ----------
+    card : ModelCard
+        A card with a ``split`` section.
+    lookahead : {"wait", "provisional"}
+        How the newest ``context_after`` frames of a window are handled (see the module).
+
+    Attributes
+    ----------
+    frames : int
+        Mel frames appended so far.
+    final : int
+        Frames whose final features are held (the first ``final`` frames).
+    """
+
+    def __init__(self, card: ModelCard, lookahead: str = "wait") -> None:
+        if card.split is None:
+            raise UsageError(f"Model {card.name} has no split encoder/back end to stream", "Use a card with a 'split' section, or the whole-window path")
+        if lookahead not in LOOKAHEADS:
+            raise UsageError(f"Unknown look-ahead '{lookahead}'", f"Use one of: {', '.join(LOOKAHEADS)}")
+        enc = card.split.encoder
+        self.before, self.after, self.dim = enc.context_before, enc.context_after, enc.feature_dim
+        self.window_frames = card.window_frames
+        self.provisional = lookahead == "provisional"
+        self._mel = RowRing(self.window_frames + self.before + self.after, card.frontend.n_mels, np.float32)
+        self._feats = RowRing(2 * self.window_frames, self.dim, np.float32)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every frame (a new stream)."""
+        self._mel.total = 0
+        self._feats.total = 0
+        self._prov = np.zeros((0, self.dim), np.float32)
+        self.ended = False
+
+    @property
+    def frames(self) -> int:
+        return self._mel.total
+
+    @property
+    def final(self) -> int:
+        return self._feats.total
+
+    @property
+    def settled(self) -> int:
+        """Frames whose features are final if computed now: those whose context has arrived (all, once ended)."""
+        return self.frames if self.ended else max(0, self.frames - self.after)
+
+    def append(self, mel: np.ndarray) -> None:
+        """Add the next Mel frames ``(n, n_mels)``."""
+        self._mel.reserve(self.frames + len(mel) - (self.final - self.before))
+        self._mel.extend(mel)
+
+    def end(self) -> None:
+        """The stream has ended: the frames after the last one are zero padding from now on."""
+        self.ended = True
+
+    def ready(self, end_frame: int) -> bool:
+        """Whether a window ending at ``end_frame`` can be computed now (its context has arrived)."""
+        wait = 0 if self.provisional or self.ended else self.after
+        return end_frame + wait <= self.frames
+
+    def chunks(self, upto: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """Encoder inputs for the features of frames ``[final, upto)``.
+
+        Returns
+        -------
+        list of (start, mel, valid)
+            Chunks of at most :data:`MAX_CHUNK` frames: features of frames
+            ``start ..`` come from ``mel`` ``(n + before + after, n_mels)`` with
+            ``valid`` ``(n + before + after,)``, 1 for frames of the stream
+            that have arrived, 0 before its start and after its newest frame.
+        """
+        out = []
+        for a in range(self.final, upto, MAX_CHUNK):
+            b = min(upto, a + MAX_CHUNK)
+            lo, hi = a - self.before, b + self.after
+            have_lo, have_hi = max(lo, 0), min(hi, self.frames)
+            mel = np.zeros((hi - lo, self._mel.data.shape[1]), np.float32)
+            valid = np.zeros(hi - lo, np.float32)
+            mel[have_lo - lo : have_hi - lo] = self._mel.get(have_lo, have_hi)
+            valid[have_lo - lo : have_hi - lo] = 1.0
+            out.append((a, mel, valid))
+        return out
+
+    def accept(self, start: int, feats: np.ndarray, keep_from: int) -> None:
+        """Store the encoder's features of frames ``start ..`` (chunks in order).
+
+        Features that depend on frames not yet arrived are provisional: kept
+        apart and recomputed by the next :meth:`chunks`.  ``keep_from`` is the
+        first frame still needed by a window not yet cut.
+        """
+        if start == self.final:
+            self._prov = self._prov[:0]
+        n_final = len(feats) if self.ended else max(0, min(len(feats), self.frames - self.after - start))
+        if n_final:
+            self._feats.reserve(start + n_final - keep_from)
+            self._feats.extend(feats[:n_final])
+        if n_final < len(feats):
+            self._prov = np.concatenate([self._prov, feats[n_final:]])
+
+    def window(self, end_frame: int) -> np.ndarray:
+        """Features ``(window_frames, dim)`` of the window ending at ``end_frame`` (computed by :meth:`accept`)."""
+        start = end_frame - self.window_frames
+        if end_frame <= self.final:
+            return self._feats.get(start, end_frame)
+        return np.concatenate([self._feats.get(start, self.final), self._prov[: end_frame - self.final]])
+
+
+def add_streaming_arguments(group: argparse._ActionsContainer) -> None:
+    """``--lookahead`` and ``--recompute``, shared by ``listen``, ``classify`` and ``eval``."""
+    group.add_argument("--lookahead", default="wait", choices=LOOKAHEADS,
+                       help="streaming models: wait for the newest frames' context (exact, 1.17 s later) or use provisional features recomputed next hop (default: wait)")
+    group.add_argument("--recompute", action="store_true", help="run the whole-window graph every hop even when the model streams (the pre-streaming path)")
+
+
+def run_windows(engine: Engine, due: Sequence[tuple[FeatureStream, Window]], ahead: Sequence[tuple[FeatureStream, int]] = ()) -> list[dict[str, np.ndarray]]:
+    """One streaming step: encode what the due windows need, then classify them.
+
+    Every stream touched is encoded up to its :attr:`FeatureStream.settled`
+    frames too, so a feed's frames are encoded hop by hop as they arrive, also
+    before its first window.
+
+    Parameters
+    ----------
+    engine : Engine
+        A streaming engine (:attr:`Engine.streaming`).
+    due : sequence of (FeatureStream, Window)
+        Windows of any number of feeds, each feed's in order.
+    ahead : sequence of (FeatureStream, int)
+        Streams to encode without a due window, each with the first frame a
+        coming window needs (see :meth:`rtgenre.pipeline.Analyzer.ahead`).
+
+    Returns
+    -------
+    list of dict
+        Head → probabilities of each window, in the order of ``due``.
+    """
+    spans: dict[FeatureStream, tuple[int, int]] = {}  # stream -> (first frame still needed, encode up to)
+    for stream, keep_from in ahead:
+        spans[stream] = (keep_from, stream.settled)
+    for stream, w in due:
+        lo, hi = spans.get(stream, (w.end_frame - stream.window_frames, stream.settled))
+        spans[stream] = (min(lo, w.end_frame - stream.window_frames), max(hi, w.end_frame))
+    by_length: dict[int, list[tuple[FeatureStream, int, np.ndarray, np.ndarray, int]]] = defaultdict(list)
+    order = []
+    for stream, (keep_from, upto) in spans.items():
+        for start, mel, valid in stream.chunks(upto):
+            row = (stream, start, mel, valid, keep_from)
+            by_length[len(mel)].append(row)
+            order.append(row)
+    feats: dict[int, np.ndarray] = {}
+    for rows in by_length.values():
+        for i in range(0, len(rows), engine.encode_batch):
+            part = rows[i : i + engine.encode_batch]
+            out = engine.encode(np.stack([r[2] for r in part]), np.stack([r[3] for r in part]))
+            feats.update((id(r), f) for r, f in zip(part, out))
+    for row in order:  # each stream's chunks in frame order
+        stream, start, _, _, keep_from = row
+        stream.accept(start, feats[id(row)], keep_from)
+    results: list[dict[str, np.ndarray]] = []
+    for i in range(0, len(due), engine.head_batch):
+        part = due[i : i + engine.head_batch]
+        probs = engine.head(np.stack([stream.window(w.end_frame) for stream, w in part]))
+        results.extend({h: p[j] for h, p in probs.items()} for j in range(len(part)))
+    return results

@@ -1,0 +1,325 @@
+"""Streaming inference: features and probabilities equal a whole-stream pass, for any chunking and hop.
+
+The shipped model is exported in split form into a temporary folder (never
+into ``engines/``); the reference is the training path: torch
+``Musicnn.frame_features`` over the whole stream's log-Mel frames, and the
+back end on windows of those features.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from engine_fixtures import export_test_model  # noqa: E402
+from rtgenre.card import ENGINES_DIR, DEFAULT_MODEL, load_card  # noqa: E402
+from rtgenre.dsp.window import Window  # noqa: E402
+from rtgenre.errors import ModelCorruptError, UsageError  # noqa: E402
+from rtgenre.inference.onnxruntime import OnnxRuntimeEngine  # noqa: E402
+from rtgenre.inference.streaming import FeatureStream, run_windows  # noqa: E402
+from rtgenre.pipeline import Analyzer, Feed, analyze_file, infer  # noqa: E402
+from rtgenre.session import Session  # noqa: E402
+from rtgenre.sinks.base import EventBus, Sink  # noqa: E402
+from rtgenre.smoothing import Smoother  # noqa: E402
+from rtgenre.sources.file import FileSource  # noqa: E402
+from rtgenre.training.encoder import CONTEXT_AFTER, CONTEXT_BEFORE, StreamEncoder  # noqa: E402
+from rtgenre.training.model import activate  # noqa: E402
+
+TOL = 1e-4
+SR = 16000
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory):
+    """The shipped model exported as encoder + back end into a temporary folder: (card, backend, encoder)."""
+    from rtgenre.training.export import export_split_model, load_backend
+    from rtgenre.training.musicnn import load_teacher
+
+    weights = ENGINES_DIR / f"{DEFAULT_MODEL}.backend.npz"
+    if not weights.is_file():
+        pytest.skip(f"{weights} does not exist")
+    shipped = json.loads((ENGINES_DIR / f"{DEFAULT_MODEL}.json").read_text())
+    backend, encoder = load_backend(weights), load_teacher("MSD_musicnn")
+    folder = tmp_path_factory.mktemp("split")
+    card = export_split_model(backend, folder, "m", shipped["mappings"], {"training": {"note": "test"}}, encoder=encoder)
+    return load_card(card), backend, encoder
+
+
+@pytest.fixture(scope="module")
+def engine(split):
+    return OnnxRuntimeEngine(split[0])
+
+
+def music(seconds: float, seed: int = 0) -> np.ndarray:
+    """Tones, a beat and noise at 16 kHz: non-trivial features everywhere, including the edges."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    x = 0.2 * np.sin(2 * np.pi * 220 * (1 + 0.5 * np.sin(0.7 * t)) * t) + 0.05 * rng.standard_normal(t.size)
+    x *= 1 + np.sign(np.sin(2 * np.pi * 2 * t))
+    return x.astype(np.float32)
+
+
+def whole_stream(card, backend, encoder, audio, hop_s):
+    """The training path over the whole stream: features of every frame, and the probabilities of each window."""
+    from rtgenre.dsp.mel import log_mel
+
+    mel = log_mel(audio, card.frontend)
+    with torch.no_grad():
+        feats = encoder.frame_features(torch.from_numpy(mel)[None])[0]
+        windower = Analyzer(card, SR, hop_s).windower
+        ends = [windower.window_end(k) for k in range(windower.windows_for(len(mel)))]
+        x = torch.stack([feats[e - card.window_frames : e] for e in ends])
+        logits = backend(x)
+    probs = {h.name: activate(spec, logits[h.name]).numpy() for h, spec in zip(card.heads, backend.config.heads)}
+    return feats.numpy(), ends, probs
+
+
+def stream(card, engine, audio, hop_s, block, lookahead="wait"):
+    """Feed ``audio`` in blocks; return (window ends, frames arrived when each was classified, its features, probabilities)."""
+    analyzer = Analyzer(card, SR, hop_s, lookahead)
+    ends, arrived, feats, probs = [], [], [], []
+
+    def step(windows):
+        for w, p in zip(windows, infer(engine, [(analyzer, w) for w in windows])):
+            ends.append(w.end_frame)
+            arrived.append(None if analyzer.features.ended else analyzer.features.frames)
+            feats.append(analyzer.features.window(w.end_frame))
+            probs.append(p)
+
+    for i in range(0, len(audio), block):
+        step(analyzer.process(audio[i : i + block, None]))
+    step(analyzer.flush())
+    return ends, arrived, feats, {h.name: np.stack([p[h.name] for p in probs]) for h in card.heads}
+
+
+def test_stream_encoder_equals_whole_stream_pass_for_any_chunking():
+    from rtgenre.training.musicnn import load_teacher
+
+    net = load_teacher("MSD_musicnn")
+    enc = StreamEncoder(net)
+    rng = np.random.default_rng(0)
+    mel = np.log10(1 + 1e4 * rng.random((400, 96)) ** 4).astype(np.float32)
+    with torch.no_grad():
+        want = net.frame_features(torch.from_numpy(mel)[None])[0].numpy()
+        for cuts in ([0, 400], [0, 1, 31, 100, 101, 250, 399, 400], [0, 72, 73, 145, 328, 400]):
+            got = []
+            for a, b in zip(cuts[:-1], cuts[1:]):
+                idx = np.arange(a - CONTEXT_BEFORE, b + CONTEXT_AFTER)
+                valid = ((idx >= 0) & (idx < len(mel))).astype(np.float32)
+                x = np.where(valid[:, None] > 0, mel[np.clip(idx, 0, len(mel) - 1)], 123.0).astype(np.float32)  # junk outside: must not matter
+                got.append(enc(torch.from_numpy(x)[None], torch.from_numpy(valid)[None])[0].numpy())
+            np.testing.assert_allclose(np.concatenate(got), want, atol=TOL, rtol=TOL)
+
+
+@pytest.mark.parametrize(("hop_s", "block"), [(0.5, 256), (0.5, 5000), (1.3, 1024), (0.1, 16000 * 4), (0.5, 16000 * 30)])
+def test_streaming_equals_whole_stream_pass(split, engine, hop_s, block):
+    card, backend, encoder = split
+    audio = music(11.0)
+    ref_feats, ref_ends, ref_probs = whole_stream(card, backend, encoder, audio, hop_s)
+    ends, _, feats, probs = stream(card, engine, audio, hop_s, block)
+    assert ends == ref_ends
+    for e, f in zip(ends, feats):
+        np.testing.assert_allclose(f, ref_feats[e - card.window_frames : e], atol=TOL, rtol=TOL)
+    for h in card.heads:
+        np.testing.assert_allclose(probs[h.name], ref_probs[h.name], atol=TOL)
+
+
+def test_provisional_features_are_those_of_the_stream_so_far(split, engine):
+    """A provisional window equals the whole-stream pass of the audio up to its end; the stream's end makes it final."""
+    card, backend, encoder = split
+    audio = music(10.0, seed=1)
+    hop_s, block = 0.5, 2048
+    ends, arrived, feats, probs = stream(card, engine, audio, hop_s, block, lookahead="provisional")
+    ref_feats, ref_ends, ref_probs = whole_stream(card, backend, encoder, audio, hop_s)
+    assert ends == ref_ends
+    from rtgenre.dsp.mel import log_mel
+
+    full_mel = log_mel(audio, card.frontend)
+    checked = 0
+    for e, n, f in zip(ends, arrived, feats):
+        if n is None or n - e >= CONTEXT_AFTER:
+            np.testing.assert_allclose(f, ref_feats[e - card.window_frames : e], atol=TOL, rtol=TOL)
+        else:  # the newest features see the stream's current end as padding, like a stream that ended there
+            with torch.no_grad():
+                cut = encoder.frame_features(torch.from_numpy(full_mel[:n])[None])[0].numpy()
+            np.testing.assert_allclose(f, cut[e - card.window_frames : e], atol=TOL, rtol=TOL)
+            assert np.abs(f[-1] - ref_feats[e - 1]).max() > 1e-3  # and differ from the final ones
+            checked += 1
+    assert checked > 0
+
+
+def test_wait_holds_windows_until_their_context_arrives(split):
+    card = split[0]
+    analyzer = Analyzer(card, SR, 0.5, "wait")
+    first_end = card.window_frames
+    hop = card.frontend.hop_length
+    # samples completing frame first_end - 1 but not its context
+    n = (first_end - 1) * hop + card.frontend.n_fft
+    assert analyzer.process(np.zeros((n, 1), np.float32)) == []
+    got = analyzer.process(np.zeros((CONTEXT_AFTER * hop, 1), np.float32))
+    assert [w.end_frame for w in got] == [first_end]
+    assert analyzer.features.frames >= first_end + CONTEXT_AFTER
+
+
+def test_batched_across_feeds_equals_each_feed_alone(split, engine):
+    card = split[0]
+    streams, windows = [], []
+    for seed in range(3):
+        a = Analyzer(card, SR, 0.5, "wait")
+        ws = a.process(music(8.5 + seed, seed)[:, None]) + a.flush()
+        streams.append(a)
+        windows.append(ws)
+    calls = []
+
+    class Counting(OnnxRuntimeEngine):
+        def encode(self, mel, valid):
+            calls.append(len(mel))
+            return super().encode(mel, valid)
+
+    counting = Counting(card)
+    together = infer(counting, [(a, w) for a, ws in zip(streams, windows) for w in ws])
+    assert max(calls) > 1  # chunks of equal length from different feeds share a call
+    alone = []
+    for seed in range(3):
+        b = Analyzer(card, SR, 0.5, "wait")
+        b_ws = b.process(music(8.5 + seed, seed)[:, None]) + b.flush()
+        alone += infer(engine, [(b, w) for w in b_ws])
+    assert len(alone) == len(together)
+    for x, y in zip(alone, together):
+        for h in card.heads:
+            np.testing.assert_allclose(x[h.name], y[h.name], atol=1e-6)
+
+
+class Collect(Sink):
+    def __init__(self):
+        self.events = []
+
+    def handle(self, event):
+        self.events.append(event)
+
+
+def test_runner_classify_and_eval_paths_agree(split, tmp_path):
+    """A session (classify), analyze_file (eval) and the whole-window graph on the same file: same windows; streaming paths agree exactly."""
+    card = split[0]
+    path = tmp_path / "a.wav"
+    sf.write(path, np.repeat(music(12.0)[:, None], 2, axis=1), SR, subtype="FLOAT")
+    streaming = OnnxRuntimeEngine(card)
+    offline = analyze_file(path, card, streaming, 0.5)
+    bus, sink = EventBus(), Collect()
+    bus.add(sink, on_gone=lambda: None, capacity=100000)
+    feed = Feed("a", FileSource(str(path)), card, Smoother(card.heads, 0.5, 0.0), 0.5, lookahead="wait")
+    Session([feed], streaming, bus, signals=False).run()
+    bus.finish(None)
+    start = next(e for e in sink.events if e.kind == "start")
+    assert start.data["streaming"] == "wait" and start.data["lookahead_s"] == pytest.approx(CONTEXT_AFTER * 256 / SR, abs=1e-4)
+    preds = [e for e in sink.events if e.kind == "prediction"]
+    assert [e.t for e in preds] == pytest.approx(list(offline.t))
+    raw = np.array([[e.data["heads"]["genre"]["probs"][lab] for lab in card.head("genre").labels] for e in preds])
+    np.testing.assert_allclose(raw, offline.probs["genre"], atol=1e-4)  # smoothing off; events round to 4 decimals
+    full = analyze_file(path, card, OnnxRuntimeEngine(card, stream=False), 0.5)
+    assert list(full.t) == list(offline.t)
+    # the whole-window graph sees zero padding at each window's edges, the stream does not: close, not equal
+    assert np.abs(full.probs["genre"] - offline.probs["genre"]).max() < 0.5
+
+
+def test_card_chooses_the_path(split, tmp_path):
+    card = split[0]
+    assert OnnxRuntimeEngine(card).streaming and not OnnxRuntimeEngine(card, stream=False).streaming
+    single = load_card(export_test_model(tmp_path / "single"))
+    assert single.split is None and not OnnxRuntimeEngine(single).streaming
+    with pytest.raises(UsageError):
+        FeatureStream(single)
+    with pytest.raises(NotImplementedError):
+        OnnxRuntimeEngine(card).run(np.zeros((1, card.window_frames, 96), np.float32))
+    w = Window(np.zeros((card.window_frames, 96), np.float32), 0, card.window_frames, 7.5)
+    with pytest.raises(ValueError):
+        infer(OnnxRuntimeEngine(card), [(Analyzer(card, SR, 0.5), w)])
+
+
+def test_card_checks_both_graphs(split, tmp_path):
+    import shutil
+
+    card = split[0]
+    folder = tmp_path / "copy"
+    shutil.copytree(card.onnx_path.parent, folder)
+    load_card(folder / "m.json")
+    raw = json.loads((folder / "m.json").read_text())
+    assert raw["split"]["encoder"]["context_before"] == CONTEXT_BEFORE and raw["split"]["encoder"]["feature_dim"] == 753
+    with open(folder / "m.encoder.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ModelCorruptError, match="encoder"):
+        load_card(folder / "m.json")
+
+
+def test_run_windows_empty_and_backend_outputs(split, engine):
+    assert run_windows(engine, []) == []
+    import onnxruntime as ort
+
+    card = split[0]
+    sess = ort.InferenceSession(str(card.split.backend.onnx_path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in sess.get_outputs()] == [h.name for h in card.heads] + ["embedding"]
+    out = sess.run(None, {"feats": np.zeros((2, card.window_frames, 753), np.float32)})
+    assert out[-1].shape[0] == 2 and out[-1].ndim == 2
+
+
+@pytest.mark.parametrize("flavour", ["tensorrt", "tensorrt_rtx"])
+def test_tensorrt_streams_with_two_cached_plans(split, engine, flavour, monkeypatch, tmp_path):
+    """The TensorRT engine (fake CUDA and TensorRT, ONNX Runtime underneath) builds, caches and runs both graphs."""
+    pytest.importorskip("onnx")
+    from engine_fixtures import install_fake_gpu
+    from rtgenre.inference.plancache import PlanCache
+    from rtgenre.inference.tensorrt import TensorRTEngine
+
+    trt, _ = install_fake_gpu(monkeypatch, flavour)
+    card = split[0]
+    cache = PlanCache(tmp_path)
+    audio = music(9.0, seed=2)
+    with TensorRTEngine(card, precision="fp32", max_batch=8, cache=cache) as first:
+        assert first.streaming and not first.cache_hit and len(first.plan_paths) == 2 and trt.builds == 2
+        assert "streaming" in first.detail
+        _, _, _, got = stream(card, first, audio, 0.5, 4096)
+    _, _, _, want = stream(card, engine, audio, 0.5, 4096)
+    for h in card.heads:
+        np.testing.assert_allclose(got[h.name], want[h.name], atol=1e-5)
+    keys = {e.key.profile_frames for e in cache.entries()}
+    assert keys == {"", f"{CONTEXT_BEFORE + CONTEXT_AFTER + 1}/{CONTEXT_BEFORE + CONTEXT_AFTER + 32}/{CONTEXT_BEFORE + CONTEXT_AFTER + 256}"}
+    with TensorRTEngine(card, precision="fp32", max_batch=8, cache=cache) as second:
+        assert second.cache_hit and trt.builds == 2
+        mel = np.zeros((3, 40 + CONTEXT_BEFORE + CONTEXT_AFTER, 96), np.float32)
+        assert second.encode(mel, np.ones(mel.shape[:2], np.float32)).shape == (3, 40, 753)
+        with pytest.raises(NotImplementedError):
+            second.run(np.zeros((1, card.window_frames, 96), np.float32))
+    with TensorRTEngine(card, precision="fp32", max_batch=8, cache=cache, stream=False) as whole:
+        assert not whole.streaming and trt.builds == 3  # the whole-window graph: its own plan
+
+
+def test_runner_encodes_ahead_of_the_first_window_hop_by_hop(split, engine, tmp_path):
+    """A live feed's frames are encoded as they arrive, also before its first window, with the same results."""
+    card = split[0]
+    audio = music(10.0, seed=3)
+    sizes = []
+
+    class Counting(OnnxRuntimeEngine):
+        def encode(self, mel, valid):
+            sizes.append(mel.shape[1] - CONTEXT_BEFORE - CONTEXT_AFTER)
+            return super().encode(mel, valid)
+
+    counting = Counting(card)
+    analyzer = Analyzer(card, SR, 0.5, "wait")
+    probs = []
+    block = 800  # 50 ms, as a live source delivers
+    for i in range(0, len(audio), block):
+        windows = analyzer.process(audio[i : i + block, None])
+        probs += infer(counting, [(analyzer, w) for w in windows], [analyzer])
+    probs += infer(counting, [(analyzer, w) for w in analyzer.flush()])
+    hop_frames = 0.5 * SR / 256
+    assert max(sizes[:-1]) <= hop_frames + block / 256 + 1, str(sizes)  # never the whole first window at once
+    _, _, _, want = stream(card, engine, audio, 0.5, 16000 * 30)
+    for h in card.heads:
+        np.testing.assert_allclose(np.stack([p[h.name] for p in probs]), want[h.name], atol=TOL)

@@ -1,0 +1,262 @@
+"""Benchmark streaming inference against the whole-window recompute, side by side in one run; JSON output.
+
+The shipped model is exported in split form (encoder + back end) into a
+temporary folder (``engines/`` is not touched) and measured, in one run:
+
+- ``per_hop``: model milliseconds per hop and feed at 0.5 s hop, 1 and 2
+  threads: the encoder on the frames one hop completes (31.25 on average)
+  with its context (``wait``), or those plus the 73 newest frames recomputed
+  (``provisional``), the back end on one window, against the whole-window
+  graph (the pre-streaming path); median of repeated calls on real-music Mel frames;
+- ``classify``: ``/usr/bin/time -v python -m rtgenre classify FILE --threads 1``
+  on a 5-minute file at 0.5 s hop, streaming and ``--recompute``:
+  audio-seconds analysed per CPU-second, peak RSS;
+- ``listen``: ``rtgenre listen --input FILE --realtime --json`` latency p50/p99
+  (arrival of the last sample an event depends on → JSON line written; the
+  ``wait`` look-ahead is reported separately as ``lookahead_s``), CPU share and
+  peak RSS, for ``wait``, ``provisional`` and ``--recompute``;
+- ``feeds``: N paced file feeds (44.1 kHz stereo, read in real time, all
+  started together) in one :class:`~rtgenre.session.Session` with a 2-thread
+  engine at 0.5 s hop: latency p50/p99 (arrival → sink), overruns, windows
+  missed, CPU share of the machine;
+- ``accuracy`` (``--accuracy``): ``rtgenre eval`` scoring of the real-music
+  clips (``--map broad``, hop 1 s) for the three paths; ``provisional`` is fed
+  in 1024-frame blocks as from a sound card, so that its newest features are
+  computed before their context arrives, as live.
+
+The machine's load average is recorded before each part (the machine may be shared).
+
+Usage::
+
+    python tools/bench_stream.py --out benchmarks/results/bench_stream.json [--accuracy]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+
+from bench_pipeline import REAL_MUSIC, bench_listen, make_long_file  # noqa: E402
+from benchutil import emit, timed_ms  # noqa: E402
+
+from rtgenre.card import DEFAULT_MODEL, ENGINES_DIR, ModelCard, load_card  # noqa: E402
+from rtgenre.inference.onnxruntime import OnnxRuntimeEngine  # noqa: E402
+from rtgenre.pipeline import Feed  # noqa: E402
+from rtgenre.session import Session  # noqa: E402
+from rtgenre.sinks.base import EventBus, Sink  # noqa: E402
+from rtgenre.smoothing import Smoother  # noqa: E402
+from rtgenre.sources.file import FileSource  # noqa: E402
+
+HOP_S = 0.5
+
+
+def load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def export_split(folder: Path) -> Path:
+    """The shipped model (encoder MSD_musicnn, back end from its .backend.npz) exported in split form."""
+    from rtgenre.training.export import export_split_model, load_backend
+
+    shipped = json.loads((ENGINES_DIR / f"{DEFAULT_MODEL}.json").read_text())
+    keep = {k: v for k, v in shipped.items() if k in ("training", "evaluation", "teacher", "license")}
+    return export_split_model(load_backend(ENGINES_DIR / f"{DEFAULT_MODEL}.backend.npz"), folder, DEFAULT_MODEL, shipped["mappings"], keep)
+
+
+def real_mel(card: ModelCard, frames: int, music: Path) -> np.ndarray:
+    """``frames`` log-Mel frames of real music (or of the demo song)."""
+    from rtgenre.dsp.mel import log_mel
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "x.wav"
+        make_long_file(path, frames * card.frontend.hop_length / card.frontend.sample_rate + 2, music)
+        import soundfile as sf
+        import soxr
+
+        x, sr = sf.read(path, dtype="float32")
+        x = soxr.resample(x.mean(axis=1), sr, card.frontend.sample_rate)
+    return log_mel(x, card.frontend)[:frames]
+
+
+def bench_per_hop(card: ModelCard, threads: int, iters: int, music: Path) -> dict:
+    enc = card.split.encoder
+    context = enc.context_before + enc.context_after
+    mel = real_mel(card, card.window_frames + context + enc.context_after + 40, music)
+    stream = OnnxRuntimeEngine(card, threads=threads)
+    full = OnnxRuntimeEngine(card, threads=threads, stream=False)
+    hop_frames = HOP_S * card.frontend.sample_rate / card.frontend.hop_length  # 31.25
+
+    def encoder_ms(n: int) -> float:
+        x, v = mel[None, : n + context], np.ones((1, n + context), np.float32)
+        return float(np.median(timed_ms(lambda: stream.encode(x, v), iters)))
+
+    lo, hi = int(hop_frames), int(hop_frames) + 1  # hops alternate between 31 and 32 frames
+    frac = hop_frames - lo
+    wait = (1 - frac) * encoder_ms(lo) + frac * encoder_ms(hi)
+    provisional = (1 - frac) * encoder_ms(lo + enc.context_after) + frac * encoder_ms(hi + enc.context_after)
+    feats = stream.encode(mel[None, : card.window_frames + context], np.ones((1, card.window_frames + context), np.float32))
+    backend = float(np.median(timed_ms(lambda: stream.head(feats), iters)))
+    window = mel[None, : card.window_frames]
+    recompute = float(np.median(timed_ms(lambda: full.run(window), max(5, iters // 4))))
+    return {
+        "threads": threads,
+        "hop_frames": hop_frames,
+        "encoder_ms_wait": round(wait, 3),
+        "encoder_ms_provisional": round(provisional, 3),
+        "backend_ms": round(backend, 3),
+        "stream_ms_wait": round(wait + backend, 3),
+        "stream_ms_provisional": round(provisional + backend, 3),
+        "recompute_ms": round(recompute, 3),
+        "ratio_wait": round(recompute / (wait + backend), 2),
+        "ratio_provisional": round(recompute / (provisional + backend), 2),
+        "iterations": iters,
+        "loadavg": load(),
+    }
+
+
+def bench_classify(card_path: Path, audio: Path, seconds: float, recompute: bool) -> dict:
+    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "rtgenre", "classify", str(audio), "--model", str(card_path), "--threads", "1", "--hop", str(HOP_S), "--json"]
+    if recompute:
+        cmd.append("--recompute")
+    before = load()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if proc.returncode != 0:
+        raise SystemExit(f"classify failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+
+    def field(name: str) -> str:
+        return re.search(rf"{re.escape(name)}: (.+)", proc.stderr).group(1).strip()
+
+    cpu = float(field("User time (seconds)")) + float(field("System time (seconds)"))
+    wall = field("Elapsed (wall clock) time (h:mm:ss or m:ss)").split(":")
+    windows = sum(1 for line in proc.stdout.splitlines() if '"prediction"' in line or '"silence"' in line)
+    return {
+        "command": "/usr/bin/time -v rtgenre classify FILE --model SPLIT_CARD --threads 1 --hop 0.5 --json" + (" --recompute" if recompute else ""),
+        "audio_s": seconds,
+        "windows": windows,
+        "cpu_s": round(cpu, 2),
+        "wall_s": round(sum(float(p) * 60 ** i for i, p in enumerate(reversed(wall))), 2),
+        "audio_s_per_cpu_s": round(seconds / cpu, 2),
+        "peak_rss_mb": round(int(field("Maximum resident set size (kbytes)")) / 1024, 1),
+        "loadavg": before,
+    }
+
+
+class LatencySink(Sink):
+    """Records arrival → sink latency of every prediction."""
+
+    def __init__(self) -> None:
+        self.latency_ms: list[float] = []
+
+    def handle(self, event) -> None:
+        if event.kind in ("prediction", "silence") and event.arrival is not None:
+            self.latency_ms.append((time.monotonic() - event.arrival) * 1000.0)
+
+
+def bench_feeds(card: ModelCard, audio: Path, n: int, seconds: float, threads: int) -> dict:
+    engine = OnnxRuntimeEngine(card, threads=threads)
+    lookahead = "wait" if engine.streaming else None
+    feeds = [Feed(f"feed{i}", FileSource(str(audio), realtime=True), card, Smoother(card.heads, HOP_S, 3.0), HOP_S, lookahead=lookahead) for i in range(n)]
+    bus, sink = EventBus(), LatencySink()
+    bus.add(sink, on_gone=lambda: None, capacity=1_000_000)
+    runner = Session(feeds, engine, bus, signals=False)
+    before = load()
+    timer = threading.Timer(seconds, runner.request_stop, args=("benchmark time",))
+    cpu0, t0 = time.process_time(), time.monotonic()
+    timer.start()
+    runner.run()
+    wall, cpu = time.monotonic() - t0, time.process_time() - cpu0
+    bus.finish(None)
+    lat = np.array(sink.latency_ms)
+    lookahead_s = card.split.encoder.context_after * card.frontend.hop_length / card.frontend.sample_rate if lookahead == "wait" else 0.0
+    expected = n * max(0, int((seconds - card.window_seconds - lookahead_s) / HOP_S) + 1)
+    return {
+        "feeds": n,
+        "seconds": round(wall, 1),
+        "threads": threads,
+        "windows": int(lat.size),
+        "windows_expected_about": expected,
+        "latency_ms_p50": round(float(np.percentile(lat, 50)), 1) if lat.size else None,
+        "latency_ms_p99": round(float(np.percentile(lat, 99)), 1) if lat.size else None,
+        "latency_ms_max": round(float(lat.max()), 1) if lat.size else None,
+        "overruns": sum(f.stats.overruns for f in feeds),
+        "cpu_share_of_machine": round(cpu / wall / (os.cpu_count() or 1), 3),
+        "loadavg": before,
+    }
+
+
+def bench_accuracy(card: ModelCard, music: Path) -> dict:
+    from rtgenre.evaluate import evaluate, labelled_files
+
+    files = labelled_files(music, music / "LABELS.csv", "broad_genre")
+    out = {"command": "rtgenre eval --data ../shared/data/real-music --labels ../shared/data/real-music/LABELS.csv --label-column broad_genre --map broad [--recompute | --lookahead provisional]"}
+    for name, kw in (("recompute", {"stream": False}), ("wait", {}), ("provisional_live", {"lookahead": "provisional", "live_block": 1024})):
+        ev = evaluate(card, files, "broad", 1.0, 1, **kw)
+        out[name] = {"clip_accuracy": round(ev.clip.accuracy, 4), "clips_right": sum(c["prediction"] == c["label"] for c in ev.clips),
+                     "window_accuracy": round(ev.window.accuracy, 4), "windows": ev.window.n,
+                     "predictions": {c["file"]: c["prediction"] for c in ev.clips}}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="Streaming vs whole-window inference benchmark (JSON output).")
+    ap.add_argument("--out", type=Path, default=None, help="write the JSON here too")
+    ap.add_argument("--iters", type=int, default=40, help="timed calls per per-hop figure (default 40)")
+    ap.add_argument("--classify-seconds", type=float, default=300.0, help="length of the classify file (default 300)")
+    ap.add_argument("--listen-seconds", type=float, default=120.0, help="length of each realtime listen run (default 120)")
+    ap.add_argument("--feeds", default="25,50,100", help="numbers of paced feeds to run (default 25,50,100)")
+    ap.add_argument("--feeds-seconds", type=float, default=40.0, help="seconds per feeds run (default 40)")
+    ap.add_argument("--accuracy", action="store_true", help="also score the real-music clips with each path")
+    ap.add_argument("--music", type=Path, default=REAL_MUSIC, help=f"real-music folder (default {REAL_MUSIC}; the demo song when absent)")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip (per_hop,classify,listen,feeds)")
+    args = ap.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    result: dict = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python": platform.python_version()},
+        "command": "python tools/bench_stream.py " + " ".join(sys.argv[1:]),
+        "loadavg_start": load(),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        card_path = export_split(tmp / "model")
+        card = load_card(card_path)
+        result["model"] = f"{card.name} (shipped back end) exported in split form, encoder context {card.split.encoder.context_before}/{card.split.encoder.context_after} frames"
+        if "per_hop" not in skip:
+            result["per_hop"] = [bench_per_hop(card, t, args.iters, args.music) for t in (1, 2)]
+        long_file = tmp / "long.wav"
+        result["input"] = make_long_file(long_file, max(args.classify_seconds, args.listen_seconds, args.feeds_seconds), args.music)
+        if "classify" not in skip:
+            clip = tmp / "classify.wav"
+            make_long_file(clip, args.classify_seconds, args.music)
+            result["classify"] = {name: bench_classify(card_path, clip, args.classify_seconds, name == "recompute") for name in ("stream", "recompute")}
+        if "listen" not in skip:
+            clip = tmp / "listen.wav"
+            make_long_file(clip, args.listen_seconds, args.music)
+            result["listen"] = {}
+            for name, extra in (("wait", []), ("provisional", ["--lookahead", "provisional"]), ("recompute", ["--recompute"])):
+                before = load()
+                r = bench_listen(clip, 1, ["--model", str(card_path), *extra])
+                result["listen"][name] = {**r, "lookahead_s": round(card.split.encoder.context_after * 256 / 16000, 4) if name == "wait" else 0.0, "loadavg": before}
+        if "feeds" not in skip:
+            result["feeds"] = [bench_feeds(card, long_file, int(n), args.feeds_seconds, 2) for n in args.feeds.split(",")]
+        if args.accuracy and args.music.is_dir():
+            result["accuracy"] = bench_accuracy(card, args.music)
+    result["loadavg_end"] = load()
+    emit(result, args.out)
+
+
+if __name__ == "__main__":
+    main()

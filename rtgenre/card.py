@@ -65,7 +65,7 @@ from rtgenre.errors import ModelCorruptError, ModelMissingError
 
 ENGINES_DIR = Path(__file__).resolve().parent / "models"
 """The shipped models and the musicnn weights: package data in ``rtgenre/models/``."""
-DEFAULT_MODEL = "rtgenre-crnn"
+DEFAULT_MODEL = "rtgenre"
 CARD_FORMAT = 1
 
 

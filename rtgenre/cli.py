@@ -26,7 +26,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     from rtgenre.inference.streaming import add_streaming_arguments
 
     g = p.add_argument_group("model and engine")
-    g.add_argument("--model", default=None, help="model name in rtgenre/models/, or path to its card (.json) or ONNX file (default: the shipped rtgenre-crnn)")
+    g.add_argument("--model", default=None, help="model name in rtgenre/models/, or path to its card (.json) or ONNX file (default: the shipped rtgenre)")
     g.add_argument("--engine", default="auto", choices=ENGINE_CHOICES, help="inference engine; auto = TensorRT when usable, else ONNX Runtime (default: auto)")
     g.add_argument("--threads", type=int, default=1, help="CPU threads for ONNX Runtime (default: 1)")
     g.add_argument("--precision", default="fp16", choices=("fp16", "fp32"), help="TensorRT precision (default: fp16)")

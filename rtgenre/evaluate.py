@@ -553,7 +553,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--group-by", default=None, metavar="COLUMN", help="also score per value of this column of --labels (e.g. source)")
     parser.add_argument("--silence-db", type=float, default=-50.0, help="content head: windows below this RMS level (dBFS) are silence/noise (default: -50)")
     parser.add_argument("--loop-short", action="store_true", help="repeat files shorter than one window until they fill one, instead of skipping them")
-    parser.add_argument("--model", default=None, help="model name, card or ONNX file (default: the shipped rtgenre-crnn)")
+    parser.add_argument("--model", default=None, help="model name, card or ONNX file (default: the shipped rtgenre)")
     parser.add_argument("--hop", type=float, default=1.0, help="seconds between windows (default: 1.0)")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default: 1)")
     add_streaming_arguments(parser)

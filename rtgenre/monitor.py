@@ -43,7 +43,7 @@ def add_monitor_arguments(sub: Any) -> None:
     p.add_argument("--feed", action="append", default=[], metavar="NAME=SPEC",
                    help="add a feed: SPEC is a URL, a file (paced in real time) or device:INDEX|NAME (repeatable)")
     g = p.add_argument_group("model and engine (override [defaults])")
-    g.add_argument("--model", default=None, help="model name in engines/, or path to its card or ONNX file (default: the shipped rtgenre-crnn)")
+    g.add_argument("--model", default=None, help="model name in rtgenre/models/, or path to its card or ONNX file (default: the shipped rtgenre)")
     g.add_argument("--engine", default=None, choices=ENGINE_CHOICES, help="inference engine (default: auto)")
     g.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime (default: 1)")
     g.add_argument("--precision", default="fp16", choices=("fp16", "fp32"), help="TensorRT precision (default: fp16)")

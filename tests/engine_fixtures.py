@@ -151,7 +151,7 @@ def test_card_path(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session", params=["test-crnn", "shipped"])
 def model_card(request, test_card_path) -> ModelCard:
-    """The test CRNN, and the shipped model when ``rtgenre/models/rtgenre-crnn.json`` exists."""
+    """The test CRNN, and the shipped model when ``rtgenre/models/rtgenre.json`` exists."""
     if request.param == "shipped":
         if not shipped_card_path().is_file():
             pytest.skip(f"shipped model card {shipped_card_path()} does not exist yet")

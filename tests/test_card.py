@@ -6,16 +6,17 @@ import pytest
 
 from rtgenre.card import ENGINES_DIR, load_card
 
-CARD = ENGINES_DIR / "rtgenre-crnn.json"
-pytestmark = pytest.mark.skipif(not CARD.is_file(), reason="the default model is not exported yet (rtgenre/models/rtgenre-crnn.json)")
+CARD = ENGINES_DIR / "rtgenre.json"
+pytestmark = pytest.mark.skipif(not CARD.is_file(), reason="the default model is not exported yet (rtgenre/models/rtgenre.json)")
 
 GTZAN = {"blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock"}
 
 
 def test_card_loads_and_label_sets_are_sane():
     card = load_card()  # verifies the ONNX checksum too
-    assert card.name == "rtgenre-crnn"
-    assert [h.name for h in card.heads] == ["genre", "mood", "instruments"]
+    assert card.name == "rtgenre"
+    assert [h.name for h in card.heads] == ["genre", "mood", "instruments", "content"]
+    assert {"reggae", "latin"} <= set(card.head("genre").labels) and "voice" in card.head("instruments").labels
     for h in card.heads:
         assert h.labels and len(set(h.labels)) == len(h.labels)
     assert card.onnx_path.stat().st_size < 10 * 1024 * 1024
@@ -42,12 +43,22 @@ def test_gtzan_mapping_targets_are_gtzan_genres():
     assert targets <= GTZAN and len(targets) >= 5
 
 
-def test_training_record_is_complete():
+def test_quadrant_mapping_names_every_quadrant_once():
+    card = load_card()
+    quadrant = card.mappings["quadrant"]
+    assert set(quadrant) == set(card.head("mood").labels) and sorted(quadrant.values()) == ["Q1", "Q2", "Q3", "Q4"]
+    assert set(card.mappings["broad"]) == set(card.head("genre").labels)
+
+
+def test_training_and_evaluation_record_is_complete():
     raw = load_card().raw
-    t = raw["training"]
-    assert t["command"].startswith("rtgenre train") and t["epochs"] >= 1
-    assert all(c["hours"] > 0 for c in t["corpora"].values())
-    assert raw["teacher"]["tag_map"].keys() == {"genre", "mood", "instruments"}
-    held = raw["evaluation"]["held_out_agreement_runtime"]
-    corpora = [v for k, v in held.items() if k != "windows_hop_frames"]
-    assert corpora and all(0.0 <= c["genre_top1"] <= 1.0 and c["windows"] > 0 for c in corpora)
+    assert raw["training"]["command"] and raw["training"]["epochs"] >= 1
+    names = " ".join(d["name"] for d in raw["data"])
+    assert all(k in names for k in ("4q", "GTZAN", "Medley", "Freesound", "LibriSpeech"))
+    assert all(d["citation"] for d in raw["data"])
+    cv = raw["evaluation"]["cross_validation"]
+    assert "grouped 5-fold" in cv["protocol"]
+    for key in ("genre_gtzan", "mood_quadrant"):
+        assert 0.0 <= cv[key]["clip_accuracy"] <= 1.0 and 0.0 <= cv[key]["clip_macro_f1"] <= 1.0 and cv[key]["n"] > 100
+    assert 0.0 <= cv["voice"]["singer_detected"] <= 1.0 and 0.0 <= cv["content"]["speech_windows_gated"] <= 1.0
+    assert raw["split"]["encoder"]["feature_dim"] == 753  # the default model streams

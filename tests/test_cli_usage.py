@@ -15,8 +15,8 @@ import soundfile as sf
 from rtgenre.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = ROOT / "rtgenre" / "models" / "rtgenre-crnn.json"
-needs_model = pytest.mark.skipif(not SHIPPED.is_file(), reason="the shipped model rtgenre/models/rtgenre-crnn.json is not built yet")
+SHIPPED = ROOT / "rtgenre" / "models" / "rtgenre.json"
+needs_model = pytest.mark.skipif(not SHIPPED.is_file(), reason="the shipped model rtgenre/models/rtgenre.json is not built yet")
 
 
 def rtgenre(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -286,7 +286,7 @@ def song(tmp_path):
 
 @needs_tmux
 @pytest.mark.slow
-@pytest.mark.skipif(not (ROOT / "rtgenre" / "models" / "rtgenre-crnn.json").exists(), reason="the shipped model rtgenre/models/rtgenre-crnn.json is not built yet")
+@pytest.mark.skipif(not (ROOT / "rtgenre" / "models" / "rtgenre.json").exists(), reason="the shipped model rtgenre/models/rtgenre.json is not built yet")
 @pytest.mark.parametrize("width, height, no_color", [(80, 24, False), (120, 40, True)])
 def test_cli_listen_in_tmux(tmp_path, song, width, height, no_color):
     argv = [sys.executable, "-m", "rtgenre", "listen", "--input", str(song), "--realtime"] + ["--no-color"] * no_color
@@ -303,7 +303,7 @@ def test_cli_listen_in_tmux(tmp_path, song, width, height, no_color):
 
 @needs_tmux
 @pytest.mark.slow
-@pytest.mark.skipif(not (ROOT / "rtgenre" / "models" / "rtgenre-crnn.json").exists(), reason="the shipped model rtgenre/models/rtgenre-crnn.json is not built yet")
+@pytest.mark.skipif(not (ROOT / "rtgenre" / "models" / "rtgenre.json").exists(), reason="the shipped model rtgenre/models/rtgenre.json is not built yet")
 def test_cli_json_to_a_file_leaves_the_terminal_alone(tmp_path, song):
     """Without --dashboard, JSON to a file draws nothing on the terminal (tests/test_terminal.py has --dashboard)."""
     out = tmp_path / "events.jsonl"

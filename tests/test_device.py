@@ -26,7 +26,7 @@ from rtgenre.sources.device import DeviceSource, find_input_device, format_devic
 from pulse import PulseServer, missing_programs
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL_CARD = ROOT / "rtgenre" / "models" / "rtgenre-crnn.json"
+MODEL_CARD = ROOT / "rtgenre" / "models" / "rtgenre.json"
 ASOUNDRC = "pcm.pulse { type pulse }\nctl.pulse { type pulse }\n"
 
 
@@ -265,7 +265,7 @@ def test_device_table_empty():
 def test_cli_listen_on_pulse_device(pulse, make_tone, tmp_path, model):
     """``rtgenre listen --device pulse --json`` while paplay loops a tone; SIGINT ends it cleanly.
 
-    ``shipped`` runs the default model (skipped until ``rtgenre/models/rtgenre-crnn.json`` exists);
+    ``shipped`` runs the default model (skipped until ``rtgenre/models/rtgenre.json`` exists);
     ``test-crnn`` the small test model of ``tests/engine_fixtures.py`` (the level does not depend on the model).
     """
     cmd = [sys.executable, "-m", "rtgenre", "listen", "--device", "pulse", "--json"]

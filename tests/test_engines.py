@@ -3,7 +3,7 @@
 Kinds: ``onnxruntime`` (CPU), ``tensorrt-fp32`` and ``tensorrt-fp16`` (skipped
 with the reason from ``tensorrt_available()`` where TensorRT cannot run).
 Models: a small CRNN the fixtures export with torch, and the shipped
-``rtgenre/models/rtgenre-crnn`` when it exists.  ONNX Runtime is the reference for
+``rtgenre/models/rtgenre`` when it exists.  ONNX Runtime is the reference for
 TensorRT; torch eager is the reference for ONNX Runtime.
 """
 

@@ -21,7 +21,7 @@ import soundfile as sf
 from tmux import TMUX, TmuxPane
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = ROOT / "rtgenre" / "models" / "rtgenre-crnn.json"
+SHIPPED = ROOT / "rtgenre" / "models" / "rtgenre.json"
 RTGENRE = f"{shlex.quote(sys.executable)} -m rtgenre"
 ENV = {"PYTHONPATH": str(ROOT)}
 PANEL = "╭─ genre"   # the dashboard's genre panel
@@ -30,7 +30,7 @@ BAR = "━"           # rich's progress bar
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(TMUX is None, reason="tmux is not installed"),
-    pytest.mark.skipif(not SHIPPED.is_file(), reason="the shipped model rtgenre/models/rtgenre-crnn.json is not built yet"),
+    pytest.mark.skipif(not SHIPPED.is_file(), reason="the shipped model rtgenre/models/rtgenre.json is not built yet"),
 ]
 
 

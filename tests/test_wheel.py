@@ -53,7 +53,7 @@ def test_wheel_installs_and_classifies_from_anywhere(tmp_path):
     run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", *NO_ISOLATION, "-w", str(dist), str(src)], cwd=tmp_path)
     wheel = next(dist.glob("rtgenre-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    for data in ("rtgenre/models/rtgenre-crnn.onnx", "rtgenre/models/rtgenre-crnn.json", "rtgenre/models/musicnn/MSD_musicnn.npz",
+    for data in ("rtgenre/models/rtgenre.onnx", "rtgenre/models/rtgenre.json", "rtgenre/models/musicnn/MSD_musicnn.npz",
                  "rtgenre/models/musicnn/tags.json", "rtgenre/models/musicnn/LICENSE"):
         assert data in names, data
 
@@ -69,6 +69,6 @@ def test_wheel_installs_and_classifies_from_anywhere(tmp_path):
     assert where.startswith(str(venv)), where          # the installed package, not the source tree
     proc = run([str(venv / "bin" / "rtgenre"), "classify", "some.wav"], cwd=work)
     events = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert events[0]["event"] == "start" and events[0]["model"] == "rtgenre-crnn"
+    assert events[0]["event"] == "start" and events[0]["model"] == "rtgenre"
     summary = [e for e in events if e["event"] == "summary"]
     assert len(summary) == 1 and summary[0]["windows"] > 0 and summary[0]["dominant"]["genre"]

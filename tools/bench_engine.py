@@ -21,7 +21,7 @@ Usage::
 
     python tools/bench_engine.py --out benchmarks/results/bench_engine_<gpu>.json
     python tools/bench_engine.py --test-model --cpu-iters 20        # the small test CRNN; torch factory included
-    python tools/bench_engine.py --model rtgenre/models/rtgenre-crnn.json --torch-model rtgenre.training.model:load_shipped
+    python tools/bench_engine.py --model rtgenre/models/rtgenre.json --torch-model rtgenre.training.model:load_shipped
 """
 
 from __future__ import annotations
@@ -188,7 +188,7 @@ def device_description() -> tuple[str, dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Benchmark the inference engines per batch size (JSON output).")
-    ap.add_argument("--model", default=None, help="model card or name (default: the shipped rtgenre-crnn)")
+    ap.add_argument("--model", default=None, help="model card or name (default: the shipped rtgenre)")
     ap.add_argument("--test-model", action="store_true", help="benchmark the small test CRNN of tests/engine_fixtures.py instead (torch factory included)")
     ap.add_argument("--torch-model", default=None, help="torch model factory as module:function (default: none; the test CRNN's with --test-model)")
     ap.add_argument("--batches", default="1,8,64,256", help="comma-separated batch sizes (default: 1,8,64,256)")

@@ -21,7 +21,7 @@ head's own cost inside the model is not separable here (same graph).
 Usage::
 
     python tools/bench_gate.py --model engines/<model with a content head>.json --out benchmarks/results/bench_gate.json
-    python tools/bench_gate.py --test-model --reference-model rtgenre-crnn   # the tiny test model's heads; the shipped model's cost per hop
+    python tools/bench_gate.py --test-model --reference-model rtgenre   # the tiny test model's heads; the shipped model's cost per hop
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Measures, in one run on this machine, milliseconds per window (469 frames x 96
 Mel bands, batch 1, 2 intra-op threads for every framework):
 
 * ``onnx``: the rtgenre model in ONNX Runtime (``--onnx``, default
-  ``rtgenre/models/rtgenre-crnn.onnx``; input name and window from its card
+  ``rtgenre/models/rtgenre.onnx``; input name and window from its card
   ``<name>.json`` when present, else the graph's first input and 469 x 96),
   session options as in :class:`rtgenre.inference.onnxruntime.OnnxRuntimeEngine`;
   ``--onnx-from-musicnn`` benchmarks an ONNX export of the torch musicnn port
@@ -137,7 +137,7 @@ def cpu_model() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--onnx", type=Path, default=ROOT / "rtgenre" / "models" / "rtgenre-crnn.onnx")
+    parser.add_argument("--onnx", type=Path, default=ROOT / "rtgenre" / "models" / "rtgenre.onnx")
     parser.add_argument("--onnx-from-musicnn", action="store_true", help="benchmark an ONNX export of the torch musicnn port")
     parser.add_argument("--tf-python", type=Path, help="python of the TensorFlow venv (omit to skip the TF timing)")
     parser.add_argument("--musicnn", type=Path, help="musicnn-0.1.0 wheel or unpacked copy (with --tf-python)")

@@ -82,11 +82,11 @@ fi
 if [[ $PHASE == all || $PHASE == bench ]]; then
     echo "=== bench: test CRNN (TensorRT FP16/FP32, ONNX Runtime CPU, torch eager)"
     $PY tools/bench_engine.py --test-model --out "$OUT/bench_engine_testmodel.json" >/dev/null || status=1
-    if [[ -f rtgenre/models/rtgenre-crnn.json ]]; then
-        echo "=== bench: shipped rtgenre-crnn"
-        $PY tools/bench_engine.py ${TORCH_MODEL:+--torch-model "$TORCH_MODEL"} --out "$OUT/bench_engine_rtgenre-crnn.json" >/dev/null || status=1
+    if [[ -f rtgenre/models/rtgenre.json ]]; then
+        echo "=== bench: shipped rtgenre"
+        $PY tools/bench_engine.py ${TORCH_MODEL:+--torch-model "$TORCH_MODEL"} --out "$OUT/bench_engine_rtgenre.json" >/dev/null || status=1
     else
-        echo "=== bench: rtgenre/models/rtgenre-crnn.json not present; shipped-model benchmark skipped"
+        echo "=== bench: rtgenre/models/rtgenre.json not present; shipped-model benchmark skipped"
     fi
     $PY - "$OUT" <<'EOF'
 import json, pathlib, sys

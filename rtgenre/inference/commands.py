@@ -33,7 +33,7 @@ def add_engine_arguments(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("engine", help="build TensorRT engines ahead of time, show GPU and cache", description="Build and inspect cached TensorRT engines.")
     sub = p.add_subparsers(dest="engine_command", metavar="ACTION", required=True)
     b = sub.add_parser("build", help="build and cache the TensorRT plan for a model", description="Build the TensorRT plan for a model into the plan cache.")
-    b.add_argument("--model", default=None, help="model name in rtgenre/models/, or path to its card (.json) or ONNX file (default: the shipped rtgenre-crnn)")
+    b.add_argument("--model", default=None, help="model name in rtgenre/models/, or path to its card (.json) or ONNX file (default: the shipped rtgenre)")
     b.add_argument("--precision", default="fp16", choices=PRECISIONS, help="TensorRT precision (default: fp16)")
     b.add_argument("--max-batch", type=int, default=256, help="largest batch the plan accepts (default: 256)")
     i = sub.add_parser("info", help="show the GPU, TensorRT/CUDA versions and cached plans", description="Show the GPU, versions and the plan cache.")

@@ -51,7 +51,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=32, help="windows per step (default: 32)")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 2e-3 on corpora, 5e-3 with --data)")
     parser.add_argument("--out", type=Path, default=ENGINES_DIR, help="folder for <name>.onnx/.json (default: the package's model folder rtgenre/models/, where --model NAME looks)")
-    parser.add_argument("--name", default=None, help="model name (default: rtgenre-crnn on corpora, <data folder>-crnn with --data)")
+    parser.add_argument("--name", default=None, help="model name (default: rtgenre-distilled on corpora, <data folder>-<head> with --data)")
     parser.add_argument("--cache", type=Path, default=Path("cache"), help="feature cache folder for corpora (default: cache/)")
     parser.add_argument("--renditions", type=int, default=0, help="augmented renditions per corpus track to cache (default: 0)")
     parser.add_argument("--max-seconds", type=float, default=None, help="use at most the middle S seconds of each corpus track")
@@ -143,7 +143,7 @@ def _train_corpora(args: argparse.Namespace) -> int:
     held_metrics = {name: agreement(backend, ho, sampler, WINDOW_HOP) for name, ho in held.items()}
     for name, m in held_metrics.items():
         print(f"held-out {name}, cached features: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items()), flush=True)
-    name = args.name or "rtgenre-crnn"
+    name = args.name or "rtgenre-distilled"
     extra = {
         "license": "MIT (model); musicnn front end ISC, see rtgenre/models/musicnn/LICENSE",
         "teacher": {"models": list(TEACHERS), "student_frontend": TEACHERS[0], "tag_map": TAG_MAP, "sharpen": SHARPEN, "multilabel_gain": MULTILABEL_GAIN,

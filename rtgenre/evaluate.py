@@ -116,10 +116,12 @@ HEAD_CHOICES = ("genre", "mood", "instruments", "content")
 
 def _csv_rows(labels_csv: Path) -> list[dict[str, str]]:
     try:
-        with open(labels_csv, newline="") as f:
+        with open(labels_csv, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
     except OSError as e:
         raise DataInvalidError(f"Labels file {labels_csv} cannot be read ({e.strerror})", "Pass --labels with a CSV that has columns file,<label>") from None
+    except (UnicodeDecodeError, csv.Error) as e:  # a binary file, or text that is not CSV
+        raise DataInvalidError(f"Labels file {labels_csv} is not a UTF-8 CSV ({e})", "Pass --labels with a text CSV that has columns file,<label>") from None
     if not rows or "file" not in rows[0]:
         raise DataInvalidError(f"Labels file {labels_csv} has no 'file' column", "Give the CSV a header row: file,<label column>")
     return rows

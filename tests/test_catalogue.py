@@ -59,6 +59,7 @@ def ctx(tmp_path_factory) -> dict[str, Path | bytes]:
         heads = [{**card["heads"][0], "labels": labels}, *card["heads"][1:]]
         (model.parent / f"{name}.json").write_text(json.dumps({**card, "name": name, "heads": heads}))
     (tmp / "bad.json").write_text("{not json")
+    (tmp / "binary.csv").write_bytes(bytes(range(256)) * 4)  # a labels CSV that is not text
     shutil.copy(model.with_suffix(".onnx"), tmp / "damaged.onnx")
     with open(tmp / "damaged.onnx", "r+b") as f:
         f.seek(-100, os.SEEK_END)
@@ -156,6 +157,8 @@ CASES = [
     Case("no-tensorrt", L("--input", "{wav}", "--engine", "tensorrt"), ExitCode.ENGINE_UNAVAILABLE, ("tensorrt",)),
     # MIDI
     Case("midi-huge-delta", L("{tmp}/huge-delta.mid", "--json"), ExitCode.MIDI_INPUT, ("huge-delta.mid", "hours"), events=False, command="analyze-midi"),
+    Case("eval-binary-labels", L("--data", "{tmp}", "--labels", "{tmp}/binary.csv", "--json"), ExitCode.DATA_INVALID, ("binary.csv", "csv"),
+         events=False, command="eval"),
     Case("midi-not-midi", L("{tmp}/not-audio.wav", "--json"), ExitCode.MIDI_INPUT, ("not-audio.wav",), events=False, command="analyze-midi"),
 ]
 

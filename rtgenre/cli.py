@@ -237,14 +237,20 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     card = load_card(args.model)
     code = ExitCode.OK
     several = len(args.files) > 1
-    engine = _engine(args, card)
+    engines: list = []  # one engine for every file, made once the first file has opened (its errors come first)
+
+    def engine():
+        if not engines:
+            engines.append(_engine(args, card))
+        return engines[0]
+
     try:
         with WorkProgress("classify", len(args.files), seconds=(audio_seconds(f) for f in args.files), json_output=_json_mode(args),
                           enabled=None if several else False) as bar:
             for path in args.files:
                 bus = EventBus()
-                session = Session([Feed(path, FileSource(path), card, _smoother(args, card), args.hop, lookahead=args.lookahead)], engine, bus,
-                                  summaries=True)
+                feed = Feed(path, FileSource(path), card, _smoother(args, card), args.hop, lookahead=args.lookahead)
+                session = Session([feed], engine, bus, summaries=True, close_engine=False)
                 _attach_sinks(args, bus, on_gone=lambda s=session: s.request_stop("reader gone"), on_quit=lambda s=session: s.request_stop("quit"),
                               human=lambda: SummarySink(_console(sys.stdout, args.no_color)))
                 try:
@@ -256,7 +262,8 @@ def _cmd_classify(args: argparse.Namespace) -> int:
                 if session.stop_reason in ("interrupted", "reader gone", "quit", "output failed"):
                     break
     finally:
-        engine.close()
+        for e in engines:
+            e.close()
     return code
 
 

@@ -140,13 +140,9 @@ class MonitorSession(Session):
             self.feeds = every
 
     def _open(self) -> None:
-        with self._only([]):
-            super()._open()  # the engine first: whether it streams decides how the feeds analyse
-        streaming = self.engine.streaming
-
         def open_one(feed) -> None:
             try:
-                feed.open(self.bus.publish, streaming=streaming)
+                feed.open(self.bus.publish)
             except RtgenreError as e:
                 feed.error, feed.finished = e, True
 
@@ -157,6 +153,8 @@ class MonitorSession(Session):
             t.join()
         if all(f.error is not None for f in self.feeds):
             raise self.feeds[0].error
+        with self._only([f for f in self.feeds if f.error is None]):
+            self._open_engine()
 
     def _start(self) -> None:
         with self._only([f for f in self.feeds if f.error is None]):

@@ -264,13 +264,8 @@ class Feed:
         #: The error that ended this feed (set by the session), None while it runs or after a clean end.
         self.error: RtgenreError | None = None
 
-    def open(self, emit: Callable[[Event], None] | None = None, streaming: bool = False) -> None:
-        """Open the source (``emit`` gets what it reports while opening: failed attempts to reach a URL).
-
-        ``streaming``: the engine this feed runs on encodes frames as they come (:func:`lookahead_for`).
-        """
-        if not streaming:
-            self.lookahead = None
+    def open(self, emit: Callable[[Event], None] | None = None) -> None:
+        """Open the source (``emit`` gets what it reports while opening: failed attempts to reach a URL); then :meth:`bind`."""
         if emit is not None:
             self.source.notify = lambda notice: emit(self._notice_event(notice))
         try:
@@ -278,6 +273,15 @@ class Feed:
         finally:
             self.source.notify = None
         self.ring = Ring(max(1, int(self.ring_seconds * self.source.sample_rate)), self.source.channels)
+
+    def bind(self, engine: Engine) -> None:
+        """Make the analyzer for the engine the feed runs on (after :meth:`open`, before :meth:`start`).
+
+        A streaming engine gets analyzers that encode frames as they come,
+        with this feed's :attr:`lookahead` (:func:`lookahead_for`); a
+        whole-window engine gets Mel windows (and :attr:`lookahead` becomes ``None``).
+        """
+        self.lookahead = lookahead_for(engine, self.lookahead or "wait")
         self.analyzer = Analyzer(self.card, self.source.sample_rate, self.hop_s, self.lookahead)
 
     def start(self) -> None:
@@ -397,7 +401,7 @@ class Feed:
             return []
         missed = time.monotonic() - lost_at
         windows = self._restart_after_gap(missed)
-        self.analyzer = Analyzer(self.card, self.source.sample_rate, self.hop_s)  # the device may come back at another rate
+        self.analyzer = Analyzer(self.card, self.source.sample_rate, self.hop_s, self.lookahead)  # the device may come back at another rate
         self.ring = Ring(max(1, int(self.ring_seconds * self.source.sample_rate)), self.source.channels)
         self.source.start(self.ring)
         self.stats.reconnects += 1

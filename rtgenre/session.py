@@ -63,7 +63,8 @@ class Session:
         Not yet opened; :meth:`run` opens and starts them.
     engine : Engine or callable returning Engine
         An engine (shared with other sessions; not closed here) or a factory
-        called once the feeds are open (the session closes what it made).
+        called once the feeds are open (the session closes what it made,
+        unless ``close_engine`` is false: a factory that hands out a shared engine).
     bus : EventBus
         Where events go; drained by :meth:`run`.  Its output errors end the run.
     summaries : bool
@@ -96,8 +97,10 @@ class Session:
         isolate: bool = False,
         poll_s: float = 0.005,
         signals: bool = True,
+        close_engine: bool = True,
     ) -> None:
         self.feeds = feeds
+        self._close_engine = close_engine
         self._engine_arg = engine
         self.engine: Engine | None = engine if isinstance(engine, Engine) else None
         self.bus = bus
@@ -184,10 +187,16 @@ class Session:
             signal.signal(s, h)  # type: ignore[arg-type]
 
     def _open(self) -> None:
-        if self.engine is None:  # first: whether it streams decides how the feeds analyse
+        for feed in self.feeds:  # a feed that cannot be opened is told before anything else happens
+            feed.open(self.bus.publish)
+        self._open_engine()
+
+    def _open_engine(self) -> None:
+        """The engine (made now from a factory), and each feed's analyzer for it."""
+        if self.engine is None:
             self.engine = self._engine_arg()  # type: ignore[operator]
         for feed in self.feeds:
-            feed.open(self.bus.publish, streaming=self.engine.streaming)
+            feed.bind(self.engine)
 
     def _start(self) -> None:
         assert self.engine is not None
@@ -250,7 +259,7 @@ class Session:
             if id(feed) not in self._reported:
                 self._stop_feed(feed)
         try:
-            if self.engine is not None and self.engine is not self._engine_arg:
+            if self.engine is not None and self.engine is not self._engine_arg and self._close_engine:
                 self.engine.close()
         finally:
             ended = self.stop_reason == END_OF_INPUT
@@ -294,12 +303,15 @@ class Session:
         """Let the sinks write what is queued: all of it after the end of the input
         (until a stop signal), else :data:`DRAIN_AFTER_STOP_S` seconds."""
         deadline = None if ended and not self.stop_requested.is_set() else time.monotonic() + DRAIN_AFTER_STOP_S
-        while not self.bus.wait_drained(0.1):
+        drained = False
+        while not (drained := self.bus.wait_drained(0.1)):
             if deadline is None and self.stop_requested.is_set():
                 deadline = time.monotonic() + DRAIN_AFTER_STOP_S
             if deadline is not None and time.monotonic() >= deadline:
                 break
-        self.bus.finish(timeout=0)
+        # drained sinks' threads end as soon as their queues close: let them, so that nothing they hold
+        # outlives the run (at interpreter exit a daemon thread's objects are never freed); a stuck one is left
+        self.bus.finish(timeout=0.2 if drained else 0)
 
 
 class MidiSession(Session):

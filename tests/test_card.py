@@ -52,7 +52,7 @@ def test_quadrant_mapping_names_every_quadrant_once():
 
 def test_training_and_evaluation_record_is_complete():
     raw = load_card().raw
-    assert raw["training"]["command"] and raw["training"]["epochs"] >= 1
+    assert raw["training"]["fit_command"] and raw["training"]["cv_command"] and raw["training"]["epochs"] >= 1
     names = " ".join(d["name"] for d in raw["data"])
     assert all(k in names for k in ("4q", "GTZAN", "Medley", "Freesound", "LibriSpeech"))
     assert all(d["citation"] for d in raw["data"])

@@ -61,7 +61,8 @@ def test_json_to_a_pipe_leaves_the_readers_lines_on_screen(tmp_path, data):
     assert rc == 0, screen
     lines = [line for line in screen.splitlines() if line.startswith("{")]
     assert len(lines) == 3, screen
-    assert [json.loads(line)["event"] for line in lines] == ["start", "prediction", "change"]
+    kinds = [json.loads(line)["event"] for line in lines]
+    assert kinds[:2] == ["start", "prediction"] and kinds[2] in ("change", "music")  # music: the talk gate's first decision
     assert PANEL not in screen
 
 

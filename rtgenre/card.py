@@ -25,11 +25,14 @@ Card schema (``format`` 1)::
                 {"name": "instruments", "kind": "multilabel",
                  "output": "instruments", "labels": [...], "threshold": 0.5}],
       "mappings": {"gtzan": {"<our genre>": "<gtzan genre>" | null}},
+      "hash": {"output": "hash", "bits": 128},   # optional: similarity codes
       ...free-form: "training", "evaluation", "license", "teacher" ...
     }
 
 Model outputs are probabilities already (softmax for ``multiclass`` heads,
-sigmoid for ``multilabel`` heads), shape ``(batch, len(labels))``.
+sigmoid for ``multilabel`` heads), shape ``(batch, len(labels))``.  A model
+with a ``hash`` entry has one more output, ``(batch, bits)`` ``tanh`` values
+whose signs are the window's similarity code (:mod:`rtgenre.similarity`).
 """
 
 from __future__ import annotations
@@ -112,6 +115,14 @@ class Head:
 
 
 @dataclass(frozen=True)
+class HashSpec:
+    """The optional similarity-code output: its name and length in bits (a multiple of 8)."""
+
+    output: str
+    bits: int
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """A loaded, validated model card."""
 
@@ -124,6 +135,7 @@ class ModelCard:
     input_name: str
     heads: tuple[Head, ...]
     mappings: dict[str, dict[str, str | None]] = field(default_factory=dict)
+    hash: HashSpec | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -206,6 +218,11 @@ def load_card(model: str | Path | None = None, verify: bool = True) -> ModelCard
         )
         if not heads or any(h.kind not in ("multiclass", "multilabel") or not h.labels for h in heads):
             raise ValueError("every head needs a kind (multiclass|multilabel) and labels")
+        hash_spec = None
+        if "hash" in raw:
+            hash_spec = HashSpec(output=str(raw["hash"]["output"]), bits=int(raw["hash"]["bits"]))
+            if hash_spec.bits <= 0 or hash_spec.bits % 8:
+                raise ValueError(f"hash bits must be a positive multiple of 8, got {hash_spec.bits}")
         card = ModelCard(
             name=raw["name"],
             version=str(raw.get("version", "0")),
@@ -216,6 +233,7 @@ def load_card(model: str | Path | None = None, verify: bool = True) -> ModelCard
             input_name=raw.get("input", {}).get("name", "mel"),
             heads=heads,
             mappings=raw.get("mappings", {}),
+            hash=hash_spec,
             raw=raw,
         )
     except (KeyError, TypeError, ValueError) as e:

@@ -35,6 +35,8 @@ class ExitCode(IntEnum):
     MIDI_PORT_LOST = 61
     MIDI_INPUT = 62
     DATA_INVALID = 70
+    LIBRARY_UNUSABLE = 80
+    LIBRARY_MISMATCH = 81
 
 
 class RtgenreError(Exception):
@@ -165,3 +167,15 @@ class DataInvalidError(RtgenreError):
     """A training or evaluation data folder is unusable."""
 
     code = ExitCode.DATA_INVALID
+
+
+class LibraryUnusableError(RtgenreError):
+    """A similarity library (``rtgenre index --out``) is missing, unreadable or not a library."""
+
+    code = ExitCode.LIBRARY_UNUSABLE
+
+
+class LibraryMismatchError(RtgenreError):
+    """The library's codes come from another model, or the model has no ``hash`` output."""
+
+    code = ExitCode.LIBRARY_MISMATCH

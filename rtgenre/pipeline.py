@@ -446,7 +446,7 @@ class MidiRunner(_Stoppable):
 
 @dataclass
 class FileAnalysis:
-    """Raw (unsmoothed) per-window results of one file."""
+    """Raw (unsmoothed) per-window results of one file (``probs`` also holds ``hash`` when the engine returns it)."""
 
     path: Path
     t: np.ndarray
@@ -504,5 +504,5 @@ def analyze_file(path: str | Path, card: ModelCard, engine: Engine, hop_s: float
         path=Path(path),
         t=np.array([w.t for w in windows]),
         level_dbfs=np.array([w.level_dbfs for w in windows]),
-        probs={h.name: np.stack([r[h.name] for r in results]) for h in card.heads},
+        probs={name: np.stack([r[name] for r in results]) for name in results[0]},
     )

@@ -54,14 +54,14 @@ class OnnxRuntimeEngine(Engine):
         except Exception as e:  # onnxruntime raises its own exception types for bad models
             raise ModelCorruptError(f"ONNX Runtime cannot load {card.onnx_path} ({str(e).splitlines()[0]})", "Restore the model from the repository or re-export it") from None
         outputs = {o.name for o in self._session.get_outputs()}
-        missing = [h.output for h in card.heads if h.output not in outputs]
+        self._outputs = [h.output for h in card.heads] + ([card.hash.output] if card.hash else [])
+        self._heads = [h.name for h in card.heads] + (["hash"] if card.hash else [])
+        missing = [o for o in self._outputs if o not in outputs]
         if missing or card.input_name not in {i.name for i in self._session.get_inputs()}:
             raise ModelCorruptError(
                 f"{card.onnx_path} does not match its card (missing outputs {missing} or input '{card.input_name}')",
                 "Re-export the model so that the ONNX file and the card agree",
             )
-        self._outputs = [h.output for h in card.heads]
-        self._heads = [h.name for h in card.heads]
         self.max_batch = max_batch
         self.chunk = max(1, chunk)
         self.detail = f"CPUExecutionProvider, {threads or 'auto'} thread(s), onnxruntime {ort.__version__}"

@@ -31,10 +31,10 @@ from rtgenre.training.musicnn import Musicnn
 OPSET = 17
 
 
-def export_onnx(model: CRNN, path: Path, frames: int = 469, n_mels: int = 96) -> None:
-    """Write ``model`` as ONNX with a dynamic batch axis; outputs named after the heads."""
+def export_onnx(model: CRNN, path: Path, frames: int = 469, n_mels: int = 96, output_names: list[str] | None = None) -> None:
+    """Write ``model`` as ONNX with a dynamic batch axis; outputs named after the heads (or ``output_names``, in the model's output order)."""
     model.eval()
-    names = [h.name for h in model.backend.config.heads]
+    names = output_names or [h.name for h in model.backend.config.heads]
     path.parent.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(2, frames, n_mels)
     with warnings.catch_warnings():  # the TorchScript exporter warns about LSTM batch sizes it handles correctly

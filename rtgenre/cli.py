@@ -1,7 +1,8 @@
 """The ``rtgenre`` command line: argument parsing and subcommand dispatch only.
 
 Subcommands: ``listen`` (live feed), ``classify`` (files, offline), ``devices``,
-``eval``, ``train``, ``engine build|info``, ``midi-ports``, ``analyze-midi``.
+``eval``, ``train``, ``engine build|info``, ``midi-ports``, ``analyze-midi``,
+``index``, ``similar``, ``eval-similar``.
 User mistakes end with one line on stderr and the error's exit code
 (:mod:`rtgenre.errors`); Ctrl-C ends ``listen`` cleanly with a ``stop`` event.
 """
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from rtgenre.inference.commands import add_engine_arguments
     from rtgenre.midi.commands import add_midi_arguments
+    from rtgenre.similarity.commands import add_similarity_arguments
     from rtgenre.training.commands import add_eval_arguments, add_train_arguments, run_eval, run_train
 
     p = sub.add_parser("eval", help="evaluate a model on a labelled folder (accuracy, F1, confusion)")
@@ -94,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=run_train)
     add_engine_arguments(sub)
     add_midi_arguments(sub)
+    add_similarity_arguments(sub)
     return parser
 
 
@@ -168,6 +171,7 @@ def _run(runner, bus, summaries: bool = False) -> int:
 def _cmd_listen(args: argparse.Namespace) -> int:
     from rtgenre.card import load_card
     from rtgenre.pipeline import Feed, MidiRunner, Runner
+    from rtgenre.similarity.commands import live_hooks
     from rtgenre.sinks.base import EventBus
     from rtgenre.sources import open_source
 
@@ -183,7 +187,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
         runner = MidiRunner(midi, bus, args.hop, args.stream_name)
     else:
         source = open_source(args.input, args.device, realtime=args.realtime, fmt=args.format, rate=args.rate, channels=args.channels)
-        feed = Feed(args.stream_name, source, card, _smoother(args, card), args.hop, midi=midi, midi_weight=args.midi_weight)
+        feed = Feed(args.stream_name, source, card, _smoother(args, card), args.hop, midi=midi, midi_weight=args.midi_weight, hooks=live_hooks(args, card))
         feed.open()
         runner = Runner([feed], _engine(args, card), bus)
     _attach_sinks(args, bus, on_gone=lambda: runner.request_stop("reader gone"), on_quit=lambda: runner.request_stop("quit"))

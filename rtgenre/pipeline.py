@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -49,6 +49,10 @@ class MidiInput(Protocol):
     def stop(self) -> None: ...
     def check(self) -> None: ...
     def snapshot(self, now: float) -> dict[str, Any]: ...
+
+
+PredictionHook = Callable[[float, dict[str, np.ndarray]], dict[str, Any]]
+"""Adds fields to a prediction: ``hook(t, engine outputs of the window) -> {field: value}``."""
 
 
 class Analyzer:
@@ -145,9 +149,13 @@ class Feed:
         MIDI analysis attached to this feed's predictions.
     midi_weight : float
         Weight of the MIDI mood in the combined mood (see :func:`rtgenre.midi.combine_mood`).
+    hooks : sequence of callables
+        ``hook(t, probs) -> dict`` per prediction (``probs``: the engine's outputs
+        for the window ending at ``t``); the fields returned are added to the
+        ``prediction`` event (e.g. ``similar``, :mod:`rtgenre.similarity.live`).
     """
 
-    def __init__(self, name: str, source: Source, card: ModelCard, smoother: Smoother, hop_s: float, ring_seconds: float = 20.0, midi: MidiInput | None = None, midi_weight: float = 1.0) -> None:
+    def __init__(self, name: str, source: Source, card: ModelCard, smoother: Smoother, hop_s: float, ring_seconds: float = 20.0, midi: MidiInput | None = None, midi_weight: float = 1.0, hooks: Sequence[PredictionHook] = ()) -> None:
         self.name = name
         self.source = source
         self.card = card
@@ -156,6 +164,7 @@ class Feed:
         self.ring_seconds = ring_seconds
         self.midi = midi
         self.midi_weight = midi_weight
+        self.hooks = tuple(hooks)
         self.stats = FeedStats()
         self._silent_since: float | None = None
         self.started = False
@@ -236,6 +245,8 @@ class Feed:
         }
         if self.midi is not None:
             data["midi"] = self._midi(arrival, data["heads"])
+        for hook in self.hooks:
+            data.update(hook(window.t, probs))
         events = [Event("prediction", self.name, window.t, data, arrival=arrival)]
         for c in decision.changes:
             self.stats.changes += 1
@@ -452,6 +463,8 @@ class FileAnalysis:
     t: np.ndarray
     level_dbfs: np.ndarray
     probs: dict[str, np.ndarray]
+    duration: float = 0.0
+    """Seconds of audio read."""
 
 
 def analyze_file(path: str | Path, card: ModelCard, engine: Engine, hop_s: float = 0.5, block_s: float = 10.0) -> FileAnalysis:
@@ -483,10 +496,12 @@ def analyze_file(path: str | Path, card: ModelCard, engine: Engine, hop_s: float
     analyzer = Analyzer(card, source.sample_rate, hop_s)
     source.start(ring)
     windows: list[Window] = []
+    n_frames = 0
     try:
         while True:
             frames, _ = ring.read()
             if len(frames):
+                n_frames += len(frames)
                 windows += analyzer.process(frames)
             elif ring.closed and ring.available() == 0:
                 break
@@ -505,4 +520,5 @@ def analyze_file(path: str | Path, card: ModelCard, engine: Engine, hop_s: float
         t=np.array([w.t for w in windows]),
         level_dbfs=np.array([w.level_dbfs for w in windows]),
         probs={name: np.stack([r[name] for r in results]) for name in results[0]},
+        duration=n_frames / source.sample_rate,
     )

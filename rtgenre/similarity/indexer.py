@@ -56,7 +56,7 @@ def track_codes(analysis: FileAnalysis, card: ModelCard, segment_s: float, silen
     seg = np.floor(np.maximum(centre, 0.0) / segment_s).astype(np.int64)
     ids = np.unique(seg)
     return TrackCodes(
-        duration=round(float(analysis.t.max()), 3),
+        duration=round(analysis.duration, 3),
         labels=dominant_labels(card, {k: v[keep] for k, v in analysis.probs.items() if k != "hash"}),
         code=mean_code(h),
         segment_starts=ids * segment_s,

@@ -193,3 +193,25 @@ def export_hashed_model(model: CRNN, hash_layer: HashLayer, folder: Path, name: 
     save_backend(model.backend, folder / f"{name}.backend.npz")
     save_hash_layer(hash_layer, folder / f"{name}.hash.npz")
     return write_card(folder, name, model.backend.config.heads, mappings, {**extra, "hash": {"output": HASH_OUTPUT, "bits": hash_layer.bits}})
+
+
+def attach_hash_layer(card_path: str | Path, cache_dir: str | Path, bits: int, folder: Path, name: str, steps: int = 1500, seed: int = 0) -> Path:
+    """Re-export an exported model (its card, ``backend_weights`` and the MSD_musicnn front end) with a hash layer trained on the cache.
+
+    The new card keeps the old one's mappings and records (``training``,
+    ``evaluation``, ...) and gains ``hash`` with the layer's training record.
+    """
+    import torch
+
+    from rtgenre.card import load_card
+    from rtgenre.training.export import load_backend
+    from rtgenre.training.musicnn import TEACHERS, load_teacher
+
+    torch.set_num_threads(1)
+    card = load_card(card_path)
+    backend = load_backend(card.onnx_path.parent / card.raw["backend_weights"])
+    layer = train_hash_layer(backend, cache_dir, bits, steps=steps, seed=seed)
+    keep = {k: v for k, v in card.raw.items() if k not in ("format", "name", "version", "onnx", "onnx_sha256", "frontend", "window_frames", "input", "heads", "mappings", "backend_weights", "hash")}
+    keep["hash_training"] = {"from_model": card.name, "from_onnx_sha256": card.onnx_sha256, "cache": str(cache_dir), "datasets": ["4q", "gtzan"],
+                             "bits": bits, "steps": steps, "seed": seed, "objective": "pairwise (u_i.u_j/K - S_ij)^2 + 0.1 quantisation + 0.1 bit balance; S from artist, genre, mood quadrant"}
+    return export_hashed_model(CRNN(load_teacher(TEACHERS[0]), backend), layer, folder, name, card.mappings, keep)

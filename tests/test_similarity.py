@@ -183,6 +183,28 @@ def test_export_adds_the_hash_output(hashed_model):
     assert np.abs(out["hash"]).max() <= 1.0 and (np.abs(out["hash"]) > 0.5).mean() > 0.5
 
 
+# -- the dashboard ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40), (50, 15)])
+def test_dashboard_shows_what_it_sounds_like(size):
+    from dashboard_driver import prediction, start_event
+    from test_dashboard import frame
+
+    similar = [{"path": "/music/a/Nearest Song.flac", "distance": 12, "segment": 45.0, "labels": {"genre": "jazz"}},
+               {"path": "/music/b/second.mp3", "distance": 19, "segment": 0.0, "labels": {"genre": "rock"}}]
+    pred = prediction(8.0, "jazz")
+    text, _ = frame([start_event(), pred.with_data(similar=similar)], *size)
+    lines = text.splitlines()
+    assert len(lines) <= size[1] and max(len(line) for line in lines) <= size[0]
+    if size[0] < 60:
+        assert "like Nearest Song.flac (12)" in text
+    else:
+        assert "sounds like" in text and "12 Nearest Song.flac 0:45 jazz" in text and "19 second.mp3 0:00 rock" in text
+    text, _ = frame([start_event(), pred], *size)
+    assert "sounds like" not in text and "like Nearest" not in text
+
+
 # -- the commands ---------------------------------------------------------------
 
 
@@ -260,6 +282,7 @@ def test_index_similar_and_updates(hashed_model, music, tmp_path):
 
 
 def test_listen_with_index_adds_similar(hashed_model, music, tmp_path):
+    """``listen --index`` adds ``similar`` to every prediction (also checked: the dashboard in tmux shows it, below)."""
     lib = tmp_path / "lib.rtsim"
     song = write_song(tmp_path / "live.wav", 20.0, seed=2)
     rtgenre("index", str(song), str(music / "sub"), "--out", str(lib), "--model", str(hashed_model))

@@ -282,7 +282,6 @@ def test_index_similar_and_updates(hashed_model, music, tmp_path):
 
 
 def test_listen_with_index_adds_similar(hashed_model, music, tmp_path):
-    """``listen --index`` adds ``similar`` to every prediction (also checked: the dashboard in tmux shows it, below)."""
     lib = tmp_path / "lib.rtsim"
     song = write_song(tmp_path / "live.wav", 20.0, seed=2)
     rtgenre("index", str(song), str(music / "sub"), "--out", str(lib), "--model", str(hashed_model))

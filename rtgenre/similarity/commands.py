@@ -152,12 +152,12 @@ def _print_matches(record: dict[str, Any]) -> None:
     from rich.table import Table
 
     at = f" at {_clock(record['at'])}" if record["at"] is not None else ""
-    table = Table(title=f"sounds like {record['query']}{at} ({record['tracks']} tracks, {record['bits']} bits)", title_justify="left")
+    table = Table(title=f"sounds like {record['query']}{at} ({record['tracks']} tracks, {record['bits']} bits; --json for full paths)", title_justify="left")
     for col, kw in (("#", {"justify": "right"}), ("distance", {"justify": "right"}), ("track", {}), ("segment", {"justify": "right"}), ("labels", {})):
         table.add_column(col, **kw)
     for r in record["results"]:
         labels = " · ".join(v if isinstance(v, str) else ", ".join(v) for v in r["labels"].values() if v)
-        table.add_row(str(r["rank"]), str(r["distance"]), r["path"], _clock(r["segment"]), labels)
+        table.add_row(str(r["rank"]), str(r["distance"]), Path(r["path"]).name, _clock(r["segment"]), labels)
     Console().print(table)
 
 

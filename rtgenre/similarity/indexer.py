@@ -59,7 +59,7 @@ def track_codes(analysis: FileAnalysis, card: ModelCard, segment_s: float, silen
         duration=round(analysis.duration, 3),
         labels=dominant_labels(card, {k: v[keep] for k, v in analysis.probs.items() if k != "hash"}),
         code=mean_code(h),
-        segment_starts=ids * segment_s,
+        segment_index=ids,
         segment_codes=np.stack([mean_code(h[seg == i]) for i in ids]),
     )
 

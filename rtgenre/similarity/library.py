@@ -6,8 +6,9 @@ Format (``meta.format`` = 1)::
         format, model, model_sha256, bits, hop_s, segment_s, created
     tracks(id INTEGER PRIMARY KEY, path TEXT UNIQUE, size INTEGER, mtime_ns INTEGER,
            duration REAL, labels TEXT,          -- JSON {head: label | [labels]}
-           code BLOB)                           -- bits / 8 bytes, np.packbits order
-    segments(track_id INTEGER, start REAL, code BLOB, PRIMARY KEY (track_id, start))
+           code BLOB,                           -- bits / 8 bytes, np.packbits order
+           segment_index BLOB,                  -- uint16 little-endian: segment i starts at i * segment_s
+           segment_codes BLOB)                  -- one code per entry of segment_index
     failures(path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, error TEXT)
 
 A track is stored with its whole-track code and one code per segment
@@ -16,7 +17,8 @@ an interrupted ``rtgenre index`` resumes where it stopped; a file whose size
 or modification time changed is analysed again, and files that disappeared
 are removed.  Codes only compare within one model, so the library records the
 model's name, ONNX SHA-256 and code length and refuses another model.
-Searches load all codes into memory once (16 bytes per track at 128 bits).
+Searches load all codes into memory once (16 bytes per track at 128 bits,
+plus 16 per segment); one row per track keeps that load fast.
 """
 
 from __future__ import annotations
@@ -40,9 +42,8 @@ FORMAT = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tracks(id INTEGER PRIMARY KEY, path TEXT UNIQUE NOT NULL, size INTEGER NOT NULL,
-    mtime_ns INTEGER NOT NULL, duration REAL NOT NULL, labels TEXT NOT NULL, code BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS segments(track_id INTEGER NOT NULL REFERENCES tracks(id) ON DELETE CASCADE,
-    start REAL NOT NULL, code BLOB NOT NULL, PRIMARY KEY (track_id, start));
+    mtime_ns INTEGER NOT NULL, duration REAL NOT NULL, labels TEXT NOT NULL, code BLOB NOT NULL,
+    segment_index BLOB NOT NULL, segment_codes BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS failures(path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, error TEXT NOT NULL);
 """
 
@@ -54,7 +55,8 @@ class TrackCodes:
     duration: float
     labels: dict[str, Any]
     code: np.ndarray
-    segment_starts: np.ndarray
+    segment_index: np.ndarray
+    """Segment numbers (segment ``i`` starts at ``i * segment_s``; silent ones are missing)."""
     segment_codes: np.ndarray
 
 
@@ -168,10 +170,9 @@ class Library:
         with self.db:
             self.db.execute("DELETE FROM tracks WHERE path = ?", (key,))
             self.db.execute("DELETE FROM failures WHERE path = ?", (key,))
-            cur = self.db.execute("INSERT INTO tracks(path, size, mtime_ns, duration, labels, code) VALUES (?, ?, ?, ?, ?, ?)",
-                                  (key, state[0], state[1], float(track.duration), json.dumps(track.labels), track.code.tobytes()))
-            self.db.executemany("INSERT INTO segments VALUES (?, ?, ?)",
-                                [(cur.lastrowid, float(s), c.tobytes()) for s, c in zip(track.segment_starts, track.segment_codes)])
+            self.db.execute("INSERT INTO tracks(path, size, mtime_ns, duration, labels, code, segment_index, segment_codes) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                            (key, state[0], state[1], float(track.duration), json.dumps(track.labels), track.code.tobytes(),
+                             np.asarray(track.segment_index, dtype="<u2").tobytes(), np.ascontiguousarray(track.segment_codes, dtype=np.uint8).tobytes()))
         self._arrays = None
 
     def put_failure(self, path: Path, state: tuple[int, int], error: str) -> None:
@@ -202,16 +203,13 @@ class Library:
     def _load(self) -> tuple:
         if self._arrays is None:
             nbytes = self.bits // 8
-            rows = self.db.execute("SELECT id, path, duration, labels, code FROM tracks ORDER BY id").fetchall()
-            ids = np.array([r[0] for r in rows], dtype=np.int64)
-            codes = np.frombuffer(b"".join(r[4] for r in rows), dtype=np.uint8).reshape(len(rows), nbytes)
-            seg = self.db.execute("SELECT track_id, start, code FROM segments ORDER BY track_id, start").fetchall()
-            seg_track = np.searchsorted(ids, np.array([s[0] for s in seg], dtype=np.int64))
-            seg_start = np.array([s[1] for s in seg], dtype=np.float64)
-            seg_codes = np.frombuffer(b"".join(s[2] for s in seg), dtype=np.uint8).reshape(len(seg), nbytes)
-            starts = np.searchsorted(seg_track, np.arange(len(rows)))
-            meta = [(r[1], r[2], json.loads(r[3])) for r in rows]
-            self._arrays = (CodeIndex(codes), CodeIndex(seg_codes), seg_start, starts, meta)
+            rows = self.db.execute("SELECT path, duration, labels, code, segment_index, segment_codes FROM tracks ORDER BY id").fetchall()
+            codes = np.frombuffer(b"".join(r[3] for r in rows), dtype=np.uint8).reshape(len(rows), nbytes)
+            seg_index = np.frombuffer(b"".join(r[4] for r in rows), dtype="<u2")
+            seg_codes = np.frombuffer(b"".join(r[5] for r in rows), dtype=np.uint8).reshape(len(seg_index), nbytes)
+            starts = np.concatenate([[0], np.cumsum([len(r[4]) // 2 for r in rows])[:-1]]).astype(np.int64) if rows else np.zeros(0, np.int64)
+            meta = [(r[0], r[1], r[2]) for r in rows]
+            self._arrays = (CodeIndex(codes), seg_codes, CodeIndex(seg_codes), seg_index.astype(np.float64) * self.segment_s, starts, meta)
         return self._arrays
 
     def search(self, query: np.ndarray, k: int = 10, by_segment: bool = False) -> list[Match]:
@@ -226,14 +224,20 @@ class Library:
             rank by each track's nearest segment (a query of a few seconds, or
             live listening).  Either way each match names its nearest segment.
         """
-        codes, seg_codes, seg_start, starts, meta = self._load()
+        codes, seg_packed, seg_codes, seg_start, starts, meta = self._load()
         if not len(codes):
             return []
-        track_d = codes.distances(query)
-        seg_best, seg_row = group_min(seg_codes.distances(query), starts)
-        ranking = seg_best if by_segment else track_d
-        return [Match(meta[i][0], int(ranking[i]), float(seg_start[seg_row[i]]), int(seg_best[i]), meta[i][1], meta[i][2])
-                for i in top_k(ranking, k)]
+        ends = np.append(starts[1:], len(seg_packed))
+        if by_segment:
+            seg_best, seg_row = group_min(seg_codes.distances(query), starts)
+            found = [(i, int(seg_best[i]), int(seg_best[i]), int(seg_row[i])) for i in top_k(seg_best, k)]
+        else:  # rank by track codes; the nearest segment only of the tracks found
+            track_d = codes.distances(query)
+            found = []
+            for i in top_k(track_d, k):
+                d = CodeIndex(seg_packed[starts[i] : ends[i]]).distances(query)
+                found.append((i, int(track_d[i]), int(d.min()), int(starts[i] + np.argmin(d))))
+        return [Match(meta[i][0], dist, float(seg_start[row]), seg_d, meta[i][1], json.loads(meta[i][2])) for i, dist, seg_d, row in found]
 
 
 def _under(path: Path, root: Path) -> bool:

@@ -102,6 +102,42 @@ def search_benchmark(bits: int, n: int = 1_000_000, queries: int = 200, k: int =
             "code_bytes_per_track": bits // 8, "codes_mb": round(codes.nbytes / 1e6, 1)}
 
 
+def library_benchmark(bits: int, tracks: int = 10_000, segments: int = 12, seed: int = 0) -> dict[str, Any]:
+    """Bytes per track of a library file of ``tracks`` synthetic 3-minute tracks, and its load and search times.
+
+    Each track has a 70-character path, labels like the shipped model's, a
+    whole-track code and ``segments`` segment codes (3 minutes at 15 s).
+    """
+    import tempfile
+
+    from rtgenre.card import FrontendParams, HashSpec, ModelCard
+    from rtgenre.similarity.library import Library, TrackCodes
+
+    rng = np.random.default_rng(seed)
+    card = ModelCard("synthetic", "0", Path("synthetic.onnx"), "0" * 64, FrontendParams(), 469, "mel", (), hash=HashSpec("hash", bits))
+    labels = {"genre": "electronic", "mood": "energetic", "instruments": ["bass", "drums", "synth"]}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "lib.rtsim"
+        with Library(path, card, create=True) as lib:
+            lib.db.execute("PRAGMA synchronous = OFF")  # a benchmark: no fsync per track
+            for i in range(tracks):
+                codes = rng.integers(0, 256, size=(segments + 1, bits // 8), dtype=np.uint8)
+                lib.put(Path(f"/home/someone/Music/Some Artist Name/Some Album Title (2020)/{i:06d} Track.flac"), (30_000_000 + i, 1_700_000_000_000_000_000 + i),
+                        TrackCodes(180.0, labels, codes[0], np.arange(segments), codes[1:]))
+        size = path.stat().st_size
+        t0 = time.perf_counter()
+        with Library(path, card) as lib:
+            lib.search(codes[0], K)
+            load_s = time.perf_counter() - t0
+            times = []
+            for by_segment in (False, True):
+                t0 = time.perf_counter()
+                lib.search(codes[1], K, by_segment=by_segment)
+                times.append((time.perf_counter() - t0) * 1e3)
+    return {"tracks": tracks, "segments_per_track": segments, "bits": bits, "file_bytes_per_track": round(size / tracks),
+            "open_and_load_s": round(load_s, 2), "search_ms_track_codes": round(times[0], 2), "search_ms_segment_codes": round(times[1], 2)}
+
+
 def evaluate(backend, cache_dir: Path, bits_list: list[int], steps: int = 1500, seed: int = 0, bench_tracks: int = 1_000_000) -> dict[str, Any]:
     """The whole evaluation (see the module docstring); returns the JSON record."""
     import torch
@@ -155,6 +191,7 @@ def evaluate(backend, cache_dir: Path, bits_list: list[int], steps: int = 1500, 
         "seconds": {"embed": round(embed_s, 1), "train_hash": train_s},
         "tasks": tasks,
         "search": [search_benchmark(b, n=bench_tracks) for b in bits_list],
+        "library_file": [library_benchmark(b) for b in bits_list],
     }
 
 

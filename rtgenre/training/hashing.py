@@ -13,8 +13,13 @@ deep-hashing objective in the manner of ADSH / DPSH:
 agreement of the two windows' clips: 1 for the same clip or the same artist,
 otherwise the mean over the label kinds both clips have (``genre`` within one
 data set, ``quadrant``) of +1 (same) / −1 (different); pairs sharing no label
-kind get ``w_ij = 0``.  The second term pulls every value towards ±1 (the
-quantisation loss), the third keeps each bit balanced over the batch.
+kind get ``w_ij = 0``.  With ``structure`` = α > 0 (default 0.5) the codes also
+keep the embedding's own neighbourhoods: every pair counts (``w_ij = 1``), and
+the target is ``α C_ij + (1 − α) S_ij`` for labelled pairs, ``C_ij`` for the
+others, where ``C_ij`` is the cosine of the two (centred) embeddings — labels
+alone, on a few hundred clips, lose the genre structure the float embedding
+has.  The second term pulls every value towards ±1 (the quantisation loss),
+the third keeps each bit balanced over the batch.
 
 :class:`HashedBackend` wraps a back end so that its ``forward`` also returns
 ``hash``; :func:`export_hashed_model` writes the whole model's ONNX graph
@@ -36,6 +41,7 @@ from rtgenre.training.model import CRNN, activate
 from rtgenre.training.realdata import Clip, load_clips, window_embeddings
 
 HASH_OUTPUT = "hash"
+STRUCTURE_WEIGHT = 0.5
 QUANT_WEIGHT = 0.1
 BALANCE_WEIGHT = 0.1
 
@@ -120,8 +126,11 @@ def hashing_loss(u: Tensor, s: Tensor, w: Tensor) -> Tensor:
 
 
 def fit_hash_layer(emb: np.ndarray, clip_of: np.ndarray, clips: list[Clip], bits: int, steps: int = 1500, batch: int = 256,
-                   lr: float = 3e-3, seed: int = 0) -> HashLayer:
-    """Train a :class:`HashLayer` on window embeddings ``emb`` (N, D) of ``clips`` (window ``i`` is from ``clips[clip_of[i]]``)."""
+                   lr: float = 3e-3, seed: int = 0, structure: float = STRUCTURE_WEIGHT) -> HashLayer:
+    """Train a :class:`HashLayer` on window embeddings ``emb`` (N, D) of ``clips`` (window ``i`` is from ``clips[clip_of[i]]``).
+
+    ``structure`` is the weight of the embedding's own cosine similarity in the targets (module docstring).
+    """
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     layer = HashLayer(emb.shape[1], bits)
@@ -135,6 +144,11 @@ def fit_hash_layer(emb: np.ndarray, clip_of: np.ndarray, clips: list[Clip], bits
     for _ in range(steps):
         idx = torch.randperm(len(x), generator=gen)[:batch].numpy()
         s, w = similarity_targets(clips, clip_of[idx])
+        if structure > 0:
+            c = torch.nn.functional.normalize(x[idx] - mean, dim=1)
+            c = c @ c.T
+            s = torch.where(w > 0, (1 - structure) * s + structure * c, c)
+            w = 1.0 - torch.eye(len(idx))
         loss = hashing_loss(layer(x[idx]), s, w)
         opt.zero_grad()
         loss.backward()
@@ -213,5 +227,5 @@ def attach_hash_layer(card_path: str | Path, cache_dir: str | Path, bits: int, f
     layer = train_hash_layer(backend, cache_dir, bits, steps=steps, seed=seed)
     keep = {k: v for k, v in card.raw.items() if k not in ("format", "name", "version", "onnx", "onnx_sha256", "frontend", "window_frames", "input", "heads", "mappings", "backend_weights", "hash")}
     keep["hash_training"] = {"from_model": card.name, "from_onnx_sha256": card.onnx_sha256, "cache": str(cache_dir), "datasets": ["4q", "gtzan"],
-                             "bits": bits, "steps": steps, "seed": seed, "objective": "pairwise (u_i.u_j/K - S_ij)^2 + 0.1 quantisation + 0.1 bit balance; S from artist, genre, mood quadrant"}
+                             "bits": bits, "steps": steps, "seed": seed, "objective": "pairwise (u_i.u_j/K - S_ij)^2 + 0.1 quantisation + 0.1 bit balance; S = 0.5 label agreement (artist, genre, mood quadrant) + 0.5 embedding cosine"}
     return export_hashed_model(CRNN(load_teacher(TEACHERS[0]), backend), layer, folder, name, card.mappings, keep)

@@ -200,6 +200,10 @@ class Library:
 
     # -- searching -----------------------------------------------------------
 
+    def load(self) -> None:
+        """Read every code into memory now (searches do it on first use; a live feed should not wait for it)."""
+        self._load()
+
     def _load(self) -> tuple:
         if self._arrays is None:
             nbytes = self.bits // 8

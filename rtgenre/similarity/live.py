@@ -3,7 +3,9 @@
 :class:`LiveSimilar` is a per-prediction hook of a feed
 (:class:`rtgenre.pipeline.Feed`): it keeps the ``hash`` outputs of the last
 ``span_s`` seconds of windows, and every ``every_s`` seconds searches the
-library by segment with the sign of their mean.  Each prediction carries the
+library by segment with the sign of their mean.  The library's codes are
+loaded when the hook is made, before the feed starts; a search runs in the
+analysis thread (about 3 ms for 10 000 tracks of 12 segments).  Each prediction carries the
 latest result as ``similar``: ``[{"path", "distance", "segment", "labels"}]``,
 nearest first.
 """
@@ -39,6 +41,7 @@ class LiveSimilar:
         self.k = k
         self.every_s = every_s
         self.span_s = library.segment_s if span_s is None else span_s
+        library.load()
         self.reset()
 
     def reset(self) -> None:

@@ -15,7 +15,8 @@ genre) and ``4q/quadrant`` — the queries and library are the clips with that
 label, and a library clip is relevant when it has the query's label.  Reported
 per method (hash codes of each length ranked by Hamming distance, float
 embeddings ranked by cosine, random codes): mAP@10 (average precision over the
-top 10, normalised by min(relevant in library, 10)) and precision@10.  Ties in
+top 10, normalised by min(relevant in library, 10)), its standard error over
+the queries, and precision@10.  Ties in
 Hamming distance are broken by library order.
 
 The search benchmark times :meth:`rtgenre.similarity.codes.CodeIndex.distances` +
@@ -63,13 +64,14 @@ def average_precision_at_k(relevant: np.ndarray, n_relevant: int, k: int = K) ->
 
 
 def retrieval_scores(rankings: np.ndarray, q_labels: np.ndarray, lib_labels: np.ndarray, k: int = K) -> dict[str, float]:
-    """mAP@k and precision@k of ``rankings`` (queries × ≥k library indices, nearest first)."""
+    """mAP@k, precision@k and the standard error of the mean AP of ``rankings`` (queries × ≥k library indices, nearest first)."""
     aps, precs = [], []
     for q, order in enumerate(rankings):
         rel = lib_labels[order[:k]] == q_labels[q]
         aps.append(average_precision_at_k(rel, int((lib_labels == q_labels[q]).sum()), k))
         precs.append(float(rel.mean()))
-    return {f"map@{k}": round(float(np.mean(aps)), 4), f"p@{k}": round(float(np.mean(precs)), 4)}
+    return {f"map@{k}": round(float(np.mean(aps)), 4), f"p@{k}": round(float(np.mean(precs)), 4),
+            f"map@{k}_se": round(float(np.std(aps) / np.sqrt(len(aps))), 4)}
 
 
 def rank_cosine(queries: np.ndarray, library: np.ndarray, k: int = K) -> np.ndarray:

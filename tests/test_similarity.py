@@ -313,6 +313,7 @@ def test_library_errors(hashed_model, music, tmp_path):
         (("similar", str(song), "--index", str(lib), "--model", str(other)), ExitCode.LIBRARY_MISMATCH, "not of other"),
         (("index", str(song), "--out", str(lib), "--model", str(other)), ExitCode.LIBRARY_MISMATCH, ""),
         (("similar", str(song), "--index", str(tmp_path / "absent.rtsim"), "--model", str(hashed_model)), ExitCode.LIBRARY_UNUSABLE, "does not exist"),
+        (("index", str(song), "--out", str(tmp_path / "no" / "lib.rtsim"), "--model", str(hashed_model)), ExitCode.LIBRARY_UNUSABLE, "does not exist"),
         (("similar", str(song), "--index", str(song), "--model", str(hashed_model)), ExitCode.LIBRARY_UNUSABLE, "not an rtgenre library"),
         (("similar", str(song), "--index", str(lib), "--at", "5:00", "--model", str(hashed_model)), ExitCode.USAGE, "past the end"),
         (("similar", str(song), "--index", str(lib), "--at", "soon", "--model", str(hashed_model)), ExitCode.USAGE, "not a time"),

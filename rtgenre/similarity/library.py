@@ -104,6 +104,8 @@ class Library:
         if card.hash is None:
             raise LibraryMismatchError(f"Model {card.name} has no hash output, so it cannot make similarity codes",
                                        "Use a model exported with a hash layer (card entry \"hash\"; see README, 'Sounds like')")
+        if create and not self.path.parent.is_dir():
+            raise LibraryUnusableError(f"The folder {self.path.parent} for library {self.path.name} does not exist", "Create it, or pass another --out")
         if not create and not self.path.is_file():
             raise LibraryUnusableError(f"Library {self.path} does not exist", f"Build it first: rtgenre index MUSIC_FOLDER --out {self.path}")
         try:

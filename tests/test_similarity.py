@@ -175,9 +175,8 @@ def test_export_adds_the_hash_output(hashed_model):
     assert out["hash"].shape == (3, BITS) and set(out) == {h.name for h in card.heads} | {"hash"}
     backend = load_backend(hashed_model.with_name("hashed.backend.npz"))
     hashed = HashedBackend(backend, load_hash_layer(hashed_model.with_name("hashed.hash.npz"))).eval()
-    front = TinyFront()
     torch.manual_seed(0)
-    front = TinyFront()  # same seed as export_hashed: the same front weights
+    front = TinyFront()  # made first after the same seed in export_hashed: the same weights
     with torch.no_grad():
         want = hashed(front.frame_features(torch.from_numpy(mel)))
     np.testing.assert_allclose(out["hash"], want["hash"].numpy(), atol=1e-4)

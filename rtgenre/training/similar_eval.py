@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import platform
 import shlex
 import sys
@@ -220,7 +221,8 @@ def run_eval_similar(args: argparse.Namespace) -> int:
     backend = load_backend(path)
     record = {"command": "rtgenre " + " ".join(shlex.quote(a) for a in sys.argv[1:]), "backend": str(path), "backend_sha256": file_sha256(path),
               "cache": str(args.cache), "machine": f"{platform.machine()}, {platform.python_version()}, numpy {np.__version__}",
-              **evaluate(backend, args.cache, args.bits, steps=args.steps, seed=args.seed, bench_tracks=args.bench_tracks)}
+              **evaluate(backend, args.cache, args.bits, steps=args.steps, seed=args.seed, bench_tracks=args.bench_tracks),
+              "load_average_1min_at_end": round(os.getloadavg()[0], 2)}
     text = json.dumps(record, indent=1)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

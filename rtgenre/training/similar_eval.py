@@ -108,7 +108,7 @@ def search_benchmark(bits: int, n: int = 1_000_000, queries: int = 200, k: int =
 def library_benchmark(bits: int, tracks: int = 10_000, segments: int = 12, seed: int = 0) -> dict[str, Any]:
     """Bytes per track of a library file of ``tracks`` synthetic 3-minute tracks, and its load and search times.
 
-    Each track has a 70-character path, labels like the shipped model's, a
+    Each track has a 78-character path, labels like the shipped model's, a
     whole-track code and ``segments`` segment codes (3 minutes at 15 s).
     """
     import tempfile

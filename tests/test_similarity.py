@@ -109,11 +109,11 @@ torch = pytest.importorskip("torch")
 
 def test_hash_training_separates_labelled_clusters():
     from rtgenre.training.hashing import fit_hash_layer, similarity_targets
-    from rtgenre.training.realdata import Clip
+    from rtgenre.training.clip_embeddings import CachedClip
 
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((4, 32)) * 1.0
-    clips = [Clip(f"c{i}", "4q", Path("x"), f"artist:{i}", {"quadrant": f"Q{i % 4 + 1}", "artist": f"a{i}"}) for i in range(80)]
+    clips = [CachedClip(f"c{i}", "4q", "x.ogg", f"artist:{i}", {"quadrant": f"Q{i % 4 + 1}", "artist": f"a{i}"}) for i in range(80)]
     clip_of = np.repeat(np.arange(80), 3)
     emb = (centres[clip_of % 4] + rng.standard_normal((240, 32)) * 1.2).astype(np.float32)
     s, w = similarity_targets(clips, clip_of[:6])
@@ -134,6 +134,28 @@ def test_hash_training_separates_labelled_clusters():
         same.append(d[mask].mean())
         other.append(d[~mask].mean())
     assert np.mean(same) < 0.5 * np.mean(other), (np.mean(same), np.mean(other))
+
+
+def test_cached_clips_are_cut_into_windows(tmp_path):
+    from rtgenre.training.clip_embeddings import CachedClip, read_index, select, window_embeddings
+    from rtgenre.training.model import Backend, BackendConfig
+
+    rng = np.random.default_rng(0)
+    records = [CachedClip("4q-a", "4q", "a.ogg", "artist:x", {"quadrant": "Q1"}, 1000), CachedClip("gtzan-b", "gtzan", "b.ogg", "gtzan:b", {"genre": "jazz"}, 300),
+               CachedClip("speech-c", "speech", "c.ogg", "speaker:c", {"label": "speech"}, 600), CachedClip("4q-missing", "4q", "m.ogg", "artist:y", {}, 900)]
+    for r in records[:3]:
+        np.save(tmp_path / f"{r.id}.npy", rng.standard_normal((r.frames, 753)).astype(np.float16))
+    lines = [json.dumps(r.__dict__) for r in records] + ['{"id": "4q-half", "dat']  # the last line is being written
+    (tmp_path / "index.jsonl").write_text("\n".join(lines))
+    assert [c.id for c in read_index(tmp_path)] == ["4q-a", "gtzan-b", "speech-c"]  # no features, half a line: left out
+    clips = select(tmp_path, ("4q", "gtzan"))
+    torch.manual_seed(0)
+    backend = Backend(BackendConfig(projection=8, hidden=8, layers=1))
+    emb, clip_of = window_embeddings(backend, tmp_path, clips, hop_frames=312)
+    assert emb.shape == (3, 16) and clip_of.tolist() == [0, 0, 1]  # (1000 - 469) // 312 + 1 = 2 windows; 300 frames: one short window
+    feats = torch.from_numpy(np.load(tmp_path / "4q-a.npy").astype(np.float32))
+    with torch.no_grad():
+        np.testing.assert_allclose(emb[1], backend.eval().embed(feats[None, 312:781])[0].numpy(), atol=1e-5)
 
 
 class TinyFront(torch.nn.Module):

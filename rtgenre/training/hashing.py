@@ -4,7 +4,7 @@
 (``backend.embed(feats) -> (B, D)``, the state before the heads) to ``K``
 values in [-1, 1] (linear → tanh); the sign of each is one bit of the window's
 code.  It is trained, with the back end frozen, on the cached frame features
-of real labelled clips (:mod:`rtgenre.training.realdata`) by a pairwise
+of real labelled clips (:mod:`rtgenre.training.clip_embeddings`) by a pairwise
 deep-hashing objective in the manner of ADSH / DPSH:
 
 ``L = mean_ij w_ij (u_i·u_j / K − S_ij)² + λ_q mean (|u| − 1)² + λ_b ‖mean_i u_i‖² / K``
@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from rtgenre.training.model import CRNN, activate
-from rtgenre.training.realdata import Clip, load_clips, window_embeddings
+from rtgenre.training.clip_embeddings import CachedClip, clip_label, select, window_embeddings
 
 HASH_OUTPUT = "hash"
 STRUCTURE_WEIGHT = 0.5
@@ -98,7 +98,7 @@ class HashedCRNN(CRNN):
         return (*(activate(h, out[h.name]) for h in self.backend.config.heads), out[HASH_OUTPUT])
 
 
-def similarity_targets(clips: list[Clip], clip_of: np.ndarray) -> tuple[Tensor, Tensor]:
+def similarity_targets(clips: list[CachedClip], clip_of: np.ndarray) -> tuple[Tensor, Tensor]:
     """``S`` (agreement in [-1, 1]) and ``w`` (1 where the pair is comparable) for windows of ``clips``.
 
     ``clip_of[i]`` is the clip index of window ``i``.
@@ -107,13 +107,13 @@ def similarity_targets(clips: list[Clip], clip_of: np.ndarray) -> tuple[Tensor, 
     agree = np.zeros((n, n))
     kinds = np.zeros((n, n))
     for kind in ("genre", "quadrant"):
-        lab = np.array([c.label(kind) or "" for c in clips])[clip_of]
+        lab = np.array([clip_label(c, kind) or "" for c in clips])[clip_of]
         has = lab != ""
         both = has[:, None] & has[None, :]
         agree += np.where(both, np.where(lab[:, None] == lab[None, :], 1.0, -1.0), 0.0)
         kinds += both
     s = np.divide(agree, kinds, out=np.zeros_like(agree), where=kinds > 0)
-    artist = np.array([c.artist or f"clip:{c.id}" for c in clips])[clip_of]
+    artist = np.array([clip_label(c, "artist") or f"clip:{c.id}" for c in clips])[clip_of]
     same = (artist[:, None] == artist[None, :]) | (clip_of[:, None] == clip_of[None, :])
     s[same] = 1.0
     w = ((kinds > 0) | same).astype(np.float64)
@@ -130,7 +130,7 @@ def hashing_loss(u: Tensor, s: Tensor, w: Tensor) -> Tensor:
     return pair + QUANT_WEIGHT * quant + BALANCE_WEIGHT * balance
 
 
-def fit_hash_layer(emb: np.ndarray, clip_of: np.ndarray, clips: list[Clip], bits: int, steps: int = 1500, batch: int = 256,
+def fit_hash_layer(emb: np.ndarray, clip_of: np.ndarray, clips: list[CachedClip], bits: int, steps: int = 1500, batch: int = 256,
                    lr: float = 3e-3, seed: int = 0, structure: float = STRUCTURE_WEIGHT) -> HashLayer:
     """Train a :class:`HashLayer` on window embeddings ``emb`` (N, D) of ``clips`` (window ``i`` is from ``clips[clip_of[i]]``).
 
@@ -181,8 +181,8 @@ def train_hash_layer(backend: nn.Module, cache_dir: str | Path, bits: int, datas
     hop_frames : int
         Frames between training windows of a clip (312 = 5 s, the index hop).
     """
-    clips = [c for c in load_clips(cache_dir, datasets) if not exclude_groups or c.group not in exclude_groups]
-    emb, clip_of = window_embeddings(backend, clips, hop_frames)
+    clips = [c for c in select(Path(cache_dir), datasets) if not exclude_groups or c.group not in exclude_groups]
+    emb, clip_of = window_embeddings(backend, Path(cache_dir), clips, hop_frames)
     return fit_hash_layer(emb, clip_of, clips, bits, steps=steps, seed=seed)
 
 

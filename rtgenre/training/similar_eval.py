@@ -1,6 +1,6 @@
 """``rtgenre eval-similar``: retrieval quality of the similarity codes on real labelled clips, and search cost at 1 M tracks.
 
-Protocol.  The clips of the real-data cache (:mod:`rtgenre.training.realdata`;
+Protocol.  The clips of the real-data cache (:mod:`rtgenre.training.clip_embeddings`;
 4Q and GTZAN excerpts) are split by group — the artist for 4Q, the track for
 GTZAN — into three disjoint parts: the hash layers are trained on one
 (``train``, 50 % of the groups), and the other two are the queries (15 %) and
@@ -146,12 +146,12 @@ def evaluate(backend, cache_dir: Path, bits_list: list[int], steps: int = 1500, 
     import torch
 
     from rtgenre.training.hashing import fit_hash_layer
-    from rtgenre.training.realdata import load_clips, window_embeddings
+    from rtgenre.training.clip_embeddings import clip_label, select, window_embeddings
 
-    clips = load_clips(cache_dir, tuple(sorted({d for d, _ in TASKS})))
+    clips = select(cache_dir, tuple(sorted({d for d, _ in TASKS})))
     parts = np.array([part_of(c.group) for c in clips])
     t0 = time.perf_counter()
-    emb, clip_of = window_embeddings(backend, clips)
+    emb, clip_of = window_embeddings(backend, cache_dir, clips)
     embed_s = time.perf_counter() - t0
     clip_emb = np.stack([emb[clip_of == i].mean(axis=0) for i in range(len(clips))])
     train = np.flatnonzero(parts[clip_of] == "train")
@@ -170,7 +170,7 @@ def evaluate(backend, cache_dir: Path, bits_list: list[int], steps: int = 1500, 
 
     tasks: dict[str, Any] = {}
     for dataset, kind in TASKS:
-        labels = np.array([c.label(kind) or "" if c.dataset == dataset else "" for c in clips])
+        labels = np.array([clip_label(c, kind) or "" if c.dataset == dataset else "" for c in clips])
         q = np.flatnonzero((parts == "query") & (labels != ""))
         lib = np.flatnonzero((parts == "library") & (labels != ""))
         ql, ll = labels[q], labels[lib]

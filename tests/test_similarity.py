@@ -354,3 +354,36 @@ def test_library_errors(hashed_model, music, tmp_path):
         assert proc.returncode == code, (args, err)
         assert "Traceback" not in err and err.count("rtgenre: error:") == 1, err
         assert words in err, err
+
+
+@pytest.mark.slow
+def test_index_resumes_after_being_killed(hashed_model, tmp_path):
+    import signal
+    import sqlite3
+    import time
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(8):
+        write_song(folder / f"s{i}.wav", 12.0, seed=20 + i)
+    lib = tmp_path / "lib.rtsim"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "rtgenre", "index", str(folder), "--out", str(lib), "--no-progress", "--model", str(hashed_model)],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = 0
+    deadline = time.monotonic() + 120
+    while done == 0 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        try:
+            with sqlite3.connect(lib) as db:
+                done = db.execute("SELECT count(*) FROM tracks").fetchone()[0]
+        except sqlite3.Error:  # not created yet, or locked by the writer
+            pass
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    if done == 8:
+        pytest.skip("the indexer finished before it could be killed")
+    proc = rtgenre("index", str(folder), "--out", str(lib), "--json", "--model", str(hashed_model))
+    report = json.loads(proc.stdout)
+    assert proc.returncode == 0 and report["tracks"] == 8 and report["unchanged"] >= done >= 1
+    assert report["added"] + report["unchanged"] == 8

@@ -35,8 +35,8 @@ class ExitCode(IntEnum):
     MIDI_PORT_LOST = 61
     MIDI_INPUT = 62
     DATA_INVALID = 70
-    LIBRARY_UNUSABLE = 80
-    LIBRARY_MISMATCH = 81
+    LIBRARY_UNUSABLE = 90
+    LIBRARY_MISMATCH = 91
 
 
 class RtgenreError(Exception):
@@ -173,9 +173,11 @@ class LibraryUnusableError(RtgenreError):
     """A similarity library (``rtgenre index --out``) is missing, unreadable or not a library."""
 
     code = ExitCode.LIBRARY_UNUSABLE
+    reason = "library unusable"
 
 
 class LibraryMismatchError(RtgenreError):
     """The library's codes come from another model, or the model has no ``hash`` output."""
 
     code = ExitCode.LIBRARY_MISMATCH
+    reason = "library mismatch"

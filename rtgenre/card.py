@@ -26,6 +26,7 @@ Card schema (``format`` 1)::
                  "output": "instruments", "labels": [...], "threshold": 0.5}],
       "mappings": {"gtzan": {"<our genre>": "<gtzan genre>" | null}},
       "split": {...},                       # optional, see below
+      "hash": {"output": "hash", "bits": 128},   # optional: similarity codes
       ...free-form: "training", "evaluation", "license", "teacher" ...
     }
 
@@ -50,7 +51,9 @@ to one probability output per head (named by the head's ``output``) and the
 window embedding.
 
 Model outputs are probabilities already (softmax for ``multiclass`` heads,
-sigmoid for ``multilabel`` heads), shape ``(batch, len(labels))``.
+sigmoid for ``multilabel`` heads), shape ``(batch, len(labels))``.  A model
+with a ``hash`` entry has one more output, ``(batch, bits)`` ``tanh`` values
+whose signs are the window's similarity code (:mod:`rtgenre.similarity`).
 """
 
 from __future__ import annotations
@@ -191,6 +194,14 @@ class SplitModel:
 
 
 @dataclass(frozen=True)
+class HashSpec:
+    """The optional similarity-code output: its name and length in bits (a multiple of 8)."""
+
+    output: str
+    bits: int
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """A loaded, validated model card."""
 
@@ -203,6 +214,7 @@ class ModelCard:
     input_name: str
     heads: tuple[Head, ...]
     mappings: dict[str, dict[str, str | None]] = field(default_factory=dict)
+    hash: HashSpec | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     split: SplitModel | None = None
 
@@ -286,6 +298,11 @@ def load_card(model: str | Path | None = None, verify: bool = True) -> ModelCard
         )
         if not heads or any(h.kind not in ("multiclass", "multilabel") or not h.labels for h in heads):
             raise ValueError("every head needs a kind (multiclass|multilabel) and labels")
+        hash_spec = None
+        if "hash" in raw:
+            hash_spec = HashSpec(output=str(raw["hash"]["output"]), bits=int(raw["hash"]["bits"]))
+            if hash_spec.bits <= 0 or hash_spec.bits % 8:
+                raise ValueError(f"hash bits must be a positive multiple of 8, got {hash_spec.bits}")
         card = ModelCard(
             name=raw["name"],
             version=str(raw.get("version", "0")),
@@ -296,6 +313,7 @@ def load_card(model: str | Path | None = None, verify: bool = True) -> ModelCard
             input_name=raw.get("input", {}).get("name", "mel"),
             heads=heads,
             mappings=raw.get("mappings", {}),
+            hash=hash_spec,
             raw=raw,
             split=SplitModel.from_json(raw["split"], path.parent) if raw.get("split") else None,
         )

@@ -3,6 +3,7 @@
 Subcommands: ``listen`` (live feed), ``classify`` (files, offline), ``devices``,
 ``eval``, ``train``, ``engine build|info``, ``midi-ports``, ``analyze-midi``,
 ``monitor`` (many live feeds, see :mod:`rtgenre.monitor`).
+``index``, ``similar``, ``eval-similar``.
 User mistakes end with one line on stderr and the error's exit code
 (:mod:`rtgenre.errors`); Ctrl-C ends ``listen`` cleanly with a ``stop`` event.
 """
@@ -104,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         run_eval,
         run_train,
     )
+    from rtgenre.similarity.commands import add_similarity_arguments
 
     p = sub.add_parser("eval", help="evaluate a model on a labelled folder (accuracy, F1, confusion)",
                        description="Run a model over labelled audio files and report accuracy, per-class precision/recall/F1 and the "
@@ -123,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
             for leaf in nested.choices.values():
                 leaf.set_defaults(usage_parser=leaf)
     add_monitor_arguments(sub)
+    add_similarity_arguments(sub)
     return parser
 
 
@@ -196,6 +199,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     from rtgenre.card import load_card
     from rtgenre.pipeline import Feed
     from rtgenre.session import MidiSession, Session
+    from rtgenre.similarity.commands import live_hooks
     from rtgenre.sinks.base import EventBus
     from rtgenre.sources import open_source
 
@@ -217,7 +221,8 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     else:
         source = open_source(args.input, args.device, realtime=args.realtime, fmt=args.format, rate=args.rate, channels=args.channels, **stream_options(args))
         feed = Feed(args.stream_name, source, card, _smoother(args, card), args.hop, midi=midi, midi_weight=args.midi_weight,
-                    reconnect=bool(args.reconnect), max_reconnects=args.max_reconnects, lookahead=args.lookahead)
+                    reconnect=bool(args.reconnect), max_reconnects=args.max_reconnects, lookahead=args.lookahead,
+                    hooks=live_hooks(args, card))
         session = Session([feed], lambda: _engine(args, card), bus)
     _attach_sinks(args, bus, on_gone=lambda: session.request_stop("reader gone"), on_quit=lambda: session.request_stop("quit"))
     session.run()

@@ -36,6 +36,8 @@ class ExitCode(IntEnum):
     MIDI_INPUT = 62
     DATA_INVALID = 70
     OUTPUT_FAILED = 80
+    LIBRARY_UNUSABLE = 90
+    LIBRARY_MISMATCH = 91
 
 
 class RtgenreError(Exception):
@@ -193,3 +195,17 @@ class OutputFailedError(RtgenreError):
 
     code = ExitCode.OUTPUT_FAILED
     reason = "output failed"
+
+
+class LibraryUnusableError(RtgenreError):
+    """A similarity library (``rtgenre index --out``) is missing, unreadable or not a library."""
+
+    code = ExitCode.LIBRARY_UNUSABLE
+    reason = "library unusable"
+
+
+class LibraryMismatchError(RtgenreError):
+    """The library's codes come from another model, or the model has no ``hash`` output."""
+
+    code = ExitCode.LIBRARY_MISMATCH
+    reason = "library mismatch"

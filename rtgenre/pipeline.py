@@ -20,7 +20,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -64,6 +64,10 @@ class MidiInput(Protocol):
     def stop(self) -> None: ...
     def check(self) -> None: ...
     def snapshot(self, now: float) -> dict[str, Any]: ...
+
+
+PredictionHook = Callable[[float, dict[str, np.ndarray]], dict[str, Any]]
+"""Adds fields to a prediction: ``hook(t, engine outputs of the window) -> {field: value}``."""
 
 
 class Analyzer:
@@ -235,11 +239,15 @@ class Feed:
         How a streaming engine handles the newest frames (see
         :class:`~rtgenre.inference.streaming.FeatureStream`); :meth:`open` keeps
         it only when the engine streams (else :attr:`lookahead` is ``None``).
+    hooks : sequence of callables
+        ``hook(t, probs) -> dict`` per prediction (``probs``: the engine's outputs
+        for the window ending at ``t``); the fields returned are added to the
+        ``prediction`` event (e.g. ``similar``, :mod:`rtgenre.similarity.live`).
     """
 
     def __init__(self, name: str, source: Source, card: ModelCard, smoother: Smoother, hop_s: float, ring_seconds: float = 20.0,
                  midi: MidiInput | None = None, midi_weight: float = 1.0, reconnect: bool = False, max_reconnects: int | None = None,
-                 lookahead: str | None = "wait") -> None:
+                 lookahead: str | None = "wait", hooks: Sequence[PredictionHook] = ()) -> None:
         self.name = name
         self.source = source
         self.card = card
@@ -249,6 +257,7 @@ class Feed:
         self.midi = midi
         self.midi_weight = midi_weight
         self.lookahead = lookahead
+        self.hooks = tuple(hooks)
         self.stats = FeedStats()
         self._silent_since: float | None = None
         self._content_since = 0.0
@@ -466,6 +475,8 @@ class Feed:
                                "probs": {label: round(float(p), 4) for label, p in zip(self.smoother.gate.head.labels, content.probs)}}
         if self.midi is not None:
             data["midi"] = self._midi(arrival, data["heads"])
+        for hook in self.hooks:
+            data.update(hook(window.t, probs))
         events = [Event("prediction", self.name, window.t, data, arrival=arrival)]
         if content is not None and content.transition is not None:
             events.append(self._transition(window, content))
@@ -590,12 +601,14 @@ class Feed:
 
 @dataclass
 class FileAnalysis:
-    """Raw (unsmoothed) per-window results of one file."""
+    """Raw (unsmoothed) per-window results of one file (``probs`` also holds ``hash`` when the engine returns it)."""
 
     path: Path
     t: np.ndarray
     level_dbfs: np.ndarray
     probs: dict[str, np.ndarray]
+    duration: float = 0.0
+    """Seconds of audio read."""
 
 
 def analyze_file(path: str | Path, card: ModelCard, engine: Engine, hop_s: float = 0.5, block_s: float = 10.0, lookahead: str = "wait", live_block: int | None = None) -> FileAnalysis:
@@ -639,10 +652,12 @@ def analyze_file(path: str | Path, card: ModelCard, engine: Engine, hop_s: float
         windows.extend(new)
         results.extend(infer(engine, [(analyzer, w) for w in new]))
 
+    n_frames = 0
     try:
         while True:
             frames, _ = ring.read()
             if len(frames):
+                n_frames += len(frames)
                 step = live_block or len(frames)
                 for i in range(0, len(frames), step):
                     run(analyzer.process(frames[i : i + step]))
@@ -661,5 +676,6 @@ def analyze_file(path: str | Path, card: ModelCard, engine: Engine, hop_s: float
         path=Path(path),
         t=np.array([w.t for w in windows]),
         level_dbfs=np.array([w.level_dbfs for w in windows]),
-        probs={h.name: np.stack([r[h.name] for r in results]) for h in card.heads},
+        probs={name: np.stack([r[name] for r in results]) for name in results[0]},
+        duration=n_frames / source.sample_rate,
     )

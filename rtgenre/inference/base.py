@@ -65,7 +65,9 @@ class Engine(ABC):
         Returns
         -------
         dict of str to ndarray
-            Head name → probabilities, shape ``(batch, len(head.labels))``, float32.
+            Head name → probabilities, shape ``(batch, len(head.labels))``, float32;
+            and ``"hash"`` → ``(batch, bits)`` when the card has a ``hash`` output
+            and the engine returns it (ONNX Runtime does; TensorRT not yet).
         """
 
     def encode(self, mel: np.ndarray, valid: np.ndarray) -> np.ndarray:

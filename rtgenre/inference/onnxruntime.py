@@ -79,8 +79,8 @@ class OnnxRuntimeEngine(Engine):
             import onnxruntime as ort
         except ImportError:
             raise EngineUnavailableError("onnxruntime is not installed", "pip install onnxruntime") from None
-        self._outputs = [h.output for h in card.heads]
-        self._heads = [h.name for h in card.heads]
+        self._outputs = [h.output for h in card.heads] + ([card.hash.output] if card.hash else [])
+        self._heads = [h.name for h in card.heads] + (["hash"] if card.hash else [])
         self.max_batch = max_batch
         self.chunk = max(1, chunk)
         self.streaming = stream and card.split is not None

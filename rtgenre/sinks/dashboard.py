@@ -30,6 +30,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from itertools import groupby
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -161,6 +162,7 @@ class DashboardState:
         self.overruns = 0
         self.dropped_samples = 0
         self.midi: dict[str, Any] | None = None
+        self.similar: list[dict[str, Any]] | None = None
         self.timeline: deque[str | None] = deque(maxlen=self._timeline_len(0.5))
         self.status: LogEntry | None = None
         self.status_until = math.inf
@@ -256,6 +258,8 @@ class DashboardState:
             self.latencies.append(float(d["latency_ms"]))
         if "midi" in d:
             self.midi = d["midi"]
+        if "similar" in d:
+            self.similar = d["similar"]
         genre = self.heads.get("genre")
         self.timeline.append(TALK if self.talking else genre.get("top") if genre else None)
 
@@ -303,26 +307,27 @@ class _Plan:
     mood: int
     timeline_rows: int
     meters: int
-    bottom: int        # MIDI | event log
+    bottom: int        # MIDI | sounds like | event log
     midi: bool
+    similar: bool = False
 
 
-def _plan(width: int, height: int, has_midi: bool) -> _Plan:
+def _plan(width: int, height: int, has_midi: bool, has_similar: bool = False) -> _Plan:
     """Choose the sections that fit ``width`` × ``height``."""
     if width < 60 or height < 20:
-        return _Plan("tiny", 0, 0, 0, 0, 0, has_midi)
+        return _Plan("tiny", 0, 0, 0, 0, 0, has_midi, has_similar)
     if width >= 100 and height >= 32:
         main = min(18, 12 + (height - 32) // 2)
         rows = max(1, min(6, (height - 30) // 2))
         meters = 6
         bottom = height - 2 - main - (rows + 3) - meters
-        return _Plan("large", main, 6, rows, meters, bottom, has_midi)
+        return _Plan("large", main, 6, rows, meters, bottom, has_midi, has_similar)
     spare = height - 24
     rows = 1 + max(0, min(2, spare // 3))
     bottom = height - 2 - 8 - (rows + 3) - 4
     if bottom < 3:  # no room for the event log: the timeline takes the rows
         rows, bottom = rows + bottom, 0
-    return _Plan("compact", 8, 3, rows, 4, bottom, has_midi)
+    return _Plan("compact", 8, 3, rows, 4, bottom, has_midi, has_similar)
 
 
 class DashboardView:
@@ -345,7 +350,7 @@ class DashboardView:
 
     def render(self, s: DashboardState, width: int, height: int) -> RenderableType:
         """One frame for a ``width`` × ``height`` terminal."""
-        plan = _plan(width, height, s.midi is not None)
+        plan = _plan(width, height, s.midi is not None, s.similar is not None)
         if plan.size == "tiny":
             return self._tiny(s, width)
         layout = self._layouts.get(plan)
@@ -366,6 +371,8 @@ class DashboardView:
         if plan.bottom:
             if plan.midi:
                 layout["midi"].update(self._midi(s, plan.bottom - 2))
+            if plan.similar:
+                layout["similar"].update(self._similar(s, plan.bottom - 2))
             layout["log"].update(self._log(s, plan.bottom - 2))
         layout["status"].update(self._status(s))
         return layout
@@ -381,10 +388,7 @@ class DashboardView:
         meters = Layout(name="meters", size=plan.meters)
         meters.split_row(Layout(name="level", ratio=1), Layout(name="health", ratio=1))
         bottom = Layout(name="bottom", size=plan.bottom)
-        if plan.midi:
-            bottom.split_row(Layout(name="midi", ratio=1), Layout(name="log", ratio=1))
-        else:
-            bottom.split_row(Layout(name="log"))
+        bottom.split_row(*[Layout(name=n, ratio=1) for n, shown in (("midi", plan.midi), ("similar", plan.similar), ("log", True)) if shown])
         rows = [Layout(name="header", size=1), main, Layout(name="timeline", size=plan.timeline_rows + 3), meters]
         root.split_column(*rows, *([bottom] if plan.bottom else []), Layout(name="status", size=1))
         return root
@@ -586,6 +590,20 @@ class DashboardView:
         text = Text("\n".join(lines[:max(rows, 1)]), no_wrap=True, overflow="ellipsis")
         return Panel(text, title=f"MIDI {m.get('port') or ''}".strip(), title_align="left", padding=(0, 1))
 
+    def _similar(self, s: DashboardState, rows: int) -> RenderableType:
+        text = Text(no_wrap=True, overflow="ellipsis")
+        entries = (s.similar or [])[:max(rows, 1)]
+        for i, m in enumerate(entries):
+            genre = (m.get("labels") or {}).get("genre") or ""
+            text.append(f"{m.get('distance', '?'):>3} ", style="dim")
+            text.append(Path(str(m.get("path", "?"))).name, style="bold" if i == 0 else "")
+            text.append(f" {_clock(float(m.get('segment') or 0))} {genre}", style="dim")
+            if i < len(entries) - 1:
+                text.append("\n")
+        if not entries:
+            text.append("— (empty library)", style="dim")
+        return Panel(text, title="sounds like", title_align="left", padding=(0, 1))
+
     def _log(self, s: DashboardState, rows: int) -> RenderableType:
         text = Text(no_wrap=True, overflow="ellipsis")
         entries = list(s.log)[-max(rows, 1):]
@@ -627,6 +645,7 @@ class DashboardView:
             Text(f"instruments {top('instruments')}"),
             Text(f"level {level}" + (" CLIP" if s.clipped else "") + (" silence" if s.silent_since is not None else "")),
             Text("latency —" if lat is None else f"latency {lat[0]:.0f}/{lat[1]:.0f} ms · overruns {s.overruns}"),
+            *([Text(f"like {Path(str(s.similar[0].get('path'))).name} ({s.similar[0].get('distance')})")] if s.similar else []),
             self._status(s),
         ]
         for line in lines:

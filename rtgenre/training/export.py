@@ -46,10 +46,10 @@ from rtgenre.training.musicnn import FEATURE_DIM, Musicnn, load_teacher
 OPSET = 17
 
 
-def export_onnx(model: CRNN, path: Path, frames: int = 469, n_mels: int = 96) -> None:
-    """Write ``model`` as ONNX with a dynamic batch axis; outputs named after the heads."""
+def export_onnx(model: CRNN, path: Path, frames: int = 469, n_mels: int = 96, output_names: list[str] | None = None) -> None:
+    """Write ``model`` as ONNX with a dynamic batch axis; outputs named after the heads (or ``output_names``, in the model's output order)."""
     model.eval()
-    names = [h.name for h in model.backend.config.heads]
+    names = output_names or [h.name for h in model.backend.config.heads]
     path.parent.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(2, frames, n_mels)
     with warnings.catch_warnings():  # the TorchScript exporter warns about LSTM batch sizes it handles correctly
@@ -139,7 +139,7 @@ def write_card(
 
 
 class BackendGraph(nn.Module):
-    """The exported back end: one window of features → head probabilities and the embedding."""
+    """The exported back end: one window of features → head probabilities, ``hash`` (a hashed back end's), and the embedding."""
 
     def __init__(self, backend: nn.Module) -> None:
         super().__init__()
@@ -149,7 +149,8 @@ class BackendGraph(nn.Module):
     def forward(self, feats: Tensor) -> tuple[Tensor, ...]:
         logits = self.backend(feats)
         probs = tuple(activate(h, logits[h.name]) for h in self.backend.config.heads)
-        return (*probs, self.backend.embed(feats))
+        extra = tuple(v for k, v in logits.items() if k not in {h.name for h in self.backend.config.heads})  # e.g. hash
+        return (*probs, *extra, self.backend.embed(feats))
 
 
 def _export(module: nn.Module, example: tuple[Tensor, ...], path: Path, inputs: dict[str, dict[int, str]], outputs: dict[str, dict[int, str]]) -> None:
@@ -171,9 +172,9 @@ def export_encoder(encoder: Musicnn, path: Path, n_mels: int = 96) -> None:
     _export(StreamEncoder(encoder), example, path, {"mel": axes, "valid": axes}, {"feats": {0: "batch", 1: "out_frames"}})
 
 
-def export_backend(backend: nn.Module, path: Path, frames: int = 469, feature_dim: int = FEATURE_DIM) -> None:
-    """Write the back end on ``(batch, frames, feature_dim)`` features: one output per head, then ``embedding``."""
-    names = [h.name for h in backend.config.heads]
+def export_backend(backend: nn.Module, path: Path, frames: int = 469, feature_dim: int = FEATURE_DIM, extra_outputs: tuple[str, ...] = ()) -> None:
+    """Write the back end on ``(batch, frames, feature_dim)`` features: one output per head, ``extra_outputs`` (e.g. ``hash``), then ``embedding``."""
+    names = [h.name for h in backend.config.heads] + list(extra_outputs)
     outputs = {n: {0: "batch"} for n in [*names, "embedding"]}
     _export(BackendGraph(backend), (torch.zeros(2, frames, feature_dim),), path, {"feats": {0: "batch"}}, outputs)
 
@@ -186,6 +187,7 @@ def export_split_model(
     extra: dict[str, Any],
     encoder: Musicnn | None = None,
     version: str = "1.0.0",
+    hash_layer: nn.Module | None = None,
 ) -> Path:
     """Export a model as the single graph and as encoder + back end for streaming; returns the card's path.
 
@@ -209,13 +211,26 @@ def export_split_model(
         The frozen front and mid end (default: ``MSD_musicnn``).
     version : str
         Model version in the card.
+    hash_layer : HashLayer, optional
+        Adds the similarity ``hash`` output to both graphs (:mod:`rtgenre.training.hashing`;
+        saved as ``<name>.hash.npz``; card entry ``hash``).
     """
+    from rtgenre.training.hashing import HASH_OUTPUT, HashedBackend, HashedCRNN, save_hash_layer
+
     folder = Path(folder)
     encoder = (encoder if encoder is not None else load_teacher(MSD)).eval()
     backend = backend.eval()
-    export_onnx(CRNN(encoder, backend), folder / f"{name}.onnx")
+    heads = [h.name for h in backend.config.heads]
+    if hash_layer is None:
+        export_onnx(CRNN(encoder, backend), folder / f"{name}.onnx")
+        export_backend(backend, folder / f"{name}.backend.onnx")
+    else:
+        hashed = HashedBackend(backend, hash_layer).eval()
+        export_onnx(HashedCRNN(encoder, hashed), folder / f"{name}.onnx", output_names=[*heads, HASH_OUTPUT])
+        export_backend(hashed, folder / f"{name}.backend.onnx", extra_outputs=(HASH_OUTPUT,))
+        save_hash_layer(hash_layer, folder / f"{name}.hash.npz")
+        extra = {**extra, "hash": {"output": HASH_OUTPUT, "bits": hash_layer.bits}}
     export_encoder(encoder, folder / f"{name}.encoder.onnx")
-    export_backend(backend, folder / f"{name}.backend.onnx")
     save_backend(backend, folder / f"{name}.backend.npz")
     split = {
         "encoder": {

@@ -742,7 +742,11 @@ def _training_record(v: str, cv: dict) -> dict:
     }
 
 
-def export_variants(fitted: Path, out: Path, cv: dict, variants: list[str], version: str = "2.0.0") -> list[Path]:
+HASH_BITS = 128
+"""Bits of the shipped model's similarity codes."""
+
+
+def export_variants(fitted: Path, out: Path, cv: dict, variants: list[str], cache: Path, version: str = "2.0.0") -> list[Path]:
     """Export each variant (fitted ``<variant>.pt`` from ``--fit``; the ensemble from its members) as a loadable model with its card."""
     from rtgenre.training.export import export_model, export_split_model, load_backend
     from rtgenre.training.model import CRNN
@@ -765,8 +769,12 @@ def export_variants(fitted: Path, out: Path, cv: dict, variants: list[str], vers
             "evaluation": {"cross_validation": {"protocol": "grouped 5-fold (artist for 4q, track for GTZAN, speaker for speech; a mix goes with its speaker and its song), "
                                                             "clip = majority of its 7.5 s windows (hop ~1 s)", **cv.get(v, {})}},
         }
-        if v == "shipped":  # the default model streams: encoder and back end as graphs of their own (and the whole-window graph)
-            cards.append(export_split_model(backend, out, MODEL_NAMES[v], vocab.MAPPINGS, extra, encoder=encoder, version=version))
+        if v == "shipped":  # the default model streams (encoder and back end as graphs of their own) and gives similarity codes
+            from rtgenre.training.hashing import train_hash_layer
+
+            layer = train_hash_layer(backend, cache, HASH_BITS)
+            extra["hash_training"] = {"bits": HASH_BITS, "cache": "cache/real", "datasets": ["4q", "gtzan"], "command": "train_hash_layer(backend, cache, 128) at export"}
+            cards.append(export_split_model(backend, out, MODEL_NAMES[v], vocab.MAPPINGS, extra, encoder=encoder, version=version, hash_layer=layer))
         else:
             cards.append(export_model(CRNN(encoder, backend), out, MODEL_NAMES[v], vocab.MAPPINGS, extra, version=version))
     return cards
@@ -823,7 +831,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.export:
         cv = json.loads(args.cv.read_text()) if args.cv.is_file() else {}
-        for card in export_variants(args.fitted, args.export, cv, args.variants.split(",")):
+        for card in export_variants(args.fitted, args.export, cv, args.variants.split(","), args.cache):
             print(f"wrote {card}")
         return 0
     torch.set_num_threads(args.threads)

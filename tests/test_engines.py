@@ -82,7 +82,9 @@ def test_outputs_are_probabilities_per_head(engine, batch):
     n = engine.max_batch if batch == "max" else batch
     out = engine.run(windows(engine.card, n, seed=n))
     card = engine.card
-    assert list(out) == [h.name for h in card.heads]
+    assert list(out) == [h.name for h in card.heads] + (["hash"] if card.hash else [])
+    if card.hash:  # similarity codes: tanh values, one per bit
+        assert out["hash"].shape == (n, card.hash.bits) and np.abs(out["hash"]).max() <= 1.0 + 1e-6
     for head in card.heads:
         p = out[head.name]
         assert p.shape == (n, len(head.labels)) and p.dtype == np.float32

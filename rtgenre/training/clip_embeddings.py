@@ -5,10 +5,8 @@ The cache (the lead's real-data feature job, default ``/work/cache/real``) is
 ...), ``file``, ``group`` (the artist, or the track where there is no artist:
 the unit of every split), ``labels`` and ``frames`` — and ``<id>.npy``, the
 clip's ``MSD_musicnn`` frame features, float16 ``(frames, 753)`` at 62.5
-frames/s.  :class:`CachedClip`, :func:`read_index` and :func:`load_features`
-read that format with the same names and signatures as
-``rtgenre.training.realdata`` (which writes it, on the main branch), so either
-can serve.
+frames/s.  The format is :mod:`rtgenre.training.realdata`'s (its ``Clip`` is
+:class:`CachedClip` here, and its readers serve).
 
 A clip is cut into model windows of 469 frames every ``hop_frames``; a clip
 shorter than one window is one shorter window.
@@ -16,8 +14,6 @@ shorter than one window is one shorter window.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,48 +21,22 @@ import torch
 from torch import nn
 
 from rtgenre.errors import DataInvalidError
+from rtgenre.training.realdata import Clip as CachedClip
+from rtgenre.training.realdata import load_features
+from rtgenre.training.realdata import read_index as _read_index
 
 WINDOW_FRAMES = 469
-INDEX = "index.jsonl"
-
-
-@dataclass
-class CachedClip:
-    """One cached clip: ``group`` is what splits keep together; ``labels`` holds the data set's own labels."""
-
-    id: str
-    dataset: str
-    file: str
-    group: str
-    labels: dict[str, str] = field(default_factory=dict)
-    frames: int = 0
 
 
 def read_index(cache: Path) -> list[CachedClip]:
-    """The clips of a feature cache whose features are written, in the order they were cached.
+    """The clips of a feature cache whose features are written (:func:`rtgenre.training.realdata.read_index`, filtered).
 
     Raises
     ------
     DataInvalidError
         When ``cache`` has no index.
     """
-    path = Path(cache) / INDEX
-    if not path.is_file():
-        raise DataInvalidError(f"{cache} is not a real-data feature cache (no {INDEX})", "Pass --cache with the folder holding index.jsonl and <id>.npy")
-    clips = []
-    for line in path.read_text().splitlines():
-        try:
-            clip = CachedClip(**json.loads(line))
-        except (json.JSONDecodeError, TypeError):  # a line being written
-            continue
-        if (Path(cache) / f"{clip.id}.npy").is_file():
-            clips.append(clip)
-    return clips
-
-
-def load_features(cache: Path, clip: CachedClip) -> np.ndarray:
-    """One clip's cached ``MSD_musicnn`` frame features, float32 ``(frames, 753)``."""
-    return np.load(Path(cache) / f"{clip.id}.npy").astype(np.float32)
+    return [clip for clip in _read_index(cache) if (Path(cache) / f"{clip.id}.npy").is_file()]
 
 
 def clip_label(clip: CachedClip, kind: str) -> str | None:

@@ -272,15 +272,18 @@ def add_encoder(cache: Path, name: str = TEACHERS[1], datasets: tuple[str, ...] 
 
 
 def read_index(cache: Path) -> list[Clip]:
-    """The clips of a feature cache, in the order they were first cached (a clip cached twice counts once)."""
+    """The clips of a feature cache, in the order they were first cached (a clip cached twice counts once;
+    a line still being written by a running cache job is left out)."""
     path = Path(cache) / INDEX
     if not path.is_file():
         raise DataInvalidError(f"{cache} is not a real-data feature cache (no {INDEX})", "Build it with `python -m rtgenre.training.realdata --cache DIR`")
     clips = {}
     for line in path.read_text().splitlines():
-        if line.strip():
+        try:
             c = Clip(**json.loads(line))
-            clips.setdefault(c.id, c)
+        except (json.JSONDecodeError, TypeError):
+            continue
+        clips.setdefault(c.id, c)
     return list(clips.values())
 
 

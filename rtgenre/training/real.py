@@ -340,6 +340,10 @@ class TrainConfig:
     head_weights: dict[str, float] = field(default_factory=lambda: {"genre": 1.0, "mood": 1.0, "instruments": 1.0, "content": 1.0})
     sung_repeats: int = 1
     """Times each clip of exactly labelled sung music (a solo singer) is drawn per epoch: the only exact voice labels on music, and rare."""
+    balance: dict[str, float] = field(default_factory=dict)
+    """Head → power of its inverse class frequency as class weights (content is always balanced, power 1)."""
+    soft_weight: float = 1.0
+    """Weight of a clip whose genre target is soft (a multi-genre 4q clip's tagger scores) against an exact one."""
 
 
 def _crop(e: Example, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -348,7 +352,7 @@ def _crop(e: Example, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]
 
 
 def _loss(model: WindowBackend, out: dict[str, Tensor], tgt: dict[str, Tensor], msk: dict[str, Tensor], weights: dict[str, float],
-          content_w: Tensor) -> Tensor:
+          class_w: dict[str, Tensor], soft_weight: float = 1.0) -> Tensor:
     total = next(iter(out.values())).new_zeros(())
     for h in model.config.heads:
         t, m = tgt[h.name], msk[h.name]
@@ -357,9 +361,11 @@ def _loss(model: WindowBackend, out: dict[str, Tensor], tgt: dict[str, Tensor], 
             loss = per.sum() / m.sum().clamp(min=1)
         else:
             rows = m[:, 0]
+            if soft_weight != 1.0:  # rows with a soft target (a multi-genre clip's tagger scores) count less
+                rows = rows * torch.where(t.amax(dim=1) < 1.0, soft_weight, 1.0)
             ce = -(t * F.log_softmax(out[h.name], dim=-1))
-            if h.name == "content":
-                ce = ce * content_w
+            if h.name in class_w:
+                ce = ce * class_w[h.name]
             loss = (ce.sum(dim=1) * rows).sum() / rows.sum().clamp(min=1)
         total = total + weights.get(h.name, 1.0) * loss
     if model.config.families and "family" in out:  # the coarse class learns from the genre target too
@@ -383,10 +389,11 @@ def train_backend(examples: list[Example], config: WindowConfig, tc: TrainConfig
     steps = tc.epochs * math.ceil(len(examples) / tc.batch)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     names = [h.name for h in config.heads]
-    content_w = torch.ones(len(vocab.CONTENT))
-    if "content" in names:  # classes weighted by inverse frequency: speech and mixes are fewer than music clips
-        counts = np.sum([e.targets["content"] * e.masks["content"] for e in examples], axis=0)
-        content_w = torch.from_numpy((counts.sum() / np.maximum(counts, 1) / len(counts)).astype(np.float32))
+    class_w = {}  # classes weighted by inverse frequency (content: speech and mixes are fewer than music clips)
+    for head, power in {"content": 1.0, **tc.balance}.items():
+        if head in names:
+            counts = np.sum([e.targets[head] * e.masks[head] for e in examples], axis=0)
+            class_w[head] = torch.from_numpy(((counts.sum() / np.maximum(counts, 1) / len(counts)) ** power).astype(np.float32))
     for epoch in range(tc.epochs):
         model.train()
         order = rng.permutation(len(examples))
@@ -398,7 +405,7 @@ def train_backend(examples: list[Example], config: WindowConfig, tc: TrainConfig
             meanp = torch.from_numpy(np.stack([c[1] for c in crops]))
             tgt = {n: torch.from_numpy(np.stack([e.targets[n] for e in batch])) for n in names}
             msk = {n: torch.from_numpy(np.stack([e.masks[n] for e in batch])) for n in names}
-            loss = _loss(model, model.forward_pooled(maxp, meanp), tgt, msk, tc.head_weights, content_w)
+            loss = _loss(model, model.forward_pooled(maxp, meanp), tgt, msk, tc.head_weights, class_w, tc.soft_weight)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -491,10 +498,14 @@ def clip_metrics(examples: list[Example], probs: list[dict[str, np.ndarray]], th
 
     A clip's label is the majority of its windows' labels; the voice
     detection rate counts clips where voice is present (≥ the threshold) in
-    the majority of windows.
+    the majority of windows.  ``genre_allmusic`` is the share of 4q clips
+    whose genre (of all 17) is one their AllMusic genres allow: the check of
+    the genres that the GTZAN-10 figure cannot see (electronic, R&B, latin,
+    pop and rock of the multi-genre songs).
     """
     thr = (thresholds or {}).get("voice", 0.5)
     g_t, g_p, m_t, m_p = [], [], [], []
+    allmusic: list[float] = []
     voice: dict[str | None, list[float]] = {"voice": [], "winds": []}
     content_w = {"speech": [], "music": []}
     content_by_source: dict[str, list[float]] = defaultdict(list)
@@ -504,6 +515,8 @@ def clip_metrics(examples: list[Example], probs: list[dict[str, np.ndarray]], th
         if truth is not None and "genre" in p:
             g_t.append(truth)
             g_p.append(majority(mapped_argmax(p["genre"], vocab.GENRES, vocab.GTZAN_MAP)))
+        if e.clip.dataset == "4q" and "genre" in p and vocab.allowed_genres(e.clip.labels["allmusic_genres"]):
+            allmusic.append(float(majority([vocab.GENRES[i] for i in p["genre"].argmax(axis=1)]) in vocab.allowed_genres(e.clip.labels["allmusic_genres"])))
         if e.clip.dataset == "4q" and "mood" in p:
             m_t.append(e.clip.labels["quadrant"])
             m_p.append(vocab.QUADRANT_MAP[vocab.MOODS[int(np.bincount(p["mood"].argmax(axis=1), minlength=4).argmax())]])
@@ -522,6 +535,8 @@ def clip_metrics(examples: list[Example], probs: list[dict[str, np.ndarray]], th
     if g_t:
         s = Scores.of(g_t, g_p)
         out["genre_gtzan"] = {"clip_accuracy": s.accuracy, "clip_macro_f1": macro_f1(s, sorted(set(g_t))), "n": s.n, "per_class": s.per_class}
+    if allmusic:
+        out["genre_allmusic"] = {"clip_agreement": float(np.mean(allmusic)), "n": len(allmusic)}
     if m_t:
         s = Scores.of(m_t, m_p)
         out["mood_quadrant"] = {"clip_accuracy": s.accuracy, "clip_macro_f1": macro_f1(s, ["Q1", "Q2", "Q3", "Q4"]), "n": s.n, "per_class": s.per_class}
@@ -566,6 +581,7 @@ def average_predictions(runs: list[list[dict[str, np.ndarray]]]) -> list[dict[st
 def _headline(m: dict) -> dict:
     return {
         "genre_acc": round(m.get("genre_gtzan", {}).get("clip_accuracy", float("nan")), 3),
+        "allmusic": round(m.get("genre_allmusic", {}).get("clip_agreement", float("nan")), 3),
         "mood_f1": round(m.get("mood_quadrant", {}).get("clip_macro_f1", float("nan")), 3),
         "voice": [round(m.get("voice", {}).get(k, float("nan")), 3) for k in ("singer_detected", "clarinet_false")],
         "content": [round(m.get("content", {}).get(k, float("nan")), 4) for k in ("speech_windows_gated", "music_windows_as_speech")],
@@ -575,6 +591,9 @@ def _headline(m: dict) -> dict:
 def logistic_baseline(examples: list[Example], k: int = 5, seed: int = 0) -> dict:
     """Logistic regression on per-clip musicnn penultimate embeddings and tags: genre (GTZAN-10) and mood, grouped CV.
 
+    The folds are the variants' (:func:`grouped_folds` over every trainable
+    clip, then restricted to 4q and GTZAN), so the figures compare clip for clip.
+
     Needs scikit-learn (the ``train`` extra).
     """
     from sklearn.linear_model import LogisticRegression
@@ -582,9 +601,11 @@ def logistic_baseline(examples: list[Example], k: int = 5, seed: int = 0) -> dic
     from sklearn.preprocessing import StandardScaler
 
     net = load_teacher(MSD)
-    trainable = [e for e in examples if e.clip.dataset in ("4q", "gtzan")]
+    everything = [e for e in examples if e.clip.dataset != "realmusic"]
+    fold_of = {id(everything[i]): f for f, idx in enumerate(grouped_folds(everything, k, seed)) for i in idx}  # the variants' folds
+    trainable = [e for e in everything if e.clip.dataset in ("4q", "gtzan")]
     X = np.stack([clip_embedding(net, e) for e in trainable])
-    folds = grouped_folds(trainable, k, seed)
+    folds = [np.array([i for i, e in enumerate(trainable) if fold_of[id(e)] == f]) for f in range(k)]
     out = {}
     for task, truth in (("genre_gtzan", [genre_truth(e) for e in trainable]), ("mood_quadrant", [e.clip.labels.get("quadrant") for e in trainable])):
         t, p = [], []
@@ -729,9 +750,11 @@ def _training_record(v: str, cv: dict) -> dict:
     if v == "zeroshot":
         return {"epochs": 0, "note": "no training: the tagger's tags mapped through the card's teacher map"}
     members = ENSEMBLE if v == "ensemble" else (v,)
-    opts = f"--epochs {cv.get('epochs', TrainConfig.epochs)} --sung-repeats {cv.get('sung_repeats', 1)} --genre-weight {cv.get('genre_weight', 1.0)}"
+    opts = (f"--epochs {cv.get('epochs', TrainConfig.epochs)} --sung-repeats {cv.get('sung_repeats', 1)} --genre-weight {cv.get('genre_weight', 1.0)}"
+            f" --mood-weight {cv.get('mood_weight', 1.0)} --soft-weight {cv.get('soft_weight', 1.0)} --balance-genre {cv.get('balance_genre', 0.0)}")
     return {
         "epochs": cv.get("epochs", TrainConfig.epochs), "sung_repeats": cv.get("sung_repeats", 1), "genre_weight": cv.get("genre_weight", 1.0),
+        "mood_weight": cv.get("mood_weight", 1.0), "soft_weight": cv.get("soft_weight", 1.0), "balance_genre": cv.get("balance_genre", 0.0),
         "batch": TrainConfig.batch, "lr": TrainConfig.lr, "weight_decay": TrainConfig.weight_decay, "seed": cv.get("seed", 0),
         "window_frames": WINDOW_FRAMES, "pool_frames": POOL,
         "cache_command": "python -m rtgenre.training.realdata --cache cache/real",
@@ -770,9 +793,18 @@ def export_variants(fitted: Path, out: Path, cv: dict, variants: list[str], cach
                                                             "clip = majority of its 7.5 s windows (hop ~1 s)", **cv.get(v, {})}},
         }
         if v == "shipped":  # the default model streams (encoder and back end as graphs of their own) and gives similarity codes
-            from rtgenre.training.hashing import train_hash_layer
+            from rtgenre.training.hashing import (
+                load_hash_layer,
+                save_hash_layer,
+                train_hash_layer,
+            )
 
-            layer = train_hash_layer(backend, cache, HASH_BITS)
+            fitted_layer = fitted / f"{v}.hash.npz"  # trained once per fitted back end, kept beside it for re-exports
+            if fitted_layer.is_file():
+                layer = load_hash_layer(fitted_layer)
+            else:
+                layer = train_hash_layer(backend, cache, HASH_BITS)
+                save_hash_layer(layer, fitted_layer)
             extra["hash_training"] = {"bits": HASH_BITS, "cache": "cache/real", "datasets": ["4q", "gtzan"], "command": "train_hash_layer(backend, cache, 128) at export"}
             cards.append(export_split_model(backend, out, MODEL_NAMES[v], vocab.MAPPINGS, extra, encoder=encoder, version=version, hash_layer=layer))
         else:
@@ -787,11 +819,12 @@ def variants_table(cv: dict, names: list[str]) -> str:
             v = v.get(k, {}) if isinstance(v, dict) else {}
         return f"{v:.3f}" if isinstance(v, float) else "—"
 
-    rows = ["| variant | genre acc. (GTZAN-10) | genre macro-F1 | mood acc. (Q1-Q4) | mood macro-F1 | voice: singers / clarinets | speech gated / music as speech |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
+    rows = ["| variant | genre acc. (GTZAN-10) | genre macro-F1 | genre in AllMusic's (4q) | mood acc. (Q1-Q4) | mood macro-F1 | voice: singers / clarinets | speech gated / music as speech |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for n in names:
         v = cv.get(n, {})
-        rows.append(f"| {n} | {f(v, 'genre_gtzan', 'clip_accuracy')} | {f(v, 'genre_gtzan', 'clip_macro_f1')} | {f(v, 'mood_quadrant', 'clip_accuracy')} | "
+        rows.append(f"| {n} | {f(v, 'genre_gtzan', 'clip_accuracy')} | {f(v, 'genre_gtzan', 'clip_macro_f1')} | {f(v, 'genre_allmusic', 'clip_agreement')} | "
+                    f"{f(v, 'mood_quadrant', 'clip_accuracy')} | "
                     f"{f(v, 'mood_quadrant', 'clip_macro_f1')} | {f(v, 'voice', 'singer_detected')} / {f(v, 'voice', 'clarinet_false')} | "
                     f"{f(v, 'content', 'speech_windows_gated')} / {f(v, 'content', 'music_windows_as_speech')} |")
     return "\n".join(rows)
@@ -817,6 +850,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     ap.add_argument("--sung-repeats", type=int, default=TrainConfig.sung_repeats)
     ap.add_argument("--genre-weight", type=float, default=1.0)
+    ap.add_argument("--mood-weight", type=float, default=1.0)
+    ap.add_argument("--soft-weight", type=float, default=TrainConfig.soft_weight, help="weight of clips with a soft (tagger-derived) genre target")
+    ap.add_argument("--balance-genre", type=float, default=0.0, help="power of the inverse genre frequency as class weights (0: none)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, help="write the CV figures here (JSON, merged into an existing file)")
@@ -835,8 +871,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {card}")
         return 0
     torch.set_num_threads(args.threads)
-    tc = TrainConfig(epochs=args.epochs, seed=args.seed, sung_repeats=args.sung_repeats)
-    tc.head_weights["genre"] = args.genre_weight
+    tc = TrainConfig(epochs=args.epochs, seed=args.seed, sung_repeats=args.sung_repeats, soft_weight=args.soft_weight,
+                     balance={"genre": args.balance_genre} if args.balance_genre else {})
+    tc.head_weights.update(genre=args.genre_weight, mood=args.mood_weight)
     examples = load_examples(args.cache)
     results = json.loads(args.out.read_text()) if args.out and args.out.is_file() else {}
     for name in args.variants.split(","):
@@ -862,6 +899,7 @@ def main(argv: list[str] | None = None) -> int:
         res["seconds"] = round(time.time() - t0, 1)
         res["folds"], res["seed"], res["epochs"] = args.folds, args.seed, args.epochs
         res["sung_repeats"], res["genre_weight"] = args.sung_repeats, args.genre_weight
+        res["soft_weight"], res["balance_genre"], res["mood_weight"] = args.soft_weight, args.balance_genre, args.mood_weight
         results[name] = res
         print(f"{name}: {json.dumps(_headline(res))} ({res['seconds']} s)", flush=True)
         if args.out:

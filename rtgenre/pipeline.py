@@ -130,14 +130,14 @@ class Analyzer:
         """Whether to encode ahead of the first window: the first frame it needs, or ``None``.
 
         Until a stream's first window is due, a streaming analyzer with at
-        least one hop of frames whose context has arrived and whose features
-        are not computed yet returns 0; the runner then encodes them now, so
+        least one hop of frames the encoder can take
+        (:attr:`~rtgenre.inference.streaming.FeatureStream.pending`) returns 0; the runner then encodes them now, so
         that the first window does not bring 7.5 s of encoder work at once.
         Afterwards the due windows drive the encoder, one chunk per hop.
         """
         f = self.features
         handed_on = self.windower.next_index - len(self._waiting)
-        if f is None or handed_on > 0 or f.settled - f.final < self.windower.hop_frames:
+        if f is None or handed_on > 0 or f.pending < self.windower.hop_frames:
             return None
         return 0
 

@@ -92,6 +92,12 @@ class OnnxRuntimeEngine(Engine):
             self._backend = _open_session(back.onnx_path, threads)
             _check_io(self._backend, back.onnx_path, [back.input], self._outputs)
             what = "streaming encoder + back end"
+            step = card.split.step
+            if step is not None:
+                self._step = _open_session(step.onnx_path, threads)
+                _check_io(self._step, step.onnx_path, [step.mel_input, step.valid_input, *(s[0] for s in step.state)], [step.output, *(s[1] for s in step.state)])
+                self._step_outputs = [step.output, *(s[1] for s in step.state)]
+                what = "streaming step encoder + back end"
         else:
             self._session = _open_session(card.onnx_path, threads)
             _check_io(self._session, card.onnx_path, [card.input_name], self._outputs)
@@ -111,6 +117,15 @@ class OnnxRuntimeEngine(Engine):
         valid = np.ascontiguousarray(valid, dtype=np.float32)
         parts = [self._encoder.run([enc.output], {enc.mel_input: mel[i : i + 1], enc.valid_input: valid[i : i + 1]})[0] for i in range(len(mel))]
         return np.concatenate(parts)
+
+    def step(self, mel: np.ndarray, valid: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        step = self.card.split.step
+        if step is None:
+            raise NotImplementedError(f"model {self.card.name} has no step encoder")
+        feed = {step.mel_input: np.ascontiguousarray(mel, dtype=np.float32), step.valid_input: np.ascontiguousarray(valid, dtype=np.float32)}
+        feed.update((s[0], np.ascontiguousarray(x, dtype=np.float32)) for s, x in zip(step.state, state))
+        feats, *new_state = self._step.run(self._step_outputs, feed)
+        return feats, new_state
 
     def head(self, feats: np.ndarray) -> dict[str, np.ndarray]:
         out = self._backend.run(self._outputs, {self.card.split.backend.input: np.ascontiguousarray(feats, dtype=np.float32)})

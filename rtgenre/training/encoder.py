@@ -123,7 +123,22 @@ class StepEncoder(nn.Module):
     def __init__(self, net: Musicnn) -> None:
         super().__init__()
         self.net = net
+        # each front-end branch takes the max over frequency before its ReLU and batch norm, which is exact:
+        # ReLU is monotonic and the batch norm is affine per channel, so max_f bn(relu(z)) = bn(relu(max_f z))
+        # where the batch norm's scale is positive, and bn(relu(min_f z)) where it is negative; the conv's
+        # filters with a negative scale are negated (max of -z = -min of z), so one max over frequency serves.
+        for i, block in enumerate(net.frontend):
+            sign = torch.where(block.bn.weight.detach() < 0, -1.0, 1.0)
+            self.register_buffer(f"w{i}", block.conv.weight.detach() * sign[:, None, None, None])
+            self.register_buffer(f"b{i}", block.conv.bias.detach() * sign)
+            self.register_buffer(f"s{i}", sign[:, None])
         self.eval()  # frozen; an exporter restores this wrapper's mode afterwards
+
+    def _branch(self, i: int, x: Tensor) -> Tensor:
+        """Front-end branch ``i`` on ``(B, 1, T, 96)`` input: ``(B, filters, T - kernel + 1)``, as ``FrequencyBlock`` without padding."""
+        bn = self.net.frontend[i].bn
+        z = F.conv2d(x, getattr(self, f"w{i}"), getattr(self, f"b{i}")).amax(dim=3) * getattr(self, f"s{i}")
+        return F.batch_norm(F.relu(z), bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
 
     def forward(self, mel: Tensor, valid: Tensor, x_state: Tensor, front_state: Tensor, mid1_state: Tensor, mid2_state: Tensor,
                 valid_state: Tensor) -> tuple[Tensor, ...]:
@@ -150,9 +165,9 @@ class StepEncoder(nn.Module):
         t = x.shape[1]
         xi = x.unsqueeze(1)
         branches = []
-        for block in net.frontend:
+        for i, block in enumerate(net.frontend):
             before, after = block.pad
-            branches.append(block.bn(F.relu(block.conv(xi[:, :, _FRONT_LAG - 1 - before : t - (_FRONT_LAG - after)]))).amax(dim=3))
+            branches.append(self._branch(i, xi[:, :, _FRONT_LAG - 1 - before : t - (_FRONT_LAG - after)]))
         d = STEP_DELAY - _FRONT_LAG
         front = torch.cat([front_state, torch.cat(branches, dim=1) * v[:, :, d : v.shape[2] - _FRONT_LAG]], dim=2)  # (B, 561, 9 + n)
         layer1, layer2, layer3 = net.midend

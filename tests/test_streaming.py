@@ -98,6 +98,17 @@ def music(seconds: float, seed: int = 0) -> np.ndarray:
     return x.astype(np.float32)
 
 
+def assert_features_close(got, want):
+    """Features equal to :data:`TOL` relative to each feature's range over the frames compared (at least 1).
+
+    The mid end's batch norms have gains near 100, so float32 rounding in a
+    different order (ONNX Runtime vs torch) moves its last layer's features
+    (up to ~13) by up to ~2e-4; relative to their range that is ~2e-5.
+    """
+    scale = np.maximum(np.abs(want).max(axis=0, keepdims=True), 1.0)
+    np.testing.assert_array_less(np.abs(got - want), TOL * scale + TOL * np.abs(want))
+
+
 def whole_stream(card, backend, encoder, audio, hop_s):
     """The training path over the whole stream: features of every frame, and the probabilities of each window."""
     from rtgenre.dsp.mel import log_mel
@@ -165,7 +176,7 @@ def test_streaming_equals_whole_stream_pass(split, card, engine, hop_s, block):
     ends, _, feats, probs = stream(card, engine, audio, hop_s, block)
     assert ends == ref_ends
     for e, f in zip(ends, feats):
-        np.testing.assert_allclose(f, ref_feats[e - card.window_frames : e], atol=TOL, rtol=TOL)
+        assert_features_close(f, ref_feats[e - card.window_frames : e])
     for h in card.heads:
         np.testing.assert_allclose(probs[h.name], ref_probs[h.name], atol=TOL)
 
@@ -184,11 +195,11 @@ def test_provisional_features_are_those_of_the_stream_so_far(split, card, engine
     checked = 0
     for e, n, f in zip(ends, arrived, feats):
         if n is None or n - e >= CONTEXT_AFTER:
-            np.testing.assert_allclose(f, ref_feats[e - card.window_frames : e], atol=TOL, rtol=TOL)
+            assert_features_close(f, ref_feats[e - card.window_frames : e])
         else:  # the newest features see the stream's current end as padding, like a stream that ended there
             with torch.no_grad():
                 cut = encoder.frame_features(torch.from_numpy(full_mel[:n])[None])[0].numpy()
-            np.testing.assert_allclose(f, cut[e - card.window_frames : e], atol=TOL, rtol=TOL)
+            assert_features_close(f, cut[e - card.window_frames : e])
             assert np.abs(f[-1] - ref_feats[e - 1]).max() > 1e-3  # and differ from the final ones
             checked += 1
     assert checked > 0

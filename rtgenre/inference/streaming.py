@@ -244,12 +244,15 @@ class FeatureStream:
         else:  # the end's flush
             self._flushed = True
 
-    def window(self, end_frame: int) -> np.ndarray:
-        """Features ``(window_frames, dim)`` of the window ending at ``end_frame`` (computed by :meth:`accept`)."""
+    def window(self, end_frame: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Features ``(window_frames, dim)`` of the window ending at ``end_frame`` (written into ``out`` when given)."""
         start = end_frame - self.window_frames
-        if end_frame <= self.final:
-            return self._feats.get(start, end_frame)
-        return np.concatenate([self._feats.get(start, self.final), self._prov[: end_frame - self.final]])
+        if out is None:
+            out = np.empty((self.window_frames, self.dim), np.float32)
+        held = min(end_frame, self.final)
+        self._feats.get(start, held, out[: held - start])
+        out[held - start :] = self._prov[: end_frame - held]
+        return out
 
 
 def add_streaming_arguments(group: argparse._ActionsContainer) -> None:
@@ -292,7 +295,10 @@ def run_windows(engine: Engine, due: Sequence[tuple[FeatureStream, Window]], ahe
     results: list[dict[str, np.ndarray]] = []
     for i in range(0, len(due), engine.head_batch):
         part = due[i : i + engine.head_batch]
-        probs = engine.head(np.stack([stream.window(w.end_frame) for stream, w in part]))
+        feats = np.empty((len(part), part[0][0].window_frames, part[0][0].dim), np.float32)
+        for j, (stream, w) in enumerate(part):
+            stream.window(w.end_frame, feats[j])
+        probs = engine.head(feats)
         results.extend({h: p[j] for h, p in probs.items()} for j in range(len(part)))
     return results
 

@@ -186,6 +186,18 @@ def export_step_encoder(encoder: Musicnn, path: Path, n_mels: int = 96) -> None:
     _export(StepEncoder(encoder), example, path, inputs, outputs)
 
 
+def step_section(path: Path) -> dict[str, Any]:
+    """The card's ``split.step`` entry for the step graph written by :func:`export_step_encoder` at ``path``."""
+    return {
+        "onnx": path.name,
+        "onnx_sha256": file_sha256(path),
+        "inputs": {"mel": "batch,frames,mels", "valid": "batch,frames"},
+        "output": "feats",
+        "delay": STEP_DELAY,
+        "state": [{"input": i, "output": o, "shape": list(shape)} for i, o, shape in STEP_STATE],
+    }
+
+
 def export_backend(backend: nn.Module, path: Path, frames: int = 469, feature_dim: int = FEATURE_DIM, extra_outputs: tuple[str, ...] = ()) -> None:
     """Write the back end on ``(batch, frames, feature_dim)`` features: one output per head, ``extra_outputs`` (e.g. ``hash``), then ``embedding``."""
     names = [h.name for h in backend.config.heads] + list(extra_outputs)
@@ -264,14 +276,7 @@ def export_split_model(
             "input": "feats",
             "embedding": "embedding",
         },
-        "step": {
-            "onnx": f"{name}.step.onnx",
-            "onnx_sha256": file_sha256(folder / f"{name}.step.onnx"),
-            "inputs": {"mel": "batch,frames,mels", "valid": "batch,frames"},
-            "output": "feats",
-            "delay": STEP_DELAY,
-            "state": [{"input": i, "output": o, "shape": list(shape)} for i, o, shape in STEP_STATE],
-        },
+        "step": step_section(folder / f"{name}.step.onnx"),
     }
     return write_card(folder, name, backend.config.heads, mappings, {**extra, "split": split}, version=version)
 

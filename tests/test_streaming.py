@@ -285,7 +285,8 @@ def test_card_chooses_the_path(split, tmp_path):
         infer(OnnxRuntimeEngine(card), [(Analyzer(card, SR, 0.5), w)])
 
 
-def test_card_checks_both_graphs(split, tmp_path):
+@pytest.mark.parametrize("graph", ["encoder", "step"])
+def test_card_checks_every_graph(split, tmp_path, graph):
     import shutil
 
     card = split[0]
@@ -294,9 +295,10 @@ def test_card_checks_both_graphs(split, tmp_path):
     load_card(folder / "m.json")
     raw = json.loads((folder / "m.json").read_text())
     assert raw["split"]["encoder"]["context_before"] == CONTEXT_BEFORE and raw["split"]["encoder"]["feature_dim"] == 753
-    with open(folder / "m.encoder.onnx", "ab") as f:
+    assert raw["split"]["step"]["delay"] == STEP_DELAY and [s["input"] for s in raw["split"]["step"]["state"]] == [s[0] for s in STEP_STATE]
+    with open(folder / f"m.{graph}.onnx", "ab") as f:
         f.write(b"\0")
-    with pytest.raises(ModelCorruptError, match="encoder"):
+    with pytest.raises(ModelCorruptError, match=graph):
         load_card(folder / "m.json")
 
 

@@ -86,9 +86,9 @@ class OnnxRuntimeEngine(Engine):
         self.streaming = stream and card.split is not None
         self.head_batch = min(max_batch, HEAD_BATCH)
         if self.streaming:
-            enc, back = card.split.encoder, card.split.backend
-            self._encoder = _open_session(enc.onnx_path, threads)
-            _check_io(self._encoder, enc.onnx_path, [enc.mel_input, enc.valid_input], [enc.output])
+            back = card.split.backend
+            self._threads = threads
+            self._encoder = None if card.split.step is not None else self._open_encoder()  # with a step graph: opened if encode() is called
             self._backend = _open_session(back.onnx_path, threads)
             _check_io(self._backend, back.onnx_path, [back.input], self._outputs)
             what = "streaming encoder + back end"
@@ -111,8 +111,16 @@ class OnnxRuntimeEngine(Engine):
         parts = [self._session.run(self._outputs, {self.card.input_name: x[i : i + self.chunk]}) for i in range(0, len(x), self.chunk)]
         return {name: np.concatenate([p[k] for p in parts]).astype(np.float32, copy=False) for k, name in enumerate(self._heads)}
 
+    def _open_encoder(self):
+        enc = self.card.split.encoder
+        session = _open_session(enc.onnx_path, self._threads)
+        _check_io(session, enc.onnx_path, [enc.mel_input, enc.valid_input], [enc.output])
+        return session
+
     def encode(self, mel: np.ndarray, valid: np.ndarray) -> np.ndarray:
         enc = self.card.split.encoder
+        if self._encoder is None:
+            self._encoder = self._open_encoder()
         mel = np.ascontiguousarray(mel, dtype=np.float32)
         valid = np.ascontiguousarray(valid, dtype=np.float32)
         parts = [self._encoder.run([enc.output], {enc.mel_input: mel[i : i + 1], enc.valid_input: valid[i : i + 1]})[0] for i in range(len(mel))]

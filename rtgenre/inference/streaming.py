@@ -65,7 +65,7 @@ from rtgenre.errors import UsageError
 from rtgenre.inference.base import Engine
 
 LOOKAHEADS = ("wait", "provisional")
-#: Most features one encoder row computes (bounds the encoder's intermediate tensors).
+#: Most features one chunked-encoder row, or new frames one step, computes (bounds the encoder's intermediate tensors).
 MAX_CHUNK = 256
 
 

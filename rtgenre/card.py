@@ -40,7 +40,11 @@ whole-window graph; a card without one runs ``onnx`` on every window::
                   "output": "feats", "context_before": 72, "context_after": 73,
                   "feature_dim": 753},
       "backend": {"onnx": "<name>.backend.onnx", "onnx_sha256": "<hex>",
-                  "input": "feats", "embedding": "embedding"}
+                  "input": "feats", "embedding": "embedding"},
+      "step": {"onnx": "<name>.step.onnx", "onnx_sha256": "<hex>",   # optional
+               "inputs": {"mel": "batch,frames,mels", "valid": "batch,frames"},
+               "output": "feats", "delay": 73,
+               "state": [{"input": "x_state", "output": "x_next", "shape": [127, 96]}, ...]}
     }
 
 The encoder maps ``T`` Mel frames (``valid`` is 1 for frames of the stream,
@@ -48,7 +52,12 @@ The encoder maps ``T`` Mel frames (``valid`` is 1 for frames of the stream,
 frames in the middle, equal to those of one pass over the whole stream; the
 back end maps one window of features ``(batch, window_frames, feature_dim)``
 to one probability output per head (named by the head's ``output``) and the
-window embedding.
+window embedding.  The optional ``step`` graph is the same encoder with layer
+caches (:class:`~rtgenre.training.encoder.StepEncoder`): ``n`` new Mel frames
+and the state (each entry an input and the output that updates it, zeros at
+the stream's start, ``shape`` without the batch axis) → the features of the
+``n`` frames ending ``delay`` frames before the newest input, and the new
+state; the runtime streams with it when it is there.
 
 Model outputs are probabilities already (softmax for ``multiclass`` heads,
 sigmoid for ``multilabel`` heads), shape ``(batch, len(labels))``.  A model
@@ -161,11 +170,35 @@ class BackendGraph:
 
 
 @dataclass(frozen=True)
+class StepGraph:
+    """The stateful (layer-cached) encoder step of a split model (card ``split.step``)."""
+
+    onnx_path: Path
+    onnx_sha256: str
+    delay: int
+    state: tuple[tuple[str, str, tuple[int, ...]], ...]
+    mel_input: str = "mel"
+    valid_input: str = "valid"
+    output: str = "feats"
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], folder: Path) -> "StepGraph":
+        inputs = list(d.get("inputs", {"mel": "", "valid": ""}))
+        if len(inputs) != 2:
+            raise ValueError("split.step.inputs must name the mel and valid inputs")
+        state = tuple((str(s["input"]), str(s["output"]), tuple(int(n) for n in s["shape"])) for s in d["state"])
+        if not state or int(d["delay"]) < 0:
+            raise ValueError("split.step needs a state and a delay >= 0")
+        return cls((folder / d["onnx"]).resolve(), d.get("onnx_sha256", ""), int(d["delay"]), state, inputs[0], inputs[1], d.get("output", "feats"))
+
+
+@dataclass(frozen=True)
 class SplitModel:
-    """A model exported as encoder + back end for streaming inference."""
+    """A model exported as encoder + back end for streaming inference (and, optionally, the encoder's step graph)."""
 
     encoder: EncoderGraph
     backend: BackendGraph
+    step: StepGraph | None = None
 
     @classmethod
     def from_json(cls, d: dict[str, Any], folder: Path) -> "SplitModel":
@@ -190,6 +223,7 @@ class SplitModel:
                 input=back.get("input", "feats"),
                 embedding=back.get("embedding"),
             ),
+            StepGraph.from_json(d["step"], folder) if d.get("step") else None,
         )
 
 
@@ -336,7 +370,7 @@ def verify_onnx(card: ModelCard) -> None:
     """Check that the card's ONNX files (the split graphs too) exist and have the recorded checksums."""
     graphs = [(card.onnx_path, card.onnx_sha256)]
     if card.split is not None:
-        graphs += [(g.onnx_path, g.onnx_sha256) for g in (card.split.encoder, card.split.backend)]
+        graphs += [(g.onnx_path, g.onnx_sha256) for g in (card.split.encoder, card.split.backend, card.split.step) if g is not None]
     for path, sha in graphs:
         if not path.is_file():
             raise ModelMissingError(f"Model file {path} is missing", "Restore it from the repository (git checkout rtgenre/models/) or re-export the model")

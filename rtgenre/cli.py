@@ -290,10 +290,25 @@ def _report(e: RtgenreError) -> None:
         pass
 
 
+def limit_blas_threads() -> None:
+    """Run numpy's BLAS on one thread in this process.
+
+    Its products here are small (the Mel filterbank on a block of frames, the
+    models run in ONNX Runtime with their own ``--threads``), and OpenBLAS's
+    threads spin while they wait: on a loaded 2-core machine the log-Mel of a
+    file cost 8x the CPU of one thread.
+    """
+    import numpy  # noqa: F401  (threadpoolctl limits the libraries loaded so far)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1, user_api="blas")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rtgenre`` console script; returns the exit code."""
     parser = build_parser()
     args = _parse(parser, argv)
+    limit_blas_threads()
     try:
         return int(args.handler(args))
     except RtgenreError as e:

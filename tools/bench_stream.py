@@ -1,20 +1,26 @@
 """Benchmark streaming inference against the whole-window recompute, side by side in one run; JSON output.
 
-The shipped model is exported in split form (encoder + back end) into a
-temporary folder (``engines/`` is not touched) and measured, in one run:
+The shipped model is exported in split form (encoder + back end + the
+layer-cached step encoder) into a temporary folder (``engines/`` is not
+touched), and beside it the same card without ``split.step`` (the chunked
+encoder), and measured, in one run, with three peers: ``step`` (the step
+encoder), ``chunked`` (the chunked encoder) and ``recompute`` (the whole-window
+graph every hop, the pre-streaming path):
 
 - ``per_hop``: model milliseconds per hop and feed at 0.5 s hop, 1 and 2
-  threads: the encoder on the frames one hop completes (31.25 on average)
-  with its context (``wait``), or those plus the 73 newest frames recomputed
-  (``provisional``), the back end on one window, against the whole-window
-  graph (the pre-streaming path); median of repeated calls on real-music Mel frames;
+  threads: the encoder on the frames one hop completes (31.25 on average; the
+  chunked encoder with its context) for ``wait``, plus the 73 newest frames
+  (the step encoder: a flush of a copy of its state; the chunked one: with
+  their context) for ``provisional``, the back end on one window, against
+  the whole-window graph; median of repeated calls on real-music Mel frames;
 - ``classify``: ``/usr/bin/time -v python -m rtgenre classify FILE --threads 1``
-  on a 5-minute file at 0.5 s hop, streaming and ``--recompute``:
+  on a 5-minute file at 0.5 s hop, for the three peers:
   audio-seconds analysed per CPU-second, peak RSS;
 - ``listen``: ``rtgenre listen --input FILE --realtime --json`` latency p50/p99
   (arrival of the last sample an event depends on → JSON line written; the
   ``wait`` look-ahead is reported separately as ``lookahead_s``), CPU share and
-  peak RSS, for ``wait``, ``provisional`` and ``--recompute``;
+  peak RSS, for ``wait`` and ``provisional`` (step encoder), ``chunked_wait``
+  and ``recompute``;
 - ``feeds``: N paced file feeds (44.1 kHz stereo, read in real time, all
   started together) in one :class:`~rtgenre.session.Session` with a 2-thread
   engine at 0.5 s hop: latency p50/p99 (arrival → sink), overruns, windows
@@ -68,13 +74,18 @@ def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def export_split(folder: Path) -> Path:
-    """The shipped model (encoder MSD_musicnn, back end from its .backend.npz) exported in split form."""
+def export_split(folder: Path) -> tuple[Path, Path]:
+    """The shipped model (encoder MSD_musicnn, back end from its .backend.npz) exported in split form: its card, and a copy without the step graph."""
     from rtgenre.training.export import export_split_model, load_backend
 
     shipped = json.loads((ENGINES_DIR / f"{DEFAULT_MODEL}.json").read_text())
     keep = {k: v for k, v in shipped.items() if k in ("training", "evaluation", "teacher", "license")}
-    return export_split_model(load_backend(ENGINES_DIR / f"{DEFAULT_MODEL}.backend.npz"), folder, DEFAULT_MODEL, shipped["mappings"], keep)
+    card = export_split_model(load_backend(ENGINES_DIR / f"{DEFAULT_MODEL}.backend.npz"), folder, DEFAULT_MODEL, shipped["mappings"], keep)
+    raw = json.loads(card.read_text())
+    del raw["split"]["step"]
+    chunked = folder / f"{DEFAULT_MODEL}-chunked.json"
+    chunked.write_text(json.dumps(raw, indent=1))
+    return card, chunked
 
 
 def real_mel(card: ModelCard, frames: int, music: Path) -> np.ndarray:
@@ -92,46 +103,57 @@ def real_mel(card: ModelCard, frames: int, music: Path) -> np.ndarray:
     return log_mel(x, card.frontend)[:frames]
 
 
-def bench_per_hop(card: ModelCard, threads: int, iters: int, music: Path) -> dict:
-    enc = card.split.encoder
+def bench_per_hop(card: ModelCard, chunked: ModelCard, threads: int, iters: int, music: Path) -> dict:
+    enc, step = card.split.encoder, card.split.step
     context = enc.context_before + enc.context_after
     mel = real_mel(card, card.window_frames + context + enc.context_after + 40, music)
     stream = OnnxRuntimeEngine(card, threads=threads)
+    chunks = OnnxRuntimeEngine(chunked, threads=threads)
     full = OnnxRuntimeEngine(card, threads=threads, stream=False)
     hop_frames = HOP_S * card.frontend.sample_rate / card.frontend.hop_length  # 31.25
-
-    def encoder_ms(n: int) -> float:
-        x, v = mel[None, : n + context], np.ones((1, n + context), np.float32)
-        return float(np.median(timed_ms(lambda: stream.encode(x, v), iters)))
-
     lo, hi = int(hop_frames), int(hop_frames) + 1  # hops alternate between 31 and 32 frames
     frac = hop_frames - lo
-    wait = (1 - frac) * encoder_ms(lo) + frac * encoder_ms(hi)
-    provisional = (1 - frac) * encoder_ms(lo + enc.context_after) + frac * encoder_ms(hi + enc.context_after)
-    feats = stream.encode(mel[None, : card.window_frames + context], np.ones((1, card.window_frames + context), np.float32))
+
+    def per_hop(ms) -> float:
+        return (1 - frac) * ms(lo) + frac * ms(hi)
+
+    def chunked_ms(n: int) -> float:
+        x, v = mel[None, : n + context], np.ones((1, n + context), np.float32)
+        return float(np.median(timed_ms(lambda: chunks.encode(x, v), iters)))
+
+    # the step encoder in the state of a running stream (its state after the window's frames)
+    _, state = stream.step(mel[None, : card.window_frames], np.ones((1, card.window_frames), np.float32), [np.zeros((1, *s), np.float32) for _, _, s in step.state])
+    new = mel[None, card.window_frames :]
+
+    def step_ms(n: int) -> float:
+        return float(np.median(timed_ms(lambda: stream.step(new[:, :n], np.ones((1, n), np.float32), state), iters)))
+
+    flush = float(np.median(timed_ms(lambda: stream.step(np.zeros((1, step.delay, mel.shape[1]), np.float32), np.zeros((1, step.delay), np.float32), state), iters)))
+    step_wait = per_hop(step_ms)
+    chunked_wait = per_hop(chunked_ms)
+    chunked_provisional = per_hop(lambda n: chunked_ms(n + enc.context_after))
+    feats = chunks.encode(mel[None, : card.window_frames + context], np.ones((1, card.window_frames + context), np.float32))
     backend = float(np.median(timed_ms(lambda: stream.head(feats), iters)))
     window = mel[None, : card.window_frames]
     recompute = float(np.median(timed_ms(lambda: full.run(window), max(5, iters // 4))))
-    return {
-        "threads": threads,
-        "hop_frames": hop_frames,
-        "encoder_ms_wait": round(wait, 3),
-        "encoder_ms_provisional": round(provisional, 3),
-        "backend_ms": round(backend, 3),
-        "stream_ms_wait": round(wait + backend, 3),
-        "stream_ms_provisional": round(provisional + backend, 3),
-        "recompute_ms": round(recompute, 3),
-        "ratio_wait": round(recompute / (wait + backend), 2),
-        "ratio_provisional": round(recompute / (provisional + backend), 2),
-        "iterations": iters,
-        "loadavg": load(),
-    }
+    out = {"threads": threads, "hop_frames": hop_frames, "backend_ms": round(backend, 3), "recompute_ms": round(recompute, 3)}
+    for name, wait, provisional in (("step", step_wait, step_wait + flush), ("chunked", chunked_wait, chunked_provisional)):
+        out[name] = {
+            "encoder_ms_wait": round(wait, 3),
+            "encoder_ms_provisional": round(provisional, 3),
+            "model_ms_wait": round(wait + backend, 3),
+            "model_ms_provisional": round(provisional + backend, 3),
+            "ratio_wait": round(recompute / (wait + backend), 2),
+            "ratio_provisional": round(recompute / (provisional + backend), 2),
+        }
+    return {**out, "iterations": iters, "loadavg": load()}
 
 
 def bench_classify(card_path: Path, audio: Path, seconds: float, recompute: bool) -> dict:
     cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "rtgenre", "classify", str(audio), "--model", str(card_path), "--threads", "1", "--hop", str(HOP_S), "--json"]
     if recompute:
         cmd.append("--recompute")
+    card_name = "CHUNKED_CARD" if card_path.stem.endswith("-chunked") else "SPLIT_CARD"
     before = load()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     if proc.returncode != 0:
@@ -144,7 +166,7 @@ def bench_classify(card_path: Path, audio: Path, seconds: float, recompute: bool
     wall = field("Elapsed (wall clock) time (h:mm:ss or m:ss)").split(":")
     windows = sum(1 for line in proc.stdout.splitlines() if '"prediction"' in line or '"silence"' in line)
     return {
-        "command": "/usr/bin/time -v rtgenre classify FILE --model SPLIT_CARD --threads 1 --hop 0.5 --json" + (" --recompute" if recompute else ""),
+        "command": f"/usr/bin/time -v rtgenre classify FILE --model {card_name} --threads 1 --hop 0.5 --json" + (" --recompute" if recompute else ""),
         "audio_s": seconds,
         "windows": windows,
         "cpu_s": round(cpu, 2),
@@ -231,25 +253,29 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        card_path = export_split(tmp / "model")
-        card = load_card(card_path)
-        result["model"] = f"{card.name} (shipped back end) exported in split form, encoder context {card.split.encoder.context_before}/{card.split.encoder.context_after} frames"
+        card_path, chunked_path = export_split(tmp / "model")
+        card, chunked = load_card(card_path), load_card(chunked_path)
+        result["model"] = (f"{card.name} (shipped back end) exported in split form: step encoder (delay {card.split.step.delay} frames) and, "
+                           f"as a peer, the chunked encoder (context {card.split.encoder.context_before}/{card.split.encoder.context_after} frames)")
         if "per_hop" not in skip:
-            result["per_hop"] = [bench_per_hop(card, t, args.iters, args.music) for t in (1, 2)]
+            result["per_hop"] = [bench_per_hop(card, chunked, t, args.iters, args.music) for t in (1, 2)]
         long_file = tmp / "long.wav"
         result["input"] = make_long_file(long_file, max(args.classify_seconds, args.listen_seconds, args.feeds_seconds), args.music)
         if "classify" not in skip:
             clip = tmp / "classify.wav"
             make_long_file(clip, args.classify_seconds, args.music)
-            result["classify"] = {name: bench_classify(card_path, clip, args.classify_seconds, name == "recompute") for name in ("stream", "recompute")}
+            peers = (("step", card_path, False), ("chunked", chunked_path, False), ("recompute", card_path, True))
+            result["classify"] = {name: bench_classify(path, clip, args.classify_seconds, recompute) for name, path, recompute in peers}
         if "listen" not in skip:
             clip = tmp / "listen.wav"
             make_long_file(clip, args.listen_seconds, args.music)
             result["listen"] = {}
-            for name, extra in (("wait", []), ("provisional", ["--lookahead", "provisional"]), ("recompute", ["--recompute"])):
+            lookahead_s = round(card.split.encoder.context_after * card.frontend.hop_length / card.frontend.sample_rate, 4)
+            runs = (("wait", card_path, []), ("provisional", card_path, ["--lookahead", "provisional"]), ("chunked_wait", chunked_path, []), ("recompute", card_path, ["--recompute"]))
+            for name, path, extra in runs:
                 before = load()
-                r = bench_listen(clip, 1, ["--model", str(card_path), *extra])
-                result["listen"][name] = {**r, "lookahead_s": round(card.split.encoder.context_after * 256 / 16000, 4) if name == "wait" else 0.0, "loadavg": before}
+                r = bench_listen(clip, 1, ["--model", str(path), *extra])
+                result["listen"][name] = {**r, "lookahead_s": lookahead_s if name.endswith("wait") else 0.0, "loadavg": before}
         if "feeds" not in skip:
             result["feeds"] = [bench_feeds(card, long_file, int(n), args.feeds_seconds, 2) for n in args.feeds.split(",")]
         if args.accuracy and args.music.is_dir():

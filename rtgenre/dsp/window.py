@@ -80,15 +80,20 @@ class RowRing:
         self.total -= held
         self.extend(rows)
 
-    def get(self, start: int, end: int) -> np.ndarray:
-        """A fresh copy of rows ``[start, end)``; they must still be held."""
+    def get(self, start: int, end: int, out: np.ndarray | None = None) -> np.ndarray:
+        """A fresh copy of rows ``[start, end)`` (written into ``out`` when given); they must still be held."""
         cap = self.data.shape[0]
         if start < self.total - cap or end > self.total:
             raise ValueError(f"rows [{start}, {end}) not held (have [{max(0, self.total - cap)}, {self.total}))")
         i = start % cap
-        if i + (end - start) <= cap:
-            return self.data[i : i + end - start].copy()
-        return np.concatenate((self.data[i:], self.data[: end - start - (cap - i)]))
+        first = min(end - start, cap - i)
+        if out is None:
+            if first == end - start:
+                return self.data[i : i + first].copy()
+            return np.concatenate((self.data[i:], self.data[: end - start - first]))
+        out[:first] = self.data[i : i + first]
+        out[first:] = self.data[: end - start - first]
+        return out
 
 
 class Windower:

@@ -6,9 +6,10 @@ per head, ``(batch, n_labels)``.  The batch may hold windows of several
 streams; the engine neither knows nor cares.
 
 An engine made for a card with a ``split`` section (and ``stream=True``) is
-*streaming* (:attr:`Engine.streaming`): it runs the encoder on chunks of
-frames (:meth:`Engine.encode`) and the back end on windows of features
-(:meth:`Engine.head`) instead; :mod:`rtgenre.inference.streaming` drives it.  Backends: ONNX Runtime on the
+*streaming* (:attr:`Engine.streaming`): it runs the encoder on new frames
+(:meth:`Engine.step`, the layer-cached step graph, where the card has one;
+else :meth:`Engine.encode` on chunks with their context) and the back end on
+windows of features (:meth:`Engine.head`) instead; :mod:`rtgenre.inference.streaming` drives it.  Backends: ONNX Runtime on the
 CPU (``onnxruntime``), TensorRT on an NVIDIA GPU (``tensorrt``).
 """
 
@@ -86,6 +87,27 @@ class Engine(ABC):
         ndarray, shape (batch, frames - context_before - context_after, feature_dim), float32
         """
         raise NotImplementedError(f"{self.name} runs the whole-window graph only")
+
+    def step(self, mel: np.ndarray, valid: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One step of the layer-cached encoder (streaming engines of a card with ``split.step`` only).
+
+        Parameters
+        ----------
+        mel : ndarray, shape (batch, n, n_mels), float32
+            The next ``n`` Mel frames of each stream.
+        valid : ndarray, shape (batch, n), float32
+            1 for frames of the stream, 0 after its end.
+        state : list of ndarray
+            Each stream's state stacked, ``(batch, *shape)`` per entry of ``split.step.state``.
+
+        Returns
+        -------
+        feats : ndarray, shape (batch, n, feature_dim), float32
+            Features of the frames ending ``delay`` frames before the newest input.
+        state : list of ndarray
+            The new state, as ``state``.
+        """
+        raise NotImplementedError(f"{self.name} has no step encoder for this model")
 
     def head(self, feats: np.ndarray) -> dict[str, np.ndarray]:
         """Classify windows of frame features (streaming engines only).

@@ -86,12 +86,18 @@ class OnnxRuntimeEngine(Engine):
         self.streaming = stream and card.split is not None
         self.head_batch = min(max_batch, HEAD_BATCH)
         if self.streaming:
-            enc, back = card.split.encoder, card.split.backend
-            self._encoder = _open_session(enc.onnx_path, threads)
-            _check_io(self._encoder, enc.onnx_path, [enc.mel_input, enc.valid_input], [enc.output])
+            back = card.split.backend
+            self._threads = threads
+            self._encoder = None if card.split.step is not None else self._open_encoder()  # with a step graph: opened if encode() is called
             self._backend = _open_session(back.onnx_path, threads)
             _check_io(self._backend, back.onnx_path, [back.input], self._outputs)
             what = "streaming encoder + back end"
+            step = card.split.step
+            if step is not None:
+                self._step = _open_session(step.onnx_path, threads)
+                _check_io(self._step, step.onnx_path, [step.mel_input, step.valid_input, *(s[0] for s in step.state)], [step.output, *(s[1] for s in step.state)])
+                self._step_outputs = [step.output, *(s[1] for s in step.state)]
+                what = "streaming step encoder + back end"
         else:
             self._session = _open_session(card.onnx_path, threads)
             _check_io(self._session, card.onnx_path, [card.input_name], self._outputs)
@@ -105,12 +111,29 @@ class OnnxRuntimeEngine(Engine):
         parts = [self._session.run(self._outputs, {self.card.input_name: x[i : i + self.chunk]}) for i in range(0, len(x), self.chunk)]
         return {name: np.concatenate([p[k] for p in parts]).astype(np.float32, copy=False) for k, name in enumerate(self._heads)}
 
+    def _open_encoder(self):
+        enc = self.card.split.encoder
+        session = _open_session(enc.onnx_path, self._threads)
+        _check_io(session, enc.onnx_path, [enc.mel_input, enc.valid_input], [enc.output])
+        return session
+
     def encode(self, mel: np.ndarray, valid: np.ndarray) -> np.ndarray:
         enc = self.card.split.encoder
+        if self._encoder is None:
+            self._encoder = self._open_encoder()
         mel = np.ascontiguousarray(mel, dtype=np.float32)
         valid = np.ascontiguousarray(valid, dtype=np.float32)
         parts = [self._encoder.run([enc.output], {enc.mel_input: mel[i : i + 1], enc.valid_input: valid[i : i + 1]})[0] for i in range(len(mel))]
         return np.concatenate(parts)
+
+    def step(self, mel: np.ndarray, valid: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        step = self.card.split.step
+        if step is None:
+            raise NotImplementedError(f"model {self.card.name} has no step encoder")
+        feed = {step.mel_input: np.ascontiguousarray(mel, dtype=np.float32), step.valid_input: np.ascontiguousarray(valid, dtype=np.float32)}
+        feed.update((s[0], np.ascontiguousarray(x, dtype=np.float32)) for s, x in zip(step.state, state))
+        feats, *new_state = self._step.run(self._step_outputs, feed)
+        return feats, new_state
 
     def head(self, feats: np.ndarray) -> dict[str, np.ndarray]:
         out = self._backend.run(self._outputs, {self.card.split.backend.input: np.ascontiguousarray(feats, dtype=np.float32)})

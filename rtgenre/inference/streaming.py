@@ -7,8 +7,21 @@ context_after`` only.  So each feed keeps a :class:`FeatureStream`: its recent
 Mel frames and a ring of the features already computed; the encoder runs only
 on the frames that are new since the last hop (with their context), and the
 *back end* runs on the last window's features.  :func:`run_windows` does one
-step for the due windows of all feeds: the encoder's chunks of every feed that
+step for the due windows of all feeds: the encoder's work of every feed that
 has new frames, batched by length, then the back end's windows, batched.
+
+Two encoders, chosen by the card:
+
+step (card ``split.step``, :class:`~rtgenre.training.encoder.StepEncoder`)
+    every convolution keeps the last frames of its input as state, so each
+    layer computes each frame once: a hop of ``n`` new frames costs ``n``
+    frames of work.  The state is per feed; feeds with equal numbers of new
+    frames (the common case at equal hops) run in one call with stacked
+    states.  Offline (a whole file), the new frames come in blocks of up to
+    :data:`MAX_CHUNK` frames per call, while windows are still cut every hop;
+chunked (cards without a step graph)
+    each hop's new frames run with ``context_before`` and ``context_after``
+    frames of Mel context; its front end computes ``n + 18`` frames.
 
 What the outputs equal
 ----------------------
@@ -18,7 +31,8 @@ the stream's start and end see the same zero padding, and no frame inside the
 stream sees padding, unlike the whole-window graph, whose window edges do.
 
 The newest frames of a window (the last ``context_after``, 73 frames or
-1.17 s) need Mel frames that have not arrived yet when the window is due.
+1.17 s; the step graph's ``delay``, the same 73) need Mel frames that have
+not arrived yet when the window is due.
 Two ways, chosen per feed (:data:`LOOKAHEADS`):
 
 ``wait`` (default)
@@ -28,10 +42,13 @@ Two ways, chosen per feed (:data:`LOOKAHEADS`):
 ``provisional``
     the window is handed on at once; its last ``context_after`` features are
     computed as if the stream ended there (zero padding) and recomputed at the
-    next hop, which costs ``context_after`` more encoder frames per hop.
+    next hop, which costs ``context_after`` more encoder frames per hop (the
+    step encoder: a flush of a copy of the state by ``delay`` frames marked
+    not valid, its own state untouched).
 
 At the end of the stream every waiting window is handed on and the last
-features see the stream's end, as in the whole-stream pass.
+features see the stream's end, as in the whole-stream pass (the step
+encoder: its state is flushed by ``delay`` frames marked not valid).
 """
 
 from __future__ import annotations
@@ -48,7 +65,7 @@ from rtgenre.errors import UsageError
 from rtgenre.inference.base import Engine
 
 LOOKAHEADS = ("wait", "provisional")
-#: Most features one encoder row computes (bounds the encoder's intermediate tensors).
+#: Most features one chunked-encoder row, or new frames one step, computes (bounds the encoder's intermediate tensors).
 MAX_CHUNK = 256
 
 
@@ -58,7 +75,8 @@ class FeatureStream:
     Parameters
     ----------
     card : ModelCard
-        A card with a ``split`` section.
+        A card with a ``split`` section; with a ``split.step`` graph the
+        stream runs the step encoder, else the chunked one.
     lookahead : {"wait", "provisional"}
         How the newest ``context_after`` frames of a window are handled (see the module).
 
@@ -68,6 +86,8 @@ class FeatureStream:
         Mel frames appended so far.
     final : int
         Frames whose final features are held (the first ``final`` frames).
+    stepping : bool
+        Runs the step encoder (the card has a ``split.step`` graph).
     """
 
     def __init__(self, card: ModelCard, lookahead: str = "wait") -> None:
@@ -75,8 +95,11 @@ class FeatureStream:
             raise UsageError(f"Model {card.name} has no split encoder/back end to stream", "Use a card with a 'split' section, or the whole-window path")
         if lookahead not in LOOKAHEADS:
             raise UsageError(f"Unknown look-ahead '{lookahead}'", f"Use one of: {', '.join(LOOKAHEADS)}")
-        enc = card.split.encoder
+        enc, self._step = card.split.encoder, card.split.step
+        self.stepping = self._step is not None
         self.before, self.after, self.dim = enc.context_before, enc.context_after, enc.feature_dim
+        if self._step is not None:
+            self.before, self.after = 0, self._step.delay
         self.window_frames = card.window_frames
         self.provisional = lookahead == "provisional"
         self._mel = RowRing(self.window_frames + self.before + self.after, card.frontend.n_mels, np.float32)
@@ -89,6 +112,9 @@ class FeatureStream:
         self._feats.total = 0
         self._prov = np.zeros((0, self.dim), np.float32)
         self.ended = False
+        self.fed = 0  # frames given to the step encoder
+        self._flushed = False
+        self._state = [np.zeros((1, *shape), np.float32) for _, _, shape in self._step.state] if self._step is not None else []
 
     @property
     def frames(self) -> int:
@@ -103,9 +129,15 @@ class FeatureStream:
         """Frames whose features are final if computed now: those whose context has arrived (all, once ended)."""
         return self.frames if self.ended else max(0, self.frames - self.after)
 
+    @property
+    def pending(self) -> int:
+        """Frames the encoder could take now: arrived and not yet given to the step encoder, or settled and not yet final (chunked)."""
+        return self.frames - self.fed if self.stepping else self.settled - self.final
+
     def append(self, mel: np.ndarray) -> None:
         """Add the next Mel frames ``(n, n_mels)``."""
-        self._mel.reserve(self.frames + len(mel) - (self.final - self.before))
+        first_needed = self.fed if self.stepping else self.final - self.before
+        self._mel.reserve(self.frames + len(mel) - first_needed)
         self._mel.extend(mel)
 
     def end(self) -> None:
@@ -118,7 +150,7 @@ class FeatureStream:
         return end_frame + wait <= self.frames
 
     def chunks(self, upto: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
-        """Encoder inputs for the features of frames ``[final, upto)``.
+        """Chunked encoder inputs for the features of frames ``[final, upto)``.
 
         Returns
         -------
@@ -151,17 +183,76 @@ class FeatureStream:
             self._prov = self._prov[:0]
         n_final = len(feats) if self.ended else max(0, min(len(feats), self.frames - self.after - start))
         if n_final:
-            self._feats.reserve(start + n_final - keep_from)
-            self._feats.extend(feats[:n_final])
+            self._store(feats[:n_final], keep_from)
         if n_final < len(feats):
             self._prov = np.concatenate([self._prov, feats[n_final:]])
 
-    def window(self, end_frame: int) -> np.ndarray:
-        """Features ``(window_frames, dim)`` of the window ending at ``end_frame`` (computed by :meth:`accept`)."""
+    def _store(self, feats: np.ndarray, keep_from: int) -> None:
+        """Append final features (those of frames ``final ..``)."""
+        self._feats.reserve(self.final + len(feats) - keep_from)
+        self._feats.extend(feats)
+
+    def step_input(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The step encoder's next input ``(mel (n, n_mels), valid (n,))``, or ``None`` when nothing is due.
+
+        At most :data:`MAX_CHUNK` of the frames not yet given to it; once the
+        stream has ended and every frame was given, the flush: ``delay``
+        frames marked not valid, which make the last features final.
+        """
+        if self.fed < self.frames:
+            n = min(MAX_CHUNK, self.frames - self.fed)
+            return self._mel.get(self.fed, self.fed + n), np.ones(n, np.float32)
+        if self.ended and not self._flushed:
+            return self._flush_input()
+        return None
+
+    def _flush_input(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.zeros((self.after, self._mel.data.shape[1]), np.float32), np.zeros(self.after, np.float32)
+
+    def provisional_input(self, upto: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The flush that gives frames ``[final, upto)`` provisional features, or ``None`` when they are final already.
+
+        Run it on :attr:`state` and give its features to :meth:`step_accept` with ``provisional=True``.
+        """
+        if self.ended or upto <= self.final:
+            return None
+        return self._flush_input()
+
+    @property
+    def state(self) -> list[np.ndarray]:
+        """The step encoder's state, ``(1, *shape)`` per entry of the card's ``split.step.state``."""
+        return self._state
+
+    def step_accept(self, n: int, feats: np.ndarray, state: Sequence[np.ndarray], keep_from: int, provisional: bool = False) -> None:
+        """Take one step's output: features ``(n, dim)`` of frames ``fed - delay ..`` and the new state.
+
+        ``n`` is the step input's length; ``keep_from``
+        the first frame still needed by a window not yet cut.  A provisional
+        flush keeps the state as it was and its features apart.
+        """
+        first = self.fed - self.after
+        feats = feats[max(0, -first) :]  # a stream's first steps return frames before its start
+        if provisional:
+            self._prov = feats
+            return
+        self._prov = self._prov[:0]
+        if len(feats):
+            self._store(feats, keep_from)
+        self._state = list(state)
+        if self.fed < self.frames:
+            self.fed += n
+        else:  # the end's flush
+            self._flushed = True
+
+    def window(self, end_frame: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Features ``(window_frames, dim)`` of the window ending at ``end_frame`` (written into ``out`` when given)."""
         start = end_frame - self.window_frames
-        if end_frame <= self.final:
-            return self._feats.get(start, end_frame)
-        return np.concatenate([self._feats.get(start, self.final), self._prov[: end_frame - self.final]])
+        if out is None:
+            out = np.empty((self.window_frames, self.dim), np.float32)
+        held = min(end_frame, self.final)
+        self._feats.get(start, held, out[: held - start])
+        out[held - start :] = self._prov[: end_frame - held]
+        return out
 
 
 def add_streaming_arguments(group: argparse._ActionsContainer) -> None:
@@ -199,6 +290,21 @@ def run_windows(engine: Engine, due: Sequence[tuple[FeatureStream, Window]], ahe
     for stream, w in due:
         lo, hi = spans.get(stream, (w.end_frame - stream.window_frames, stream.settled))
         spans[stream] = (min(lo, w.end_frame - stream.window_frames), max(hi, w.end_frame))
+    _encode_chunks(engine, {s: span for s, span in spans.items() if not s.stepping})
+    _encode_steps(engine, {s: span for s, span in spans.items() if s.stepping})
+    results: list[dict[str, np.ndarray]] = []
+    for i in range(0, len(due), engine.head_batch):
+        part = due[i : i + engine.head_batch]
+        feats = np.empty((len(part), part[0][0].window_frames, part[0][0].dim), np.float32)
+        for j, (stream, w) in enumerate(part):
+            stream.window(w.end_frame, feats[j])
+        probs = engine.head(feats)
+        results.extend({h: p[j] for h, p in probs.items()} for j in range(len(part)))
+    return results
+
+
+def _encode_chunks(engine: Engine, spans: dict[FeatureStream, tuple[int, int]]) -> None:
+    """Chunked encoder: each stream's features up to its span's end, chunks of equal length batched."""
     by_length: dict[int, list[tuple[FeatureStream, int, np.ndarray, np.ndarray, int]]] = defaultdict(list)
     order = []
     for stream, (keep_from, upto) in spans.items():
@@ -215,9 +321,38 @@ def run_windows(engine: Engine, due: Sequence[tuple[FeatureStream, Window]], ahe
     for row in order:  # each stream's chunks in frame order
         stream, start, _, _, keep_from = row
         stream.accept(start, feats[id(row)], keep_from)
-    results: list[dict[str, np.ndarray]] = []
-    for i in range(0, len(due), engine.head_batch):
-        part = due[i : i + engine.head_batch]
-        probs = engine.head(np.stack([stream.window(w.end_frame) for stream, w in part]))
-        results.extend({h: p[j] for h, p in probs.items()} for j in range(len(part)))
-    return results
+
+
+def _encode_steps(engine: Engine, spans: dict[FeatureStream, tuple[int, int]]) -> None:
+    """Step encoder: every stream's new frames (then its end's flush), in rounds; then the provisional flushes.
+
+    Each round gives every stream with work its next input (at most
+    :data:`MAX_CHUNK` frames); inputs of equal length run in one call with
+    their states stacked.
+    """
+    while True:
+        todo = [(stream, x) for stream in spans if (x := stream.step_input()) is not None]
+        if not todo:
+            break
+        _run_steps(engine, [(stream, mel, valid, spans[stream][0]) for stream, (mel, valid) in todo], provisional=False)
+    todo = [(stream, x) for stream, (_, upto) in spans.items() if (x := stream.provisional_input(upto)) is not None]
+    _run_steps(engine, [(stream, mel, valid, spans[stream][0]) for stream, (mel, valid) in todo], provisional=True)
+
+
+def _run_steps(engine: Engine, rows: list[tuple[FeatureStream, np.ndarray, np.ndarray, int]], provisional: bool) -> None:
+    """One step for each row ``(stream, mel, valid, keep_from)`` (one row per stream), rows of equal length batched."""
+    by_length: dict[int, list[tuple[FeatureStream, np.ndarray, np.ndarray, int]]] = defaultdict(list)
+    for row in rows:
+        by_length[len(row[1])].append(row)
+    for n, group in by_length.items():
+        for i in range(0, len(group), engine.encode_batch):
+            part = group[i : i + engine.encode_batch]
+            if len(part) == 1:
+                state = part[0][0].state
+                mel, valid = part[0][1][None], part[0][2][None]
+            else:
+                state = [np.concatenate(s) for s in zip(*(r[0].state for r in part))]
+                mel, valid = np.stack([r[1] for r in part]), np.stack([r[2] for r in part])
+            feats, new_state = engine.step(mel, valid, state)
+            for j, (stream, _, _, keep_from) in enumerate(part):
+                stream.step_accept(n, feats[j], [s[j : j + 1] for s in new_state], keep_from, provisional)

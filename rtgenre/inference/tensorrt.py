@@ -8,7 +8,8 @@ where the GPU and TensorRT flavour allow it), the plan cache round trip
 on one CUDA stream with device and pinned host buffers allocated once for
 ``max_batch`` windows.  A split card's encoder and back end (streaming) are
 two plans built and cached by the same rules; the encoder's profile also
-covers its range of frames.
+covers its range of frames.  The encoder is the layer-cached step graph
+(``split.step``) where the card has one, else the chunked encoder.
 
 Two flavours of TensorRT share one API and are both supported: ``tensorrt``
 and ``tensorrt_rtx`` (tried in that order).  They differ in how FP16 is asked
@@ -339,23 +340,33 @@ class TensorRTEngine(Engine):
             return {"window": _GraphSpec(card.onnx_path, card.onnx_sha256 or file_sha256(card.onnx_path), {card.input_name: shapes}, heads)}
         from rtgenre.inference.streaming import MAX_CHUNK
 
-        enc, back = card.split.encoder, card.split.backend
-        context = enc.context_before + enc.context_after
-        t_lo, t_opt, t_hi = context + 1, context + 32, context + MAX_CHUNK  # one frame .. MAX_CHUNK frames; a 0.5 s hop is 31-32
+        enc, back, step = card.split.encoder, card.split.backend, card.split.step
         b_hi, h_hi = self.encode_batch, self.head_batch
         b_opt = min(opt, b_hi)
-        encoder = _GraphSpec(
-            enc.onnx_path, enc.onnx_sha256 or file_sha256(enc.onnx_path),
-            {
-                enc.mel_input: ((lo, t_lo, mels), (b_opt, t_opt, mels), (b_hi, t_hi, mels)),
-                enc.valid_input: ((lo, t_lo), (b_opt, t_opt), (b_hi, t_hi)),
-            },
-            (enc.output,), profile_frames=f"{t_lo}/{t_opt}/{t_hi}",
-        )
+        if step is not None:  # the layer-cached step: 1 .. MAX_CHUNK new frames (a 0.5 s hop is 31-32), the state per stream
+            t_lo, t_opt, t_hi = 1, 32, MAX_CHUNK
+            shapes = {
+                step.mel_input: ((lo, t_lo, mels), (b_opt, t_opt, mels), (b_hi, t_hi, mels)),
+                step.valid_input: ((lo, t_lo), (b_opt, t_opt), (b_hi, t_hi)),
+                **{name: ((lo, *shape), (b_opt, *shape), (b_hi, *shape)) for name, _, shape in step.state},
+            }
+            encoder = _GraphSpec(step.onnx_path, step.onnx_sha256 or file_sha256(step.onnx_path), shapes,
+                                 (step.output, *(out for _, out, _ in step.state)), profile_frames=f"{t_lo}/{t_opt}/{t_hi}")
+        else:
+            context = enc.context_before + enc.context_after
+            t_lo, t_opt, t_hi = context + 1, context + 32, context + MAX_CHUNK  # one frame .. MAX_CHUNK frames with their context
+            encoder = _GraphSpec(
+                enc.onnx_path, enc.onnx_sha256 or file_sha256(enc.onnx_path),
+                {
+                    enc.mel_input: ((lo, t_lo, mels), (b_opt, t_opt, mels), (b_hi, t_hi, mels)),
+                    enc.valid_input: ((lo, t_lo), (b_opt, t_opt), (b_hi, t_hi)),
+                },
+                (enc.output,), profile_frames=f"{t_lo}/{t_opt}/{t_hi}",
+            )
         dim = enc.feature_dim
         outputs = heads + ((back.embedding,) if back.embedding else ())  # TensorRT needs an address for every output
         backend = _GraphSpec(back.onnx_path, back.onnx_sha256 or file_sha256(back.onnx_path), {back.input: ((lo, frames, dim), (min(opt, h_hi), frames, dim), (h_hi, frames, dim))}, outputs)
-        return {"encoder": encoder, "backend": backend}
+        return {"step" if step is not None else "encoder": encoder, "backend": backend}
 
     def _load(self, spec: _GraphSpec) -> _Graph:
         """The graph's plan from the cache, or built now and cached; deserialized."""
@@ -553,7 +564,18 @@ class TensorRTEngine(Engine):
 
     def encode(self, mel: np.ndarray, valid: np.ndarray) -> np.ndarray:
         enc = self.card.split.encoder
+        if "encoder" not in self._graphs:
+            raise NotImplementedError(f"this engine runs the step encoder of {self.card.name}; its chunked encoder is for cards without one")
         return self._execute(self._graphs["encoder"], {enc.mel_input: np.ascontiguousarray(mel, np.float32), enc.valid_input: np.ascontiguousarray(valid, np.float32)})[0]
+
+    def step(self, mel: np.ndarray, valid: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        step = self.card.split.step
+        if "step" not in self._graphs:
+            raise NotImplementedError(f"model {self.card.name} has no step encoder")
+        inputs = {step.mel_input: np.ascontiguousarray(mel, np.float32), step.valid_input: np.ascontiguousarray(valid, np.float32)}
+        inputs.update((name, np.ascontiguousarray(x, np.float32)) for (name, _, _), x in zip(step.state, state))
+        feats, *new_state = self._execute(self._graphs["step"], inputs)
+        return feats, new_state
 
     def head(self, feats: np.ndarray) -> dict[str, np.ndarray]:
         return self._heads(self._execute(self._graphs["backend"], {self.card.split.backend.input: np.ascontiguousarray(feats, np.float32)}))

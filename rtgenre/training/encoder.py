@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rtgenre.training.musicnn import Musicnn
+from rtgenre.training.musicnn import FRONTEND_DIM, MIDEND_FILTERS, Musicnn
 
 CONTEXT_BEFORE = 72
 """Input frames before an output frame that it depends on (63 + 3 x 3)."""
@@ -85,3 +85,105 @@ class StreamEncoder(nn.Module):
         m3 = layer3.bn(F.relu(layer3.conv(m2))) + _crop(m2, _MID, _MID)
         feats = [_crop(front, 3 * _MID, 3 * _MID), _crop(m1, 2 * _MID, 2 * _MID), _crop(m2, _MID, _MID), m3]
         return torch.cat(feats, dim=1).transpose(1, 2)
+
+
+#: Frames of the normalised input the front end keeps (its longest kernel, 128 frames, minus one).
+X_CACHE = 127
+#: Mel frames between a step's newest input frame and its newest output feature (64 + 3 x 3).
+STEP_DELAY = CONTEXT_AFTER
+_FRONT_LAG = 64  # newest front-end frame: 64 frames before the newest input (the 128-frame kernel's look-ahead)
+
+
+class StepEncoder(nn.Module):
+    """Musicnn's front and mid end as a stateful step: each layer computes each output frame once.
+
+    Every convolution keeps the last frames of its own input as a cache
+    (``kernel - 1`` of them; the front end's caches are one, the normalised
+    input, since its branches read the same frames), so a step with ``n`` new
+    Mel frames computes ``n`` frames of every layer, and returns the features
+    of the ``n`` frames that became final: those :data:`STEP_DELAY` frames
+    before the newest input.
+
+    Stream edges: the state starts as zeros (a stream that has not begun is
+    zero padding for every layer), and ``valid`` marks each new frame as part
+    of the stream (1) or not (0, its ``mel`` ignored).  Each layer's output is
+    zeroed where its frame is not part of the stream (the validity of the last
+    :data:`STEP_DELAY` frames is state too), which is exactly the layer-wise
+    zero padding of a whole-stream :meth:`Musicnn.frame_features` pass: the
+    features of a stream computed step by step, then flushed by
+    :data:`STEP_DELAY` frames with ``valid`` 0, equal those of one pass.  The
+    first :data:`STEP_DELAY` features a stream's steps return belong to frames
+    before its start (to be dropped).
+
+    State (inputs and, updated, outputs; batch first): ``x`` ``(B, 127, 96)``
+    normalised input, ``front`` ``(B, 561, 9)``, ``mid1`` ``(B, 64, 6)``,
+    ``mid2`` ``(B, 64, 6)``, ``valid`` ``(B, 73)`` (see :data:`STEP_STATE`).
+    """
+
+    def __init__(self, net: Musicnn) -> None:
+        super().__init__()
+        self.net = net
+        # each front-end branch takes the max over frequency before its ReLU and batch norm, which is exact:
+        # ReLU is monotonic and the batch norm is affine per channel, so max_f bn(relu(z)) = bn(relu(max_f z))
+        # where the batch norm's scale is positive, and bn(relu(min_f z)) where it is negative; the conv's
+        # filters with a negative scale are negated (max of -z = -min of z), so one max over frequency serves.
+        for i, block in enumerate(net.frontend):
+            sign = torch.where(block.bn.weight.detach() < 0, -1.0, 1.0)
+            self.register_buffer(f"w{i}", block.conv.weight.detach() * sign[:, None, None, None])
+            self.register_buffer(f"b{i}", block.conv.bias.detach() * sign)
+            self.register_buffer(f"s{i}", sign[:, None])
+        self.eval()  # frozen; an exporter restores this wrapper's mode afterwards
+
+    def _branch(self, i: int, x: Tensor) -> Tensor:
+        """Front-end branch ``i`` on ``(B, 1, T, 96)`` input: ``(B, filters, T - kernel + 1)``, as ``FrequencyBlock`` without padding."""
+        bn = self.net.frontend[i].bn
+        z = F.conv2d(x, getattr(self, f"w{i}"), getattr(self, f"b{i}")).amax(dim=3) * getattr(self, f"s{i}")
+        return F.batch_norm(F.relu(z), bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+
+    def forward(self, mel: Tensor, valid: Tensor, x_state: Tensor, front_state: Tensor, mid1_state: Tensor, mid2_state: Tensor,
+                valid_state: Tensor) -> tuple[Tensor, ...]:
+        """One step.
+
+        Parameters
+        ----------
+        mel : Tensor, shape (B, n, 96)
+            The next ``n >= 1`` log-Mel frames.
+        valid : Tensor, shape (B, n)
+            1 for frames of the stream, 0 after its end.
+        x_state, front_state, mid1_state, mid2_state, valid_state : Tensor
+            The state after the previous step (zeros before the first).
+
+        Returns
+        -------
+        tuple of Tensor
+            ``feats`` ``(B, n, 753)``, the features of the ``n`` frames ending
+            :data:`STEP_DELAY` frames before the newest input, then the new state in input order.
+        """
+        net = self.net
+        x = torch.cat([x_state, net.input_bn(mel.unsqueeze(1)).squeeze(1) * valid.unsqueeze(2)], dim=1)  # (B, 127 + n, 96)
+        v = torch.cat([valid_state, valid], dim=1).unsqueeze(1)  # (B, 1, 73 + n): frames N - 73 - n .. N - 1
+        t = x.shape[1]
+        xi = x.unsqueeze(1)
+        branches = []
+        for i, block in enumerate(net.frontend):
+            before, after = block.pad
+            branches.append(self._branch(i, xi[:, :, _FRONT_LAG - 1 - before : t - (_FRONT_LAG - after)]))
+        d = STEP_DELAY - _FRONT_LAG
+        front = torch.cat([front_state, torch.cat(branches, dim=1) * v[:, :, d : v.shape[2] - _FRONT_LAG]], dim=2)  # (B, 561, 9 + n)
+        layer1, layer2, layer3 = net.midend
+        m1 = torch.cat([mid1_state, layer1.bn(F.relu(layer1.conv(front[:, :, _MID:]))) * v[:, :, 2 * _MID : v.shape[2] - _FRONT_LAG - _MID]], dim=2)
+        m2 = layer2.bn(F.relu(layer2.conv(m1))) + m1[:, :, _MID:-_MID]
+        m2 = torch.cat([mid2_state, m2 * v[:, :, _MID : v.shape[2] - _FRONT_LAG - 2 * _MID]], dim=2)  # (B, 64, 6 + n)
+        m3 = layer3.bn(F.relu(layer3.conv(m2))) + m2[:, :, _MID:-_MID]
+        feats = torch.cat([front[:, :, : -3 * _MID], m1[:, :, : -2 * _MID], m2[:, :, _MID:-_MID], m3], dim=1).transpose(1, 2)
+        return (feats, x[:, -X_CACHE:], front[:, :, -3 * _MID :], m1[:, :, -2 * _MID :], m2[:, :, -2 * _MID :], v[:, 0, -STEP_DELAY:])
+
+
+#: The step encoder's state: (input name, output name, shape without the batch axis), in argument order.
+STEP_STATE = (
+    ("x_state", "x_next", (X_CACHE, 96)),
+    ("front_state", "front_next", (FRONTEND_DIM, 3 * _MID)),
+    ("mid1_state", "mid1_next", (MIDEND_FILTERS, 2 * _MID)),
+    ("mid2_state", "mid2_next", (MIDEND_FILTERS, 2 * _MID)),
+    ("valid_state", "valid_next", (STEP_DELAY,)),
+)

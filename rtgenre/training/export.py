@@ -20,7 +20,11 @@ inference (:mod:`rtgenre.inference.streaming`), described by the card's
   (dynamic batch and frames), output ``feats`` ``(batch, frames - 145, 753)``;
 * ``<name>.backend.onnx`` — the back end on one window of features: input
   ``feats`` ``(batch, 469, 753)``, one probability output per head named after
-  it and ``embedding`` ``(batch, D)``.
+  it and ``embedding`` ``(batch, D)``;
+* ``<name>.step.onnx`` — :class:`~rtgenre.training.encoder.StepEncoder`, the
+  encoder with layer caches: inputs ``mel`` ``(batch, n, 96)``, ``valid``
+  ``(batch, n)`` and the state (:data:`~rtgenre.training.encoder.STEP_STATE`),
+  outputs ``feats`` ``(batch, n, 753)`` and the next state (dynamic batch and ``n``).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from torch import Tensor, nn
 
 from rtgenre.card import CARD_FORMAT, file_sha256
 from rtgenre.errors import ModelCorruptError, ModelMissingError
-from rtgenre.training.encoder import CONTEXT_AFTER, CONTEXT_BEFORE, StreamEncoder
+from rtgenre.training.encoder import CONTEXT_AFTER, CONTEXT_BEFORE, STEP_DELAY, STEP_STATE, StepEncoder, StreamEncoder
 from rtgenre.training.features import FRONTEND
 from rtgenre.training.model import CRNN, Backend, BackendConfig, HeadSpec, activate
 from rtgenre.training.labels import MSD
@@ -172,6 +176,28 @@ def export_encoder(encoder: Musicnn, path: Path, n_mels: int = 96) -> None:
     _export(StreamEncoder(encoder), example, path, {"mel": axes, "valid": axes}, {"feats": {0: "batch", 1: "out_frames"}})
 
 
+def export_step_encoder(encoder: Musicnn, path: Path, n_mels: int = 96) -> None:
+    """Write the :class:`StepEncoder` of ``encoder`` (inputs ``mel``, ``valid`` and the state; outputs ``feats`` and the next state)."""
+    frames = 32
+    example = (torch.zeros(2, frames, n_mels), torch.ones(2, frames), *(torch.zeros(2, *shape) for _, _, shape in STEP_STATE))
+    new = {0: "batch", 1: "frames"}
+    inputs = {"mel": new, "valid": new, **{name: {0: "batch"} for name, _, _ in STEP_STATE}}
+    outputs = {"feats": new, **{name: {0: "batch"} for _, name, _ in STEP_STATE}}
+    _export(StepEncoder(encoder), example, path, inputs, outputs)
+
+
+def step_section(path: Path) -> dict[str, Any]:
+    """The card's ``split.step`` entry for the step graph written by :func:`export_step_encoder` at ``path``."""
+    return {
+        "onnx": path.name,
+        "onnx_sha256": file_sha256(path),
+        "inputs": {"mel": "batch,frames,mels", "valid": "batch,frames"},
+        "output": "feats",
+        "delay": STEP_DELAY,
+        "state": [{"input": i, "output": o, "shape": list(shape)} for i, o, shape in STEP_STATE],
+    }
+
+
 def export_backend(backend: nn.Module, path: Path, frames: int = 469, feature_dim: int = FEATURE_DIM, extra_outputs: tuple[str, ...] = ()) -> None:
     """Write the back end on ``(batch, frames, feature_dim)`` features: one output per head, ``extra_outputs`` (e.g. ``hash``), then ``embedding``."""
     names = [h.name for h in backend.config.heads] + list(extra_outputs)
@@ -193,8 +219,9 @@ def export_split_model(
 
     Writes ``<name>.onnx`` (whole window, as :func:`export_model`),
     ``<name>.encoder.onnx``, ``<name>.backend.onnx``, ``<name>.backend.npz``
-    and the card ``<name>.json`` with a ``split`` section (checksums, context,
-    feature dimension), which makes the runtime stream.
+    ``<name>.step.onnx`` and the card ``<name>.json`` with a ``split``
+    section (checksums, context, feature dimension, the step graph's state),
+    which makes the runtime stream.
 
     Parameters
     ----------
@@ -231,6 +258,7 @@ def export_split_model(
         save_hash_layer(hash_layer, folder / f"{name}.hash.npz")
         extra = {**extra, "hash": {"output": HASH_OUTPUT, "bits": hash_layer.bits}}
     export_encoder(encoder, folder / f"{name}.encoder.onnx")
+    export_step_encoder(encoder, folder / f"{name}.step.onnx")
     save_backend(backend, folder / f"{name}.backend.npz")
     split = {
         "encoder": {
@@ -248,6 +276,7 @@ def export_split_model(
             "input": "feats",
             "embedding": "embedding",
         },
+        "step": step_section(folder / f"{name}.step.onnx"),
     }
     return write_card(folder, name, backend.config.heads, mappings, {**extra, "split": split}, version=version)
 

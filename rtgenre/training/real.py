@@ -765,6 +765,13 @@ def _training_record(v: str, cv: dict) -> dict:
     }
 
 
+def _summary(record: dict) -> dict:
+    """A variant's CV headline figures (for the card's side-by-side record)."""
+    keys = {"genre_gtzan": ("clip_accuracy", "clip_macro_f1"), "genre_allmusic": ("clip_agreement",), "mood_quadrant": ("clip_accuracy", "clip_macro_f1"),
+            "voice": ("singer_detected", "clarinet_false"), "content": ("speech_windows_gated", "music_windows_as_speech")}
+    return {k: {f: round(record[k][f], 4) for f in fields} for k, fields in keys.items() if k in record}
+
+
 HASH_BITS = 128
 """Bits of the shipped model's similarity codes."""
 
@@ -790,7 +797,10 @@ def export_variants(fitted: Path, out: Path, cv: dict, variants: list[str], cach
             "data": DATASETS,
             "training": _training_record(v, cv.get(v, {})),
             "evaluation": {"cross_validation": {"protocol": "grouped 5-fold (artist for 4q, track for GTZAN, speaker for speech; a mix goes with its speaker and its song), "
-                                                            "clip = majority of its 7.5 s windows (hop ~1 s)", **cv.get(v, {})}},
+                                                            "clip = majority of its 7.5 s windows (hop ~1 s)", **cv.get(v, {})},
+                           "variants": {"protocol": "the same folds; table in rtgenre/models/README.md",
+                                        "command": f"python -m rtgenre.training.real --table --cv runs/cv.json --variants {','.join(cv)}",
+                                        **{n: _summary(r) for n, r in cv.items()}}},
         }
         if v == "shipped":  # the default model streams (encoder and back end as graphs of their own) and gives similarity codes
             from rtgenre.training.hashing import (

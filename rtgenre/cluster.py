@@ -30,6 +30,7 @@ listening runtime does not need the ``[cluster]`` extra.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 import tempfile
@@ -309,6 +310,10 @@ class ClusterSession(MonitorSession):
         self._told_error = False
         self._model_ref: Any = None
         self._next_retry = 0.0
+
+    def run(self) -> None:
+        with contextlib.redirect_stdout(sys.stderr):  # Ray prints the cluster's messages (a node lost) on stdout: it stays the events'
+            super().run()
 
     # ------------------------------------------------------------------ open and start
     def _open(self) -> None:

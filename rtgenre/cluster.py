@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -60,6 +62,8 @@ UNREACHABLE_S = 3.0
 SILENT_S = 15.0
 #: Seconds between attempts to place feeds that lost their shard when no shard is left.
 RETRY_S = 1.0
+#: Seconds to wait for the cluster's address to accept a connection.
+CONNECT_TIMEOUT_S = 5.0
 #: Seconds the driver waits for the shards to start and to stop.
 CALL_TIMEOUT_S = 120.0
 
@@ -318,11 +322,22 @@ class ClusterSession(MonitorSession):
     # ------------------------------------------------------------------ open and start
     def _open(self) -> None:
         ray = _ray()
+        fix = "Start one with `ray start --head` and pass its address (or auto on one of its nodes)"
+        if self.address != "auto" and "://" not in self.address:  # Ray would retry an address where nothing listens for ever
+            host, _, port = self.address.rpartition(":")
+            try:
+                socket.create_connection((host or "127.0.0.1", int(port)), timeout=CONNECT_TIMEOUT_S).close()
+            except (OSError, ValueError) as e:
+                raise EngineUnavailableError(f"Cannot reach the Ray cluster at {self.address} ({getattr(e, 'strerror', None) or e})", fix) from None
+        main = threading.current_thread() is threading.main_thread()
+        ours = signal.getsignal(signal.SIGTERM) if main else None
         try:
             ray.init(address=self.address, log_to_driver=False, logging_level="WARNING")
         except (ConnectionError, RuntimeError, ValueError) as e:
-            raise EngineUnavailableError(f"Cannot reach the Ray cluster at {self.address} ({e})",
-                                         "Start one with `ray start --head` and pass its address (or auto on one of its nodes)") from None
+            raise EngineUnavailableError(f"Cannot reach the Ray cluster at {self.address} ({e})", fix) from None
+        finally:
+            if main:
+                signal.signal(signal.SIGTERM, ours)  # ray.init installs its own (exit at once): SIGTERM stops the run cleanly
         self._connected = True
         self._model_ref = ray.put(model_files(self.card))
         for node in self._nodes():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -136,7 +137,9 @@ def test_a_lost_node_moves_its_feeds_and_a_stopped_driver_stops_every_shard(clus
         for name in set(songs) - moved:  # the feeds that stayed never stopped
             arrivals = [at for at, e in run.events if e["event"] == "prediction" and e["stream"] == name and at > killed_at - 1.0]
             assert len(arrivals) >= 2 and max(b - a for a, b in zip(arrivals, arrivals[1:])) < 3.0, name
-        rc = run.interrupt()
+        run.proc.send_signal(signal.SIGTERM)  # SIGTERM too stops the run cleanly (ray.init installs a handler of its own)
+        rc = run.proc.wait(timeout=30)
+        run._reader.join(5)
     finally:
         run.proc.kill()
     assert rc == 0, run.stderr.read_text()
@@ -145,18 +148,28 @@ def test_a_lost_node_moves_its_feeds_and_a_stopped_driver_stops_every_shard(clus
     assert {e["stream"] for e in recovered} == moved and all(e["node"] == head and e["missed_s"] < 30.0 for e in recovered)
     stops = {e["stream"]: e for e in events if e["event"] == "stop"}
     assert set(stops) == set(songs) and {s["reason"] for s in stops.values()} == {"interrupted"}, stops
-    assert all(s.get("signal") == signal.SIGINT.name for s in stops.values())
+    assert all(s.get("signal") == signal.SIGTERM.name for s in stops.values())
     assert wait_for(lambda: not shard_processes(), 15), shard_processes()
+
+
+def test_an_unreachable_cluster_is_one_line_and_exit_code_40(tmp_path, make_tone):
+    pytest.importorskip("ray")
+    tone = make_tone("tone.wav", seconds=9.0, rate=16000)
+    with socket.socket() as s:  # a port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rc, events, stderr = run_once(["--feed", f"a={tone}", "--ray", f"127.0.0.1:{port}"])
+    assert rc == 40 and stderr.strip().splitlines()[-1].startswith(f"rtgenre: error: Cannot reach the Ray cluster at 127.0.0.1:{port}"), stderr
+    assert [(e["event"], e.get("code"), e.get("reason")) for e in events] == [("error", 40, None), ("stop", None, "engine unavailable")]
 
 
 def test_the_listening_runtime_does_not_import_ray(tmp_path, make_tone):
     """A monitor run without --ray never loads Ray (the [cluster] extra is optional)."""
     tone = make_tone("tone.wav", seconds=9.0, rate=16000)
-    code = ("import sys, rtgenre.cli as c; rc = c.main(['monitor', '--json', '--no-dashboard', '--feed', 'a=%s']); "
-            "assert 'ray' not in sys.modules, 'ray imported'; sys.exit(rc)") % tone
     feeds = tmp_path / "feeds.toml"
     feeds.write_text(f'[defaults]\nrealtime = false\n[[feed]]\nname = "a"\ninput = "{tone}"\n')
-    code = code.replace("'--feed', 'a=%s'" % tone, f"'{feeds}'")
+    code = (f"import sys, rtgenre.cli; rc = rtgenre.cli.main(['monitor', '--json', '--no-dashboard', {str(feeds)!r}]); "
+            "assert 'ray' not in sys.modules, 'ray was imported'; sys.exit(rc)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert '"prediction"' in proc.stdout

@@ -38,16 +38,21 @@ import sys
 import tempfile
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rtgenre.card import ModelCard, load_card
+from rtgenre.card import ModelCard, load_card, resolve_model
 from rtgenre.config import FeedSpec, MonitorConfig
-from rtgenre.errors import DependencyMissingError, EngineUnavailableError, ExitCode, ModelCorruptError, RtgenreError
+from rtgenre.errors import (
+    DependencyMissingError,
+    EngineUnavailableError,
+    ExitCode,
+    ModelCorruptError,
+    RtgenreError,
+)
 from rtgenre.events import Event
 from rtgenre.inference.base import Engine
 from rtgenre.monitor import MonitorSession, _feeds
@@ -62,6 +67,8 @@ UNREACHABLE_S = 3.0
 SILENT_S = 15.0
 #: Seconds between attempts to place feeds that lost their shard when no shard is left.
 RETRY_S = 1.0
+#: Key of :func:`model_files`' output that names the card's file (a file name never starts with ``/``).
+CARD_KEY = "/card"
 #: Seconds to wait for the cluster's address to accept a connection.
 CONNECT_TIMEOUT_S = 5.0
 #: Seconds the driver waits for the shards to start and to stop.
@@ -77,40 +84,36 @@ def _ray():
     return ray
 
 
-def model_files(card: ModelCard) -> dict[str, bytes]:
-    """The card and the graphs it names, by path relative to the card's folder.
+def model_files(card_path: Path) -> dict[str, bytes]:
+    """The card at ``card_path`` and the graphs it names, by path relative to the card's folder.
 
     Raises
     ------
     ModelCorruptError
         A graph lies outside the card's folder (it could not be rebuilt on a worker).
     """
-    folder = card.onnx_path.parent
-    card_path = folder / f"{card.name}.json"
+    card, folder = load_card(card_path), card_path.parent.resolve()
     paths = [card_path, card.onnx_path]
     if card.split is not None:
         paths += [card.split.encoder.onnx_path, card.split.backend.onnx_path]
-    if not card_path.is_file():  # a card whose file name is not its model name: find it by its ONNX file
-        card_path = card.onnx_path.with_suffix(".json")
-        paths[0] = card_path
     files = {}
     for p in paths:
         try:
             files[str(p.resolve().relative_to(folder))] = p.read_bytes()
         except ValueError:
             raise ModelCorruptError(f"Model file {p} is not in its card's folder {folder}", "Keep a model's files beside its card") from None
-    files["__card__"] = str(card_path.relative_to(folder)).encode()
+    files[CARD_KEY] = card_path.name.encode()
     return files
 
 
 def materialise(files: dict[str, bytes], folder: Path) -> ModelCard:
     """Write :func:`model_files`' output under ``folder`` and load the card from there."""
     for name, data in files.items():
-        if name != "__card__":
+        if name != CARD_KEY:
             path = folder / name
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
-    return load_card(folder / files["__card__"].decode())
+    return load_card(folder / files[CARD_KEY].decode())
 
 
 class Outbox(Sink):
@@ -278,8 +281,8 @@ class ClusterSession(MonitorSession):
         Ray cluster address (``host:port``) or ``auto``.
     config : MonitorConfig
         The feeds.
-    card : ModelCard
-        The model, shipped to every shard.
+    model : str or None
+        The model (as ``--model``), shipped to every shard.
     engine : dict
         As :class:`Shard`'s ``engine``.
     bus : EventBus
@@ -295,12 +298,12 @@ class ClusterSession(MonitorSession):
         Feeds started again on another shard after theirs was lost.
     """
 
-    def __init__(self, address: str, config: MonitorConfig, card: ModelCard, engine: dict[str, Any], bus: EventBus, *,
+    def __init__(self, address: str, config: MonitorConfig, model: str | None, engine: dict[str, Any], bus: EventBus, *,
                  event_queue: int = 1024, files: Any = None, metrics: Any = None) -> None:
         super().__init__([], lambda: None, bus, files=files, metrics=metrics)
         self.address = address
         self.specs = {s.name: s for s in config.feeds}
-        self.card = card
+        self.model = model
         self.engine_args = engine
         self.event_queue = event_queue
         self.shards: list[_Remote] = []
@@ -339,7 +342,7 @@ class ClusterSession(MonitorSession):
             if main:
                 signal.signal(signal.SIGTERM, ours)  # ray.init installs its own (exit at once): SIGTERM stops the run cleanly
         self._connected = True
-        self._model_ref = ray.put(model_files(self.card))
+        self._model_ref = ray.put(model_files(resolve_model(self.model)))
         for node in self._nodes():
             self._add_shard(node)
         if not self.shards:

@@ -132,7 +132,7 @@ def test_a_lost_node_moves_its_feeds_and_a_stopped_driver_stops_every_shard(clus
             assert lost["node"] == starts[name] and lost["to_node"] == head, lost
             back = run.until(lambda e, n=name: e["event"] == "start" and e["stream"] == n and e["node"] == head, 30)
             started = arrival(run, back)
-            back_at[name] = arrival(run, run.until(lambda e, n=name: e["event"] == "prediction" and e["stream"] == n and arrival(run, e) > started, 30))
+            back_at[name] = arrival(run, run.until(lambda e, n=name, t0=started: e["event"] == "prediction" and e["stream"] == n and arrival(run, e) > t0, 30))
         assert max(back_at.values()) - killed_at < 30.0, (back_at, killed_at)
         for name in set(songs) - moved:  # the feeds that stayed never stopped
             arrivals = [at for at, e in run.events if e["event"] == "prediction" and e["stream"] == name and at > killed_at - 1.0]
@@ -150,6 +150,19 @@ def test_a_lost_node_moves_its_feeds_and_a_stopped_driver_stops_every_shard(clus
     assert set(stops) == set(songs) and {s["reason"] for s in stops.values()} == {"interrupted"}, stops
     assert all(s.get("signal") == signal.SIGTERM.name for s in stops.values())
     assert wait_for(lambda: not shard_processes(), 15), shard_processes()
+
+
+def test_the_model_travels_as_bytes(tmp_path):
+    """What the object store carries rebuilds the shipped (split, streaming) model's card in a folder of its own."""
+    pytest.importorskip("ray")
+    from rtgenre.card import load_card, resolve_model
+    from rtgenre.cluster import materialise, model_files
+
+    shipped = load_card()
+    files = model_files(resolve_model(None))
+    card = materialise(files, tmp_path)
+    assert card.onnx_path.parent == tmp_path.resolve() and card.split.encoder.onnx_path.parent == tmp_path.resolve()
+    assert (card.name, card.labels(), card.onnx_sha256) == (shipped.name, shipped.labels(), shipped.onnx_sha256)  # load_card checked the SHA-256s
 
 
 def test_an_unreachable_cluster_is_one_line_and_exit_code_40(tmp_path, make_tone):

@@ -152,6 +152,21 @@ def test_a_lost_node_moves_its_feeds_and_a_stopped_driver_stops_every_shard(clus
     assert wait_for(lambda: not shard_processes(), 15), shard_processes()
 
 
+def test_a_killed_driver_takes_its_shards_with_it(cluster, model, tmp_path):
+    """SIGKILL leaves the driver no time to stop anything: Ray ends the actors of a job whose driver is gone."""
+    c, _ = cluster
+    songs = {f"f{i}": music(tmp_path / f"s{i}.wav", 30.0, 240.0 + 50 * i) for i in range(2)}
+    run = Monitor([str(feeds_toml(tmp_path / "feeds.toml", model, songs)), "--ray", c.address], tmp_path, env={**os.environ, **LOOPBACK_ENV})
+    try:
+        for name in songs:
+            run.until(lambda e, n=name: e["event"] == "start" and e["stream"] == n, 60)
+        assert shard_processes()
+    finally:
+        run.proc.kill()
+    run.proc.wait(10)
+    assert wait_for(lambda: not shard_processes(), 30), shard_processes()
+
+
 def test_the_model_travels_as_bytes(tmp_path):
     """What the object store carries rebuilds the shipped (split, streaming) model's card in a folder of its own."""
     pytest.importorskip("ray")

@@ -20,15 +20,22 @@ The nodes are processes of this machine: "1 CPU each" is Ray's resource count,
 not a core of their own; they share the machine's cores with everything else
 on it (the load average before and after each run is recorded).
 
+``--failover N`` measures a node failure instead: N feeds on 2 nodes, the worker
+node's raylet killed once every feed predicts, and the seconds until each of its
+feeds is given up, started on the head node and predicting again there.
+
 Usage::
 
     python tools/bench_monitor.py --ray --out benchmarks/results/bench_ray.json [--seconds 30] [--feeds 2,4,6,8,12,16]
+    python tools/bench_monitor.py --ray --failover 4 --out benchmarks/results/bench_ray_failover.json
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import os
 import platform
 import signal
@@ -36,7 +43,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -136,17 +146,25 @@ def sustained(r: dict, limit_ms: float) -> bool:
     return bool(r["overruns"] == 0 and r["latency_ms_p99"] is not None and r["latency_ms_p99"] <= limit_ms)
 
 
-def capacity(nodes: int, path: Path, feeds: list[int], args: argparse.Namespace, hop: float, window_s: float) -> dict:
-    """The runs on a fresh ``nodes``-node cluster, up to the first N not sustained."""
+@contextlib.contextmanager
+def local_cluster(nodes: int) -> Iterator[Any]:
+    """A Ray cluster of ``nodes`` nodes with ``num_cpus=1`` each on 127.0.0.1 (``ray.cluster_utils.Cluster``); its worker nodes."""
     from ray.cluster_utils import Cluster
 
     os.environ.update({**LOOPBACK_ENV, "PYTHONPATH": str(ROOT)})  # the nodes' processes inherit it
     cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 1, "include_dashboard": False, "node_ip_address": "127.0.0.1"})
-    runs = []
     try:
-        for _ in range(nodes - 1):
-            cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+        workers = [cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1") for _ in range(nodes - 1)]
         cluster.wait_for_nodes()
+        yield cluster, workers
+    finally:
+        cluster.shutdown()
+
+
+def capacity(nodes: int, path: Path, feeds: list[int], args: argparse.Namespace, hop: float, window_s: float) -> dict:
+    """The runs on a fresh ``nodes``-node cluster, up to the first N not sustained."""
+    runs = []
+    with local_cluster(nodes) as (cluster, _):
         for n in feeds:
             r = run_n(path, n, args.seconds, hop, window_s, cluster.address)
             r["sustained"] = sustained(r, args.p99_limit_ms)
@@ -154,9 +172,54 @@ def capacity(nodes: int, path: Path, feeds: list[int], args: argparse.Namespace,
             print(json.dumps({"nodes": nodes, **r}), file=sys.stderr, flush=True)
             if not r["sustained"]:
                 break
-    finally:
-        cluster.shutdown()
     return {"nodes": nodes, "runs": runs, "max_sustained_feeds": max((r["feeds"] for r in runs if r["sustained"]), default=0)}
+
+
+def failover(path: Path, n: int, window_s: float) -> dict:
+    """``n`` paced feeds on 2 nodes; the worker node's raylet is killed once every feed predicts.
+
+    Seconds from the kill (by the events' ``wall``) until each moved feed's ``reconnect`` ``lost``, its new
+    ``start`` and its first prediction there (which waits for a window of audio to fill).
+    """
+    def wall(e: dict) -> float:
+        return datetime.strptime(e["wall"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
+
+    cmd = [sys.executable, "-m", "rtgenre", "monitor", "--json", "--no-dashboard", "--threads", "1"] + [f"--feed=f{i:03d}={path}" for i in range(n)]
+    with local_cluster(2) as (cluster, workers), tempfile.NamedTemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd + ["--ray", cluster.address], stdout=out, stderr=err, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+        def events() -> list[dict]:
+            return [json.loads(x) for x in Path(out.name).read_text().splitlines()]
+
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and len({e["stream"] for e in events() if e["event"] == "prediction" and e["t"] > window_s}) < n:
+            time.sleep(0.2)
+        load, killed = os.getloadavg(), time.time()
+        cluster.remove_node(workers[0], allow_graceful=False)
+        moved: set[str] = set()
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            ev = events()
+            moved = {e["stream"] for e in ev if e["event"] == "reconnect" and e["status"] == "lost"}
+            restarted = {e["stream"] for e in ev if e["event"] == "reconnect" and e["status"] == "recovered"}
+            if moved and moved == restarted and all(any(e["event"] == "prediction" and e["stream"] == s and e["t"] < window_s + 1 and wall(e) > killed for e in ev) for s in moved):
+                break
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+        ev = events()
+    per_feed = {}
+    for name in sorted(moved):
+        mine = [e for e in ev if e["stream"] == name and wall(e) > killed]
+        lost = next(e for e in mine if e["event"] == "reconnect" and e["status"] == "lost")
+        start = next(e for e in mine if e["event"] == "start")
+        first = next((e for e in mine[mine.index(start):] if e["event"] == "prediction"), None)
+        per_feed[name] = {"from_node": lost["node"], "to_node": start["node"], "lost_after_s": round(wall(lost) - killed, 2),
+                          "started_after_s": round(wall(start) - killed, 2), "predicting_after_s": round(wall(first) - killed, 2) if first else None}
+    stops = [e for e in ev if e["event"] == "stop"]
+    return {"feeds": n, "moved": per_feed, "feeds_lost": n - len({e["stream"] for e in stops if e["reason"] == "interrupted"}),
+            "back_within_s": max((f["predicting_after_s"] or math.inf for f in per_feed.values()), default=None),
+            "load_average_at_kill": [round(x, 2) for x in load], "exit_code": proc.returncode}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -166,6 +229,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seconds", type=float, default=30.0, help="length of each run (default 30)")
     ap.add_argument("--feeds", default="2,4,6,8,10,12,16,20,24", help="values of N, ascending (default 2,4,6,8,10,12,16,20,24)")
     ap.add_argument("--nodes", default="1,2", help="node counts (default 1,2)")
+    ap.add_argument("--failover", type=int, default=0, metavar="N",
+                    help="instead: N feeds on 2 nodes, kill the worker node, time until its feeds predict again on the other")
     ap.add_argument("--p99-limit-ms", type=float, default=500.0, help="a run is sustained with latency p99 at most this and no overrun (default 500)")
     args = ap.parse_args(argv)
     card = load_card()
@@ -180,7 +245,11 @@ def main(argv: list[str] | None = None) -> None:
     }
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "feed.wav"
-        result["input"] = make_long_file(path, args.seconds + 30)
+        result["input"] = make_long_file(path, args.seconds + 30 if not args.failover else 120)
+        if args.failover:
+            result["failover"] = failover(path, args.failover, card.window_seconds)
+            emit(result, args.out)
+            return
         result["clusters"] = [capacity(int(k), path, feeds, args, hop, card.window_seconds) for k in args.nodes.split(",")]
         by = {c["nodes"]: c["max_sustained_feeds"] for c in result["clusters"]}
         if by.get(1) and 2 in by:

@@ -57,7 +57,7 @@ from rtgenre.events import Event
 from rtgenre.inference.base import Engine
 from rtgenre.monitor import MonitorSession, _feeds
 from rtgenre.session import END_OF_INPUT, STOP_WITHIN_S
-from rtgenre.sinks.base import EventBus, Sink
+from rtgenre.sinks.base import EventBus, EventQueue, Sink
 
 #: Longest a shard's poll waits for its first event (it answers at once when events are waiting).
 POLL_WAIT_S = 0.2
@@ -117,34 +117,33 @@ def materialise(files: dict[str, bytes], folder: Path) -> ModelCard:
 
 
 class Outbox(Sink):
-    """Collects a shard's events for the driver's polls: plain dicts, and how long ago each window's last sample arrived.
+    """A shard's events waiting for the driver's next poll, in a bounded :class:`~rtgenre.sinks.base.EventQueue`
+    (a driver that stops polling costs old predictions, never memory or the other events).
 
     Parameters
     ----------
     node : str
         Added to every ``start`` event.
+    capacity : int
+        Events held before old predictions are dropped.
     """
 
-    def __init__(self, node: str) -> None:
+    def __init__(self, node: str, capacity: int) -> None:
         self.node = node
-        self._items: list[tuple[Event, float]] = []
-        self._cond = threading.Condition()
+        self.queue = EventQueue(capacity)
 
     def handle(self, event: Event) -> None:
-        if event.kind == "start":
-            event = event.with_data(node=self.node)
-        with self._cond:
-            self._items.append((event, time.monotonic()))
-            self._cond.notify()
+        self.queue.put(event.with_data(node=self.node) if event.kind == "start" else event)
 
     def take(self, wait_s: float) -> list[tuple[dict[str, Any], float | None]]:
-        """Every event waiting (after up to ``wait_s`` s for the first): its dict and the age of its arrival in seconds."""
-        with self._cond:
-            if not self._items:
-                self._cond.wait(wait_s)
-            items, self._items = self._items, []
+        """Every event waiting (after up to ``wait_s`` s for the first): its dict and how long ago its window's last sample arrived."""
+        events = []
+        event = self.queue.get(wait_s)
+        while event is not None:
+            events.append(event)
+            event = self.queue.get(0.0)
         now = time.monotonic()
-        return [(e.to_dict(), None if e.arrival is None else now - e.arrival) for e, _ in items]
+        return [(e.to_dict(), None if e.arrival is None else now - e.arrival) for e in events]
 
 
 class _Shared(Engine):
@@ -200,7 +199,7 @@ class Shard:
         self._event_queue = event_queue
         self._engine: _Shared | None = None
         self._runs: list[tuple[MonitorSession, threading.Thread]] = []
-        self.outbox = Outbox(self.node)
+        self.outbox = Outbox(self.node, event_queue)
 
     def hello(self) -> dict[str, str]:
         """The node's name and its engine's notice (if any); makes the engine."""

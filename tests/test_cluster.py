@@ -90,15 +90,18 @@ def predictions(events: list[dict], name: str) -> list[dict]:
 def test_six_feeds_on_two_nodes_equal_one_process(cluster, model, tmp_path):
     c, _ = cluster
     songs = {f"f{i}": music(tmp_path / f"s{i}.wav", 9.0, 180.0 + 55 * i) for i in range(6)}
-    rc, events, stderr = run_once([str(feeds_toml(tmp_path / "feeds.toml", model, songs)), "--ray", c.address], LOOPBACK_ENV)
-    assert rc == 0, stderr
-    rc, alone, stderr = run_once([str(feeds_toml(tmp_path / "alone.toml", model, songs, realtime=False))])
-    assert rc == 0, stderr
+    missing = ["--feed", f"missing={tmp_path / 'none.wav'}"]  # a feed that fails on its node: its error crosses to the driver
+    rc, events, stderr = run_once([str(feeds_toml(tmp_path / "feeds.toml", model, songs)), *missing, "--ray", c.address], LOOPBACK_ENV)
+    assert rc == 20 and "rtgenre: error: File" in stderr and "none.wav does not exist" in stderr, stderr  # the first feed error's exit code
+    rc, alone, stderr = run_once([str(feeds_toml(tmp_path / "alone.toml", model, songs, realtime=False)), *missing])
+    assert rc == 20, stderr
+    lost = [e for e in events if e["stream"] == "missing"]
+    assert [(e["event"], e.get("code"), e.get("reason")) for e in lost] == [("error", 20, None), ("stop", None, "input unreadable")], lost
 
     starts = {e["stream"]: e for e in events if e["event"] == "start"}
     assert set(starts) == set(songs) and len({s["node"] for s in starts.values()}) == 2, starts  # both nodes served
     assert all(s["node"].startswith("127.0.0.1/") for s in starts.values())
-    stops = {e["stream"]: e for e in events if e["event"] == "stop"}
+    stops = {e["stream"]: e for e in events if e["event"] == "stop" and e["stream"] in songs}
     assert set(stops) == set(songs) and {s["reason"] for s in stops.values()} == {"end of input"}
     for name in songs:
         got, want = predictions(events, name), predictions(alone, name)

@@ -78,6 +78,18 @@ def run_once(args: list[str], env: dict[str, str] | None = None) -> tuple[int, l
     return proc.returncode, [json.loads(x) for x in proc.stdout.splitlines()], proc.stderr
 
 
+def monitor_on(c, model: Path, tmp_path: Path, songs: dict[str, Path], until: str) -> Monitor:
+    """``rtgenre monitor --ray`` on cluster ``c`` with ``songs``, once every feed has had an event of kind ``until``."""
+    run = Monitor([str(feeds_toml(tmp_path / "feeds.toml", model, songs)), "--ray", c.address], tmp_path, env={**os.environ, **LOOPBACK_ENV})
+    try:
+        for name in songs:
+            run.until(lambda e, n=name: e["event"] == until and e["stream"] == n, 60)
+    except BaseException:
+        run.proc.kill()
+        raise
+    return run
+
+
 def arrival(run: Monitor, event: dict) -> float:
     """When the test read ``event`` from the monitor's stdout."""
     return next(at for at, e in run.events if e is event)
@@ -118,10 +130,8 @@ def test_six_feeds_on_two_nodes_equal_one_process(cluster, model, tmp_path):
 def test_a_lost_node_moves_its_feeds_and_a_stopped_driver_stops_every_shard(cluster, model, tmp_path):
     c, worker = cluster
     songs = {f"f{i}": music(tmp_path / f"s{i}.wav", 60.0, 200.0 + 70 * i) for i in range(4)}
-    run = Monitor([str(feeds_toml(tmp_path / "feeds.toml", model, songs)), "--ray", c.address], tmp_path, env={**os.environ, **LOOPBACK_ENV})
+    run = monitor_on(c, model, tmp_path, songs, "prediction")
     try:
-        for name in songs:
-            run.until(lambda e, n=name: e["event"] == "prediction" and e["stream"] == n, 60)
         starts = {e["stream"]: e["node"] for _, e in run.events if e["event"] == "start"}
         assert len(set(starts.values())) == 2, starts
         head = next(n for n in starts.values() if n.endswith("/" + c.head_node.node_id[:8]))
@@ -159,10 +169,8 @@ def test_a_killed_driver_takes_its_shards_with_it(cluster, model, tmp_path):
     """SIGKILL leaves the driver no time to stop anything: Ray ends the actors of a job whose driver is gone."""
     c, _ = cluster
     songs = {f"f{i}": music(tmp_path / f"s{i}.wav", 30.0, 240.0 + 50 * i) for i in range(2)}
-    run = Monitor([str(feeds_toml(tmp_path / "feeds.toml", model, songs)), "--ray", c.address], tmp_path, env={**os.environ, **LOOPBACK_ENV})
+    run = monitor_on(c, model, tmp_path, songs, "start")
     try:
-        for name in songs:
-            run.until(lambda e, n=name: e["event"] == "start" and e["stream"] == n, 60)
         assert shard_processes()
     finally:
         run.proc.kill()
@@ -172,7 +180,6 @@ def test_a_killed_driver_takes_its_shards_with_it(cluster, model, tmp_path):
 
 def test_the_model_travels_as_bytes(tmp_path):
     """What the object store carries rebuilds the shipped (split, streaming) model's card in a folder of its own."""
-    pytest.importorskip("ray")
     from rtgenre.card import load_card, resolve_model
     from rtgenre.cluster import materialise, model_files
 

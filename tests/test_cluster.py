@@ -61,9 +61,16 @@ def cluster():
 
 
 def shard_processes() -> list[str]:
-    """Ray worker processes that hold a shard actor (Ray names them ``ray::Shard...``)."""
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if "ray::Shard" in line]
+    """Processes that hold a shard actor (Ray names them ``ray::Shard...``), from /proc."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if cmdline.startswith(b"ray::Shard"):
+            found.append(f"{pid} {cmdline.decode(errors='replace')}")
+    return found
 
 
 def feeds_toml(path: Path, model: Path, songs: dict[str, Path], realtime: bool = True) -> Path:

@@ -38,7 +38,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -94,8 +94,9 @@ def model_files(card_path: Path) -> dict[str, bytes]:
     """
     card, folder = load_card(card_path), card_path.parent.resolve()
     paths = [card_path, card.onnx_path]
-    if card.split is not None:
-        paths += [card.split.encoder.onnx_path, card.split.backend.onnx_path]
+    if card.split is not None:  # every graph of the split (encoder, back end, and any other it names)
+        graphs = (getattr(card.split, f.name) for f in fields(card.split))
+        paths += [g.onnx_path for g in graphs if hasattr(g, "onnx_path")]
     files = {}
     for p in paths:
         try:

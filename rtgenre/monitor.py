@@ -54,6 +54,8 @@ def add_monitor_arguments(sub: Any) -> None:
     g.add_argument("--no-color", action="store_true", help="no colours (also when NO_COLOR is set)")
     g.add_argument("--out-dir", default=None, metavar="DIR", help="also append each feed's events to DIR/NAME.jsonl (reopened on SIGUSR1)")
     g.add_argument("--event-queue", type=int, default=1024, help="events buffered per output before old predictions are dropped (default: 1024)")
+    g = p.add_argument_group("cluster (needs the [cluster] extra)")
+    g.add_argument("--ray", default=None, metavar="ADDRESS", help="spread the feeds over the Ray cluster at ADDRESS (host:port, or auto: the cluster this node belongs to)")
     g = p.add_argument_group("metrics")
     g.add_argument("--metrics-port", type=int, default=None, metavar="PORT", help="serve Prometheus metrics on PORT (0: any free port, printed on stderr)")
     g.add_argument("--metrics-host", default=METRICS_HOST, help=f"address of the metrics endpoint (default: {METRICS_HOST})")
@@ -177,13 +179,12 @@ def run_monitor(args: argparse.Namespace) -> int:
     check_options(args)
     config = build_config(args.feeds_file, args.feed)
     card = load_card(args.model or config.model)
-    feeds = _feeds(config, card)
     bus = EventBus()
     registry = server = files = None
     if args.out_dir is not None:
         from rtgenre.sinks.files import FeedFiles
 
-        files = FeedFiles(args.out_dir, [f.name for f in feeds])
+        files = FeedFiles(args.out_dir, [s.name for s in config.feeds])
     if args.metrics_port is not None:
         from rtgenre.sinks.metrics import CollectorRegistry, MetricsServer, MetricsSink
 
@@ -202,7 +203,14 @@ def run_monitor(args: argparse.Namespace) -> int:
 
         return EngineMeter(e, registry)
 
-    session = MonitorSession(feeds, engine, bus, files=files, metrics=server)
+    if args.ray is not None:  # the feeds and their engines run on the cluster's nodes
+        from rtgenre.cluster import ClusterSession
+
+        settings = {"kind": args.engine or config.engine, "threads": config.threads if args.threads is None else args.threads,
+                    "precision": args.precision, "max_batch": args.max_batch}
+        session: MonitorSession = ClusterSession(args.ray, config, args.model or config.model, settings, bus, event_queue=args.event_queue, files=files, metrics=server)
+    else:
+        session = MonitorSession(_feeds(config, card), engine, bus, files=files, metrics=server)
     on_gone = lambda: session.request_stop("reader gone")  # noqa: E731
     json_mode = args.json or not sys.stdout.isatty()
     if json_mode:

@@ -25,6 +25,8 @@ machine a monitor that cannot keep up gets less than all cores; the most CPU
 it obtained in a run it could not sustain gives a second bound, on the cores
 it actually obtained.
 
+``--ray`` runs the cluster benchmark instead (:mod:`bench_ray`: 1 vs 2 Ray nodes).
+
 Usage::
 
     python tools/bench_monitor.py --out benchmarks/results/bench_monitor.json [--seconds 45] [--feeds 1,5,10,20,30,40]
@@ -169,6 +171,10 @@ def run_n(path: Path, n: int, seconds: float, hop: float, threads: int, window_s
 
 
 def main() -> None:
+    if "--ray" in sys.argv[1:]:  # the same on 1 and 2 Ray nodes (tools/bench_ray.py)
+        from bench_ray import main as bench_ray
+
+        return bench_ray()
     ap = argparse.ArgumentParser(description="Capacity of rtgenre monitor: N live feeds (JSON output).")
     ap.add_argument("--out", type=Path, default=None, help="write the JSON here too")
     ap.add_argument("--seconds", type=float, default=45.0, help="length of each run (default 45)")

@@ -588,11 +588,25 @@ def _headline(m: dict) -> dict:
     }
 
 
-def logistic_baseline(examples: list[Example], k: int = 5, seed: int = 0) -> dict:
-    """Logistic regression on per-clip musicnn penultimate embeddings and tags: genre (GTZAN-10) and mood, grouped CV.
+def window_embeddings(net: Musicnn, e: Example, hop: int = EVAL_HOP_STEPS) -> np.ndarray:
+    """musicnn's penultimate layer and tags (250 values) over each evaluation window of a clip (what a back end's tagger features are)."""
+    back = TeacherBack(net)
+    starts = list(range(0, len(e.maxp) - WINDOW_STEPS + 1, hop))
+    mx = torch.from_numpy(np.stack([e.maxp[s : s + WINDOW_STEPS].max(axis=0) for s in starts]))
+    mean = torch.from_numpy(np.stack([e.meanp[s : s + WINDOW_STEPS].mean(axis=0) for s in starts]))
+    with torch.no_grad():
+        return back(mx, mean).numpy()
 
-    The folds are the variants' (:func:`grouped_folds` over every trainable
-    clip, then restricted to 4q and GTZAN), so the figures compare clip for clip.
+
+def logistic_baseline(examples: list[Example], k: int = 5, seed: int = 0, windows: bool = False) -> dict:
+    """Logistic regression on musicnn penultimate embeddings and tags: genre (GTZAN-10) and mood, grouped CV.
+
+    Per clip (the mean over its 3 s patches: the whole 30 s of a 4q song at
+    once), or with ``windows`` per 7.5 s window as the back ends see them,
+    every window of a training clip a sample and a clip's label the majority
+    of its windows' (as :func:`clip_metrics` scores the variants).  The folds
+    are the variants' (:func:`grouped_folds` over every trainable clip, then
+    restricted to 4q and GTZAN), so the figures compare clip for clip.
 
     Needs scikit-learn (the ``train`` extra).
     """
@@ -604,7 +618,7 @@ def logistic_baseline(examples: list[Example], k: int = 5, seed: int = 0) -> dic
     everything = [e for e in examples if e.clip.dataset != "realmusic"]
     fold_of = {id(everything[i]): f for f, idx in enumerate(grouped_folds(everything, k, seed)) for i in idx}  # the variants' folds
     trainable = [e for e in everything if e.clip.dataset in ("4q", "gtzan")]
-    X = np.stack([clip_embedding(net, e) for e in trainable])
+    X = [window_embeddings(net, e) if windows else clip_embedding(net, e)[None] for e in trainable]
     folds = [np.array([i for i, e in enumerate(trainable) if fold_of[id(e)] == f]) for f in range(k)]
     out = {}
     for task, truth in (("genre_gtzan", [genre_truth(e) for e in trainable]), ("mood_quadrant", [e.clip.labels.get("quadrant") for e in trainable])):
@@ -614,8 +628,8 @@ def logistic_baseline(examples: list[Example], k: int = 5, seed: int = 0) -> dic
             tr = [i for i in range(len(trainable)) if i not in test and truth[i]]
             te = [i for i in test_idx if truth[i]]
             clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
-            clf.fit(X[tr], [truth[i] for i in tr])
-            p += list(clf.predict(X[te]))
+            clf.fit(np.concatenate([X[i] for i in tr]), [truth[i] for i in tr for _ in X[i]])
+            p += [majority(list(clf.predict(X[i]))) for i in te]
             t += [truth[i] for i in te]
         s = Scores.of(t, p)
         out[task] = {"clip_accuracy": s.accuracy, "clip_macro_f1": macro_f1(s, sorted(set(t))), "n": s.n}
@@ -776,7 +790,7 @@ HASH_BITS = 128
 """Bits of the shipped model's similarity codes."""
 
 
-def export_variants(fitted: Path, out: Path, cv: dict, variants: list[str], cache: Path, version: str = "2.0.0") -> list[Path]:
+def export_variants(fitted: Path, out: Path, cv: dict, variants: list[str], cache: Path, version: str = "2.1.0") -> list[Path]:
     """Export each variant (fitted ``<variant>.pt`` from ``--fit``; the ensemble from its members) as a loadable model with its card."""
     from rtgenre.training.export import export_model, export_split_model, load_backend
     from rtgenre.training.model import CRNN
@@ -869,6 +883,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fit", type=Path, help="fit each trained variant (not the ensemble: it is its members) on all data and save it here (<variant>.backend.npz)")
     ap.add_argument("--export", type=Path, help="export the variants fitted in --fitted as models (ONNX + card) into this folder")
     ap.add_argument("--fitted", type=Path, default=Path("runs/fit"))
+    ap.add_argument("--version", default="2.1.0", help="with --export: the models' version in their cards")
     ap.add_argument("--cv", type=Path, default=Path("runs/cv.json"), help="with --export: the CV figures for the cards")
     ap.add_argument("--table", action="store_true", help="print the CV figures of --cv as a Markdown table")
     args = ap.parse_args(argv)
@@ -877,7 +892,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.export:
         cv = json.loads(args.cv.read_text()) if args.cv.is_file() else {}
-        for card in export_variants(args.fitted, args.export, cv, args.variants.split(","), args.cache):
+        for card in export_variants(args.fitted, args.export, cv, args.variants.split(","), args.cache, args.version):
             print(f"wrote {card}")
         return 0
     torch.set_num_threads(args.threads)
@@ -889,15 +904,15 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.variants.split(","):
         t0 = time.time()
         if args.fit:
-            if name in ("logreg", "zeroshot"):
+            if name in ("logreg", "logreg_window", "zeroshot"):
                 continue
             model = fit_variant(name, [e for e in examples if e.clip.dataset != "realmusic"], tc, print)
             args.fit.mkdir(parents=True, exist_ok=True)
             save_backend(model, args.fit / f"{name}.backend.npz")
             print(f"{name}: fitted on all data in {time.time() - t0:.0f} s")
             continue
-        if name == "logreg":
-            res = logistic_baseline(examples, args.folds, args.seed)
+        if name in ("logreg", "logreg_window"):
+            res = logistic_baseline(examples, args.folds, args.seed, windows=name == "logreg_window")
         elif name == "ensemble" and args.out and all(_held_path(args.out, v).is_file() for v in ENSEMBLE):  # the members' held-out predictions, averaged
             runs = [pickle.loads(_held_path(args.out, v).read_bytes()) for v in ENSEMBLE]
             ids = {e.clip.id: e for e in examples}

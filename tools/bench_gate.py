@@ -98,6 +98,31 @@ def _read(path: Path, start: float = 0.0, end: float | None = None) -> np.ndarra
     return (x * np.float32(10 ** (LEVEL_DBFS / 20) / (np.sqrt(np.mean(x**2)) + 1e-9))).astype(np.float32)
 
 
+def classifier_cost(card, n: int = 200) -> dict:
+    """CPU ms of the short-window content classifier per hop (the window's features copied out, as
+    :func:`rtgenre.pipeline.infer` does) against one streaming hop of the model (``bench_monitor``'s
+    :func:`engine_cost`), on one thread; empty when the model has no classifier."""
+    from bench_monitor import engine_cost
+
+    from rtgenre.content import for_card
+
+    clf = for_card(card)
+    if clf is None:
+        return {}
+    feats = np.random.default_rng(0).random((card.window_frames, clf.feature_dim), np.float32)
+    for _ in range(10):
+        clf.process(feats.copy())
+    cpu = []
+    for _ in range(n):
+        c0 = time.thread_time()
+        clf.process(feats.copy())
+        cpu.append((time.thread_time() - c0) * 1000.0)
+    hop = engine_cost(card)
+    ms = round(float(np.median(cpu)), 4)
+    return {"classifier_cpu_ms_per_hop_median": ms, "model_streaming_hop": hop,
+            "classifier_overhead": round(ms / hop["cpu_ms_per_window_median"], 5)}
+
+
 def radio_programme(shared: Path = SHARED) -> tuple[np.ndarray, list[tuple[float, str]]]:
     """The programme's audio (16 kHz) and its true states: ``[(start s, "talk"|"music"), ...]`` at each change.
 
@@ -181,13 +206,35 @@ def replay(probs: list[tuple[float, np.ndarray]], head, hop_s: float, tau_s: flo
     return windows, events
 
 
+def with_classifier(model: str, weights: Path, folder: Path) -> str:
+    """A copy of ``model`` (card and graphs) in ``folder`` with ``weights`` as its content classifier."""
+    import shutil
+
+    from rtgenre.card import resolve_model
+    from rtgenre.content import SUFFIX
+
+    path = resolve_model(model)
+    raw = json.loads(path.read_text())
+    for name in [raw["onnx"]] + [part["onnx"] for part in raw.get("split", {}).values()]:
+        shutil.copy(path.parent / name, folder / name)
+    shutil.copy(path, folder / path.name)
+    shutil.copy(weights, folder / f"{raw['name']}{SUFFIX}")
+    return str(folder / path.name)
+
+
 def radio(args: argparse.Namespace) -> dict:
     """The ``--radio`` benchmark (see the module docstring)."""
     import soundfile as sf
 
-    card = load_card(args.model)
+    from rtgenre.content import for_card
+    from rtgenre.events import Event
+
     audio, truth = radio_programme(args.shared)
     with tempfile.TemporaryDirectory() as tmp:
+        if args.content_weights:
+            args.model = with_classifier(args.model, args.content_weights, Path(tmp))
+        card = load_card(args.model)
+        content_from = "short-window classifier" if for_card(card) is not None else "content head"
         wav = Path(tmp) / "programme.wav"
         sf.write(wav, audio, RATE)
         t0 = time.perf_counter()
@@ -195,12 +242,13 @@ def radio(args: argparse.Namespace) -> dict:
                                "--talk-smooth", "0", "--talk-hold", "0", "--threads", "1"],
                               capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
         wall = time.perf_counter() - t0
-    from rtgenre.events import Event
-
     events = [Event.from_dict(json.loads(line)) for line in proc.stdout.splitlines()]
     head = card.head(CONTENT_HEAD)
     probs = [(e.t, np.array([e.data["content"]["probs"][label] for label in head.labels])) for e in events if e.kind == "prediction"]
     start = next(e for e in events if e.kind == "start").data
+    if args.save_probs:
+        np.savez(args.save_probs, t=np.array([t for t, _ in probs]), probs=np.stack([p for _, p in probs]), labels=np.array(head.labels),
+                 truth_t=np.array([t for t, _ in truth]), truth_state=np.array([s for _, s in truth]))
     grid = {}
     for tau in args.taus:
         for hold in args.holds:
@@ -208,8 +256,8 @@ def radio(args: argparse.Namespace) -> dict:
     default = f"smooth {TALK_TAU_S:g} s, hold {TALK_HOLD_S:g} s"
     if default not in grid:
         grid[default] = score_transitions(*replay(probs, head, args.hop, TALK_TAU_S, TALK_HOLD_S), truth)
-    return {"benchmark": "bench_gate_radio", "model": card.name, "content_from": "short-window classifier" if (card.onnx_path.parent / f"{card.name}.content.npz").is_file() else "content head",
-            "programme_s": round(len(audio) / RATE, 1), "truth": [(round(t, 2), s) for t, s in truth], "hop_s": args.hop,
+    return {"benchmark": "bench_gate_radio", "model": card.name, "content_from": content_from,
+            "content_weights": str(args.content_weights) if args.content_weights else None, "programme_s": round(len(audio) / RATE, 1), "truth": [(round(t, 2), s) for t, s in truth], "hop_s": args.hop,
             "lookahead_s": start["lookahead_s"], "listen_wall_s": round(wall, 1), "default": default, "default_result": grid[default], "grid": grid}
 
 
@@ -229,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--radio", action="store_true", help="time the gate's talk/music events on a radio programme of real recordings (needs ../shared)")
     p.add_argument("--shared", type=Path, default=SHARED, help="the shared data folder (default: ../shared/data)")
     p.add_argument("--hop", type=float, default=0.5, help="--radio: seconds between windows")
+    p.add_argument("--save-probs", type=Path, default=None, help="--radio: also save each window's raw content probabilities and the truth (.npz)")
+    p.add_argument("--content-weights", type=Path, default=None, help="--radio: use this .content.npz as the model's content classifier")
     p.add_argument("--taus", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0, 3.0], help="--radio: --talk-smooth values to replay")
     p.add_argument("--holds", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0, 3.0], help="--radio: --talk-hold values to replay")
     args = p.parse_args(argv)
@@ -278,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
                 times[name].append((time.perf_counter() - t0) * 1000.0)
     post = {name: summary(ms) for name, ms in times.items()}
     model = summary(model_ms)
+    classifier = classifier_cost(card)
     result = {
         "benchmark": "bench_gate",
         "model": card.name,
@@ -286,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         "model_per_hop": model,
         **post,
         "gate_overhead": round((post["post_gated_music"]["median_ms"] - post["post_plain"]["median_ms"]) / model["median_ms"], 5),
+        **classifier,
         "command": command,
     }
     emit(result, args.out)

@@ -31,6 +31,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -134,6 +135,8 @@ class FitConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-2
     dropout: float = 0.3
+    per_clip: int = 24
+    """Most windows of one clip per epoch (evenly spaced; all windows are scored)."""
     seed: int = 0
 
     def to_json(self) -> dict:
@@ -163,6 +166,7 @@ def fit(items: list[ContentWindows], config: FitConfig = FitConfig(), log: Calla
     """Train the network on the windows of ``items`` (weighted by :func:`sample_weights`)."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
+    items = [dataclasses.replace(it, x=it.x[np.linspace(0, len(it.x) - 1, min(len(it.x), config.per_clip)).astype(int)]) for it in items]
     x = np.concatenate([it.x for it in items])
     y = np.concatenate([np.full(len(it.x), it.label) for it in items])
     w = sample_weights(items)
@@ -265,13 +269,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=FRAMES)
     ap.add_argument("--hidden", type=int, default=FitConfig.hidden)
     ap.add_argument("--epochs", type=int, default=FitConfig.epochs)
+    ap.add_argument("--per-clip", type=int, default=FitConfig.per_clip, help="most training windows of one clip")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--no-loso", action="store_true", help="skip leave-one-source-out")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    config = FitConfig(hidden=args.hidden, epochs=args.epochs)
+    config = FitConfig(hidden=args.hidden, epochs=args.epochs, per_clip=args.per_clip)
     items = load_windows(args.cache, args.frames)
     cv = cross_validate(items, config, args.folds)
     trained = [it for it in items if it.trained]

@@ -504,15 +504,20 @@ class Feed:
     def _transition(self, window: Window, content: ContentDecision) -> Event:
         """The ``talk`` or ``music`` event of a confirmed transition.
 
-        ``since`` estimates when the new state began: the centre of the first
-        window of the confirming run (the start of the stream for the first state).
+        ``since`` estimates when the new state began: the centre of the span
+        the content of the first window of the confirming run was read from
+        (the whole window, or the short-window classifier's newest frames);
+        the start of the stream for the first state.
         """
         tr = content.transition
+        clf = getattr(self, "analyzer", None) and self.analyzer.content
+        fe = self.card.frontend
+        span = self.card.window_seconds if clf is None else clf.frames * fe.hop_length / fe.sample_rate
         if tr.previous is None:
             since = max(0.0, window.t - self.card.window_seconds)
             self._content_since = since
         else:
-            since = max(self._content_since, window.t - tr.hops_ago * self.hop_s - self.card.window_seconds / 2)
+            since = max(self._content_since, window.t - tr.hops_ago * self.hop_s - span / 2)
         data = {"since": round(since, 3), "from": tr.previous, "previous_s": None if tr.previous is None else round(since - self._content_since, 3),
                 "content": content.top, "p": round(content.p, 4)}
         self._content_since = since

@@ -21,10 +21,14 @@ Windows are :data:`FRAMES` frames (about 1 s) of the clip's features, every
 :data:`HOP` frames, leaving out the :data:`EDGE` frames at each end of a clip
 whose encoder context reached past it (zero padding, which a live stream
 never shows).  Content labels are :class:`rtgenre.training.real.Targets`'.
+With ``--augment``, narrow-band copies (:func:`telephone`: 300-3400 Hz and
+noise, like a phone-in or an HF radio link) of some LibriSpeech clips and,
+so that the band is no cue for speech, of some songs, are encoded once
+(:func:`build_augmented`) and trained on with their clip's group.
 
 Usage::
 
-    python -m rtgenre.training.content --cache /work/cache/real --out runs/content.json \\
+    python -m rtgenre.training.content --cache cache/real --augment cache/content-aug --out runs/content.json \\
         --weights rtgenre/models/rtgenre.content.npz --card rtgenre/models/rtgenre.json
 """
 
@@ -301,13 +305,13 @@ def cross_validate(items: list[ContentWindows], config: FitConfig, k: int = 5, l
 
 
 def leave_source_out(items: list[ContentWindows], config: FitConfig, log: Callable[[str], None] | None = print) -> dict[str, dict]:
-    """For every speech source: trained without it (its clips and mixes), scored on them."""
+    """For every speech source: trained without it (its clips, mixes and augmented copies), scored on its clips and mixes."""
     train = [it for it in items if it.trained]
-    sources = sorted({it.source for it in train if it.label == SPEECH})
+    sources = sorted({it.source for it in train if it.label == SPEECH and "/" not in it.source})
     out = {}
     for s in sources:
         held = [it for it in train if it.source == s]
-        net = fit([it for it in train if it.source != s], config)
+        net = fit([it for it in train if it.source.split("/")[0] != s], config)
         out[s] = rates(held, predict(net, held))
         if log:
             log(f"left out {s}: {out[s]}")
@@ -320,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="JSON of the figures")
     ap.add_argument("--weights", type=Path, default=None, help="write the classifier trained on all the data here (<model>.content.npz)")
     ap.add_argument("--card", type=Path, default=None, help="record the classifier and its figures in this card's content_classifier entry")
+    ap.add_argument("--augment", type=Path, default=None, help="add narrow-band copies of some clips, cached in this folder (built if missing)")
     ap.add_argument("--frames", type=int, default=FRAMES)
     ap.add_argument("--hidden", type=int, default=FitConfig.hidden)
     ap.add_argument("--epochs", type=int, default=FitConfig.epochs)
@@ -332,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     config = FitConfig(hidden=args.hidden, epochs=args.epochs, per_clip=args.per_clip)
     items = load_windows(args.cache, args.frames)
+    if args.augment:
+        build_augmented(args.cache, args.augment)
+        items += load_windows(args.augment, args.frames)
     cv = cross_validate(items, config, args.folds)
     trained = [it for it in items if it.trained]
     result: dict = {"frames": args.frames, "hop": HOP, "edge": EDGE, "config": config.to_json(),

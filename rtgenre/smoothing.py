@@ -19,7 +19,13 @@ import numpy as np
 
 from rtgenre.card import Head
 from rtgenre.errors import UsageError
-from rtgenre.gate import CONTENT_HEAD, TALK_HOLD_S, TALK_TAU_S, ContentDecision, ContentGate
+from rtgenre.gate import (
+    CONTENT_HEAD,
+    TALK_HOLD_S,
+    TALK_TAU_S,
+    ContentDecision,
+    ContentGate,
+)
 
 
 def ema_alpha(hop_s: float, tau_s: float) -> float:

@@ -274,7 +274,7 @@ def rates(items: list[ContentWindows], preds: list[np.ndarray]) -> dict[str, dic
     out = {}
     for key in sorted(acc):
         p = np.concatenate(acc[key])
-        out[key] = {"windows": int(len(p)), "clips": len(acc[key]), "speech": round(float(np.mean(p == SPEECH)), 4),
+        out[key] = {"windows": len(p), "clips": len(acc[key]), "speech": round(float(np.mean(p == SPEECH)), 4),
                     "gated": round(float(np.mean(p != MUSIC)), 4), "music": round(float(np.mean(p == MUSIC)), 4)}
     return out
 
@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         card = json.loads(args.card.read_text())
         card["content_classifier"] = {"weights": args.weights.name if args.weights else None, **{k: result[k] for k in result if k != "real_music_final"},
                                       "real_music": result["real_music_final"]}
-        args.card.write_text(json.dumps(card, indent=2) + "\n")
+        args.card.write_text(json.dumps(card, indent=1, ensure_ascii=False) + "\n")
     return 0
 
 

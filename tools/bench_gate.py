@@ -298,10 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     from engine_fixtures import random_windows
 
     mel = random_windows(8, frames=card.window_frames, mels=card.frontend.n_mels)
-    with OnnxRuntimeEngine(card, 1) as engine:
+    with OnnxRuntimeEngine(card, 1, stream=False) as engine:
         outs = engine.run(mel)
     reference = load_card(args.reference_model) if args.reference_model else card
-    with OnnxRuntimeEngine(reference, 1) as engine:
+    with OnnxRuntimeEngine(reference, 1, stream=False) as engine:
         model_ms = timed_ms(lambda: engine.run(mel[:1]), args.model_iters)
     content = card.head(CONTENT_HEAD)
 

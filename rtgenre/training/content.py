@@ -304,10 +304,11 @@ def cross_validate(items: list[ContentWindows], config: FitConfig, k: int = 5, l
     return preds  # type: ignore[return-value]
 
 
-def leave_source_out(items: list[ContentWindows], config: FitConfig, log: Callable[[str], None] | None = print) -> dict[str, dict]:
-    """For every speech source: trained without it (its clips, mixes and augmented copies), scored on its clips and mixes."""
+def leave_source_out(items: list[ContentWindows], config: FitConfig, sources: list[str] | None = None,
+                     log: Callable[[str], None] | None = print) -> dict[str, dict]:
+    """For every speech source (or those named): trained without it (its clips, mixes and augmented copies), scored on its clips and mixes."""
     train = [it for it in items if it.trained]
-    sources = sorted({it.source for it in train if it.label == SPEECH and "/" not in it.source})
+    sources = sources or sorted({it.source for it in train if it.label == SPEECH and "/" not in it.source})
     out = {}
     for s in sources:
         held = [it for it in train if it.source == s]
@@ -330,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=FitConfig.epochs)
     ap.add_argument("--per-clip", type=int, default=FitConfig.per_clip, help="most training windows of one clip")
     ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--no-loso", action="store_true", help="skip leave-one-source-out")
+    ap.add_argument("--loso", default="all", help="speech sources to leave out one at a time (comma-separated), 'all' or 'none' (default: all)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -346,8 +347,8 @@ def main(argv: list[str] | None = None) -> int:
                     "clips": len(trained), "windows": int(sum(len(it.x) for it in trained)),
                     "cv": {"overall": overall(trained, cv), "per_source": rates(trained, cv)}}
     print(json.dumps(result["cv"], indent=1), flush=True)
-    if not args.no_loso:
-        result["leave_source_out"] = leave_source_out(items, config)
+    if args.loso != "none":
+        result["leave_source_out"] = leave_source_out(items, config, None if args.loso == "all" else args.loso.split(","))
     net = fit(trained, config)
     real = [it for it in items if not it.trained]
     result["real_music_final"] = rates(real, predict(net, real))

@@ -38,9 +38,9 @@ SILENCE = "silence/noise"
 #: The two states whose transitions are events.
 TALK_STATE, MUSIC_STATE = "talk", "music"
 #: Default seconds the other side must lead before a transition (``--talk-hold``).
-TALK_HOLD_S = 1.0
+TALK_HOLD_S = 0.5
 #: Default smoothing time constant of the content probabilities (``--talk-smooth``).
-TALK_TAU_S = 1.0
+TALK_TAU_S = 2.0
 
 
 @dataclass

@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hop", type=float, default=0.5, help="--radio: seconds between windows")
     p.add_argument("--save-probs", type=Path, default=None, help="--radio: also save each window's raw content probabilities and the truth (.npz)")
     p.add_argument("--content-weights", type=Path, default=None, help="--radio: use this .content.npz as the model's content classifier")
-    p.add_argument("--taus", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0, 3.0], help="--radio: --talk-smooth values to replay")
+    p.add_argument("--taus", type=float, nargs="+", default=[0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0], help="--radio: --talk-smooth values to replay")
     p.add_argument("--holds", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0, 3.0], help="--radio: --talk-hold values to replay")
     args = p.parse_args(argv)
     command = "python tools/bench_gate.py " + " ".join(sys.argv[1:] if argv is None else argv)

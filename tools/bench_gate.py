@@ -206,8 +206,8 @@ def replay(probs: list[tuple[float, np.ndarray]], head, hop_s: float, tau_s: flo
     return windows, events
 
 
-def with_classifier(model: str, weights: Path, folder: Path) -> str:
-    """A copy of ``model`` (card and graphs) in ``folder`` with ``weights`` as its content classifier."""
+def with_classifier(model: str, weights: Path | None, folder: Path) -> str:
+    """A copy of ``model`` (card and graphs) in ``folder`` with ``weights`` as its content classifier (none: the content head)."""
     import shutil
 
     from rtgenre.card import resolve_model
@@ -218,7 +218,8 @@ def with_classifier(model: str, weights: Path, folder: Path) -> str:
     for name in [raw["onnx"]] + [part["onnx"] for part in raw.get("split", {}).values()]:
         shutil.copy(path.parent / name, folder / name)
     shutil.copy(path, folder / path.name)
-    shutil.copy(weights, folder / f"{raw['name']}{SUFFIX}")
+    if weights is not None:
+        shutil.copy(weights, folder / f"{raw['name']}{SUFFIX}")
     return str(folder / path.name)
 
 
@@ -231,7 +232,7 @@ def radio(args: argparse.Namespace) -> dict:
 
     audio, truth = radio_programme(args.shared)
     with tempfile.TemporaryDirectory() as tmp:
-        if args.content_weights:
+        if args.content_weights or args.content_head:
             args.model = with_classifier(args.model, args.content_weights, Path(tmp))
         card = load_card(args.model)
         content_from = "short-window classifier" if for_card(card) is not None else "content head"
@@ -278,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shared", type=Path, default=SHARED, help="the shared data folder (default: ../shared/data)")
     p.add_argument("--hop", type=float, default=0.5, help="--radio: seconds between windows")
     p.add_argument("--save-probs", type=Path, default=None, help="--radio: also save each window's raw content probabilities and the truth (.npz)")
+    p.add_argument("--content-head", action="store_true", help="--radio: leave the model's content classifier out (the back end's content head decides)")
     p.add_argument("--content-weights", type=Path, default=None, help="--radio: use this .content.npz as the model's content classifier")
     p.add_argument("--taus", type=float, nargs="+", default=[0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0], help="--radio: --talk-smooth values to replay")
     p.add_argument("--holds", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0, 3.0], help="--radio: --talk-hold values to replay")

@@ -76,7 +76,7 @@ def test_an_unreadable_file_is_refused(tmp_path):
         ContentClassifier(bad)
 
 
-def test_the_shipped_model_has_one_and_it_tells_speech_from_music():
+def test_the_shipped_model_has_one_and_the_card_records_it():
     card = load_card("rtgenre")
     clf = for_card(card)
     assert clf is not None and clf.labels == card.head("content").labels and clf.feature_dim == card.split.encoder.feature_dim

@@ -37,13 +37,16 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_analysis_options(p: argparse.ArgumentParser) -> None:
+    from rtgenre.gate import TALK_HOLD_S, TALK_TAU_S
+
     g = p.add_argument_group("analysis")
     g.add_argument("--hop", type=float, default=0.5, help="seconds between windows (default: 0.5)")
     g.add_argument("--smooth", type=float, default=3.0, help="smoothing time constant in seconds, 0 = off (default: 3.0)")
     g.add_argument("--silence-db", type=float, default=-50.0, help="windows below this RMS level (dBFS) are silence (default: -50)")
     g.add_argument("--change-margin", type=float, default=0.1, help="lead a new top genre needs over the current one (default: 0.1)")
     g.add_argument("--change-hops", type=int, default=3, help="consecutive hops the lead must hold (default: 3)")
-    g.add_argument("--talk-hold", type=float, default=3.0, help="seconds talk or music must lead before a talk/music event (models with a content head; default: 3)")
+    g.add_argument("--talk-hold", type=float, default=TALK_HOLD_S, help=f"seconds talk or music must lead before a talk/music event (models with a content head; default: {TALK_HOLD_S:g})")
+    g.add_argument("--talk-smooth", type=float, default=TALK_TAU_S, help=f"smoothing time constant of the content (talk/music) in seconds, 0 = off (default: {TALK_TAU_S:g})")
 
 
 def _add_output_options(p: argparse.ArgumentParser, dashboard: bool) -> None:
@@ -192,7 +195,7 @@ def _engine(args: argparse.Namespace, card):
 def _smoother(args: argparse.Namespace, card):
     from rtgenre.smoothing import Smoother
 
-    return Smoother(card.heads, args.hop, args.smooth, args.silence_db, args.change_margin, args.change_hops, args.talk_hold)
+    return Smoother(card.heads, args.hop, args.smooth, args.silence_db, args.change_margin, args.change_hops, args.talk_hold, args.talk_smooth)
 
 
 def _cmd_listen(args: argparse.Namespace) -> int:

@@ -1,7 +1,9 @@
 """The speech/music gate: what a stream is carrying, and when talk starts and ends.
 
 Owns the model's ``content`` head at run time.  :class:`ContentGate` smooths
-the head's probabilities (the same exponential smoothing as the other heads),
+the head's probabilities (exponential smoothing with its own time constant,
+:data:`TALK_TAU_S` by default; the content comes from the short-window
+classifier of :mod:`rtgenre.content` when the model has one),
 says per window whether the music heads may be updated (not while the smoothed
 content is ``speech``) and confirms transitions between *talk* (smoothed top
 ``speech``) and *music* (any other content label, e.g. ``music`` or ``speech
@@ -35,6 +37,10 @@ MUSIC = "music"
 SILENCE = "silence/noise"
 #: The two states whose transitions are events.
 TALK_STATE, MUSIC_STATE = "talk", "music"
+#: Default seconds the other side must lead before a transition (``--talk-hold``).
+TALK_HOLD_S = 0.5
+#: Default smoothing time constant of the content probabilities (``--talk-smooth``).
+TALK_TAU_S = 2.0
 
 
 @dataclass
@@ -96,7 +102,7 @@ class ContentGate:
         A negative ``hold_s``.
     """
 
-    def __init__(self, head: Head, hop_s: float, alpha: float, hold_s: float = 3.0) -> None:
+    def __init__(self, head: Head, hop_s: float, alpha: float, hold_s: float = TALK_HOLD_S) -> None:
         if head.kind != "multiclass" or SPEECH not in head.labels or MUSIC not in head.labels:
             raise ModelCorruptError(
                 f"The model's '{head.name}' head must be multiclass with labels '{SPEECH}' and '{MUSIC}' (it has {head.kind} {list(head.labels)})",

@@ -25,6 +25,7 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 
 from rtgenre.card import ModelCard
+from rtgenre.content import ContentClassifier, for_card
 from rtgenre.dsp.level import LevelMeter
 from rtgenre.dsp.mel import MelStream
 from rtgenre.dsp.resample import Resampler
@@ -39,7 +40,7 @@ from rtgenre.errors import (
     RtgenreError,
 )
 from rtgenre.events import Event
-from rtgenre.gate import SILENCE, SPEECH, ContentDecision
+from rtgenre.gate import CONTENT_HEAD, SILENCE, SPEECH, ContentDecision
 from rtgenre.inference.base import Engine
 from rtgenre.inference.streaming import FeatureStream, run_windows
 from rtgenre.ring import Ring
@@ -97,6 +98,13 @@ class Analyzer:
         ``None``: windows carry their log-Mel frames (whole-window engines).
         Otherwise the Mel frames go to a :class:`FeatureStream` (streaming
         engines), windows carry none and are handed on as that look-ahead allows.
+
+    Attributes
+    ----------
+    content : ContentClassifier or None
+        A streaming analyzer's short-window content classifier, when the
+        model has one (:func:`rtgenre.content.for_card`): :func:`infer` uses
+        it for the window's ``content`` probabilities.
     """
 
     def __init__(self, card: ModelCard, source_rate: int, hop_s: float, lookahead: str | None = None) -> None:
@@ -105,6 +113,7 @@ class Analyzer:
         self.mel = MelStream(fe)
         self.level = LevelMeter(fe.hop_length)
         self.features = None if lookahead is None else FeatureStream(card, lookahead)
+        self.content: ContentClassifier | None = None if self.features is None else for_card(card)
         width = fe.n_mels if self.features is None else 0
         self.windower = Windower(card.window_frames, width, hop_s, fe.sample_rate, fe.hop_length, fe.n_fft)
         self._waiting: list[Window] = []
@@ -185,6 +194,9 @@ def infer(engine: Engine, ready: list[tuple[Analyzer, Window]], ahead: list[Anal
     windows or is in ``ahead``, then runs the back end on the windows
     (:func:`~rtgenre.inference.streaming.run_windows`); a whole-window engine
     runs the windows' log-Mel frames.  Batches hold at most ``engine.max_batch``.
+    A streaming analyzer with a short-window content classifier
+    (:attr:`Analyzer.content`) replaces the back end's ``content`` output of
+    its windows with the classifier's, on the window's newest frame features.
 
     Parameters
     ----------
@@ -204,7 +216,11 @@ def infer(engine: Engine, ready: list[tuple[Analyzer, Window]], ahead: list[Anal
         if missing:
             raise ValueError("a streaming engine needs analyzers made with a lookahead (their windows carry no Mel frames)")
         early = [(a.features, k) for a in ahead if (k := a.ahead()) is not None]
-        return run_windows(engine, [(a.features, w) for a, w in ready], early)
+        results = run_windows(engine, [(a.features, w) for a, w in ready], early)
+        for (a, w), probs in zip(ready, results):
+            if a.content is not None:
+                probs[CONTENT_HEAD] = a.content.process(a.features.window(w.end_frame))
+        return results
     out: list[dict[str, np.ndarray]] = []
     for i in range(0, len(ready), engine.max_batch):
         chunk = [w for _, w in ready[i : i + engine.max_batch]]
@@ -511,15 +527,20 @@ class Feed:
     def _transition(self, window: Window, content: ContentDecision) -> Event:
         """The ``talk`` or ``music`` event of a confirmed transition.
 
-        ``since`` estimates when the new state began: the centre of the first
-        window of the confirming run (the start of the stream for the first state).
+        ``since`` estimates when the new state began: the centre of the span
+        the content of the first window of the confirming run was read from
+        (the whole window, or the short-window classifier's newest frames);
+        the start of the stream for the first state.
         """
         tr = content.transition
+        clf = getattr(self, "analyzer", None) and self.analyzer.content
+        fe = self.card.frontend
+        span = self.card.window_seconds if clf is None else clf.frames * fe.hop_length / fe.sample_rate
         if tr.previous is None:
             since = max(0.0, window.t - self.card.window_seconds)
             self._content_since = since
         else:
-            since = max(self._content_since, window.t - tr.hops_ago * self.hop_s - self.card.window_seconds / 2)
+            since = max(self._content_since, window.t - tr.hops_ago * self.hop_s - span / 2)
         data = {"since": round(since, 3), "from": tr.previous, "previous_s": None if tr.previous is None else round(since - self._content_since, 3),
                 "content": content.top, "p": round(content.p, 4)}
         self._content_since = since

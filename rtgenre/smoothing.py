@@ -6,7 +6,8 @@ a threshold is reported as silence and leaves the smoothing state untouched)
 and change detection with hysteresis (a new top label of a single-label head
 must lead the current one by a margin for N consecutive hops).  When the model
 has a ``content`` head, the speech/music gate (:mod:`rtgenre.gate`) runs first
-and, while the content is speech, the music heads' state is held the same way.
+(with its own, shorter time constant) and, while the content is speech, the
+music heads' state is held the same way.
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ import numpy as np
 
 from rtgenre.card import Head
 from rtgenre.errors import UsageError
-from rtgenre.gate import CONTENT_HEAD, ContentDecision, ContentGate
+from rtgenre.gate import (
+    CONTENT_HEAD,
+    TALK_HOLD_S,
+    TALK_TAU_S,
+    ContentDecision,
+    ContentGate,
+)
 
 
 def ema_alpha(hop_s: float, tau_s: float) -> float:
@@ -76,6 +83,8 @@ class Smoother:
         Consecutive windows the lead must hold before a change is confirmed.
     talk_hold_s : float
         Seconds talk or music must lead before the gate confirms a transition.
+    talk_tau_s : float
+        Smoothing time constant of the gate's content probabilities (0: none).
 
     Attributes
     ----------
@@ -85,13 +94,16 @@ class Smoother:
         The speech/music gate, when the model has a content head.
     """
 
-    def __init__(self, heads: tuple[Head, ...], hop_s: float, tau_s: float = 3.0, silence_db: float = -50.0, margin: float = 0.1, hops: int = 3, talk_hold_s: float = 3.0) -> None:
+    def __init__(self, heads: tuple[Head, ...], hop_s: float, tau_s: float = 3.0, silence_db: float = -50.0, margin: float = 0.1, hops: int = 3, talk_hold_s: float = TALK_HOLD_S,
+                 talk_tau_s: float = TALK_TAU_S) -> None:
         if hops < 1 or not 0.0 <= margin < 1.0:
             raise UsageError(f"Invalid change hysteresis: margin {margin}, hops {hops}", "Use --change-margin in [0, 1) and --change-hops >= 1")
         self.alpha = ema_alpha(hop_s, tau_s)
+        if not talk_tau_s >= 0:
+            raise UsageError(f"Invalid --talk-smooth {talk_tau_s}", "Use --talk-smooth >= 0 (seconds)")
         self.heads = tuple(h for h in heads if h.name != CONTENT_HEAD)
         content = [h for h in heads if h.name == CONTENT_HEAD]
-        self.gate = ContentGate(content[0], hop_s, self.alpha, talk_hold_s) if content else None
+        self.gate = ContentGate(content[0], hop_s, ema_alpha(hop_s, talk_tau_s), talk_hold_s) if content else None
         self.silence_db = silence_db
         self.margin = margin
         self.hops = hops

@@ -817,6 +817,9 @@ def export_variants(fitted: Path, out: Path, cv: dict, variants: list[str], cach
                                         **{n: _summary(r) for n, r in cv.items()}}},
         }
         if v == "shipped":  # the default model streams (encoder and back end as graphs of their own) and gives similarity codes
+            previous = out / f"{MODEL_NAMES[v]}.json"  # the content classifier reads the frozen encoder only: a new back end keeps it
+            if previous.is_file() and "content_classifier" in (kept := json.loads(previous.read_text())):
+                extra["content_classifier"] = kept["content_classifier"]
             from rtgenre.training.hashing import (
                 load_hash_layer,
                 save_hash_layer,

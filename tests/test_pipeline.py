@@ -138,3 +138,32 @@ def test_analyzer_chunking_invariance(card):
     for a, b in zip(w1, w2):
         assert a.t == b.t and a.level_dbfs == pytest.approx(b.level_dbfs, abs=1e-3)
         np.testing.assert_allclose(a.mel, b.mel, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("rate, channels", [(44100, 2), (48000, 1), (16000, 1)])
+@pytest.mark.parametrize("lookahead", [None, "wait", "provisional"])
+def test_holding_audio_until_wanted_delays_no_window(card, rate, channels, lookahead):
+    """Handing an analyzer its audio only once Analyzer.wanted() frames are there (what a feed's poll does)
+    yields every window at the same block as handing it every block, with the same contents."""
+    if lookahead is not None:
+        card = load_card()  # the shipped model streams (split encoder/back end)
+        if card.split is None:
+            pytest.skip("the shipped model has no split encoder")
+    rng = np.random.default_rng(3)
+    x = (0.1 * rng.standard_normal((rate * 12, channels))).astype(np.float32)
+    block = rate // 20
+    every, held = Analyzer(card, rate, 0.5, lookahead), Analyzer(card, rate, 0.5, lookahead)
+    got_every, got_held, waiting, calls = [], [], [], 0
+    for k, i in enumerate(range(0, len(x), block)):
+        got_every += [(k, w) for w in every.process(x[i : i + block])]
+        waiting.append(x[i : i + block])
+        if sum(map(len, waiting)) >= held.wanted():
+            got_held += [(k, w) for w in held.process(np.concatenate(waiting))]
+            waiting, calls = [], calls + bool(got_held)
+    assert len(got_every) == len(got_held) > 5
+    for (k1, a), (k2, b) in zip(got_every, got_held):
+        assert (k1, a.index, a.end_frame, a.t) == (k2, b.index, b.end_frame, b.t)
+        assert a.level_dbfs == pytest.approx(b.level_dbfs, abs=1e-3)
+        np.testing.assert_allclose(a.mel, b.mel, rtol=1e-4, atol=1e-4)
+    # after the first window (before it, a streaming analyzer without an engine encoding ahead wants every block)
+    assert calls < (len(x) - rate * 8) / block / 4  # far fewer analysis steps than blocks

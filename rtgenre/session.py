@@ -240,14 +240,14 @@ class Session:
         assert self.engine is not None
         pending: collections.deque[tuple[Feed, Window, float]] = collections.deque()
         steps: list[tuple[Future, list[tuple[Feed, Window, float]], list[Feed]]] = []  # in flight, in the order submitted
+        busy: set[int] = set()  # ids of the feeds of the steps in flight
         pool = ThreadPoolExecutor(self.workers, "engine") if self.workers and getattr(self.engine, "name", "") in CONCURRENT_ENGINES else None
         try:
             while not self.stop_requested.is_set():
-                busy = {id(f) for _, _, feeds in steps for f in feeds}
                 ready = self._poll(busy)
                 pending.extend(ready)
                 submitted = False
-                while len(steps) < (pool._max_workers if pool else 1) and (step := self._next_step(pending, busy)) is not None:
+                while len(steps) < (self.workers if pool else 1) and (step := self._next_step(pending, busy)) is not None:
                     window_feeds, ahead = step
                     batch = [(feed.analyzer, w) for feed, w, _ in window_feeds]
                     future = pool.submit(infer, self.engine, batch, [f.analyzer for f in ahead]) if pool else _run_now(infer, self.engine, batch, [f.analyzer for f in ahead])
@@ -257,9 +257,10 @@ class Session:
                 done = [s for s in steps if s[0].done()]
                 for s in done:
                     steps.remove(s)
+                    busy.difference_update(id(f) for f in s[2])
                     self._publish(s)
                 if self.isolate:  # a feed that reached its end is told as such now, while the others go on
-                    waiting = {id(f) for f, _, _ in pending} | {id(f) for _, _, feeds in steps for f in feeds}
+                    waiting = {id(f) for f, _, _ in pending} | busy
                     for feed in self.feeds:
                         if feed.finished and id(feed) not in self._reported and id(feed) not in waiting:
                             self._stop_feed(feed)

@@ -46,16 +46,39 @@ class CountingEngine(OnnxRuntimeEngine):
         return super().run(windows)
 
 
+class JitteryEngine(OnnxRuntimeEngine):
+    """ONNX Runtime whose calls take a random extra 0-20 ms (so that concurrent steps finish in any order)."""
+
+    def __init__(self, card):
+        super().__init__(card)
+        self._rng = np.random.default_rng(0)
+
+    def _jitter(self):
+        time.sleep(float(self._rng.uniform(0.0, 0.02)))
+
+    def run(self, windows):
+        self._jitter()
+        return super().run(windows)
+
+    def encode(self, mel, valid):
+        self._jitter()
+        return super().encode(mel, valid)
+
+    def head(self, feats):
+        self._jitter()
+        return super().head(feats)
+
+
 def noise_file(path, seconds, rate, seed, channels=1, amp=0.1):
     x = amp * np.random.default_rng(seed).standard_normal((int(seconds * rate), channels))
     sf.write(path, x.astype(np.float32), rate, subtype="FLOAT")
     return path
 
 
-def run(feeds, engine):
+def run(feeds, engine, workers=0):
     bus, sink = EventBus(), Collect()
     bus.add(sink, on_gone=lambda: None, capacity=100000)
-    Session(feeds, engine, bus, summaries=True).run()
+    Session(feeds, engine, bus, summaries=True, workers=workers).run()
     return sink.events
 
 
@@ -167,3 +190,30 @@ def test_holding_audio_until_wanted_delays_no_window(card, rate, channels, looka
         np.testing.assert_allclose(a.mel, b.mel, rtol=1e-4, atol=1e-4)
     # after the first window (before it, a streaming analyzer without an engine encoding ahead wants every block)
     assert calls < (len(x) - rate * 8) / block / 4  # far fewer analysis steps than blocks
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_engine_workers_change_no_event(card, tmp_path, streaming):
+    """Engine steps on two worker threads (feeds' steps overlapping each other and the front end) give
+    every feed the same events, in the same order, as steps on the loop's own thread."""
+    if streaming:
+        card = load_card()  # the shipped model streams (split encoder/back end)
+        if card.split is None:
+            pytest.skip("the shipped model has no split encoder")
+    paths = [noise_file(tmp_path / f"{i}.wav", 11, rate, i, channels=ch) for i, (rate, ch) in enumerate([(44100, 2), (16000, 1), (22050, 1), (48000, 2)])]
+    inline = run([feed(f"s{i}", p, card) for i, p in enumerate(paths)], OnnxRuntimeEngine(card))
+    threaded = run([feed(f"s{i}", p, card) for i, p in enumerate(paths)], JitteryEngine(card), workers=2)
+
+    def per_stream(events):
+        return {s: [(e.kind, e.t, {k: v for k, v in e.data.items() if k != "counts"}) for e in events if e.stream == s and e.kind != "start"] for s in {e.stream for e in events}}
+
+    a, b = per_stream(inline), per_stream(threaded)
+    assert a.keys() == b.keys() and len(a) == 4
+    for name in a:
+        assert [k for k, _, _ in a[name]] == [k for k, _, _ in b[name]]
+        assert sum(k == "prediction" for k, _, _ in a[name]) >= 6
+        for (kind, t1, d1), (_, t2, d2) in zip(a[name], b[name]):
+            assert t1 == t2
+            if kind == "prediction":
+                for head in d1["heads"]:
+                    np.testing.assert_allclose(list(d1["heads"][head]["probs"].values()), list(d2["heads"][head]["probs"].values()), atol=1e-5)

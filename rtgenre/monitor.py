@@ -48,8 +48,8 @@ def add_monitor_arguments(sub: Any) -> None:
     g.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime (default: 1)")
     g.add_argument("--precision", default="fp16", choices=("fp16", "fp32"), help="TensorRT precision (default: fp16)")
     g.add_argument("--max-batch", type=int, default=256, help="largest batch of windows per engine call (default: 256)")
-    g.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="engine steps of different feeds run on N threads at once, beside the feeds' front end (ONNX Runtime; 0: on the main thread; default: 1)")
+    g.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N",
+                   help="engine steps of different feeds run on N threads at once, beside the feeds' front end (ONNX Runtime; 0: on the main thread; default: the CPU cores)")
     g = p.add_argument_group("output")
     g.add_argument("--json", action="store_true", help="JSON Lines of every feed on stdout (default when stdout is not a terminal)")
     g.add_argument("--no-dashboard", action="store_true", help="never show the control-room dashboard")

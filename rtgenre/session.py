@@ -22,7 +22,6 @@ import collections
 import signal
 import threading
 import time
-from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
@@ -241,6 +240,7 @@ class Session:
         pending: collections.deque[tuple[Feed, Window, float]] = collections.deque()
         steps: list[tuple[Future, list[tuple[Feed, Window, float]], list[Feed]]] = []  # in flight, in the order submitted
         busy: set[int] = set()  # ids of the feeds of the steps in flight
+        finished = threading.Event()  # set by a worker when a step is done (cheaper to wait on than the futures)
         pool = ThreadPoolExecutor(self.workers, "engine") if self.workers and getattr(self.engine, "name", "") in CONCURRENT_ENGINES else None
         try:
             while not self.stop_requested.is_set():
@@ -250,7 +250,11 @@ class Session:
                 while len(steps) < (self.workers if pool else 1) and (step := self._next_step(pending, busy)) is not None:
                     window_feeds, ahead = step
                     batch = [(feed.analyzer, w) for feed, w, _ in window_feeds]
-                    future = pool.submit(infer, self.engine, batch, [f.analyzer for f in ahead]) if pool else _run_now(infer, self.engine, batch, [f.analyzer for f in ahead])
+                    if pool is not None:
+                        future = pool.submit(infer, self.engine, batch, [f.analyzer for f in ahead])
+                        future.add_done_callback(lambda _: finished.set())
+                    else:
+                        future = _run_now(infer, self.engine, batch, [f.analyzer for f in ahead])
                     steps.append((future, window_feeds, [f for f, _, _ in window_feeds] + ahead))
                     busy.update(id(f) for f in steps[-1][2])
                     submitted = True
@@ -268,10 +272,8 @@ class Session:
                 if not pending and not steps and all(f.finished for f in self.feeds):
                     return
                 if not (ready or submitted or done):
-                    if steps:
-                        futures.wait([f for f, _, _ in steps], self.poll_s, futures.FIRST_COMPLETED)
-                    else:
-                        self.stop_requested.wait(self.poll_s)
+                    (finished if steps else self.stop_requested).wait(self.poll_s)
+                finished.clear()  # steps done from now on are seen by the next look at them
             for s in steps:  # stopped: what is being computed is still told
                 s[0].result()
                 self._publish(s)

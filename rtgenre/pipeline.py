@@ -411,6 +411,13 @@ class Feed:
         self._wanted = min(self.analyzer.wanted(), self._read_frames, self.ring.capacity // 2)  # never wait for a full ring
         return windows, now
 
+    def due_in(self) -> float:
+        """Seconds before a poll can find audio to analyse: 0 unless the source is live and
+        well (it then fills its ring at its sample rate, so the wait for :meth:`Analyzer.wanted` is known)."""
+        if not self.source.live or self._lost is not None or self.source.notices or self.ring.closed:
+            return 0.0
+        return max(0.0, (self._wanted - self.ring.available()) / self.source.sample_rate)
+
     def _t(self) -> float:
         """Seconds of audio on the stream's clock so far (0 before the feed was opened)."""
         analyzer = getattr(self, "analyzer", None)

@@ -40,6 +40,8 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 STOP_WITHIN_S = 2.0
 #: Windows run through the engine per step of the loop (the stop flag is checked between steps).
 STEP_WINDOWS = 8
+#: Longest wait between two looks at the feeds when nothing is due (live feeds tell when they will be).
+IDLE_MAX_S = 0.1
 #: Engines whose calls may run on several threads at once (ONNX Runtime's sessions are thread-safe).
 CONCURRENT_ENGINES = ("onnxruntime",)
 #: Seconds the sinks get to drain after a stop that was not the end of the input.
@@ -87,7 +89,9 @@ class Session:
     isolate : bool
         A failing feed stops alone; the others go on.
     poll_s : float
-        Sleep between polls when no audio is waiting.
+        Shortest sleep between polls when no audio is waiting (live feeds whose
+        next window is further away let the loop sleep until then, at most
+        :data:`IDLE_MAX_S`).
     signals : bool
         Handle the stop signals during :meth:`run` (main thread only).
     workers : int
@@ -272,7 +276,7 @@ class Session:
                 if not pending and not steps and all(f.finished for f in self.feeds):
                     return
                 if not (ready or submitted or done):
-                    (finished if steps else self.stop_requested).wait(self.poll_s)
+                    (finished if steps else self.stop_requested).wait(self._idle_s(busy))
                 finished.clear()  # steps done from now on are seen by the next look at them
             for s in steps:  # stopped: what is being computed is still told
                 s[0].result()
@@ -280,6 +284,12 @@ class Session:
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
+
+    def _idle_s(self, busy: set[int]) -> float:
+        """How long to wait when nothing happened: until the first feed can have a window's worth
+        of audio (live feeds, :meth:`Feed.due_in`), at least :attr:`poll_s`, at most :data:`IDLE_MAX_S`."""
+        due = min((f.due_in() for f in self.feeds if not f.finished and id(f) not in busy), default=IDLE_MAX_S)
+        return min(max(self.poll_s, due), IDLE_MAX_S)
 
     def _poll(self, busy: set[int]) -> list[tuple[Feed, Window, float]]:
         """Read every feed that is not ended and has no step in flight; their due windows with their read times."""

@@ -217,3 +217,23 @@ def test_engine_workers_change_no_event(card, tmp_path, streaming):
             if kind == "prediction":
                 for head in d1["heads"]:
                     np.testing.assert_allclose(list(d1["heads"][head]["probs"].values()), list(d2["heads"][head]["probs"].values()), atol=1e-5)
+
+
+class CountingFeed(Feed):
+    """A feed counting the session's looks at it."""
+
+    polls = 0
+
+    def poll(self, emit):
+        self.polls += 1
+        return super().poll(emit)
+
+
+def test_idle_live_feed_is_not_polled_every_few_ms(card, tmp_path):
+    """Between its windows a live (paced) feed is looked at when its audio can complete one, not every poll_s."""
+    path = noise_file(tmp_path / "paced.wav", 9, 16000, 4)
+    f = CountingFeed("paced", FileSource(str(path), realtime=True), card, Smoother(card.heads, 0.5, tau_s=0.0), 0.5)
+    events = run([f], OnnxRuntimeEngine(card))
+    assert sum(e.kind == "prediction" for e in events) == 3  # windows end at 7.52, 8.02, 8.52 s
+    # 9 s at a 5 ms poll would be ~1800 looks; sleeping until the audio can be there (at most 0.1 s) is ~100-200
+    assert f.polls < 400, f.polls

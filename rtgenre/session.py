@@ -251,7 +251,7 @@ class Session:
                 ready = self._poll(busy)
                 pending.extend(ready)
                 submitted = False
-                while len(steps) < (self.workers if pool else 1) and (step := self._next_step(pending, busy)) is not None:
+                while len(steps) < (slots := self.workers if pool else 1) and (step := self._next_step(pending, busy, slots - len(steps))) is not None:
                     window_feeds, ahead = step
                     batch = [(feed.analyzer, w) for feed, w, _ in window_feeds]
                     if pool is not None:
@@ -307,15 +307,19 @@ class Session:
             ready += [(feed, w, now) for w in windows]
         return ready
 
-    def _next_step(self, pending: collections.deque, busy: set[int]) -> tuple[list, list[Feed]] | None:
-        """The next engine step: up to :data:`STEP_WINDOWS` pending windows (taken out of ``pending``)
-        and the feeds to encode ahead, of feeds not in ``busy``; None when there is nothing to run.
+    def _next_step(self, pending: collections.deque, busy: set[int], slots: int = 1) -> tuple[list, list[Feed]] | None:
+        """The next engine step: pending windows (taken out of ``pending``) and the feeds to encode
+        ahead, of feeds not in ``busy``; None when there is nothing to run.
 
-        A step is bounded, so that a stop is never kept waiting behind a long backlog.
+        A step takes its share of the windows that ``slots`` free workers can start now (windows due
+        together finish sooner on two workers as two halves than as 8 + the rest), at most
+        :data:`STEP_WINDOWS`, so that a stop is never kept waiting behind a long backlog.
         """
+        free = sum(1 for item in pending if id(item[0]) not in busy)
+        size = min(STEP_WINDOWS, -(-free // max(1, slots)))
         take, rest = [], collections.deque()
         for item in pending:
-            (take if len(take) < STEP_WINDOWS and id(item[0]) not in busy else rest).append(item)
+            (take if len(take) < size and id(item[0]) not in busy else rest).append(item)
         ahead = [f for f in self.feeds if not f.finished and id(f) not in busy and f.analyzer.ahead() is not None]
         if not take and not ahead:
             return None

@@ -188,8 +188,8 @@ def test_holding_audio_until_wanted_delays_no_window(card, rate, channels, looka
         assert (k1, a.index, a.end_frame, a.t) == (k2, b.index, b.end_frame, b.t)
         assert a.level_dbfs == pytest.approx(b.level_dbfs, abs=1e-3)
         np.testing.assert_allclose(a.mel, b.mel, rtol=1e-4, atol=1e-4)
-    # after the first window (before it, a streaming analyzer without an engine encoding ahead wants every block)
-    assert calls < (len(x) - rate * 8) / block / 4  # far fewer analysis steps than blocks
+    if lookahead is None:  # a streaming analyzer also wants audio for its encoder, which no engine runs here
+        assert calls < (len(x) - rate * 8) / block / 4  # after the first window: far fewer analysis steps than blocks
 
 
 @pytest.mark.parametrize("streaming", [False, True])

@@ -48,6 +48,8 @@ def add_monitor_arguments(sub: Any) -> None:
     g.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime (default: 1)")
     g.add_argument("--precision", default="fp16", choices=("fp16", "fp32"), help="TensorRT precision (default: fp16)")
     g.add_argument("--max-batch", type=int, default=256, help="largest batch of windows per engine call (default: 256)")
+    g.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N",
+                   help="engine steps of different feeds run on N threads at once, beside the feeds' front end (ONNX Runtime; 0: on the main thread; default: the CPU cores)")
     g = p.add_argument_group("output")
     g.add_argument("--json", action="store_true", help="JSON Lines of every feed on stdout (default when stdout is not a terminal)")
     g.add_argument("--no-dashboard", action="store_true", help="never show the control-room dashboard")
@@ -109,10 +111,12 @@ class MonitorSession(Session):
         The ``--out-dir`` sink (already on the bus).
     metrics : MetricsServer, optional
         The ``--metrics-port`` endpoint.
+    workers : int
+        Engine threads (``--workers``, see :class:`~rtgenre.session.Session`).
     """
 
-    def __init__(self, feeds: list, engine: Any, bus: Any, *, files: Any = None, metrics: Any = None) -> None:
-        super().__init__(feeds, engine, bus, isolate=True)
+    def __init__(self, feeds: list, engine: Any, bus: Any, *, files: Any = None, metrics: Any = None, workers: int = 0) -> None:
+        super().__init__(feeds, engine, bus, isolate=True, workers=workers)
         self.files = files
         self.metrics = metrics
 
@@ -210,8 +214,8 @@ def run_monitor(args: argparse.Namespace) -> int:
                     "precision": args.precision, "max_batch": args.max_batch}
         session: MonitorSession = ClusterSession(args.ray, config, args.model or config.model, settings, bus, event_queue=args.event_queue, files=files, metrics=server)
     else:
-        session = MonitorSession(_feeds(config, card), engine, bus, files=files, metrics=server)
-    on_gone = lambda: session.request_stop("reader gone")  # noqa: E731
+        session = MonitorSession(_feeds(config, card), engine, bus, files=files, metrics=server, workers=args.workers)
+    on_gone = lambda: session.request_stop("reader gone")
     json_mode = args.json or not sys.stdout.isatty()
     if json_mode:
         bus.add(JsonLinesSink(), on_gone, capacity=args.event_queue)

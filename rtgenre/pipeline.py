@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -173,6 +175,26 @@ class Analyzer:
             return None
         return 0
 
+    def wanted(self) -> int:
+        """Source frames that :meth:`process` needs before it can return a window or :meth:`ahead` can change; 0: any.
+
+        A lower bound (see :meth:`Resampler.input_for`): fewer frames return
+        nothing, so a caller may leave audio in its ring until this many have
+        arrived and hand them over at once, without delaying any window.
+        """
+        w, f = self.windower, self.features
+        if f is None:
+            target = w.window_end(w.next_index)
+        else:
+            end = self._waiting[0].end_frame if self._waiting else w.window_end(w.next_index)
+            target = end + (0 if f.provisional or f.ended else f.after)
+            first = w.next_index == len(self._waiting)  # no window handed on yet
+            if f.stepping:  # the step encoder takes one hop of frames before the first window, then every STEP_AHEAD frames
+                target = min(target, f.fed + (math.ceil(w.hop_frames) if first else STEP_AHEAD))
+            elif first:  # before the first window: encoding ahead is due one hop of settled frames on
+                target = min(target, f.final + math.ceil(w.hop_frames) + f.after)
+        return self.resampler.input_for(self.mel.samples_for(target))
+
     def _model_rate(self, samples: np.ndarray) -> list[Window]:
         if samples.size == 0:
             return []
@@ -320,7 +342,13 @@ class Feed:
             self.source.open()
         finally:
             self.source.notify = None
+        self._new_ring()
+
+    def _new_ring(self) -> None:
+        """The ring for the source as opened (its rate and channels); the next poll reads whatever it holds."""
         self.ring = Ring(max(1, int(self.ring_seconds * self.source.sample_rate)), self.source.channels)
+        self._read_frames = max(1, int(READ_SECONDS * self.source.sample_rate))
+        self._wanted = 0
 
     def bind(self, engine: Engine) -> None:
         """Make the analyzer for the engine the feed runs on (after :meth:`open`, before :meth:`start`).
@@ -379,7 +407,9 @@ class Feed:
         flushed and restarted, so that no window spans the gap, and ``t`` jumps
         by the seconds missed.  At the end of the stream the analyzer is
         flushed and :attr:`finished` is set; a source error is raised only once
-        everything that arrived before it has been analysed.
+        everything that arrived before it has been analysed.  Audio that cannot
+        complete a window yet (:meth:`Analyzer.wanted`) is left in the ring, so
+        that a feed costs one analysis step per hop rather than one per block.
         """
         if self._lost is not None:
             return self._retry(emit), time.monotonic()
@@ -392,7 +422,10 @@ class Feed:
                 windows = self._process(self.ring.read()[0])  # the audio that arrived before the loss
                 self._lose(exc.problem, emit)
                 return windows, time.monotonic()
-        frames, dropped = self.ring.read(max(1, int(READ_SECONDS * self.source.sample_rate)))
+        ring, notices = self.ring, self.source.notices
+        if ring.available() < self._wanted and not notices and not ring.closed:  # no window can be due yet: leave the audio in the ring
+            return [], time.monotonic()
+        frames, dropped = ring.read(self._read_frames)
         now = time.monotonic()
         if dropped:
             self.stats.overruns += 1
@@ -400,7 +433,6 @@ class Feed:
             emit(Event("overrun", self.name, self._t(), {"dropped_samples": dropped, "total_dropped_samples": self.stats.dropped_samples}))
         windows: list[Window] = []
         done = 0  # frames of ``frames`` analysed so far
-        notices = self.source.notices
         while notices and notices[0].pos <= self.ring.read_pos:
             notice = notices.popleft()
             cut = max(done, min(len(frames), notice.pos - (self.ring.read_pos - len(frames))))
@@ -413,7 +445,15 @@ class Feed:
         if self.ring.closed and self.ring.available() == 0 and not len(frames) and not notices:  # every producer closes its ring at the end
             windows += self._offset(self.analyzer.flush())
             self.finished = True
+        self._wanted = min(self.analyzer.wanted(), self._read_frames, self.ring.capacity // 2)  # never wait for a full ring
         return windows, now
+
+    def due_in(self) -> float:
+        """Seconds before a poll can find audio to analyse: 0 unless the source is live and
+        well (it then fills its ring at its sample rate, so the wait for :meth:`Analyzer.wanted` is known)."""
+        if not self.source.live or self._lost is not None or self.source.notices or self.ring.closed:
+            return 0.0
+        return max(0.0, (self._wanted - self.ring.available()) / self.source.sample_rate)
 
     def _t(self) -> float:
         """Seconds of audio on the stream's clock so far (0 before the feed was opened)."""
@@ -450,7 +490,7 @@ class Feed:
         missed = time.monotonic() - lost_at
         windows = self._restart_after_gap(missed)
         self.analyzer = Analyzer(self.card, self.source.sample_rate, self.hop_s, self.lookahead)  # the device may come back at another rate
-        self.ring = Ring(max(1, int(self.ring_seconds * self.source.sample_rate)), self.source.channels)
+        self._new_ring()
         self.source.start(self.ring)
         self.stats.reconnects += 1
         self.stats.missed_s += missed

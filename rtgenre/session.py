@@ -22,12 +22,15 @@ import collections
 import signal
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 
+from threadpoolctl import threadpool_limits
+
+from rtgenre.dsp.window import Window
 from rtgenre.errors import ExitCode, OutputFailedError, RtgenreError
 from rtgenre.events import Event
 from rtgenre.inference.base import Engine
-from rtgenre.dsp.window import Window
 from rtgenre.pipeline import Feed, MidiInput, infer
 from rtgenre.sinks.base import EventBus
 
@@ -37,10 +40,24 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 STOP_WITHIN_S = 2.0
 #: Windows run through the engine per step of the loop (the stop flag is checked between steps).
 STEP_WINDOWS = 8
+#: Longest wait between two looks at the feeds when nothing is due (live feeds tell when they will be).
+IDLE_MAX_S = 0.1
+#: Engines whose calls may run on several threads at once (ONNX Runtime's sessions are thread-safe).
+CONCURRENT_ENGINES = ("onnxruntime",)
 #: Seconds the sinks get to drain after a stop that was not the end of the input.
 DRAIN_AFTER_STOP_S = 0.5
 
 END_OF_INPUT = "end of input"
+
+
+def _run_now(fn: Callable, *args: object) -> Future:
+    """``fn(*args)`` on this thread, as a finished future (the engine step of a session without workers)."""
+    future: Future = Future()
+    try:
+        future.set_result(fn(*args))
+    except Exception as e:
+        future.set_exception(e)
+    return future
 
 
 class InternalError(RtgenreError):
@@ -72,9 +89,17 @@ class Session:
     isolate : bool
         A failing feed stops alone; the others go on.
     poll_s : float
-        Sleep between polls when no audio is waiting.
+        Shortest sleep between polls when no audio is waiting (live feeds whose
+        next window is further away let the loop sleep until then, at most
+        :data:`IDLE_MAX_S`).
     signals : bool
         Handle the stop signals during :meth:`run` (main thread only).
+    workers : int
+        Run engine steps on this many threads, so that the feeds' front end
+        (read, resample, log-Mel) goes on while the engine works and steps of
+        different feeds run at once; 0: on the loop's own thread.  Only for
+        engines whose calls may overlap (:data:`CONCURRENT_ENGINES`); others
+        run on the loop's thread whatever this says.
 
     Attributes
     ----------
@@ -98,6 +123,7 @@ class Session:
         poll_s: float = 0.005,
         signals: bool = True,
         close_engine: bool = True,
+        workers: int = 0,
     ) -> None:
         self.feeds = feeds
         self._close_engine = close_engine
@@ -108,6 +134,7 @@ class Session:
         self.isolate = isolate
         self.poll_s = poll_s
         self.signals = signals
+        self.workers = workers
         self.stop_requested = threading.Event()
         self.stop_reason = END_OF_INPUT
         self.signal: str | None = None
@@ -149,32 +176,38 @@ class Session:
         """
         old = self._install_signals()
         try:
-            try:
-                self._phase = "opening"
-                self._open()
-                self._phase = "running"
-                if not self.stop_requested.is_set():
-                    self._start()
-                    self._loop()
-            except _Interrupted:
-                pass
-            except RtgenreError as e:
-                self.request_stop(e.reason, e)
-                if self.error is None:  # a stop was asked for first; the error still counts
-                    self.error = e
-            except Exception as e:  # a bug: still stop and report everything, then show the traceback
-                bug = InternalError(f"Internal error ({type(e).__name__}: {e})", "Please report this bug with the command that caused it")
-                self.request_stop(bug.reason, bug)
-                if self.error is None:  # a stop was asked for first; the bug is still told
-                    self.error = bug
-                raise
-            finally:
-                self._phase = "closing"
-                self._close()
+            with threadpool_limits(limits=1, user_api="blas"):
+                self._run()
         finally:
             self._restore_signals(old)
         if self.error is not None:
             raise self.error
+
+    def _run(self) -> None:
+        """:meth:`run` inside its signal handlers, with single-threaded BLAS: the log-Mel's matrix product is
+        small, and BLAS threads waking for it (or spinning after it) beside the engine's cost several times its work."""
+        try:
+            self._phase = "opening"
+            self._open()
+            self._phase = "running"
+            if not self.stop_requested.is_set():
+                self._start()
+                self._loop()
+        except _Interrupted:
+            pass
+        except RtgenreError as e:
+            self.request_stop(e.reason, e)
+            if self.error is None:  # a stop was asked for first; the error still counts
+                self.error = e
+        except Exception as e:  # a bug: still stop and report everything, then show the traceback
+            bug = InternalError(f"Internal error ({type(e).__name__}: {e})", "Please report this bug with the command that caused it")
+            self.request_stop(bug.reason, bug)
+            if self.error is None:  # a stop was asked for first; the bug is still told
+                self.error = bug
+            raise
+        finally:
+            self._phase = "closing"
+            self._close()
 
     def _install_signals(self) -> dict[int, object]:
         if not self.signals or threading.current_thread() is not threading.main_thread():
@@ -209,37 +242,97 @@ class Session:
     def _loop(self) -> None:
         assert self.engine is not None
         pending: collections.deque[tuple[Feed, Window, float]] = collections.deque()
-        while not self.stop_requested.is_set():
-            ready = []
-            for feed in self.feeds:
-                if feed.finished:
-                    continue
-                try:
-                    if feed.midi is not None:
-                        feed.midi.check()
-                    windows, now = feed.poll(self.bus.publish)
-                except RtgenreError as e:
-                    self._feed_failed(feed, e)
-                    continue
-                ready += [(feed, w, now) for w in windows]
-            pending.extend(ready)
-            ahead = [f.analyzer for f in self.feeds if not f.finished and f.analyzer.ahead() is not None]
-            if pending or ahead:  # a bounded step, so that a stop is never kept waiting behind a long backlog
-                step = [pending.popleft() for _ in range(min(len(pending), STEP_WINDOWS))]
-                results = infer(self.engine, [(feed.analyzer, w) for feed, w, _ in step], ahead)
-                for (feed, window, arrival), probs in zip(step, results):
-                    for event in feed.events_for(window, probs, arrival):
-                        self.bus.publish(event)
-            if self.isolate:  # a feed that reached its end is told as such now, while the others go on
-                waiting = {id(f) for f, _, _ in pending}
-                for feed in self.feeds:
-                    if feed.finished and id(feed) not in self._reported and id(feed) not in waiting:
-                        self._stop_feed(feed)
-                        self._report(feed, ended=True)
-            if not pending and all(f.finished for f in self.feeds):
-                return
-            if not ready and not pending:
-                self.stop_requested.wait(self.poll_s)
+        steps: list[tuple[Future, list[tuple[Feed, Window, float]], list[Feed]]] = []  # in flight, in the order submitted
+        busy: set[int] = set()  # ids of the feeds of the steps in flight
+        finished = threading.Event()  # set by a worker when a step is done (cheaper to wait on than the futures)
+        pool = ThreadPoolExecutor(self.workers, "engine") if self.workers and getattr(self.engine, "name", "") in CONCURRENT_ENGINES else None
+        try:
+            while not self.stop_requested.is_set():
+                ready = self._poll(busy)
+                pending.extend(ready)
+                submitted = False
+                while len(steps) < (slots := self.workers if pool else 1) and (step := self._next_step(pending, busy, slots - len(steps))) is not None:
+                    window_feeds, ahead = step
+                    batch = [(feed.analyzer, w) for feed, w, _ in window_feeds]
+                    if pool is not None:
+                        future = pool.submit(infer, self.engine, batch, [f.analyzer for f in ahead])
+                        future.add_done_callback(lambda _: finished.set())
+                    else:
+                        future = _run_now(infer, self.engine, batch, [f.analyzer for f in ahead])
+                    steps.append((future, window_feeds, [f for f, _, _ in window_feeds] + ahead))
+                    busy.update(id(f) for f in steps[-1][2])
+                    submitted = True
+                done = [s for s in steps if s[0].done()]
+                for s in done:
+                    steps.remove(s)
+                    busy.difference_update(id(f) for f in s[2])
+                    self._publish(s)
+                if self.isolate:  # a feed that reached its end is told as such now, while the others go on
+                    waiting = {id(f) for f, _, _ in pending} | busy
+                    for feed in self.feeds:
+                        if feed.finished and id(feed) not in self._reported and id(feed) not in waiting:
+                            self._stop_feed(feed)
+                            self._report(feed, ended=True)
+                if not pending and not steps and all(f.finished for f in self.feeds):
+                    return
+                if not (ready or submitted or done):
+                    (finished if steps else self.stop_requested).wait(self._idle_s(busy))
+                finished.clear()  # steps done from now on are seen by the next look at them
+            for s in steps:  # stopped: what is being computed is still told
+                s[0].result()
+                self._publish(s)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+    def _idle_s(self, busy: set[int]) -> float:
+        """How long to wait when nothing happened: until the first feed can have a window's worth
+        of audio (live feeds, :meth:`Feed.due_in`), at least :attr:`poll_s`, at most :data:`IDLE_MAX_S`."""
+        due = min((f.due_in() for f in self.feeds if not f.finished and id(f) not in busy), default=IDLE_MAX_S)
+        return min(max(self.poll_s, due), IDLE_MAX_S)
+
+    def _poll(self, busy: set[int]) -> list[tuple[Feed, Window, float]]:
+        """Read every feed that is not ended and has no step in flight; their due windows with their read times."""
+        ready = []
+        for feed in self.feeds:
+            if feed.finished or id(feed) in busy:
+                continue
+            try:
+                if feed.midi is not None:
+                    feed.midi.check()
+                windows, now = feed.poll(self.bus.publish)
+            except RtgenreError as e:
+                self._feed_failed(feed, e)
+                continue
+            ready += [(feed, w, now) for w in windows]
+        return ready
+
+    def _next_step(self, pending: collections.deque, busy: set[int], slots: int = 1) -> tuple[list, list[Feed]] | None:
+        """The next engine step: pending windows (taken out of ``pending``) and the feeds to encode
+        ahead, of feeds not in ``busy``; None when there is nothing to run.
+
+        A step takes its share of the windows that ``slots`` free workers can start now (windows due
+        together finish sooner on two workers as two halves than as 8 + the rest), at most
+        :data:`STEP_WINDOWS`, so that a stop is never kept waiting behind a long backlog.
+        """
+        free = sum(1 for item in pending if id(item[0]) not in busy)
+        size = min(STEP_WINDOWS, -(-free // max(1, slots)))
+        take, rest = [], collections.deque()
+        for item in pending:
+            (take if len(take) < size and id(item[0]) not in busy else rest).append(item)
+        ahead = [f for f in self.feeds if not f.finished and id(f) not in busy and f.analyzer.ahead() is not None]
+        if not take and not ahead:
+            return None
+        pending.clear()
+        pending.extend(rest)
+        return take, ahead
+
+    def _publish(self, step: tuple[Future, list[tuple[Feed, Window, float]], list[Feed]]) -> None:
+        """The events of a finished step's windows (raises what the engine raised)."""
+        future, window_feeds, _ = step
+        for (feed, window, arrival), probs in zip(window_feeds, future.result()):
+            for event in feed.events_for(window, probs, arrival):
+                self.bus.publish(event)
 
     def _feed_failed(self, feed: Feed, error: RtgenreError) -> None:
         feed.error = error

@@ -46,16 +46,39 @@ class CountingEngine(OnnxRuntimeEngine):
         return super().run(windows)
 
 
+class JitteryEngine(OnnxRuntimeEngine):
+    """ONNX Runtime whose calls take a random extra 0-20 ms (so that concurrent steps finish in any order)."""
+
+    def __init__(self, card):
+        super().__init__(card)
+        self._rng = np.random.default_rng(0)
+
+    def _jitter(self):
+        time.sleep(float(self._rng.uniform(0.0, 0.02)))
+
+    def run(self, windows):
+        self._jitter()
+        return super().run(windows)
+
+    def encode(self, mel, valid):
+        self._jitter()
+        return super().encode(mel, valid)
+
+    def head(self, feats):
+        self._jitter()
+        return super().head(feats)
+
+
 def noise_file(path, seconds, rate, seed, channels=1, amp=0.1):
     x = amp * np.random.default_rng(seed).standard_normal((int(seconds * rate), channels))
     sf.write(path, x.astype(np.float32), rate, subtype="FLOAT")
     return path
 
 
-def run(feeds, engine):
+def run(feeds, engine, workers=0):
     bus, sink = EventBus(), Collect()
     bus.add(sink, on_gone=lambda: None, capacity=100000)
-    Session(feeds, engine, bus, summaries=True).run()
+    Session(feeds, engine, bus, summaries=True, workers=workers).run()
     return sink.events
 
 
@@ -138,3 +161,79 @@ def test_analyzer_chunking_invariance(card):
     for a, b in zip(w1, w2):
         assert a.t == b.t and a.level_dbfs == pytest.approx(b.level_dbfs, abs=1e-3)
         np.testing.assert_allclose(a.mel, b.mel, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("rate, channels", [(44100, 2), (48000, 1), (16000, 1)])
+@pytest.mark.parametrize("lookahead", [None, "wait", "provisional"])
+def test_holding_audio_until_wanted_delays_no_window(card, rate, channels, lookahead):
+    """Handing an analyzer its audio only once Analyzer.wanted() frames are there (what a feed's poll does)
+    yields every window at the same block as handing it every block, with the same contents."""
+    if lookahead is not None:
+        card = load_card()  # the shipped model streams (split encoder/back end)
+        if card.split is None:
+            pytest.skip("the shipped model has no split encoder")
+    rng = np.random.default_rng(3)
+    x = (0.1 * rng.standard_normal((rate * 12, channels))).astype(np.float32)
+    block = rate // 20
+    every, held = Analyzer(card, rate, 0.5, lookahead), Analyzer(card, rate, 0.5, lookahead)
+    got_every, got_held, waiting, calls = [], [], [], 0
+    for k, i in enumerate(range(0, len(x), block)):
+        got_every += [(k, w) for w in every.process(x[i : i + block])]
+        waiting.append(x[i : i + block])
+        if sum(map(len, waiting)) >= held.wanted():
+            got_held += [(k, w) for w in held.process(np.concatenate(waiting))]
+            waiting, calls = [], calls + bool(got_held)
+    assert len(got_every) == len(got_held) > 5
+    for (k1, a), (k2, b) in zip(got_every, got_held):
+        assert (k1, a.index, a.end_frame, a.t) == (k2, b.index, b.end_frame, b.t)
+        assert a.level_dbfs == pytest.approx(b.level_dbfs, abs=1e-3)
+        np.testing.assert_allclose(a.mel, b.mel, rtol=1e-4, atol=1e-4)
+    if lookahead is None:  # a streaming analyzer also wants audio for its encoder, which no engine runs here
+        assert calls < (len(x) - rate * 8) / block / 4  # after the first window: far fewer analysis steps than blocks
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_engine_workers_change_no_event(card, tmp_path, streaming):
+    """Engine steps on two worker threads (feeds' steps overlapping each other and the front end) give
+    every feed the same events, in the same order, as steps on the loop's own thread."""
+    if streaming:
+        card = load_card()  # the shipped model streams (split encoder/back end)
+        if card.split is None:
+            pytest.skip("the shipped model has no split encoder")
+    paths = [noise_file(tmp_path / f"{i}.wav", 11, rate, i, channels=ch) for i, (rate, ch) in enumerate([(44100, 2), (16000, 1), (22050, 1), (48000, 2)])]
+    inline = run([feed(f"s{i}", p, card) for i, p in enumerate(paths)], OnnxRuntimeEngine(card))
+    threaded = run([feed(f"s{i}", p, card) for i, p in enumerate(paths)], JitteryEngine(card), workers=2)
+
+    def per_stream(events):
+        return {s: [(e.kind, e.t, {k: v for k, v in e.data.items() if k != "counts"}) for e in events if e.stream == s and e.kind != "start"] for s in {e.stream for e in events}}
+
+    a, b = per_stream(inline), per_stream(threaded)
+    assert a.keys() == b.keys() and len(a) == 4
+    for name in a:
+        assert [k for k, _, _ in a[name]] == [k for k, _, _ in b[name]]
+        assert sum(k == "prediction" for k, _, _ in a[name]) >= 6
+        for (kind, t1, d1), (_, t2, d2) in zip(a[name], b[name]):
+            assert t1 == t2
+            if kind == "prediction":
+                for head in d1["heads"]:
+                    np.testing.assert_allclose(list(d1["heads"][head]["probs"].values()), list(d2["heads"][head]["probs"].values()), atol=1e-5)
+
+
+class CountingFeed(Feed):
+    """A feed counting the session's looks at it."""
+
+    polls = 0
+
+    def poll(self, emit):
+        self.polls += 1
+        return super().poll(emit)
+
+
+def test_idle_live_feed_is_not_polled_every_few_ms(card, tmp_path):
+    """Between its windows a live (paced) feed is looked at when its audio can complete one, not every poll_s."""
+    path = noise_file(tmp_path / "paced.wav", 9, 16000, 4)
+    f = CountingFeed("paced", FileSource(str(path), realtime=True), card, Smoother(card.heads, 0.5, tau_s=0.0), 0.5)
+    events = run([f], OnnxRuntimeEngine(card))
+    assert sum(e.kind == "prediction" for e in events) == 3  # windows end at 7.52, 8.02, 8.52 s
+    # 9 s at a 5 ms poll would be ~1800 looks; sleeping until the audio can be there (at most 0.1 s) is ~100-200
+    assert f.polls < 400, f.polls

@@ -128,6 +128,39 @@ def test_live_file_never_waits_for_the_consumer(make_tone):
     assert (len(frames), dropped) == (4800, 24000 - 4800)
 
 
+def test_paced_files_share_one_thread_and_keep_their_own_pace(make_tone):
+    """Many paced files are delivered by one pacing thread, each at its own rate, each ending alone;
+    one stopped midway leaves the others going."""
+    short, long = make_tone("p1.wav", seconds=0.6, rate=16000), make_tone("p2.wav", seconds=1.2, rate=48000)
+    sources = [FileSource(str(p), realtime=True) for p in (short, long, long, long, short, long)]
+    rings = []
+    threads_before = threading.active_count()
+    t0 = time.monotonic()
+    for src in sources:
+        src.open()
+        rings.append(Ring(src.sample_rate * 2, src.channels))
+        src.start(rings[-1])
+    assert threading.active_count() <= threads_before + 1  # the pacer, not a thread per source
+    time.sleep(0.3)
+    sources[3].stop()
+    stopped_at = sources[3].frames_in
+    deadline = time.monotonic() + 10
+    while not all(r.closed for i, r in enumerate(rings) if i != 3) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    ends = time.monotonic() - t0
+    assert 1.1 <= ends < 3.0, f"1.2 s files delivered in {ends:.2f} s"
+    for i, (src, ring) in enumerate(zip(sources, rings)):
+        if i == 3:
+            assert not src.done and src.error is None and 0 < src.frames_in == stopped_at < 1.2 * 48000
+            continue
+        frames, dropped = ring.read()
+        ref, _ = sf.read(src.path, dtype="float32", always_2d=True)
+        assert src.done and src.error is None and dropped == 0
+        np.testing.assert_array_equal(frames, ref)
+    for src in sources:
+        src.stop()
+
+
 def test_file_stop_midway_is_clean_and_idempotent(make_tone):
     src = FileSource(str(make_tone("long.wav", seconds=30.0)), realtime=True)
     src.open()

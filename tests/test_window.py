@@ -145,10 +145,10 @@ def test_row_ring_reserve_keeps_the_rows_held():
     ring = RowRing(4, 2, np.float32)
     rows = np.arange(20, dtype=np.float32).reshape(10, 2)
     ring.extend(rows[:7])  # holds rows 3..6, wrapped
-    ring.reserve(6)
-    assert ring.data.shape == (6, 2) and ring.total == 7
+    ring.reserve(6)  # grows at least twofold
+    assert ring.data.shape == (8, 2) and ring.total == 7
     np.testing.assert_array_equal(ring.get(3, 7), rows[3:7])
     ring.extend(rows[7:9])
     np.testing.assert_array_equal(ring.get(3, 9), rows[3:9])
     ring.reserve(2)  # never shrinks
-    assert ring.data.shape == (6, 2)
+    assert ring.data.shape == (8, 2)

@@ -12,7 +12,9 @@ overruns.
 
 Per N it also gives the monitor's whole CPU time per window analysed and the
 model's share of it: the share of the compute bound the monitor would reach
-with the machine to itself, whatever else runs on it now.
+with the machine to itself, whatever else runs on it now; ``_steady`` figures
+count only from :data:`STEADY_AFTER_S` seconds after the first window on
+(without the start: imports, model loading, the first window's encoding).
 
 In the same run (before and after the runs, averaged) it measures the engine's own cost (CPU ms of model work per
 window: one window per call, ONNX Runtime on the calling thread, median of
@@ -29,7 +31,7 @@ it actually obtained.
 
 Usage::
 
-    python tools/bench_monitor.py --out benchmarks/results/bench_monitor.json [--seconds 45] [--feeds 1,5,10,20,30,40]
+    python tools/bench_monitor.py --out benchmarks/results/bench_monitor.json [--seconds 45] [--feeds 1,5,10,20,30,40] [--threads 1 --workers 2]
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +57,7 @@ from prometheus_client.parser import text_string_to_metric_families
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
-from bench_pipeline import _vm_hwm_kb, make_long_file  # noqa: E402
+from bench_pipeline import REAL_MUSIC, _vm_hwm_kb, make_long_file  # noqa: E402
 from benchutil import emit  # noqa: E402
 
 from rtgenre.card import load_card  # noqa: E402
@@ -99,6 +102,25 @@ def engine_cost(card, n: int = 40) -> dict:
             "wall_ms_per_window_median": round(float(np.median(wall)), 2)}
 
 
+#: Seconds after the first window from which a run's steady CPU per window is counted (startup and model loading excluded).
+STEADY_AFTER_S = 3.0
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a running process so far (0 once it has gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _wall(event: dict) -> float:
+    """An event's ``wall`` time as Unix seconds."""
+    return datetime.strptime(event["wall"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
+
+
 def scrape(url: str) -> dict[str, float]:
     """Sum of every sample of each name (over its labels) on a Prometheus endpoint."""
     text = urllib.request.urlopen(url, timeout=10).read().decode()
@@ -109,9 +131,9 @@ def scrape(url: str) -> dict[str, float]:
     return out
 
 
-def run_n(path: Path, n: int, seconds: float, hop: float, threads: int, window_s: float) -> dict:
+def run_n(path: Path, n: int, seconds: float, hop: float, threads: int, window_s: float, workers: int = 1) -> dict:
     """One ``monitor`` run with ``n`` paced feeds of ``path``; its figures."""
-    cmd = [sys.executable, "-m", "rtgenre", "monitor", "--json", "--no-dashboard", "--metrics-port", "0", "--threads", str(threads)]
+    cmd = [sys.executable, "-m", "rtgenre", "monitor", "--json", "--no-dashboard", "--metrics-port", "0", "--threads", str(threads), "--workers", str(workers)]
     cmd += [f"--feed=f{i:03d}={path}" for i in range(n)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     load_before = os.getloadavg()
@@ -119,9 +141,11 @@ def run_n(path: Path, n: int, seconds: float, hop: float, threads: int, window_s
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         t0 = time.monotonic()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, cwd=ROOT, env=env)
-        url, peak_kb, metrics = None, 0, {}
+        url, peak_kb, metrics, steady = None, 0, {}, None
         while proc.poll() is None and time.monotonic() - t0 < seconds:
             peak_kb = max(peak_kb, _vm_hwm_kb(proc.pid))
+            if steady is None and time.monotonic() - t0 >= window_s + STEADY_AFTER_S:
+                steady = (time.time(), _cpu_s(proc.pid))
             if url is None:
                 err.seek(0)
                 m = re.search(r"metrics on (http://\S+)", err.read())
@@ -129,6 +153,7 @@ def run_n(path: Path, n: int, seconds: float, hop: float, threads: int, window_s
             time.sleep(0.5)
         if url is not None and proc.poll() is None:
             metrics = scrape(url)
+        steady_end = (time.time(), _cpu_s(proc.pid))
         peak_kb = max(peak_kb, _vm_hwm_kb(proc.pid))
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
@@ -144,6 +169,7 @@ def run_n(path: Path, n: int, seconds: float, hop: float, threads: int, window_s
     lat = np.array([e["latency_ms"] for e in preds if e["t"] > window_s + hop / 2])  # the first window of each feed waits for 7.5 s of audio to fill
     stops = [e for e in events if e["event"] == "stop"]
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    steady_windows = 0 if steady is None else sum(1 for e in events if e["event"] in ("prediction", "silence") and steady[0] <= _wall(e) <= steady_end[0])
     batches = metrics.get("rtgenre_engine_batches_total", 0.0)
     return {
         "feeds": n,
@@ -160,6 +186,7 @@ def run_n(path: Path, n: int, seconds: float, hop: float, threads: int, window_s
         "cpu_share_of_one_core": round(cpu / wall, 3),
         "cpu_share_of_machine": round(cpu / wall / (os.cpu_count() or 1), 3),
         "cpu_ms_per_window": round(cpu * 1000.0 / windows, 1) if windows else None,
+        "cpu_ms_per_window_steady": round((steady_end[1] - steady[1]) * 1000.0 / steady_windows, 2) if steady_windows else None,
         "peak_rss_mb": round(peak_kb / 1024, 1),
         "engine_batches": int(batches),
         "engine_mean_batch_size": round(metrics.get("rtgenre_engine_batch_size_sum", 0.0) / batches, 2) if batches else None,
@@ -179,7 +206,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="write the JSON here too")
     ap.add_argument("--seconds", type=float, default=45.0, help="length of each run (default 45)")
     ap.add_argument("--feeds", default="1,2,3,5,10,15,20,25,30,40,60", help="values of N, in order (default 1,2,3,5,10,15,20,25,30,40,60)")
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="ONNX Runtime threads of the monitor (default: all cores)")
+    ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per engine call of the monitor (default: 1)")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="engine threads of the monitor, --workers (default: all cores)")
+    ap.add_argument("--music", type=Path, default=REAL_MUSIC, help=f"folder of MP3 clips played back to back by every feed (default: {REAL_MUSIC})")
     ap.add_argument("--p99-limit-ms", type=float, default=500.0, help="stop after the first N over this latency p99 (default 500)")
     ap.add_argument("--all", action="store_true", help="run every N even after one was not sustained (CPU figures of larger N on a busy machine)")
     args = ap.parse_args()
@@ -191,6 +220,7 @@ def main() -> None:
         "model": card.name,
         "hop_s": hop,
         "monitor_threads": args.threads,
+        "monitor_workers": args.workers,
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
     windows_per_s = 1.0 / hop
@@ -198,9 +228,9 @@ def main() -> None:
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "feed.wav"
-        result["input"] = make_long_file(path, args.seconds + 30)
+        result["input"] = make_long_file(path, args.seconds + 30, args.music)
         for n in (int(x) for x in args.feeds.split(",")):
-            r = run_n(path, n, args.seconds, hop, args.threads, card.window_seconds)
+            r = run_n(path, n, args.seconds, hop, args.threads, card.window_seconds, args.workers)
             r["sustained"] = bool(r["overruns"] == 0 and r["latency_ms_p99"] is not None and r["latency_ms_p99"] <= args.p99_limit_ms)
             runs.append(r)
             print(json.dumps(r), file=sys.stderr, flush=True)
@@ -224,6 +254,8 @@ def main() -> None:
     for r in runs:  # the monitor's whole CPU per window against the model's: how much of the bound it could reach with the machine to itself
         if r["cpu_ms_per_window"]:
             r["model_share_of_cpu"] = round(model_ms / r["cpu_ms_per_window"], 3)
+        if r["cpu_ms_per_window_steady"]:
+            r["model_share_of_cpu_steady"] = round(model_ms / r["cpu_ms_per_window_steady"], 3)
     result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     result["note"] = ("N feeds play the same file, started together, so their windows fall due at the same time "
                       "(largest batches). The machine is shared: see the load averages for other load during the run.")

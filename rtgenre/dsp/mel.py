@@ -125,6 +125,13 @@ class MelStream:
         self._skip = 0  # samples still to discard when hop_length > n_fft
         self.frames_done = 0
 
+    def samples_for(self, frames: int) -> int:
+        """Samples still to feed before :attr:`frames_done` reaches ``frames`` (0 if it has)."""
+        p = self.params
+        if frames <= self.frames_done:
+            return 0
+        return (frames - 1) * p.hop_length + p.n_fft - (self.frames_done * p.hop_length + self._tail.size) + self._skip
+
     def process(self, samples: np.ndarray) -> np.ndarray:
         """Feed 1-D model-rate samples; return the newly completed frames.
 

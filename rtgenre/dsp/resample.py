@@ -7,6 +7,8 @@ equals a one-shot ``soxr.resample`` of the whole signal.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import soxr
 
@@ -53,13 +55,28 @@ class Resampler:
         self.channels = int(channels)
         self.quality = quality
         self._stream = None if self.in_rate == self.out_rate else soxr.ResampleStream(self.in_rate, self.out_rate, self.channels, dtype="float32", quality=quality)
+        self._in = self._out = 0  # frames given and returned since the last reset
+
+    def input_for(self, n: int) -> int:
+        """A lower bound on the input frames to give before :meth:`process` can have returned ``n`` more frames.
+
+        Whatever the filter holds back now may come out with the next chunk,
+        so the bound subtracts it (and a 2-frame margin for rounding).
+        """
+        if self._stream is None:
+            return max(0, n)
+        held = self._in * self.out_rate / self.in_rate - self._out
+        return max(0, math.floor((n - held - 2) * self.in_rate / self.out_rate))
 
     def process(self, x: np.ndarray) -> np.ndarray:
         """Resample the next chunk (1-D for mono, ``(n, channels)`` otherwise); float32 out."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         if self._stream is None:
             return x
-        return self._stream.resample_chunk(x)
+        y = self._stream.resample_chunk(x)
+        self._in += len(x)
+        self._out += len(y)
+        return y
 
     def flush(self) -> np.ndarray:
         """End of stream: return the samples still held in the filter."""
@@ -73,3 +90,4 @@ class Resampler:
         """Forget all history, as if freshly constructed."""
         if self._stream is not None:
             self._stream.clear()
+        self._in = self._out = 0

@@ -70,13 +70,16 @@ class RowRing:
         self.total += n
 
     def reserve(self, capacity: int) -> None:
-        """Grow to hold at least ``capacity`` rows, keeping the rows held (no-op when large enough)."""
+        """Grow to hold at least ``capacity`` rows, keeping the rows held (no-op when large enough).
+
+        It grows at least twofold, so that a need growing a little at a time (a backlog) copies the held rows only now and then.
+        """
         cap = self.data.shape[0]
         if capacity <= cap:
             return
         held = min(self.total, cap)
         rows = self.get(self.total - held, self.total) if held else self.data[:0]
-        self.data = np.zeros((capacity, *self.data.shape[1:]), dtype=self.data.dtype)
+        self.data = np.zeros((max(capacity, 2 * cap), *self.data.shape[1:]), dtype=self.data.dtype)
         self.total -= held
         self.extend(rows)
 

@@ -30,8 +30,10 @@ in stream order and restarts its analysis exactly at a gap.
 from __future__ import annotations
 
 import collections
+import math
 import random
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -217,19 +219,29 @@ class ThreadedSource(Source):
     def _run(self) -> None:
         ring = self._ring
         assert ring is not None
+        failure: Exception | None = None
         try:
             for block in self.blocks():
                 if self._stop.is_set() or not self._deliver(ring, block):
-                    return
-            self.done = not self._stop.is_set()
-        except RtgenreError as exc:
-            if not self._stop.is_set():
-                self.error = exc
-        except OSError as exc:  # the input broke under us (I/O error, pipe gone)
-            if not self._stop.is_set():
-                self.error = InputUnreadableError(f"Reading {self.description} failed ({exc})", "Check the input and retry")
+                    break
+        except (RtgenreError, OSError) as exc:
+            failure = exc
         finally:
-            ring.close()
+            self._ended(failure)
+
+    def _ended(self, failure: Exception | None) -> None:
+        """The producer is done: at the end of the stream (``failure`` None) or failed; close the ring.
+
+        Nothing is recorded once a stop was asked for (the stream did not end, nothing failed).
+        """
+        assert self._ring is not None
+        if failure is None:
+            self.done = not self._stop.is_set()
+        elif not self._stop.is_set():
+            # an OSError: the input broke under us (I/O error, pipe gone)
+            self.error = failure if isinstance(failure, RtgenreError) else InputUnreadableError(
+                f"Reading {self.description} failed ({failure})", "Check the input and retry")
+        self._ring.close()
 
     def _deliver(self, ring: Ring, block: np.ndarray) -> bool:
         """Write one block; wait for space unless live.  False if stopped meanwhile."""
@@ -245,3 +257,83 @@ class ThreadedSource(Source):
             ring.write(part)
             self.frames_in += len(part)
         return True
+
+
+@dataclass(eq=False)
+class _Paced:
+    """A source the pacer delivers: its blocks, its clock and the block read but not yet due."""
+
+    source: ThreadedSource
+    blocks: Iterator[np.ndarray]
+    t0: float
+    pos: int = 0
+    block: np.ndarray | None = None
+
+
+class Pacer:
+    """One thread that delivers the blocks of every paced source, each block when its last sample is due.
+
+    A file played in real time is a live source whose blocks are handed to
+    the ring as their time comes.  With a thread per source every block is a
+    wake-up (a context switch and a GIL hand-over, which cost more than
+    reading the block), so many paced feeds would spend a good part of a core
+    on wake-ups alone; the pacer hands every block due at the same moment
+    over in one.  Only sources whose reads never block may use it (a file read
+    by libsndfile; not a pipe).  A source's end or failure is recorded as its
+    own thread would (:meth:`ThreadedSource._ended`).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._paced: list[_Paced] = []
+        self._thread: threading.Thread | None = None
+
+    def add(self, source: ThreadedSource, blocks: Iterator[np.ndarray]) -> None:
+        """Deliver ``blocks`` into the source's ring (set by the caller) from now on, paced at its sample rate."""
+        with self._cond:
+            self._paced.append(_Paced(source, blocks, time.monotonic()))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="pacer", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def remove(self, source: ThreadedSource) -> None:
+        """Stop delivering ``source``; once this returns, the pacer touches it no more (no-op if it was not paced)."""
+        with self._cond:
+            self._paced = [p for p in self._paced if p.source is not source]
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now, wake = time.monotonic(), math.inf
+                for p in list(self._paced):
+                    due = self._deliver(p, now)
+                    if due is None:
+                        self._paced.remove(p)
+                    else:
+                        wake = min(wake, due)
+                self._cond.wait(None if wake == math.inf else max(0.0, wake - time.monotonic()))
+
+    @staticmethod
+    def _deliver(p: _Paced, now: float) -> float | None:
+        """Write the source's blocks that are due at ``now``; the time the next one is due, None once it ended."""
+        src = p.source
+        try:
+            while True:
+                if p.block is None:
+                    p.block = next(p.blocks)
+                    p.pos += len(p.block)
+                due = p.t0 + p.pos / src.sample_rate
+                if due > now:
+                    return due
+                src._deliver(src._ring, p.block)  # type: ignore[arg-type]
+                p.block = None
+        except StopIteration:
+            src._ended(None)
+        except Exception as exc:  # the source's failure (or a bug) ends that source, never the pacer
+            src._ended(exc if isinstance(exc, (RtgenreError, OSError)) else OSError(f"{type(exc).__name__}: {exc}"))
+        return None
+
+
+#: The pacer of this process's paced sources.
+PACER = Pacer()

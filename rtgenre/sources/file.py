@@ -8,7 +8,9 @@ libsndfile reports; the values agree with libsndfile's whole-file read to
 within 1e-6.  A file is read block by block in a reader thread,
 either as fast as the consumer takes it (lossless backpressure) or paced at
 the file's own rate (``realtime=True``, a live source that behaves like a
-device).  A truncated file delivers everything readable, then fails with
+device); paced files read by libsndfile share one pacing thread instead
+(:class:`~rtgenre.sources.base.Pacer`: many such feeds cost one wake-up per
+block period, not one per feed).  A truncated file delivers everything readable, then fails with
 :class:`~rtgenre.errors.InputTruncatedError` (an MP3 when its Xing/Info
 header states its length, as encoders write it; a cut CBR MP3 without one
 cannot be told from a shorter file).
@@ -25,7 +27,8 @@ import numpy as np
 import soundfile as sf
 
 from rtgenre.errors import InputEmptyError, InputTruncatedError, InputUnreadableError, StreamFailedError
-from rtgenre.sources.base import ThreadedSource, check_format
+from rtgenre.ring import Ring
+from rtgenre.sources.base import PACER, ThreadedSource, check_format
 from rtgenre.sources.url import FfmpegDecoder, require_ffmpeg
 
 #: libsndfile's header log line for a WAV data chunk whose size disagrees with the file.
@@ -95,8 +98,24 @@ class FileSource(ThreadedSource):
         else:
             self._file = f
 
+    def start(self, ring: Ring) -> None:
+        """Start delivering into ``ring``: from the shared :data:`~rtgenre.sources.base.PACER` when paced
+        and read by libsndfile (whose reads never block), else from a reader thread of its own."""
+        if self.live and self._file is not None:
+            self._ring = ring
+            PACER.add(self, self._sndfile_blocks(self._file, self._block_frames()))
+        else:
+            super().start(ring)
+
+    def stop(self) -> None:
+        PACER.remove(self)
+        super().stop()
+
+    def _block_frames(self) -> int:
+        return max(1, int(round(self.block_seconds * self.sample_rate)))
+
     def blocks(self) -> Iterator[np.ndarray]:
-        block = max(1, int(round(self.block_seconds * self.sample_rate)))
+        block = self._block_frames()
         if self._ffmpeg is not None:
             source = self._ffmpeg.blocks(block, self._stop)
         elif self._file is not None:

@@ -148,29 +148,44 @@ class Outbox(Sink):
 
 
 class _Shared(Engine):
-    """One engine used by the sessions of one shard, one call at a time (a shard's later feeds run in sessions of their own)."""
+    """One engine used by the sessions of one shard, one call at a time (a shard's later feeds run in sessions of their own).
+
+    Every call is recorded (name, items, seconds) until :meth:`take_calls`,
+    for the driver's engine metrics.
+    """
 
     def __init__(self, engine: Engine) -> None:
         super().__init__(engine.card)
         self._engine = engine
         self._lock = threading.Lock()
+        self._calls: list[tuple[str, int, float]] = []
         for attr in ("name", "detail", "max_batch", "notice", "streaming", "encode_batch", "head_batch"):
             setattr(self, attr, getattr(engine, attr))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine, name)
 
-    def run(self, windows: np.ndarray) -> dict[str, np.ndarray]:
+    def _call(self, name: str, batch: np.ndarray, *args: Any) -> Any:
         with self._lock:
-            return self._engine.run(windows)
+            t0 = time.perf_counter()
+            out = getattr(self._engine, name)(batch, *args)
+            self._calls.append((name, len(batch), time.perf_counter() - t0))
+            return out
+
+    def run(self, windows: np.ndarray) -> dict[str, np.ndarray]:
+        return self._call("run", windows)
 
     def encode(self, mel: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        with self._lock:
-            return self._engine.encode(mel, valid)
+        return self._call("encode", mel, valid)
 
     def head(self, feats: np.ndarray) -> dict[str, np.ndarray]:
+        return self._call("head", feats)
+
+    def take_calls(self) -> list[tuple[str, int, float]]:
+        """The calls recorded since the last take."""
         with self._lock:
-            return self._engine.head(feats)
+            calls, self._calls = self._calls, []
+        return calls
 
     def close(self) -> None:
         self._engine.close()
@@ -228,9 +243,10 @@ class Shard:
         except RtgenreError:
             pass  # told in the event stream (error and stop events)
 
-    def poll(self, wait_s: float = POLL_WAIT_S) -> list[tuple[dict[str, Any], float | None]]:
-        """Events since the last poll (see :meth:`Outbox.take`)."""
-        return self.outbox.take(wait_s)
+    def poll(self, wait_s: float = POLL_WAIT_S) -> tuple[list[tuple[dict[str, Any], float | None]], list[tuple[str, int, float]]]:
+        """Events since the last poll (see :meth:`Outbox.take`) and the engine's calls since then (name, items, seconds)."""
+        events = self.outbox.take(wait_s)
+        return events, self._engine.take_calls() if self._engine is not None else []
 
     def stop(self, reason: str, signal_name: str | None) -> None:
         """Stop every session (``stop`` reason ``reason``, and the signal that stopped the driver) and wait for their last events."""
@@ -291,6 +307,8 @@ class ClusterSession(MonitorSession):
         As ``--event-queue``, for the shards' buffers.
     files, metrics
         As :class:`~rtgenre.monitor.MonitorSession`.
+    engine_metrics : EngineMetrics, optional
+        Where the nodes' engine calls are recorded (``--metrics-port``).
 
     Attributes
     ----------
@@ -299,8 +317,9 @@ class ClusterSession(MonitorSession):
     """
 
     def __init__(self, address: str, config: MonitorConfig, model: str | None, engine: dict[str, Any], bus: EventBus, *,
-                 event_queue: int = 1024, files: Any = None, metrics: Any = None) -> None:
+                 event_queue: int = 1024, files: Any = None, metrics: Any = None, engine_metrics: Any = None) -> None:
         super().__init__([], lambda: None, bus, files=files, metrics=metrics)
+        self.engine_metrics = engine_metrics
         self.address = address
         self.specs = {s.name: s for s in config.feeds}
         self.model = model
@@ -416,7 +435,7 @@ class ClusterSession(MonitorSession):
         ray = _ray()
         ref, shard.poll = shard.poll, None
         try:
-            events = ray.get(ref)
+            reply = ray.get(ref)
         except ray.exceptions.ActorUnavailableError:  # maybe for a moment: ask again shortly, give up after UNREACHABLE_S
             shard.unreachable_since = shard.unreachable_since or now
             shard.next_poll = now + POLL_WAIT_S
@@ -425,8 +444,16 @@ class ClusterSession(MonitorSession):
             self._lose(shard, "its actor or node died")
             return
         shard.last_reply, shard.unreachable_since = now, None
+        self._take(shard, reply, now)
+
+    def _take(self, shard: _Remote, reply: tuple[list, list], now: float) -> None:
+        """A poll's reply: its events to the sinks, its engine calls to the engine metrics."""
+        events, calls = reply
         for data, age in events:
             self._publish(shard, data, None if age is None else now - age)
+        if self.engine_metrics is not None:
+            for call in calls:
+                self.engine_metrics.observe(*call)
 
     def _publish(self, shard: _Remote, data: dict[str, Any], arrival: float | None) -> None:
         event = Event.from_dict(data)
@@ -519,12 +546,10 @@ class ClusterSession(MonitorSession):
             for s in self.shards:  # the poll in flight, then what is left
                 for ref in ([s.poll] if s.poll is not None else []) + [s.actor.poll.remote(0.0)]:
                     try:
-                        events = ray.get(ref, timeout=STOP_WITHIN_S)
+                        reply = ray.get(ref, timeout=STOP_WITHIN_S)
                     except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
                         break
-                    now = time.monotonic()
-                    for data, age in events:
-                        self._publish(s, data, None if age is None else now - age)
+                    self._take(s, reply, time.monotonic())
             for s in self.shards:
                 ray.kill(s.actor, no_restart=True)
         finally:

@@ -212,7 +212,13 @@ def run_monitor(args: argparse.Namespace) -> int:
 
         settings = {"kind": args.engine or config.engine, "threads": config.threads if args.threads is None else args.threads,
                     "precision": args.precision, "max_batch": args.max_batch}
-        session: MonitorSession = ClusterSession(args.ray, config, args.model or config.model, settings, bus, event_queue=args.event_queue, files=files, metrics=server)
+        meters = None
+        if registry is not None:
+            from rtgenre.sinks.metrics import EngineMetrics
+
+            meters = EngineMetrics(registry)
+        session: MonitorSession = ClusterSession(args.ray, config, args.model or config.model, settings, bus, event_queue=args.event_queue, files=files,
+                                                 metrics=server, engine_metrics=meters)
     else:
         session = MonitorSession(_feeds(config, card), engine, bus, files=files, metrics=server, workers=args.workers)
     on_gone = lambda: session.request_stop("reader gone")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_monitor import Monitor, music, wait_for
+from test_monitor_sinks import scrape
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,9 +87,9 @@ def run_once(args: list[str], env: dict[str, str] | None = None) -> tuple[int, l
     return proc.returncode, [json.loads(x) for x in proc.stdout.splitlines()], proc.stderr
 
 
-def monitor_on(c, model: Path, tmp_path: Path, songs: dict[str, Path], until: str) -> Monitor:
+def monitor_on(c, model: Path, tmp_path: Path, songs: dict[str, Path], until: str, extra: tuple[str, ...] = ()) -> Monitor:
     """``rtgenre monitor --ray`` on cluster ``c`` with ``songs``, once every feed has had an event of kind ``until``."""
-    run = Monitor([str(feeds_toml(tmp_path / "feeds.toml", model, songs)), "--ray", c.address], tmp_path, env={**os.environ, **LOOPBACK_ENV})
+    run = Monitor([str(feeds_toml(tmp_path / "feeds.toml", model, songs)), "--ray", c.address, *extra], tmp_path, env={**os.environ, **LOOPBACK_ENV})
     try:
         for name in songs:
             run.until(lambda e, n=name: e["event"] == until and e["stream"] == n, 60)
@@ -137,8 +139,14 @@ def test_six_feeds_on_two_nodes_equal_one_process(cluster, model, tmp_path):
 def test_a_lost_node_moves_its_feeds_and_a_stopped_driver_stops_every_shard(cluster, model, tmp_path):
     c, worker = cluster
     songs = {f"f{i}": music(tmp_path / f"s{i}.wav", 60.0, 200.0 + 70 * i) for i in range(4)}
-    run = monitor_on(c, model, tmp_path, songs, "prediction")
+    run = monitor_on(c, model, tmp_path, songs, "prediction", ("--metrics-port", "0"))
     try:
+        url = re.search(r"metrics on (http://\S+)", run.stderr.read_text()).group(1)
+
+        def served(m: dict) -> bool:  # the nodes' engine calls and every feed's predictions (the driver's sinks run on threads of their own)
+            return sum(m.get("rtgenre_engine_batches_total", {}).values()) > 0 and \
+                {dict(k)["stream"] for k, v in m.get("rtgenre_feed_predictions_total", {}).items() if v > 0} == set(songs)
+        assert wait_for(lambda: served(scrape(url)), 10), scrape(url)
         starts = {e["stream"]: e["node"] for _, e in run.events if e["event"] == "start"}
         assert len(set(starts.values())) == 2, starts
         head = next(n for n in starts.values() if n.endswith("/" + c.head_node.node_id[:8]))

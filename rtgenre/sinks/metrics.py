@@ -1,7 +1,8 @@
 """Prometheus metrics of a ``monitor`` run: per feed from the events, per engine from its calls.
 
 :class:`MetricsSink` turns the event stream into per-feed series (labelled
-``stream``); :class:`EngineMeter` wraps the engine and counts its calls;
+``stream``); :class:`EngineMeter` wraps the engine and counts its calls (:class:`EngineMetrics`, which
+``monitor --ray`` fills from the nodes' records);
 :class:`MetricsServer` exposes the registry over HTTP with
 ``prometheus_client``'s own server.  Series (``_total`` counters, ``_seconds`` units):
 
@@ -119,26 +120,46 @@ class MetricsSink(Sink):
         self.genre.labels(name, genre).set(p)
 
 
+class EngineMetrics:
+    """The engine's Prometheus instruments: calls, items per call and seconds per call, by call name.
+
+    Parameters
+    ----------
+    registry : CollectorRegistry
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.batches = Counter("rtgenre_engine_batches", "Engine calls", ["call"], registry=registry)
+        self.batch_size = Histogram("rtgenre_engine_batch_size", "Items per engine call", ["call"], buckets=BATCH_BUCKETS, registry=registry)
+        self.seconds = Histogram("rtgenre_engine_inference_seconds", "Seconds per engine call", ["call"], buckets=INFERENCE_BUCKETS, registry=registry)
+
+    def observe(self, call: str, size: int, seconds: float) -> None:
+        """One engine call ``call`` of ``size`` items that took ``seconds``."""
+        self.seconds.labels(call).observe(seconds)
+        self.batches.labels(call).inc()
+        self.batch_size.labels(call).observe(size)
+
+
 class EngineMeter:
     """An engine with its calls counted and timed; every other attribute is the engine's.
 
     The calls named in ``calls`` (a batch of windows or frames as first
-    argument) are counted per call name: batches, batch size, seconds.
+    argument) are recorded per call name (:class:`EngineMetrics`): batches,
+    batch size, seconds.
 
     Parameters
     ----------
     engine : Engine
-    registry : CollectorRegistry
+    metrics : EngineMetrics or CollectorRegistry
+        Where the calls are recorded (a registry gets new instruments).
     calls : tuple of str
         Engine methods to meter.
     """
 
-    def __init__(self, engine: Any, registry: CollectorRegistry, calls: tuple[str, ...] = ("run", "encode", "head")) -> None:
+    def __init__(self, engine: Any, metrics: Any, calls: tuple[str, ...] = ("run", "encode", "head")) -> None:
         self._engine = engine
         self._calls = calls
-        self.batches = Counter("rtgenre_engine_batches", "Engine calls", ["call"], registry=registry)
-        self.batch_size = Histogram("rtgenre_engine_batch_size", "Items per engine call", ["call"], buckets=BATCH_BUCKETS, registry=registry)
-        self.seconds = Histogram("rtgenre_engine_inference_seconds", "Seconds per engine call", ["call"], buckets=INFERENCE_BUCKETS, registry=registry)
+        self.metrics = metrics if isinstance(metrics, EngineMetrics) else EngineMetrics(metrics)
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._engine, name)
@@ -150,9 +171,7 @@ class EngineMeter:
             try:
                 return attr(batch, *args, **kwargs)
             finally:
-                self.seconds.labels(name).observe(time.perf_counter() - t0)
-                self.batches.labels(name).inc()
-                self.batch_size.labels(name).observe(len(batch))
+                self.metrics.observe(name, len(batch), time.perf_counter() - t0)
         return metered
 
 

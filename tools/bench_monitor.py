@@ -58,7 +58,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
 from bench_pipeline import REAL_MUSIC, _vm_hwm_kb, make_long_file  # noqa: E402
-from benchutil import emit  # noqa: E402
+from benchutil import cpu_s, emit  # noqa: E402
 
 from rtgenre.card import load_card  # noqa: E402
 
@@ -106,16 +106,6 @@ def engine_cost(card, n: int = 40) -> dict:
 STEADY_AFTER_S = 3.0
 
 
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a running process so far (0 once it has gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _wall(event: dict) -> float:
     """An event's ``wall`` time as Unix seconds."""
     return datetime.strptime(event["wall"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
@@ -145,7 +135,7 @@ def run_n(path: Path, n: int, seconds: float, hop: float, threads: int, window_s
         while proc.poll() is None and time.monotonic() - t0 < seconds:
             peak_kb = max(peak_kb, _vm_hwm_kb(proc.pid))
             if steady is None and time.monotonic() - t0 >= window_s + STEADY_AFTER_S:
-                steady = (time.time(), _cpu_s(proc.pid))
+                steady = (time.time(), cpu_s(proc.pid))
             if url is None:
                 err.seek(0)
                 m = re.search(r"metrics on (http://\S+)", err.read())
@@ -153,7 +143,7 @@ def run_n(path: Path, n: int, seconds: float, hop: float, threads: int, window_s
             time.sleep(0.5)
         if url is not None and proc.poll() is None:
             metrics = scrape(url)
-        steady_end = (time.time(), _cpu_s(proc.pid))
+        steady_end = (time.time(), cpu_s(proc.pid))
         peak_kb = max(peak_kb, _vm_hwm_kb(proc.pid))
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)

@@ -54,22 +54,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
 from bench_pipeline import make_long_file  # noqa: E402
-from benchutil import emit  # noqa: E402
+from benchutil import cpu_s, emit  # noqa: E402
 
 from rtgenre.card import load_card  # noqa: E402
 
 #: Ray resolves 127.0.0.1 to the machine's outward address unless told it runs without a real network.
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-
-
-def cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) used so far by process ``pid``; 0 once it has gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def shard_cpu_s() -> float:

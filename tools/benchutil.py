@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process ``pid``; 0 once it has gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def timed_ms(fn: Callable[[], Any], iters: int, warmup: int = 5) -> list[float]:

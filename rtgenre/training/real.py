@@ -736,7 +736,8 @@ def predictor(name: str, tc: TrainConfig, cache: Path, log: Callable[[str], None
 #: Model names of the variants in the model folder.
 MODEL_NAMES = {"shipped": "rtgenre", "tagger": "rtgenre-tagger", "pool": "rtgenre-pool", "crnn": "rtgenre-crnn", "hier": "rtgenre-hier", "ensemble": "rtgenre-ensemble", "zeroshot": "rtgenre-zeroshot"}
 DESCRIPTIONS = {
-    "shipped": "the pool variant trained for 30 epochs with every solo-singer clip drawn 6 times per epoch and the genre loss weighted 1.5: "
+    "shipped": "the pool variant trained for 30 epochs with every solo-singer clip drawn 15 times per epoch, the genre and mood losses weighted 1.5, "
+               "soft (tagger-derived) genre targets weighted 0.3 and genre classes weighted by the square root of their inverse frequency: "
                "window statistics (max and mean of every encoder feature over the window) with the frozen musicnn tagger's penultimate layer and tags → embedding 256 → heads",
     "tagger": "the frozen musicnn tagger's penultimate layer and tags over the window (no other encoder statistics) → embedding 256 → heads",
     "pool": "window statistics (max and mean of every encoder feature over the window) with the frozen musicnn tagger's penultimate layer and tags → embedding 256 → heads",

@@ -416,13 +416,22 @@ def train_backend(examples: list[Example], config: WindowConfig, tc: TrainConfig
     return model.eval()
 
 
+def window_starts(e: Example, hop: int = EVAL_HOP_STEPS) -> range:
+    """First pooled step of every evaluation window of a clip."""
+    return range(0, len(e.maxp) - WINDOW_STEPS + 1, hop)
+
+
+def eval_windows(e: Example, hop: int = EVAL_HOP_STEPS) -> tuple[Tensor, Tensor]:
+    """The pooled features of every evaluation window of a clip: max and mean, each ``(windows, steps, C)``."""
+    starts = window_starts(e, hop)
+    return (torch.from_numpy(np.stack([e.maxp[s : s + WINDOW_STEPS] for s in starts])),
+            torch.from_numpy(np.stack([e.meanp[s : s + WINDOW_STEPS] for s in starts])))
+
+
 def window_probs(model: WindowBackend, e: Example, hop: int = EVAL_HOP_STEPS) -> dict[str, np.ndarray]:
     """Probabilities of every evaluation window of a clip: head → ``(windows, n_labels)``."""
-    starts = list(range(0, len(e.maxp) - WINDOW_STEPS + 1, hop))
-    maxp = torch.from_numpy(np.stack([e.maxp[s : s + WINDOW_STEPS] for s in starts]))
-    meanp = torch.from_numpy(np.stack([e.meanp[s : s + WINDOW_STEPS] for s in starts]))
     with torch.no_grad():
-        out = model.forward_pooled(maxp, meanp)
+        out = model.forward_pooled(*eval_windows(e, hop))
     return {h.name: activate(h, out[h.name]).numpy() for h in model.config.heads}
 
 
@@ -437,9 +446,8 @@ def zero_shot_probs(e: Example, tags: np.ndarray, mapper: TagMapper, hop: int = 
     multiclass heads normalise the scores.  Mood quadrants map from v1's
     moods: happy ← happy + energetic, tense ← aggressive, sad ← sad, calm ← calm.
     """
-    starts = list(range(0, len(e.maxp) - WINDOW_STEPS + 1, hop))
     out: dict[str, list[np.ndarray]] = defaultdict(list)
-    for s in starts:
+    for s in window_starts(e, hop):
         p0, p1 = s * POOL // 187, max(s * POOL // 187 + 1, (s * POOL + WINDOW_FRAMES) // 187)
         sc = mapper.scores(tags[p0:p1].mean(axis=0))
         g = sc["genre"] + 1e-6
@@ -599,14 +607,11 @@ def _headline(m: dict) -> dict:
     }
 
 
-def window_embeddings(net: Musicnn, e: Example, hop: int = EVAL_HOP_STEPS) -> np.ndarray:
+def window_tagger_outputs(net: Musicnn, e: Example, hop: int = EVAL_HOP_STEPS) -> np.ndarray:
     """musicnn's penultimate layer and tags (250 values) over each evaluation window of a clip (what a back end's tagger features are)."""
-    back = TeacherBack(net)
-    starts = list(range(0, len(e.maxp) - WINDOW_STEPS + 1, hop))
-    mx = torch.from_numpy(np.stack([e.maxp[s : s + WINDOW_STEPS].max(axis=0) for s in starts]))
-    mean = torch.from_numpy(np.stack([e.meanp[s : s + WINDOW_STEPS].mean(axis=0) for s in starts]))
+    maxp, meanp = eval_windows(e, hop)
     with torch.no_grad():
-        return back(mx, mean).numpy()
+        return TeacherBack(net)(maxp.amax(dim=1), meanp.mean(dim=1)).numpy()
 
 
 def logistic_baseline(examples: list[Example], k: int = 5, seed: int = 0, windows: bool = False) -> dict:
@@ -629,7 +634,7 @@ def logistic_baseline(examples: list[Example], k: int = 5, seed: int = 0, window
     everything = [e for e in examples if e.clip.dataset != "realmusic"]
     fold_of = {id(everything[i]): f for f, idx in enumerate(grouped_folds(everything, k, seed)) for i in idx}  # the variants' folds
     trainable = [e for e in everything if e.clip.dataset in ("4q", "gtzan")]
-    X = [window_embeddings(net, e) if windows else clip_embedding(net, e)[None] for e in trainable]
+    X = [window_tagger_outputs(net, e) if windows else clip_embedding(net, e)[None] for e in trainable]
     folds = [np.array([i for i, e in enumerate(trainable) if fold_of[id(e)] == f]) for f in range(k)]
     out = {}
     for task, truth in (("genre_gtzan", [genre_truth(e) for e in trainable]), ("mood_quadrant", [e.clip.labels.get("quadrant") for e in trainable])):

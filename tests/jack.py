@@ -50,6 +50,19 @@ class JackServer:
         """Environment for subprocesses that must use this server."""
         return {**os.environ, "JACK_DEFAULT_SERVER": self.name, "JACK_NO_AUDIO_RESERVATION": "1"}
 
+    def connections(self, port: str) -> list[str]:
+        """The ports ``port`` is connected to now (``jack_lsp -c``)."""
+        out = subprocess.run(["jack_lsp", "-c", "-s", self.name, port], capture_output=True, text=True, env=self.env, timeout=10).stdout
+        return [line.strip() for line in out.splitlines()[1:] if line.startswith((" ", "\t"))]
+
+    def wait_connected(self, port: str, timeout: float = 10.0) -> list[str]:
+        """Wait until ``port`` has a connection (a client opened on it); its connections, or an assertion error."""
+        deadline = time.monotonic() + timeout
+        while not (peers := self.connections(port)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert peers, f"{port} was not connected within {timeout} s"
+        return peers
+
     def _running(self) -> bool:
         out = subprocess.run(["jack_wait", "-c", "-s", self.name], capture_output=True, text=True, env=self.env, timeout=10)
         return out.stdout.strip() == "running"

@@ -79,11 +79,11 @@ def test_port_listing_and_lookup(sender, capsys):
         MidiPortSource("no-such-keyboard", api="jack")
 
 
-def test_live_port_cadence_and_clock(sender):
+def test_live_port_cadence_and_clock(jack_server, sender):
     midi = open_midi(port=SENDER.upper(), api="jack")  # case-insensitive part of the name
     midi.start()
     try:
-        time.sleep(0.3)  # let JACK connect the ports
+        jack_server.wait_connected(f"{SENDER}:out")  # notes sent before JACK connects the ports are lost
         play(sender, material() + [(3.6, [0xF0, 0x7E, 0x7F, 0x06, 0x01, 0xF7])])
         deadline = time.monotonic() + 5.0  # JACK's dummy driver delivers the last events a cycle or more later on a busy machine
         while True:
@@ -101,11 +101,11 @@ def test_live_port_cadence_and_clock(sender):
     assert midi.source.queue.sysex == 1
 
 
-def test_sysex_flood_on_a_live_port(sender):
+def test_sysex_flood_on_a_live_port(jack_server, sender):
     src = MidiPortSource(SENDER, api="jack", capacity=64)
     src.start()
     try:
-        time.sleep(0.3)
+        jack_server.wait_connected(f"{SENDER}:out")
         blob = [0xF0] + [0x42] * 100 + [0xF7]
         for i in range(2000):
             sender.send_message(blob)
@@ -197,7 +197,7 @@ def test_listen_midi_port_cli(jack_server, sender):
             if proc.returncode == 30:
                 pytest.skip(f"`rtgenre listen` needs the model card even for MIDI only, and none is installed: {err.strip()}")
             pytest.fail(f"listen ended at once (exit {proc.returncode}): {err}")
-        time.sleep(0.3)
+        jack_server.wait_connected(f"{SENDER}:out")
         player = threading.Thread(target=play, args=(sender, material()))
         player.start()
         player.join()

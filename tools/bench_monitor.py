@@ -67,23 +67,35 @@ def engine_cost(card, n: int = 40) -> dict:
     """Model work per window: one window per call, ONNX Runtime on 1 thread (the calling thread),
     as CPU time of that thread (what other processes on the machine do not change) and wall time.
 
-    A streaming (split) model's work per window is one hop's: the encoder on the 32 frames a 0.5 s
-    hop completes (31.25 on average) with their context, plus the back end on one window of features.
+    A streaming (split) model's work per window is one hop's: the encoder the monitor runs on the 32
+    frames a 0.5 s hop completes (31.25 on average) — the step encoder from a running stream's state
+    when the card has one, else the chunked encoder with its context — plus the back end on one
+    window of features.
     """
     from rtgenre.inference.onnxruntime import OnnxRuntimeEngine
 
     engine = OnnxRuntimeEngine(card, threads=1)
     rng = np.random.default_rng(0)
     if engine.streaming:
-        enc = card.split.encoder
-        frames = 32 + enc.context_before + enc.context_after
+        enc, step = card.split.encoder, card.split.step
+        frames = 32 if step is not None else 32 + enc.context_before + enc.context_after
         mel = rng.standard_normal((1, frames, card.frontend.n_mels)).astype(np.float32) + 2.0
         valid = np.ones((1, frames), np.float32)
-        feats = engine.encode(rng.standard_normal((1, card.window_frames + frames, card.frontend.n_mels)).astype(np.float32) + 2.0,
-                              np.ones((1, card.window_frames + frames), np.float32))[:, : card.window_frames]
+        start = rng.standard_normal((1, card.window_frames + 2 * frames, card.frontend.n_mels)).astype(np.float32) + 2.0
+        if step is not None:
+            feats, state = engine.step(start, np.ones(start.shape[:2], np.float32), [np.zeros((1, *s), np.float32) for _, _, s in step.state])
+
+            def encode() -> None:
+                engine.step(mel, valid, state)
+        else:
+            feats = engine.encode(start, np.ones(start.shape[:2], np.float32))
+
+            def encode() -> None:
+                engine.encode(mel, valid)
+        feats = np.ascontiguousarray(feats[:, : card.window_frames])
 
         def work() -> None:
-            engine.encode(mel, valid)
+            encode()
             engine.head(feats)
     else:
         x = rng.standard_normal((1, card.window_frames, card.frontend.n_mels)).astype(np.float32) + 2.0
@@ -98,7 +110,8 @@ def engine_cost(card, n: int = 40) -> dict:
         work()
         cpu.append((time.thread_time() - c0) * 1000.0)
         wall.append((time.perf_counter() - w0) * 1000.0)
-    return {"threads": 1, "runs": n, "streaming": engine.streaming, "cpu_ms_per_window_median": round(float(np.median(cpu)), 2),
+    return {"threads": 1, "runs": n, "streaming": engine.streaming, "encoder": "step" if engine.streaming and card.split.step is not None else
+            ("chunked" if engine.streaming else None), "cpu_ms_per_window_median": round(float(np.median(cpu)), 2),
             "wall_ms_per_window_median": round(float(np.median(wall)), 2)}
 
 

@@ -74,11 +74,19 @@ def _source(spec: FeedSpec):
 
 
 def _feeds(config: MonitorConfig, card) -> list:
+    """The feeds of a monitor: a step encoder runs only when a feed's window is due (``step_ahead=None``).
+
+    Encoding ahead every few frames is what keeps one ``listen`` feed's latency
+    at a few milliseconds; with many feeds it multiplies the engine calls and
+    keeps feeds busy in steps their windows then wait behind (measured with
+    ``tools/bench_monitor.py``: 60 paced feeds went from not sustained to p99
+    453 ms; README, monitor capacity).
+    """
     from rtgenre.pipeline import Feed
     from rtgenre.smoothing import Smoother
 
     return [
-        Feed(s.name, _source(s), card, Smoother(card.heads, s.hop, s.smooth, s.silence_db, s.change_margin, s.change_hops), s.hop)
+        Feed(s.name, _source(s), card, Smoother(card.heads, s.hop, s.smooth, s.silence_db, s.change_margin, s.change_hops), s.hop, step_ahead=None)
         for s in config.feeds
     ]
 

@@ -100,6 +100,10 @@ class Analyzer:
         ``None``: windows carry their log-Mel frames (whole-window engines).
         Otherwise the Mel frames go to a :class:`FeatureStream` (streaming
         engines), windows carry none and are handed on as that look-ahead allows.
+    step_ahead : int or None
+        With a step encoder: encode every this many frames as they arrive
+        (default :data:`STEP_AHEAD`: low latency for one feed), or ``None``: only
+        when a window is due (the fewest engine calls: many feeds, ``monitor``).
 
     Attributes
     ----------
@@ -109,8 +113,9 @@ class Analyzer:
         it for the window's ``content`` probabilities.
     """
 
-    def __init__(self, card: ModelCard, source_rate: int, hop_s: float, lookahead: str | None = None) -> None:
+    def __init__(self, card: ModelCard, source_rate: int, hop_s: float, lookahead: str | None = None, step_ahead: int | None = STEP_AHEAD) -> None:
         fe = card.frontend
+        self.step_ahead = step_ahead
         self.resampler = Resampler(source_rate, fe.sample_rate)
         self.mel = MelStream(fe)
         self.level = LevelMeter(fe.hop_length)
@@ -158,7 +163,7 @@ class Analyzer:
         that the first window does not bring 7.5 s of encoder work at once.
         Afterwards the due windows drive the chunked encoder, one chunk per
         hop; the step encoder, which needs no context per call, takes every
-        :data:`STEP_AHEAD` frames as they arrive
+        :attr:`step_ahead` frames as they arrive
         (the first frame the next window needs is returned), so that a due
         window waits only for its last few frames' encoding.
         """
@@ -167,7 +172,7 @@ class Analyzer:
             return None
         handed_on = self.windower.next_index - len(self._waiting)
         if f.stepping and handed_on > 0:
-            if f.pending < STEP_AHEAD:
+            if self.step_ahead is None or f.pending < self.step_ahead:
                 return None
             end = self._waiting[0].end_frame if self._waiting else self.windower.window_end(self.windower.next_index)
             return end - self.windower.window_frames
@@ -189,8 +194,8 @@ class Analyzer:
             end = self._waiting[0].end_frame if self._waiting else w.window_end(w.next_index)
             target = end + (0 if f.provisional or f.ended else f.after)
             first = w.next_index == len(self._waiting)  # no window handed on yet
-            if f.stepping:  # the step encoder takes one hop of frames before the first window, then every STEP_AHEAD frames
-                target = min(target, f.fed + (math.ceil(w.hop_frames) if first else STEP_AHEAD))
+            if f.stepping and (first or self.step_ahead is not None):  # the step encoder takes one hop of frames before the first window, then every step_ahead frames
+                target = min(target, f.fed + (math.ceil(w.hop_frames) if first else self.step_ahead))
             elif first:  # before the first window: encoding ahead is due one hop of settled frames on
                 target = min(target, f.final + math.ceil(w.hop_frames) + f.after)
         return self.resampler.input_for(self.mel.samples_for(target))
@@ -304,11 +309,14 @@ class Feed:
         ``hook(t, probs) -> dict`` per prediction (``probs``: the engine's outputs
         for the window ending at ``t``); the fields returned are added to the
         ``prediction`` event (e.g. ``similar``, :mod:`rtgenre.similarity.live`).
+    step_ahead : int or None
+        Passed to the :class:`Analyzer`: with a step encoder, encode every this
+        many frames as they arrive, or (``None``) only when a window is due.
     """
 
     def __init__(self, name: str, source: Source, card: ModelCard, smoother: Smoother, hop_s: float, ring_seconds: float = 20.0,
                  midi: MidiInput | None = None, midi_weight: float = 1.0, reconnect: bool = False, max_reconnects: int | None = None,
-                 lookahead: str | None = "wait", hooks: Sequence[PredictionHook] = ()) -> None:
+                 lookahead: str | None = "wait", hooks: Sequence[PredictionHook] = (), step_ahead: int | None = STEP_AHEAD) -> None:
         self.name = name
         self.source = source
         self.card = card
@@ -318,6 +326,7 @@ class Feed:
         self.midi = midi
         self.midi_weight = midi_weight
         self.lookahead = lookahead
+        self.step_ahead = step_ahead
         self.hooks = tuple(hooks)
         self.stats = FeedStats()
         self._silent_since: float | None = None
@@ -358,7 +367,7 @@ class Feed:
         whole-window engine gets Mel windows (and :attr:`lookahead` becomes ``None``).
         """
         self.lookahead = lookahead_for(engine, self.lookahead or "wait")
-        self.analyzer = Analyzer(self.card, self.source.sample_rate, self.hop_s, self.lookahead)
+        self.analyzer = Analyzer(self.card, self.source.sample_rate, self.hop_s, self.lookahead, self.step_ahead)
 
     def start(self) -> None:
         self.source.start(self.ring)
@@ -489,7 +498,7 @@ class Feed:
             return []
         missed = time.monotonic() - lost_at
         windows = self._restart_after_gap(missed)
-        self.analyzer = Analyzer(self.card, self.source.sample_rate, self.hop_s, self.lookahead)  # the device may come back at another rate
+        self.analyzer = Analyzer(self.card, self.source.sample_rate, self.hop_s, self.lookahead, self.step_ahead)  # the device may come back at another rate
         self._new_ring()
         self.source.start(self.ring)
         self.stats.reconnects += 1

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -44,6 +45,10 @@ STEP_WINDOWS = 8
 IDLE_MAX_S = 0.1
 #: Engines whose calls may run on several threads at once (ONNX Runtime's sessions are thread-safe).
 CONCURRENT_ENGINES = ("onnxruntime",)
+#: CPython's GIL switch interval (s) while engine threads run: an engine thread coming back from ONNX
+#: Runtime waits for the GIL behind the polling thread for up to the interval (5 ms by default, the
+#: convoy effect); with 0.5 ms, 50 paced feeds of ``monitor`` went from latency p99 1450 ms to 430 ms.
+ENGINE_SWITCH_INTERVAL_S = 0.0005
 #: Seconds the sinks get to drain after a stop that was not the end of the input.
 DRAIN_AFTER_STOP_S = 0.5
 
@@ -246,6 +251,9 @@ class Session:
         busy: set[int] = set()  # ids of the feeds of the steps in flight
         finished = threading.Event()  # set by a worker when a step is done (cheaper to wait on than the futures)
         pool = ThreadPoolExecutor(self.workers, "engine") if self.workers and getattr(self.engine, "name", "") in CONCURRENT_ENGINES else None
+        switch = sys.getswitchinterval()
+        if pool is not None:
+            sys.setswitchinterval(min(switch, ENGINE_SWITCH_INTERVAL_S))
         try:
             while not self.stop_requested.is_set():
                 ready = self._poll(busy)
@@ -284,6 +292,7 @@ class Session:
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
+                sys.setswitchinterval(switch)
 
     def _idle_s(self, busy: set[int]) -> float:
         """How long to wait when nothing happened: until the first feed can have a window's worth

@@ -12,7 +12,7 @@ from engine_fixtures import export_test_model
 from rtgenre.card import load_card
 from rtgenre.events import Event
 from rtgenre.inference.onnxruntime import OnnxRuntimeEngine
-from rtgenre.pipeline import Analyzer, Feed, analyze_file
+from rtgenre.pipeline import STEP_AHEAD, Analyzer, Feed, analyze_file
 from rtgenre.session import Session
 from rtgenre.sinks.base import EventBus, Sink
 from rtgenre.smoothing import Smoother
@@ -82,8 +82,9 @@ def run(feeds, engine, workers=0):
     return sink.events
 
 
-def feed(name, path, card, realtime=False, ring_seconds=20.0):
-    return Feed(name, FileSource(str(path), realtime=realtime), card, Smoother(card.heads, 0.5, tau_s=0.0), 0.5, ring_seconds=ring_seconds)
+def feed(name, path, card, realtime=False, ring_seconds=20.0, step_ahead=STEP_AHEAD):
+    return Feed(name, FileSource(str(path), realtime=realtime), card, Smoother(card.heads, 0.5, tau_s=0.0), 0.5, ring_seconds=ring_seconds,
+                step_ahead=step_ahead)
 
 
 def test_feeds_share_one_engine_in_batches(card, tmp_path):
@@ -190,6 +191,38 @@ def test_holding_audio_until_wanted_delays_no_window(card, rate, channels, looka
         np.testing.assert_allclose(a.mel, b.mel, rtol=1e-4, atol=1e-4)
     if lookahead is None:  # a streaming analyzer also wants audio for its encoder, which no engine runs here
         assert calls < (len(x) - rate * 8) / block / 4  # after the first window: far fewer analysis steps than blocks
+
+
+class StepCounting(OnnxRuntimeEngine):
+    """ONNX Runtime counting the step encoder's calls and the frames they encode."""
+
+    def __init__(self, card):
+        super().__init__(card)
+        self.calls, self.frames = 0, 0
+
+    def step(self, mel, valid, state):
+        self.calls += 1
+        self.frames += int(valid.sum())
+        return super().step(mel, valid, state)
+
+
+def test_encoding_only_when_due_changes_no_prediction(tmp_path):
+    """A monitor's feeds (``step_ahead=None``: the step encoder runs when a window is due) give the
+    predictions of listen's (every STEP_AHEAD frames as they arrive), from fewer, longer encoder calls."""
+    card = load_card()
+    if card.split is None or card.split.step is None:
+        pytest.skip("the shipped model has no step encoder")
+    path = noise_file(tmp_path / "a.wav", 11, 44100, 5, channels=2)
+    ahead, due = StepCounting(card), StepCounting(card)
+    every = [e for e in run([feed("s", path, card, realtime=True)], ahead) if e.kind == "prediction"]
+    when_due = [e for e in run([feed("s", path, card, realtime=True, step_ahead=None)], due) if e.kind == "prediction"]
+    assert len(every) == len(when_due) >= 6
+    for a, b in zip(every, when_due):
+        assert a.t == b.t
+        for head in ("genre", "mood"):
+            np.testing.assert_allclose(list(a.data["heads"][head]["probs"].values()), list(b.data["heads"][head]["probs"].values()), atol=1e-4)
+    assert due.frames == ahead.frames  # the same frames encoded, once each
+    assert due.calls < ahead.calls  # after the first window: one call per hop instead of one per STEP_AHEAD frames
 
 
 @pytest.mark.parametrize("streaming", [False, True])

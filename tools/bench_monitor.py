@@ -28,6 +28,10 @@ it obtained in a run it could not sustain gives a second bound, on the cores
 it actually obtained.
 
 ``--ray`` runs the cluster benchmark instead (:mod:`bench_ray`: 1 vs 2 Ray nodes).
+``--paired-with DIR`` compares two versions of the code instead: for every N
+it runs the monitor of the checkout in DIR (e.g. ``git worktree add --detach
+/tmp/old <commit>``) and then this tree's, back to back, so that both see the
+same load; every N is run whatever the outcome.
 
 Usage::
 
@@ -134,16 +138,16 @@ def scrape(url: str) -> dict[str, float]:
     return out
 
 
-def run_n(path: Path, n: int, seconds: float, hop: float, threads: int, window_s: float, workers: int = 1) -> dict:
-    """One ``monitor`` run with ``n`` paced feeds of ``path``; its figures."""
+def run_n(path: Path, n: int, seconds: float, hop: float, threads: int, window_s: float, workers: int = 1, root: Path = ROOT) -> dict:
+    """One ``monitor`` run with ``n`` paced feeds of ``path`` (the code of the checkout ``root``); its figures."""
     cmd = [sys.executable, "-m", "rtgenre", "monitor", "--json", "--no-dashboard", "--metrics-port", "0", "--threads", str(threads), "--workers", str(workers)]
     cmd += [f"--feed=f{i:03d}={path}" for i in range(n)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(root)}
     load_before = os.getloadavg()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         t0 = time.monotonic()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, cwd=ROOT, env=env)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, cwd=root, env=env)
         url, peak_kb, metrics, steady = None, 0, {}, None
         while proc.poll() is None and time.monotonic() - t0 < seconds:
             peak_kb = max(peak_kb, _vm_hwm_kb(proc.pid))
@@ -214,6 +218,8 @@ def main() -> None:
     ap.add_argument("--music", type=Path, default=REAL_MUSIC, help=f"folder of MP3 clips played back to back by every feed (default: {REAL_MUSIC})")
     ap.add_argument("--p99-limit-ms", type=float, default=500.0, help="stop after the first N over this latency p99 (default 500)")
     ap.add_argument("--all", action="store_true", help="run every N even after one was not sustained (CPU figures of larger N on a busy machine)")
+    ap.add_argument("--paired-with", type=Path, default=None, metavar="DIR",
+                    help="compare with the code of the checkout DIR: for every N its monitor, then this tree's (module docstring)")
     args = ap.parse_args()
     card = load_card()
     hop, cores = 0.5, os.cpu_count() or 1
@@ -227,6 +233,8 @@ def main() -> None:
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
     windows_per_s = 1.0 / hop
+    if args.paired_with is not None:
+        return emit(paired(args, result, card.window_seconds, hop), args.out)
     result["engine_cost_before"] = engine_cost(card)
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -263,6 +271,27 @@ def main() -> None:
     result["note"] = ("N feeds play the same file, started together, so their windows fall due at the same time "
                       "(largest batches). The machine is shared: see the load averages for other load during the run.")
     emit(result, args.out)
+
+
+def paired(args: argparse.Namespace, result: dict, window_s: float, hop: float) -> dict:
+    """``--paired-with``: every N on the other checkout's monitor, then on this tree's."""
+    other = args.paired_with.resolve()
+    rev = subprocess.run(["git", "-C", str(other), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    result["paired"] = {"other": f"{other} at {rev or '?'}", "this": f"{ROOT} (working tree)"}
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "feed.wav"
+        result["input"] = make_long_file(path, args.seconds + 30, args.music)
+        for n in (int(x) for x in args.feeds.split(",")):
+            for code, root in (("other", other), ("this", ROOT)):
+                r = run_n(path, n, args.seconds, hop, args.threads, window_s, args.workers, root)
+                r["code"] = code
+                r["sustained"] = bool(r["overruns"] == 0 and r["latency_ms_p99"] is not None and r["latency_ms_p99"] <= args.p99_limit_ms)
+                runs.append(r)
+                print(json.dumps(r), file=sys.stderr, flush=True)
+    result["runs"] = runs
+    result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    return result
 
 
 if __name__ == "__main__":

@@ -163,7 +163,7 @@ class Encoders:
         graph = Path(workdir) / f"{name}.frames.onnx"
         if not graph.is_file():
             graph.parent.mkdir(parents=True, exist_ok=True)
-            export_onnx(FrameEncoder(self.net), graph, outputs=("feats",))
+            export_onnx(FrameEncoder(self.net).eval(), graph, outputs=("feats",))
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(graph), opts, providers=["CPUExecutionProvider"])

@@ -462,3 +462,24 @@ def test_index_resumes_after_being_killed(hashed_model, tmp_path):
     report = json.loads(proc.stdout)
     assert proc.returncode == 0 and report["tracks"] == 8 and report["unchanged"] >= done >= 1
     assert report["added"] + report["unchanged"] == 8
+
+
+def test_shipped_hash_output_is_its_hash_layer():
+    """The default model's graphs output the hash layer saved beside them (``<model>.hash.npz``) on the back end's embedding."""
+    import onnxruntime as ort
+
+    from rtgenre.card import DEFAULT_MODEL, ENGINES_DIR, load_card
+    from rtgenre.training.export import load_backend
+    from rtgenre.training.hashing import load_hash_layer
+
+    card = load_card(ENGINES_DIR / f"{DEFAULT_MODEL}.json")
+    if card.hash is None or card.split is None:
+        pytest.skip("the default model has no hash output or no split graphs")
+    layer, record = load_hash_layer(ENGINES_DIR / f"{DEFAULT_MODEL}.hash.npz")
+    assert layer.bits == card.hash.bits and record == card.raw["hash_training"]
+    feats = np.random.default_rng(4).random((2, card.window_frames, 753)).astype(np.float32)
+    sess = ort.InferenceSession(str(card.split.backend.onnx_path), providers=["CPUExecutionProvider"])
+    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"feats": feats})))
+    with torch.no_grad():
+        want = layer(load_backend(ENGINES_DIR / card.raw["backend_weights"]).eval().embed(torch.from_numpy(feats))).numpy()
+    np.testing.assert_allclose(got[card.hash.output], want, atol=1e-4)

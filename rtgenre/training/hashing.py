@@ -365,7 +365,8 @@ def attach_hash_layer(card_path: str | Path | None, cache_dir: str | Path, bits:
     """
     from rtgenre.card import file_sha256, load_card
     from rtgenre.training.export import export_split_model, load_backend
-    from rtgenre.training.musicnn import MSD, load_teacher
+    from rtgenre.training.labels import MSD
+    from rtgenre.training.musicnn import load_teacher
 
     torch.set_num_threads(1)
     card = load_card(card_path)

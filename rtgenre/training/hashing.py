@@ -34,7 +34,7 @@ trained on, never on the clips it is evaluated on: their groups (artist for
 4Q, track for GTZAN) are split by a stable hash into *fit*
 (100 − :data:`VALIDATION_PERCENT` %) and *validation*; each candidate is
 trained on the fit part, and every validation clip queries the other
-validation clips of other groups (:func:`rtgenre.training.similar_eval.validation_scores`:
+validation clips of other groups (:func:`rtgenre.training.similar_eval.group_out_scores`:
 the evaluation's three tasks, mAP@10 of the clips' codes by Hamming
 distance).  The candidate whose worst task comes nearest the float embedding
 wins — the highest minimum over the tasks of its mAP@10 minus the float

@@ -108,32 +108,109 @@ torch = pytest.importorskip("torch")
 
 
 def test_hash_training_separates_labelled_clusters():
-    from rtgenre.training.hashing import fit_hash_layer, similarity_targets
+    from rtgenre.training.hashing import HashSettings, fit_hash_layer, similarity_targets, window_labels
     from rtgenre.training.clip_embeddings import CachedClip
 
     rng = np.random.default_rng(0)
-    centres = rng.standard_normal((4, 32)) * 1.0
+    centres = rng.standard_normal((4, 96)) * 0.5
     clips = [CachedClip(f"c{i}", "4q", "x.ogg", f"artist:{i}", {"quadrant": f"Q{i % 4 + 1}", "artist": f"a{i}"}) for i in range(80)]
     clip_of = np.repeat(np.arange(80), 3)
-    emb = (centres[clip_of % 4] + rng.standard_normal((240, 32)) * 1.2).astype(np.float32)
-    s, w = similarity_targets(clips, clip_of[:6])
+    emb = (centres[clip_of % 4] + rng.standard_normal((240, 96)) * 1.2).astype(np.float32)
+    s, w = similarity_targets(window_labels(clips, clip_of[:6]))
     assert s[0, 1] == 1 and w[0, 0] == 0  # windows of one clip: similar; no self pairs
     assert s[0, 3] == -1 and w[0, 3] == 1  # other quadrant, other artist
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny problem: more threads only contend
     try:
-        layer = fit_hash_layer(emb, clip_of, clips, BITS, steps=200)
+        layers = {steps: fit_hash_layer(emb, clip_of, clips, BITS, HashSettings(0.3, steps)) for steps in (0, 200)}
     finally:
         torch.set_num_threads(threads)
-    with torch.no_grad():
-        codes = pack_codes(layer(torch.from_numpy(emb)).numpy())
-    same, other = [], []
-    for i in range(0, 240, 7):
-        d = hamming(codes[i], codes)
-        mask = (clip_of % 4) == (clip_of[i] % 4)
-        same.append(d[mask].mean())
-        other.append(d[~mask].mean())
-    assert np.mean(same) < 0.5 * np.mean(other), (np.mean(same), np.mean(other))
+    ratio = {}
+    for steps, layer in layers.items():
+        with torch.no_grad():
+            codes = pack_codes(layer(torch.from_numpy(emb)).numpy())
+        same, other = [], []
+        for i in range(0, 240, 7):
+            d = hamming(codes[i], codes)
+            mask = (clip_of % 4) == (clip_of[i] % 4)
+            same.append(d[mask].mean())
+            other.append(d[~mask].mean())
+        ratio[steps] = np.mean(same) / np.mean(other)
+    # the label-guided fine-tuning pulls the clusters apart, further than the ITQ codes of the noisy embedding alone
+    assert ratio[200] < 0.5 and ratio[200] < ratio[0] - 0.1, ratio
+
+
+def test_itq_rotation_is_orthogonal_and_lowers_the_quantisation_error():
+    from rtgenre.training.hashing import itq_rotation, pca_itq
+
+    rng = np.random.default_rng(1)
+    bits, dim = 16, 40
+    corners = np.where(rng.random((64, bits)) < 0.5, -1.0, 1.0)  # 64 clusters at corners of the hypercube ...
+    mix = np.linalg.qr(rng.standard_normal((dim, dim)))[0][:, :bits]  # ... turned into a 16-dimensional subspace of 40
+    x = (corners[rng.integers(0, 64, 2000)] + 0.2 * rng.standard_normal((2000, bits))) @ mix.T + 3.0
+    v = (x - x.mean(0)) @ np.linalg.svd(x - x.mean(0), full_matrices=False)[2][:bits].T
+
+    def loss(r):
+        return float(((np.sign(v @ r) - v @ r) ** 2).sum())
+
+    r = itq_rotation(v)
+    np.testing.assert_allclose(r.T @ r, np.eye(bits), atol=1e-8)
+    random_losses = [loss(np.linalg.qr(rng.standard_normal((bits, bits)))[0]) for _ in range(5)]
+    # ITQ finds a local minimum: about half the loss of a random rotation here (the generating one: 0.15 of it)
+    assert loss(r) < 0.6 * min(random_losses), (loss(r), random_losses)
+    assert loss(r) < loss(itq_rotation(v, iterations=2)) < loss(itq_rotation(v, iterations=0))
+    # the layer's map: PCA + that rotation, centred, unit variance, orthogonal rows
+    weight, bias = pca_itq(x, bits)
+    out = x @ weight.T + bias
+    np.testing.assert_allclose(out.mean(axis=0), 0.0, atol=1e-8)
+    assert out.std() == pytest.approx(1.0)
+    gram = weight @ weight.T
+    np.testing.assert_allclose(gram, np.eye(bits) * gram[0, 0], atol=1e-8 * gram[0, 0])
+    with pytest.raises(ValueError, match="bits"):
+        pca_itq(x[:, :8], bits)
+
+
+def test_group_out_scores_leave_the_query_group_out():
+    from rtgenre.training.clip_embeddings import CachedClip
+    from rtgenre.training.similar_eval import group_out_scores, rank_hamming
+
+    # A1, A2: one group; B1 of the same genre far from them, C1 of another genre near
+    clips = [CachedClip(n, "gtzan", "x.wav", g, {"genre": lab}) for n, g, lab in
+             (("A1", "g1", "x"), ("A2", "g1", "x"), ("B1", "g2", "x"), ("C1", "g3", "y"))]
+    codes = np.array([[0b00000000], [0b00000000], [0b00001111], [0b00000011]], dtype=np.uint8)
+    scores = group_out_scores(clips, codes, rank_hamming)
+    # A1, A2: C1, then B1 (A2 / A1 left out): 1/2; B1: C1, A1, A2: (1/2 + 2/3) / 2; C1 has nothing to find
+    assert list(scores) == ["gtzan/genre"]
+    assert scores["gtzan/genre"]["map@10"] == pytest.approx(round((0.5 + 0.5 + (1 / 2 + 2 / 3) / 2) / 3, 4))
+
+
+def test_settings_are_chosen_on_a_grouped_validation_split():
+    from rtgenre.training.hashing import HashSettings, select_and_fit, validation_clips
+    from rtgenre.training.clip_embeddings import CachedClip
+
+    rng = np.random.default_rng(2)
+    clips = [CachedClip(f"c{i}", "gtzan", "x.wav", f"track:{i // 2}", {"genre": f"g{i % 3}"}) for i in range(120)]
+    val = validation_clips(clips)
+    assert 0.15 < val.mean() < 0.45 and all(val[i] == val[i ^ 1] for i in range(120))  # both clips of a track on one side
+    clip_of = np.repeat(np.arange(120), 2)
+    # the genres differ in 8 weak dimensions; 24 strong ones are noise, which is what PCA + ITQ alone codes
+    genre = np.concatenate([rng.standard_normal((3, 8)), np.zeros((3, 24))], axis=1)
+    noise = np.concatenate([0.5 * rng.standard_normal((240, 8)), 2.5 * rng.standard_normal((240, 24))], axis=1)
+    emb = (genre[clip_of % 3] + noise).astype(np.float32)
+    grid = (HashSettings(1.0, 0), HashSettings(0.0, 300))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        layer, record = select_and_fit(emb, clip_of, clips, 16, grid=grid)
+    finally:
+        torch.set_num_threads(threads)
+    assert layer.bits == 16
+    assert record["fit"]["clips"] + record["validation"]["clips"] == 120 and record["validation"]["clips"] == int(val.sum())
+    itq, tuned = (c["map@10"]["gtzan/genre"] for c in record["candidates"])
+    assert tuned > itq + 0.2, (itq, tuned)  # the labels find the weak genre dimensions, on validation clips never trained on
+    floats = record["validation"]["float-cosine"]["gtzan/genre"]
+    assert [c["worst_minus_float"] for c in record["candidates"]] == [pytest.approx(itq - floats, abs=2e-4), pytest.approx(tuned - floats, abs=2e-4)]
+    assert record["chosen"] == {"structure": 0.0, "steps": 300}
 
 
 def test_cached_clips_are_cut_into_windows(tmp_path):
@@ -201,7 +278,7 @@ def test_export_adds_the_hash_output(hashed_model):
     out = engine.run(mel)
     assert out["hash"].shape == (3, BITS) and set(out) == {h.name for h in card.heads} | {"hash"}
     backend = load_backend(hashed_model.with_name("hashed.backend.npz"))
-    hashed = HashedBackend(backend, load_hash_layer(hashed_model.with_name("hashed.hash.npz"))).eval()
+    hashed = HashedBackend(backend, load_hash_layer(hashed_model.with_name("hashed.hash.npz"))[0]).eval()
     torch.manual_seed(0)
     front = TinyFront()  # made first after the same seed in export_hashed: the same weights
     with torch.no_grad():
@@ -387,3 +464,24 @@ def test_index_resumes_after_being_killed(hashed_model, tmp_path):
     report = json.loads(proc.stdout)
     assert proc.returncode == 0 and report["tracks"] == 8 and report["unchanged"] >= done >= 1
     assert report["added"] + report["unchanged"] == 8
+
+
+def test_shipped_hash_output_is_its_hash_layer():
+    """The default model's graphs output the hash layer saved beside them (``<model>.hash.npz``) on the back end's embedding."""
+    import onnxruntime as ort
+
+    from rtgenre.card import DEFAULT_MODEL, ENGINES_DIR, load_card
+    from rtgenre.training.export import load_backend
+    from rtgenre.training.hashing import load_hash_layer
+
+    card = load_card(ENGINES_DIR / f"{DEFAULT_MODEL}.json")
+    if card.hash is None or card.split is None:
+        pytest.skip("the default model has no hash output or no split graphs")
+    layer, record = load_hash_layer(ENGINES_DIR / f"{DEFAULT_MODEL}.hash.npz")
+    assert layer.bits == card.hash.bits and record == card.raw["hash_training"]
+    feats = np.random.default_rng(4).random((2, card.window_frames, 753)).astype(np.float32)
+    sess = ort.InferenceSession(str(card.split.backend.onnx_path), providers=["CPUExecutionProvider"])
+    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"feats": feats})))
+    with torch.no_grad():
+        want = layer(load_backend(ENGINES_DIR / card.raw["backend_weights"]).eval().embed(torch.from_numpy(feats))).numpy()
+    np.testing.assert_allclose(got[card.hash.output], want, atol=1e-4)

@@ -255,7 +255,7 @@ def export_split_model(
         hashed = HashedBackend(backend, hash_layer).eval()
         export_onnx(HashedCRNN(encoder, hashed), folder / f"{name}.onnx", output_names=[*heads, HASH_OUTPUT])
         export_backend(hashed, folder / f"{name}.backend.onnx", extra_outputs=(HASH_OUTPUT,))
-        save_hash_layer(hash_layer, folder / f"{name}.hash.npz")
+        save_hash_layer(hash_layer, folder / f"{name}.hash.npz", extra.get("hash_training"))
         extra = {**extra, "hash": {"output": HASH_OUTPUT, "bits": hash_layer.bits}}
     export_encoder(encoder, folder / f"{name}.encoder.onnx")
     export_step_encoder(encoder, folder / f"{name}.step.onnx")

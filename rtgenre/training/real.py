@@ -846,11 +846,11 @@ def export_variants(fitted: Path, out: Path, cv: dict, variants: list[str], cach
 
             fitted_layer = fitted / f"{v}.hash.npz"  # trained once per fitted back end, kept beside it for re-exports
             if fitted_layer.is_file():
-                layer = load_hash_layer(fitted_layer)
+                layer, record = load_hash_layer(fitted_layer)
             else:
-                layer = train_hash_layer(backend, cache, HASH_BITS)
-                save_hash_layer(layer, fitted_layer)
-            extra["hash_training"] = {"bits": HASH_BITS, "cache": "cache/real", "datasets": ["4q", "gtzan"], "command": "train_hash_layer(backend, cache, 128) at export"}
+                layer, record = train_hash_layer(backend, cache, HASH_BITS)
+                save_hash_layer(layer, fitted_layer, record)
+            extra["hash_training"] = {"command": f"train_hash_layer(backend, cache, {HASH_BITS}) at export", **record}
             cards.append(export_split_model(backend, out, MODEL_NAMES[v], vocab.MAPPINGS, extra, encoder=encoder, version=version, hash_layer=layer))
         else:
             cards.append(export_model(CRNN(encoder, backend), out, MODEL_NAMES[v], vocab.MAPPINGS, extra, version=version))

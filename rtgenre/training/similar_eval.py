@@ -5,7 +5,13 @@ Protocol.  The clips of the real-data cache (:mod:`rtgenre.training.clip_embeddi
 GTZAN — into three disjoint parts: the hash layers are trained on one
 (``train``, 50 % of the groups), and the other two are the queries (15 %) and
 the library searched (35 %), so that no query's artist is in its library and
-none of them was seen in training.  Each clip is one item: its float
+none of them was seen in training.  The hash layers' settings are chosen
+inside the training part, on a grouped validation split of it
+(:func:`rtgenre.training.hashing.select_and_fit`: fit on 70 % of the training
+groups, score on the other 30 %, each validation clip querying the other
+validation clips of other groups); the queries and library play no part in
+any choice.  The record keeps every candidate's validation figures and the
+settings chosen per code length (``hash_training``).  Each clip is one item: its float
 embedding is the mean of its windows' back-end embeddings (windows of 469
 frames every 5 s, as ``rtgenre index`` takes them), and its code the sign of
 the mean ``hash`` output of its windows (as the library stores a track).
@@ -64,28 +70,68 @@ def average_precision_at_k(relevant: np.ndarray, n_relevant: int, k: int = K) ->
     return float((precision * rel).sum() / min(n_relevant, k))
 
 
-def retrieval_scores(rankings: np.ndarray, q_labels: np.ndarray, lib_labels: np.ndarray, k: int = K) -> dict[str, float]:
-    """mAP@k, precision@k and the standard error of the mean AP of ``rankings`` (queries × ≥k library indices, nearest first)."""
+def retrieval_scores(rankings: np.ndarray, q_labels: np.ndarray, lib_labels: np.ndarray, k: int = K, exclude: np.ndarray | None = None) -> dict[str, float]:
+    """mAP@k, precision@k and the standard error of the mean AP of ``rankings`` (queries × ≥k library indices, nearest first).
+
+    ``exclude`` (queries × library, optional): pairs that neither count as
+    relevant nor as results (e.g. the query's own group).
+    """
     aps, precs = [], []
     for q, order in enumerate(rankings):
-        rel = lib_labels[order[:k]] == q_labels[q]
-        aps.append(average_precision_at_k(rel, int((lib_labels == q_labels[q]).sum()), k))
+        keep = np.ones(len(lib_labels), dtype=bool) if exclude is None else ~exclude[q]
+        rel = (lib_labels[order[:k]] == q_labels[q]) & keep[order[:k]]
+        aps.append(average_precision_at_k(rel, int(((lib_labels == q_labels[q]) & keep).sum()), k))
         precs.append(float(rel.mean()))
     return {f"map@{k}": round(float(np.mean(aps)), 4), f"p@{k}": round(float(np.mean(precs)), 4),
             f"map@{k}_se": round(float(np.std(aps) / np.sqrt(len(aps))), 4)}
 
 
-def rank_cosine(queries: np.ndarray, library: np.ndarray, k: int = K) -> np.ndarray:
-    """Library indices by decreasing cosine similarity, top ``k`` per query."""
+def rank_cosine(queries: np.ndarray, library: np.ndarray, k: int = K, exclude: np.ndarray | None = None) -> np.ndarray:
+    """Library indices by decreasing cosine similarity, top ``k`` per query; ``exclude`` (queries × library) pairs rank last."""
     q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
     lib = library / np.linalg.norm(library, axis=1, keepdims=True)
-    return np.stack([top_k(-(lib @ v), k) for v in q])
+    dist = -(q @ lib.T)
+    if exclude is not None:
+        dist[exclude] = np.inf
+    return np.stack([top_k(d, k) for d in dist])
 
 
-def rank_hamming(queries: np.ndarray, library: np.ndarray, k: int = K) -> np.ndarray:
-    """Library indices by Hamming distance of packed codes, top ``k`` per query."""
+def rank_hamming(queries: np.ndarray, library: np.ndarray, k: int = K, exclude: np.ndarray | None = None) -> np.ndarray:
+    """Library indices by Hamming distance of packed codes, top ``k`` per query; ``exclude`` (queries × library) pairs rank last."""
     index = CodeIndex(library)
-    return np.stack([top_k(index.distances(q), k) for q in queries])
+    dist = np.stack([index.distances(q) for q in queries])
+    if exclude is not None:
+        dist[exclude] = index.nbytes * 8 + 1
+    return np.stack([top_k(d, k) for d in dist])
+
+
+def task_labels(clips: list, dataset: str, kind: str) -> np.ndarray:
+    """Each clip's label for the task ``dataset``/``kind`` (``""`` where it has none or is of another data set)."""
+    from rtgenre.training.clip_embeddings import clip_label
+
+    return np.array([clip_label(c, kind) or "" if c.dataset == dataset else "" for c in clips])
+
+
+def group_out_scores(clips: list, items: np.ndarray, rank) -> dict[str, dict[str, float]]:
+    """Retrieval within one set of clips: for each task, every labelled clip queries the other labelled clips of other groups.
+
+    ``items`` are the clips' codes or embeddings and ``rank`` the matching
+    ranking (:func:`rank_hamming`, :func:`rank_cosine`).  The validation
+    figures of :func:`rtgenre.training.hashing.select_and_fit`.  Queries
+    with no relevant clip of another group are left out, and so are tasks
+    with none.
+    """
+    groups = np.array([c.group for c in clips])
+    out = {}
+    for dataset, kind in TASKS:
+        labels = task_labels(clips, dataset, kind)
+        idx = np.flatnonzero(labels != "")
+        exclude = groups[idx][:, None] == groups[idx][None, :]
+        has = ((labels[idx][:, None] == labels[idx][None, :]) & ~exclude).any(axis=1)  # queries with a relevant clip to find
+        if has.any():
+            q = idx[has]
+            out[f"{dataset}/{kind}"] = retrieval_scores(rank(items[q], items[idx], exclude=exclude[has]), labels[q], labels[idx], exclude=exclude[has])
+    return out
 
 
 def search_benchmark(bits: int, n: int = 1_000_000, queries: int = 200, k: int = K, seed: int = 0) -> dict[str, Any]:
@@ -141,12 +187,10 @@ def library_benchmark(bits: int, tracks: int = 10_000, segments: int = 12, seed:
             "open_and_load_s": round(load_s, 2), "search_ms_track_codes": round(times[0], 2), "search_ms_segment_codes": round(times[1], 2)}
 
 
-def evaluate(backend, cache_dir: Path, bits_list: list[int], steps: int = 1500, seed: int = 0, bench_tracks: int = 1_000_000) -> dict[str, Any]:
+def evaluate(backend, cache_dir: Path, bits_list: list[int], seed: int = 0, bench_tracks: int = 1_000_000) -> dict[str, Any]:
     """The whole evaluation (see the module docstring); returns the JSON record."""
-    import torch
-
-    from rtgenre.training.hashing import fit_hash_layer
-    from rtgenre.training.clip_embeddings import clip_label, select, window_embeddings
+    from rtgenre.training.hashing import METHOD, clip_codes, select_and_fit
+    from rtgenre.training.clip_embeddings import select, window_embeddings
 
     clips = select(cache_dir, tuple(sorted({d for d, _ in TASKS})))
     parts = np.array([part_of(c.group) for c in clips])
@@ -160,17 +204,16 @@ def evaluate(backend, cache_dir: Path, bits_list: list[int], steps: int = 1500, 
 
     codes: dict[str, np.ndarray] = {}
     train_s = {}
+    hash_training = {}
     for bits in bits_list:
         t0 = time.perf_counter()
-        layer = fit_hash_layer(emb[train], np.array([remap[c] for c in clip_of[train]]), [clips[c] for c in train_clips], bits, steps=steps, seed=seed)
+        layer, hash_training[bits] = select_and_fit(emb[train], np.array([remap[c] for c in clip_of[train]]), [clips[c] for c in train_clips], bits, seed=seed)
         train_s[bits] = round(time.perf_counter() - t0, 1)
-        with torch.no_grad():
-            h = layer(torch.from_numpy(emb)).numpy()
-        codes[f"hash{bits}"] = np.stack([pack_codes(h[clip_of == i].mean(axis=0)) for i in range(len(clips))])
+        codes[f"hash{bits}"] = clip_codes(layer, emb, clip_of, len(clips))
 
     tasks: dict[str, Any] = {}
     for dataset, kind in TASKS:
-        labels = np.array([clip_label(c, kind) or "" if c.dataset == dataset else "" for c in clips])
+        labels = task_labels(clips, dataset, kind)
         q = np.flatnonzero((parts == "query") & (labels != ""))
         lib = np.flatnonzero((parts == "library") & (labels != ""))
         ql, ll = labels[q], labels[lib]
@@ -191,7 +234,8 @@ def evaluate(backend, cache_dir: Path, bits_list: list[int], steps: int = 1500, 
         "split": {p: {"clips": int((parts == p).sum()), "groups": len({c.group for c, pp in zip(clips, parts) if pp == p})} for p, _ in SPLIT},
         "windows": int(len(emb)),
         "embedding_dim": int(emb.shape[1]),
-        "seconds": {"embed": round(embed_s, 1), "train_hash": train_s},
+        "seconds": {"embed": round(embed_s, 1), "select_and_train_hash": train_s},
+        "hash_training": {"method": METHOD, **{str(b): r for b, r in hash_training.items()}},
         "tasks": tasks,
         "search": [search_benchmark(b, n=bench_tracks) for b in bits_list],
         "library_file": [library_benchmark(b) for b in bits_list],
@@ -203,7 +247,6 @@ def add_eval_similar_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", type=Path, default=Path("/work/cache/real"), help="real-data feature cache: index.jsonl + <id>.npy (default: /work/cache/real)")
     parser.add_argument("--backend", type=Path, default=None, help="back-end weights (.backend.npz; default: the shipped model's)")
     parser.add_argument("--bits", type=int, nargs="+", default=[64, 128], help="code lengths (default: 64 128)")
-    parser.add_argument("--steps", type=int, default=1500, help="hash-layer training steps (default: 1500)")
     parser.add_argument("--bench-tracks", type=int, default=1_000_000, help="synthetic library size of the search benchmark (default: 1000000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="write the JSON record here (e.g. benchmarks/results/eval_similar.json)")
@@ -221,7 +264,7 @@ def run_eval_similar(args: argparse.Namespace) -> int:
     backend = load_backend(path)
     record = {"command": "rtgenre " + " ".join(shlex.quote(a) for a in sys.argv[1:]), "backend": str(path), "backend_sha256": file_sha256(path),
               "cache": str(args.cache), "machine": f"{platform.machine()}, {platform.python_version()}, numpy {np.__version__}",
-              **evaluate(backend, args.cache, args.bits, steps=args.steps, seed=args.seed, bench_tracks=args.bench_tracks),
+              **evaluate(backend, args.cache, args.bits, seed=args.seed, bench_tracks=args.bench_tracks),
               "load_average_1min_at_end": round(os.getloadavg()[0], 2)}
     text = json.dumps(record, indent=1)
     if args.out:

@@ -11,7 +11,12 @@ figures its card entry reports:
   prompts, codec2/HF radio, the broadcast interviews...): trained without any
   clip or mix of that source, scored on it, so that a source unlike every
   other shows how the classifier does on speech it has never heard;
-* the 18 real-music clips (never trained on) as music.
+* the 18 real-music clips (never trained on) as music;
+* per clip, for every speech clip (``cv_per_clip`` in the ``--out`` JSON).
+
+Two clips of the codec2 source are modem signals, not speech
+(:data:`NOT_SPEECH`): they are left out of training and of the speech
+figures and scored on their own.
 
 Per source it reports the share of speech windows called ``speech`` (talk:
 the music heads are held), called speech or speech over music (``gated``),
@@ -21,14 +26,15 @@ Windows are :data:`FRAMES` frames (about 1 s) of the clip's features, every
 :data:`HOP` frames, leaving out the :data:`EDGE` frames at each end of a clip
 whose encoder context reached past it (zero padding, which a live stream
 never shows).  Content labels are :class:`rtgenre.training.real.Targets`'.
-With ``--augment``, narrow-band copies (:func:`telephone`: 300-3400 Hz and
-noise, like a phone-in or an HF radio link) of some LibriSpeech clips and,
-so that the band is no cue for speech, of some songs, are encoded once
+With ``--augment``, copies of some LibriSpeech clips and, so that the
+channel is no cue for speech, of some music, sent over a short-wave channel
+(:func:`rtgenre.training.channel.hf`: an SSB link with fading, mistuning and
+noise, or the codec2 vocoder of digital voice), are encoded once
 (:func:`build_augmented`) and trained on with their clip's group.
 
 Usage::
 
-    python -m rtgenre.training.content --cache cache/real --augment cache/content-aug --out runs/content.json \\
+    python -m rtgenre.training.content --cache cache/real --augment cache/content-hf --out runs/content.json \\
         --weights rtgenre/models/rtgenre.content.npz --card rtgenre/models/rtgenre.json
 """
 
@@ -62,6 +68,18 @@ EDGE = 73
 """Frames at each end of a cached clip left out (their encoder context saw zero padding)."""
 DATASETS = ("4q", "gtzan", "medley", "freesound", "speech", "mix", "realmusic")
 MUSIC, SPEECH, OVER = (vocab.CONTENT.index(c) for c in ("music", "speech", "speech over music"))
+NOT_SPEECH = {
+    "codec2_samples/speech/vk2tpm_004.ogg": "FreeDV 700D modem signal received off air (codec2's README_ofdm demodulates it)",
+    "codec2_samples/speech/david4.ogg": "FreeDV modem signal (flat 750-2250 Hz band, constant envelope: 2.6 dB between the 5th and 95th percentile of 20 ms levels)",
+}
+"""Clips of the speech set labelled speech that hold no audible speech: digital-voice modem tones, whose payload is
+codec2 speech.  Neither trained on nor counted as speech; scored on their own (``modem_final``)."""
+MODEM = "codec2_samples/modem"
+
+
+def is_modem(clip: Clip) -> bool:
+    """Whether a clip is (or a mix holds) one of the :data:`NOT_SPEECH` recordings."""
+    return any(part.replace("\\", "/").endswith("/" + name) for part in clip.file.split("+") for name in NOT_SPEECH)
 
 
 @dataclass
@@ -76,7 +94,7 @@ class ContentWindows:
     x: np.ndarray  # (windows, 2 * 753) float32: mean and std of each window's features
     label: int
     source: str
-    trained: bool  # False for the real-music clips (scored only)
+    trained: bool  # False for the real-music and modem clips (scored only)
 
 
 def window_stats(feats: np.ndarray, frames: int = FRAMES, hop: int = HOP, edge: int = EDGE) -> np.ndarray:
@@ -92,29 +110,20 @@ def window_stats(feats: np.ndarray, frames: int = FRAMES, hop: int = HOP, edge: 
     return np.concatenate([mean, np.sqrt(var)], axis=1).astype(np.float32)
 
 
-def telephone(audio: np.ndarray, rng: np.random.Generator, rate: int = 16000) -> np.ndarray:
-    """A narrow-band channel: 300-3400 Hz only (as a telephone line or an HF radio's SSB filter), white noise 10-30 dB below."""
-    spec = np.fft.rfft(audio)
-    f = np.fft.rfftfreq(len(audio), 1.0 / rate)
-    spec[(f < 300) | (f > 3400)] = 0
-    x = np.fft.irfft(spec, len(audio)).astype(np.float32)
-    rms = float(np.sqrt(np.mean(x**2)) + 1e-9)
-    x += rng.standard_normal(len(x)).astype(np.float32) * np.float32(rms * 10 ** (-rng.uniform(10, 30) / 20))
-    return (x * np.float32(min(1.0, 0.99 / (np.abs(x).max() + 1e-9)))).astype(np.float32)
-
-
 def build_augmented(cache: Path, out: Path, every: dict[str, int] | None = None, seed: int = 0, log: Callable[[str], None] | None = print) -> None:
-    """Cache encoder features of narrow-band copies (:func:`telephone`) of some clips of ``cache`` in ``out``.
+    """Cache encoder features of copies of some clips of ``cache`` sent over a short-wave channel (:func:`rtgenre.training.channel.hf`) in ``out``.
 
     ``every`` takes every n-th clip of a data set (default: every 3rd
-    LibriSpeech clip, every 6th 4q song, every 8th GTZAN excerpt: speech and
-    music alike, so that a narrow band is not a cue for speech).  A copy keeps
-    its clip's group (same fold) and is marked ``labels["augment"]``.
-    Resumable like the cache.
+    LibriSpeech clip, every 6th 4q song, every 8th GTZAN excerpt, every 6th
+    solo recording: speech and music alike, so that the channel is not a cue
+    for speech).  A copy keeps its clip's group (same fold) and is marked
+    ``labels["augment"] = "hf"``, ``labels["channel"]`` saying which channel.
+    Resumable like the cache.  Needs Debian's ``codec2`` package (``c2enc``/``c2dec``).
     """
+    from rtgenre.training.channel import hf
     from rtgenre.training.realdata import INDEX, Encoders, fit_length, read_audio
 
-    every = every or {"librispeech": 3, "4q": 6, "gtzan": 8}
+    every = every or {"librispeech": 3, "4q": 6, "gtzan": 8, "medley": 6, "freesound": 6}
     out.mkdir(parents=True, exist_ok=True)
     index = out / INDEX
     done = {c.id for c in read_index(out)} if index.is_file() else set()
@@ -130,11 +139,13 @@ def build_augmented(cache: Path, out: Path, every: dict[str, int] | None = None,
     enc = Encoders(workdir=cache)
     with open(index, "a") as f:
         for k, clip in enumerate(chosen):
-            noise = np.random.default_rng(rng.integers(1 << 31))
-            aug = dataclasses.replace(clip, id=f"tel-{clip.id}", labels={**clip.labels, "augment": "telephone"})
-            if aug.id in done:
+            clip_rng = np.random.default_rng(rng.integers(1 << 31))  # drawn even when cached: the same copies on resume
+            aug_id = f"hf-{clip.id}"
+            if aug_id in done:
                 continue
-            arrays = enc.process(telephone(fit_length(read_audio(clip.file)), noise))
+            audio, what = hf(fit_length(read_audio(clip.file)), clip_rng)
+            aug = dataclasses.replace(clip, id=aug_id, labels={**clip.labels, "augment": "hf", "channel": what})
+            arrays = enc.process(audio)
             aug.frames = len(arrays[""])
             np.save(out / f"{aug.id}.npy", arrays[""])
             np.save(out / f"{aug.id}.tags.npy", arrays["tags"])
@@ -145,7 +156,10 @@ def build_augmented(cache: Path, out: Path, every: dict[str, int] | None = None,
 
 
 def load_windows(cache: Path, frames: int = FRAMES, hop: int = HOP, log: Callable[[str], None] | None = print) -> list[ContentWindows]:
-    """Every cached clip with a content label (and the real-music clips, as music), as short windows."""
+    """Every cached clip with a content label (and the real-music clips, as music), as short windows.
+
+    The :data:`NOT_SPEECH` clips (and copies of them) come as untrained items of source :data:`MODEM`.
+    """
     targets = Targets()
     out = []
     clips = [c for c in read_index(cache) if c.dataset in DATASETS]
@@ -160,9 +174,12 @@ def load_windows(cache: Path, frames: int = FRAMES, hop: int = HOP, log: Callabl
         x = window_stats(load_features(cache, clip), frames, hop)
         if len(x):
             source = clip.labels["source"] if clip.dataset in ("speech", "mix") else clip.dataset
+            modem = is_modem(clip)
+            if modem:
+                source = MODEM
             if "augment" in clip.labels:
                 source += "/" + clip.labels["augment"]
-            out.append(ContentWindows(clip, x, label, source, clip.dataset != "realmusic"))
+            out.append(ContentWindows(clip, x, label, source, clip.dataset != "realmusic" and not modem))
         if log and k % 500 == 0:
             log(f"loaded {k + 1}/{len(clips)} clips")
     return out
@@ -279,6 +296,12 @@ def rates(items: list[ContentWindows], preds: list[np.ndarray]) -> dict[str, dic
     return out
 
 
+def per_clip(items: list[ContentWindows], preds: list[np.ndarray], label: int = SPEECH) -> dict[str, dict[str, float]]:
+    """Per clip of ``label``: windows and the share called ``speech`` and ``gated`` (what :func:`rates` gives per source)."""
+    return {it.clip.id: {"windows": len(p), "speech": round(float(np.mean(p == SPEECH)), 4), "gated": round(float(np.mean(p != MUSIC)), 4)}
+            for it, p in zip(items, preds) if it.label == label}
+
+
 def overall(items: list[ContentWindows], preds: list[np.ndarray]) -> dict[str, float]:
     """Window shares over all speech clips (``speech``, ``gated``) and all music clips (called ``speech``, ``gated``)."""
     def share(label: int, hit: Callable[[np.ndarray], np.ndarray]) -> float:
@@ -313,7 +336,8 @@ def leave_source_out(items: list[ContentWindows], config: FitConfig, sources: li
     for s in sources:
         held = [it for it in train if it.source == s]
         net = fit([it for it in train if it.source.split("/")[0] != s], config)
-        out[s] = rates(held, predict(net, held))
+        preds = predict(net, held)
+        out[s] = {**rates(held, preds), "per_clip": per_clip(held, preds)}
         if log:
             log(f"left out {s}: {out[s]}")
     return out
@@ -325,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="JSON of the figures")
     ap.add_argument("--weights", type=Path, default=None, help="write the classifier trained on all the data here (<model>.content.npz)")
     ap.add_argument("--card", type=Path, default=None, help="record the classifier and its figures in this card's content_classifier entry")
-    ap.add_argument("--augment", type=Path, default=None, help="add narrow-band copies of some clips, cached in this folder (built if missing)")
+    ap.add_argument("--augment", type=Path, default=None, help="add copies of some clips sent over a short-wave channel, cached in this folder (built if missing; needs codec2's c2enc/c2dec)")
     ap.add_argument("--frames", type=int, default=FRAMES)
     ap.add_argument("--hidden", type=int, default=FitConfig.hidden)
     ap.add_argument("--epochs", type=int, default=FitConfig.epochs)
@@ -347,11 +371,15 @@ def main(argv: list[str] | None = None) -> int:
                     "clips": len(trained), "windows": int(sum(len(it.x) for it in trained)),
                     "cv": {"overall": overall(trained, cv), "per_source": rates(trained, cv)}}
     print(json.dumps(result["cv"], indent=1), flush=True)
+    clips = per_clip(trained, cv)
     if args.loso != "none":
         result["leave_source_out"] = leave_source_out(items, config, None if args.loso == "all" else args.loso.split(","))
     net = fit(trained, config)
-    real = [it for it in items if not it.trained]
+    real = [it for it in items if not it.trained and it.source != MODEM]
     result["real_music_final"] = rates(real, predict(net, real))
+    modem = [it for it in items if it.source == MODEM]
+    preds = predict(net, modem)
+    result["modem_final"] = {**rates(modem, preds), "per_clip": per_clip(modem, preds)}
     result["seconds"] = round(time.time() - t0, 1)
     result["command"] = "python -m rtgenre.training.content " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.weights:
@@ -359,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         ContentClassifier(args.weights, vocab.CONTENT)  # what the runtime reads
         result["weights_sha256"] = file_sha256(args.weights)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    args.out.write_text(json.dumps({**result, "cv_per_clip": clips}, indent=1) + "\n")
     if args.card:
         card = json.loads(args.card.read_text())
         card["content_classifier"] = {"weights": args.weights.name if args.weights else None, **{k: result[k] for k in result if k != "real_music_final"},

@@ -26,15 +26,14 @@ Windows are :data:`FRAMES` frames (about 1 s) of the clip's features, every
 :data:`HOP` frames, leaving out the :data:`EDGE` frames at each end of a clip
 whose encoder context reached past it (zero padding, which a live stream
 never shows).  Content labels are :class:`rtgenre.training.real.Targets`'.
-With ``--augment``, copies of some LibriSpeech clips and, so that the
-channel is no cue for speech, of some music, sent over a short-wave channel
-(:func:`rtgenre.training.channel.hf`: an SSB link with fading, mistuning and
-noise, or the codec2 vocoder of digital voice), are encoded once
+With ``--augment``, narrow-band copies (:func:`telephone`: 300-3400 Hz and
+noise, like a phone-in or an HF radio link) of some LibriSpeech clips and,
+so that the band is no cue for speech, of some songs, are encoded once
 (:func:`build_augmented`) and trained on with their clip's group.
 
 Usage::
 
-    python -m rtgenre.training.content --cache cache/real --augment cache/content-hf --out runs/content.json \\
+    python -m rtgenre.training.content --cache cache/real --augment cache/content-aug --out runs/content.json \\
         --weights rtgenre/models/rtgenre.content.npz --card rtgenre/models/rtgenre.json
 """
 
@@ -69,8 +68,10 @@ EDGE = 73
 DATASETS = ("4q", "gtzan", "medley", "freesound", "speech", "mix", "realmusic")
 MUSIC, SPEECH, OVER = (vocab.CONTENT.index(c) for c in ("music", "speech", "speech over music"))
 NOT_SPEECH = {
-    "codec2_samples/speech/vk2tpm_004.ogg": "FreeDV 700D modem signal received off air (codec2's README_ofdm demodulates it)",
-    "codec2_samples/speech/david4.ogg": "FreeDV modem signal (flat 750-2250 Hz band, constant envelope: 2.6 dB between the 5th and 95th percentile of 20 ms levels)",
+    "codec2_samples/speech/vk2tpm_004.ogg": "FreeDV 700D modem signal received off air (codec2's README_ofdm uses it to test its OFDM "
+                                            "demodulator): flat 1000-2000 Hz, 20 ms levels within 5.4 dB (5th-95th percentile)",
+    "codec2_samples/speech/david4.ogg": "FreeDV modem signal: flat 750-2250 Hz, nothing above 3.3 kHz, 20 ms levels within 2.6 dB over 30 s "
+                                        "(speech: 21-56 dB), no pause, no pitch harmonics",
 }
 """Clips of the speech set labelled speech that hold no audible speech: digital-voice modem tones, whose payload is
 codec2 speech.  Neither trained on nor counted as speech; scored on their own (``modem_final``)."""
@@ -110,20 +111,29 @@ def window_stats(feats: np.ndarray, frames: int = FRAMES, hop: int = HOP, edge: 
     return np.concatenate([mean, np.sqrt(var)], axis=1).astype(np.float32)
 
 
+def telephone(audio: np.ndarray, rng: np.random.Generator, rate: int = 16000) -> np.ndarray:
+    """A narrow-band channel: 300-3400 Hz only (as a telephone line or an HF radio's SSB filter), white noise 10-30 dB below."""
+    spec = np.fft.rfft(audio)
+    f = np.fft.rfftfreq(len(audio), 1.0 / rate)
+    spec[(f < 300) | (f > 3400)] = 0
+    x = np.fft.irfft(spec, len(audio)).astype(np.float32)
+    rms = float(np.sqrt(np.mean(x**2)) + 1e-9)
+    x += rng.standard_normal(len(x)).astype(np.float32) * np.float32(rms * 10 ** (-rng.uniform(10, 30) / 20))
+    return (x * np.float32(min(1.0, 0.99 / (np.abs(x).max() + 1e-9)))).astype(np.float32)
+
+
 def build_augmented(cache: Path, out: Path, every: dict[str, int] | None = None, seed: int = 0, log: Callable[[str], None] | None = print) -> None:
-    """Cache encoder features of copies of some clips of ``cache`` sent over a short-wave channel (:func:`rtgenre.training.channel.hf`) in ``out``.
+    """Cache encoder features of narrow-band copies (:func:`telephone`) of some clips of ``cache`` in ``out``.
 
     ``every`` takes every n-th clip of a data set (default: every 3rd
-    LibriSpeech clip, every 6th 4q song, every 8th GTZAN excerpt, every 6th
-    solo recording: speech and music alike, so that the channel is not a cue
-    for speech).  A copy keeps its clip's group (same fold) and is marked
-    ``labels["augment"] = "hf"``, ``labels["channel"]`` saying which channel.
-    Resumable like the cache.  Needs Debian's ``codec2`` package (``c2enc``/``c2dec``).
+    LibriSpeech clip, every 6th 4q song, every 8th GTZAN excerpt: speech and
+    music alike, so that a narrow band is not a cue for speech).  A copy keeps
+    its clip's group (same fold) and is marked ``labels["augment"]``.
+    Resumable like the cache.
     """
-    from rtgenre.training.channel import hf
     from rtgenre.training.realdata import INDEX, Encoders, fit_length, read_audio
 
-    every = every or {"librispeech": 3, "4q": 6, "gtzan": 8, "medley": 6, "freesound": 6}
+    every = every or {"librispeech": 3, "4q": 6, "gtzan": 8}
     out.mkdir(parents=True, exist_ok=True)
     index = out / INDEX
     done = {c.id for c in read_index(out)} if index.is_file() else set()
@@ -139,13 +149,11 @@ def build_augmented(cache: Path, out: Path, every: dict[str, int] | None = None,
     enc = Encoders(workdir=cache)
     with open(index, "a") as f:
         for k, clip in enumerate(chosen):
-            clip_rng = np.random.default_rng(rng.integers(1 << 31))  # drawn even when cached: the same copies on resume
-            aug_id = f"hf-{clip.id}"
-            if aug_id in done:
+            noise = np.random.default_rng(rng.integers(1 << 31))
+            aug = dataclasses.replace(clip, id=f"tel-{clip.id}", labels={**clip.labels, "augment": "telephone"})
+            if aug.id in done:
                 continue
-            audio, what = hf(fit_length(read_audio(clip.file)), clip_rng)
-            aug = dataclasses.replace(clip, id=aug_id, labels={**clip.labels, "augment": "hf", "channel": what})
-            arrays = enc.process(audio)
+            arrays = enc.process(telephone(fit_length(read_audio(clip.file)), noise))
             aug.frames = len(arrays[""])
             np.save(out / f"{aug.id}.npy", arrays[""])
             np.save(out / f"{aug.id}.tags.npy", arrays["tags"])
@@ -349,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="JSON of the figures")
     ap.add_argument("--weights", type=Path, default=None, help="write the classifier trained on all the data here (<model>.content.npz)")
     ap.add_argument("--card", type=Path, default=None, help="record the classifier and its figures in this card's content_classifier entry")
-    ap.add_argument("--augment", type=Path, default=None, help="add copies of some clips sent over a short-wave channel, cached in this folder (built if missing; needs codec2's c2enc/c2dec)")
+    ap.add_argument("--augment", type=Path, default=None, help="add narrow-band copies of some clips, cached in this folder (built if missing)")
     ap.add_argument("--frames", type=int, default=FRAMES)
     ap.add_argument("--hidden", type=int, default=FitConfig.hidden)
     ap.add_argument("--epochs", type=int, default=FitConfig.epochs)

@@ -15,8 +15,8 @@ figures its card entry reports:
 * per clip, for every speech clip (``cv_per_clip`` in the ``--out`` JSON).
 
 Two clips of the codec2 source are modem signals, not speech
-(:data:`NOT_SPEECH`): they are left out of training and of the speech
-figures and scored on their own.
+(:data:`NOT_SPEECH`): trained on as the data labels them (speech), but
+scored on their own (source :data:`MODEM`), not in the speech figures.
 
 Per source it reports the share of speech windows called ``speech`` (talk:
 the music heads are held), called speech or speech over music (``gated``),
@@ -74,8 +74,9 @@ NOT_SPEECH = {
                                         "(speech: 21-56 dB), no pause, no pitch harmonics",
 }
 """Clips of the speech set labelled speech that hold no audible speech: digital-voice modem tones, whose payload is
-codec2 speech.  Neither trained on nor counted as speech; scored on their own (``modem_final``)."""
-MODEM = "codec2_samples/modem"
+codec2 speech.  Trained on as labelled; not counted as speech, scored on their own (:data:`MODEM`)."""
+MODEM = "codec2_samples (modem)"
+"""The source the :data:`NOT_SPEECH` clips are reported under."""
 
 
 def is_modem(clip: Clip) -> bool:
@@ -95,7 +96,8 @@ class ContentWindows:
     x: np.ndarray  # (windows, 2 * 753) float32: mean and std of each window's features
     label: int
     source: str
-    trained: bool  # False for the real-music and modem clips (scored only)
+    trained: bool  # False for the real-music clips (scored only)
+    modem: bool = False  # one of NOT_SPEECH: reported under MODEM, not as speech
 
 
 def window_stats(feats: np.ndarray, frames: int = FRAMES, hop: int = HOP, edge: int = EDGE) -> np.ndarray:
@@ -166,7 +168,7 @@ def build_augmented(cache: Path, out: Path, every: dict[str, int] | None = None,
 def load_windows(cache: Path, frames: int = FRAMES, hop: int = HOP, log: Callable[[str], None] | None = print) -> list[ContentWindows]:
     """Every cached clip with a content label (and the real-music clips, as music), as short windows.
 
-    The :data:`NOT_SPEECH` clips (and copies of them) come as untrained items of source :data:`MODEM`.
+    The :data:`NOT_SPEECH` clips (and copies of them) are marked ``modem``.
     """
     targets = Targets()
     out = []
@@ -182,12 +184,9 @@ def load_windows(cache: Path, frames: int = FRAMES, hop: int = HOP, log: Callabl
         x = window_stats(load_features(cache, clip), frames, hop)
         if len(x):
             source = clip.labels["source"] if clip.dataset in ("speech", "mix") else clip.dataset
-            modem = is_modem(clip)
-            if modem:
-                source = MODEM
             if "augment" in clip.labels:
                 source += "/" + clip.labels["augment"]
-            out.append(ContentWindows(clip, x, label, source, clip.dataset != "realmusic" and not modem))
+            out.append(ContentWindows(clip, x, label, source, clip.dataset != "realmusic", is_modem(clip)))
         if log and k % 500 == 0:
             log(f"loaded {k + 1}/{len(clips)} clips")
     return out
@@ -292,10 +291,10 @@ def save(net: Net, path: Path, frames: int) -> None:
 
 
 def rates(items: list[ContentWindows], preds: list[np.ndarray]) -> dict[str, dict[str, float]]:
-    """Per content label and source: windows, and the share called ``speech``, ``gated`` (speech or speech over music), ``music``."""
+    """Per content label and source (:data:`MODEM` for the modem clips): windows, and the share called ``speech``, ``gated`` (speech or speech over music), ``music``."""
     acc: dict[str, list[np.ndarray]] = defaultdict(list)
     for it, p in zip(items, preds):
-        acc[f"{vocab.CONTENT[it.label]}/{it.source}"].append(p)
+        acc[f"{vocab.CONTENT[it.label]}/{MODEM if it.modem else it.source}"].append(p)
     out = {}
     for key in sorted(acc):
         p = np.concatenate(acc[key])
@@ -311,9 +310,9 @@ def per_clip(items: list[ContentWindows], preds: list[np.ndarray], label: int = 
 
 
 def overall(items: list[ContentWindows], preds: list[np.ndarray]) -> dict[str, float]:
-    """Window shares over all speech clips (``speech``, ``gated``) and all music clips (called ``speech``, ``gated``)."""
+    """Window shares over all speech clips (``speech``, ``gated``; the modem clips left out) and all music clips (called ``speech``, ``gated``)."""
     def share(label: int, hit: Callable[[np.ndarray], np.ndarray]) -> float:
-        p = [hit(q) for it, q in zip(items, preds) if it.label == label]
+        p = [hit(q) for it, q in zip(items, preds) if it.label == label and not it.modem]
         return round(float(np.mean(np.concatenate(p))), 4) if p else float("nan")
 
     return {"speech_as_speech": share(SPEECH, lambda q: q == SPEECH), "speech_gated": share(SPEECH, lambda q: q != MUSIC),
@@ -383,11 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.loso != "none":
         result["leave_source_out"] = leave_source_out(items, config, None if args.loso == "all" else args.loso.split(","))
     net = fit(trained, config)
-    real = [it for it in items if not it.trained and it.source != MODEM]
+    real = [it for it in items if not it.trained]
     result["real_music_final"] = rates(real, predict(net, real))
-    modem = [it for it in items if it.source == MODEM]
-    preds = predict(net, modem)
-    result["modem_final"] = {**rates(modem, preds), "per_clip": per_clip(modem, preds)}
     result["seconds"] = round(time.time() - t0, 1)
     result["command"] = "python -m rtgenre.training.content " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.weights:

@@ -123,7 +123,7 @@ CODEC2 = SHARED / "train" / "speech" / "codec2_samples" / "speech"
 
 
 @pytest.mark.skipif(not CODEC2.is_dir(), reason="../shared/data is not available")
-def test_the_clips_left_out_as_not_speech_are_the_constant_envelope_ones():
+def test_the_clips_reported_as_not_speech_are_the_constant_envelope_ones():
     pytest.importorskip("torch")
     from rtgenre.training.content import NOT_SPEECH
 

@@ -117,3 +117,35 @@ def test_listen_turns_to_talk_and_back_within_3_s_on_real_recordings(tmp_path):
     preds = [e for e in events if e["event"] == "prediction"]
     assert all(p["heads"] == {} for p in preds if gate[1][1] <= p["t"] < gate[2][1] and p["content"]["top"] == "speech")
     assert not [e for e in events if e["event"] == "change" and e["t"] > gate[1][1] and e["t"] < gate[2][1]]  # no genre from talk
+
+
+CODEC2 = SHARED / "train" / "speech" / "codec2_samples" / "speech"
+
+
+@pytest.mark.skipif(not CODEC2.is_dir(), reason="../shared/data is not available")
+def test_the_clips_reported_as_not_speech_are_the_constant_envelope_ones():
+    pytest.importorskip("torch")
+    from rtgenre.training.content import NOT_SPEECH
+
+    def spread_db(path: Path) -> float:  # 5th to 95th percentile of 20 ms levels: speech pauses, a modem does not
+        x, sr = sf.read(str(path), dtype="float32")
+        n = int(0.02 * sr)
+        rms = np.sqrt(np.mean(x[: len(x) // n * n].reshape(-1, n) ** 2, axis=1)) + 1e-9
+        return float(np.diff(np.percentile(20 * np.log10(rms), [5, 95]))[0])
+
+    spreads = {f"codec2_samples/speech/{p.name}": spread_db(p) for p in sorted(CODEC2.glob("*.ogg"))}
+    modem = {k for k in spreads if k in NOT_SPEECH}
+    assert modem == set(NOT_SPEECH)
+    assert all(spreads[k] < 8 for k in modem) and all(v > 15 for k, v in spreads.items() if k not in modem), spreads
+
+
+def test_a_modem_clip_and_a_mix_holding_one_are_recognised():
+    pytest.importorskip("torch")
+    from rtgenre.training.content import is_modem
+    from rtgenre.training.realdata import Clip
+
+    speech = "/data/train/speech/codec2_samples/speech/"
+    assert is_modem(Clip("a", "speech", speech + "vk2tpm_004.ogg", "g"))
+    assert is_modem(Clip("m", "mix", speech + "david4.ogg+/data/train/4q/x.mp3", "g|h"))
+    assert not is_modem(Clip("b", "speech", speech + "ve9qrp.ogg", "g"))
+    assert not is_modem(Clip("c", "speech", speech + "not_david4.ogg", "g"))

@@ -11,7 +11,12 @@ figures its card entry reports:
   prompts, codec2/HF radio, the broadcast interviews...): trained without any
   clip or mix of that source, scored on it, so that a source unlike every
   other shows how the classifier does on speech it has never heard;
-* the 18 real-music clips (never trained on) as music.
+* the 18 real-music clips (never trained on) as music;
+* per clip, for every speech clip (``cv_per_clip`` in the ``--out`` JSON).
+
+Two clips of the codec2 source are modem signals, not speech
+(:data:`NOT_SPEECH`): trained on as the data labels them (speech), but
+scored on their own (source :data:`MODEM`), not in the speech figures.
 
 Per source it reports the share of speech windows called ``speech`` (talk:
 the music heads are held), called speech or speech over music (``gated``),
@@ -62,6 +67,21 @@ EDGE = 73
 """Frames at each end of a cached clip left out (their encoder context saw zero padding)."""
 DATASETS = ("4q", "gtzan", "medley", "freesound", "speech", "mix", "realmusic")
 MUSIC, SPEECH, OVER = (vocab.CONTENT.index(c) for c in ("music", "speech", "speech over music"))
+NOT_SPEECH = {
+    "codec2_samples/speech/vk2tpm_004.ogg": "FreeDV 700D modem signal received off air (codec2's README_ofdm uses it to test its OFDM "
+                                            "demodulator): flat 1000-2000 Hz, 20 ms levels within 5.4 dB (5th-95th percentile)",
+    "codec2_samples/speech/david4.ogg": "FreeDV modem signal: flat 750-2250 Hz, nothing above 3.3 kHz, 20 ms levels within 2.6 dB over 30 s "
+                                        "(speech: 21-56 dB), no pause, no pitch harmonics",
+}
+"""Clips of the speech set labelled speech that hold no audible speech: digital-voice modem tones, whose payload is
+codec2 speech.  Trained on as labelled; not counted as speech, scored on their own (:data:`MODEM`)."""
+MODEM = "codec2_samples (modem)"
+"""The source the :data:`NOT_SPEECH` clips are reported under."""
+
+
+def is_modem(clip: Clip) -> bool:
+    """Whether a clip is (or a mix holds) one of the :data:`NOT_SPEECH` recordings."""
+    return any(part.replace("\\", "/").endswith("/" + name) for part in clip.file.split("+") for name in NOT_SPEECH)
 
 
 @dataclass
@@ -77,6 +97,7 @@ class ContentWindows:
     label: int
     source: str
     trained: bool  # False for the real-music clips (scored only)
+    modem: bool = False  # one of NOT_SPEECH: reported under MODEM, not as speech
 
 
 def window_stats(feats: np.ndarray, frames: int = FRAMES, hop: int = HOP, edge: int = EDGE) -> np.ndarray:
@@ -145,7 +166,10 @@ def build_augmented(cache: Path, out: Path, every: dict[str, int] | None = None,
 
 
 def load_windows(cache: Path, frames: int = FRAMES, hop: int = HOP, log: Callable[[str], None] | None = print) -> list[ContentWindows]:
-    """Every cached clip with a content label (and the real-music clips, as music), as short windows."""
+    """Every cached clip with a content label (and the real-music clips, as music), as short windows.
+
+    The :data:`NOT_SPEECH` clips (and copies of them) are marked ``modem``.
+    """
     targets = Targets()
     out = []
     clips = [c for c in read_index(cache) if c.dataset in DATASETS]
@@ -162,7 +186,7 @@ def load_windows(cache: Path, frames: int = FRAMES, hop: int = HOP, log: Callabl
             source = clip.labels["source"] if clip.dataset in ("speech", "mix") else clip.dataset
             if "augment" in clip.labels:
                 source += "/" + clip.labels["augment"]
-            out.append(ContentWindows(clip, x, label, source, clip.dataset != "realmusic"))
+            out.append(ContentWindows(clip, x, label, source, clip.dataset != "realmusic", is_modem(clip)))
         if log and k % 500 == 0:
             log(f"loaded {k + 1}/{len(clips)} clips")
     return out
@@ -267,10 +291,10 @@ def save(net: Net, path: Path, frames: int) -> None:
 
 
 def rates(items: list[ContentWindows], preds: list[np.ndarray]) -> dict[str, dict[str, float]]:
-    """Per content label and source: windows, and the share called ``speech``, ``gated`` (speech or speech over music), ``music``."""
+    """Per content label and source (:data:`MODEM` for the modem clips): windows, and the share called ``speech``, ``gated`` (speech or speech over music), ``music``."""
     acc: dict[str, list[np.ndarray]] = defaultdict(list)
     for it, p in zip(items, preds):
-        acc[f"{vocab.CONTENT[it.label]}/{it.source}"].append(p)
+        acc[f"{vocab.CONTENT[it.label]}/{MODEM if it.modem else it.source}"].append(p)
     out = {}
     for key in sorted(acc):
         p = np.concatenate(acc[key])
@@ -279,10 +303,16 @@ def rates(items: list[ContentWindows], preds: list[np.ndarray]) -> dict[str, dic
     return out
 
 
+def per_clip(items: list[ContentWindows], preds: list[np.ndarray], label: int = SPEECH) -> dict[str, dict[str, float]]:
+    """Per clip of ``label``: windows and the share called ``speech`` and ``gated`` (what :func:`rates` gives per source)."""
+    return {it.clip.id: {"windows": len(p), "speech": round(float(np.mean(p == SPEECH)), 4), "gated": round(float(np.mean(p != MUSIC)), 4)}
+            for it, p in zip(items, preds) if it.label == label}
+
+
 def overall(items: list[ContentWindows], preds: list[np.ndarray]) -> dict[str, float]:
-    """Window shares over all speech clips (``speech``, ``gated``) and all music clips (called ``speech``, ``gated``)."""
+    """Window shares over all speech clips (``speech``, ``gated``; the modem clips left out) and all music clips (called ``speech``, ``gated``)."""
     def share(label: int, hit: Callable[[np.ndarray], np.ndarray]) -> float:
-        p = [hit(q) for it, q in zip(items, preds) if it.label == label]
+        p = [hit(q) for it, q in zip(items, preds) if it.label == label and not it.modem]
         return round(float(np.mean(np.concatenate(p))), 4) if p else float("nan")
 
     return {"speech_as_speech": share(SPEECH, lambda q: q == SPEECH), "speech_gated": share(SPEECH, lambda q: q != MUSIC),
@@ -313,7 +343,8 @@ def leave_source_out(items: list[ContentWindows], config: FitConfig, sources: li
     for s in sources:
         held = [it for it in train if it.source == s]
         net = fit([it for it in train if it.source.split("/")[0] != s], config)
-        out[s] = rates(held, predict(net, held))
+        preds = predict(net, held)
+        out[s] = {**rates(held, preds), "per_clip": per_clip(held, preds)}
         if log:
             log(f"left out {s}: {out[s]}")
     return out
@@ -347,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
                     "clips": len(trained), "windows": int(sum(len(it.x) for it in trained)),
                     "cv": {"overall": overall(trained, cv), "per_source": rates(trained, cv)}}
     print(json.dumps(result["cv"], indent=1), flush=True)
+    clips = per_clip(trained, cv)
     if args.loso != "none":
         result["leave_source_out"] = leave_source_out(items, config, None if args.loso == "all" else args.loso.split(","))
     net = fit(trained, config)
@@ -359,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         ContentClassifier(args.weights, vocab.CONTENT)  # what the runtime reads
         result["weights_sha256"] = file_sha256(args.weights)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    args.out.write_text(json.dumps({**result, "cv_per_clip": clips}, indent=1) + "\n")
     if args.card:
         card = json.loads(args.card.read_text())
         card["content_classifier"] = {"weights": args.weights.name if args.weights else None, **{k: result[k] for k in result if k != "real_music_final"},

@@ -134,6 +134,8 @@ def stream(card, engine, audio, hop_s, block, lookahead="wait"):
             ends.append(w.end_frame)
             arrived.append(None if analyzer.features.ended else analyzer.features.frames)
             feats.append(analyzer.features.window(w.end_frame))
+            for n in (1, 62, 100):  # a window's newest frames alone (the content classifier's): within and across the provisional ones
+                np.testing.assert_array_equal(analyzer.features.window(w.end_frame, frames=n), feats[-1][-n:])
             probs.append(p)
 
     for i in range(0, len(audio), block):

@@ -244,14 +244,18 @@ class FeatureStream:
         else:  # the end's flush
             self._flushed = True
 
-    def window(self, end_frame: int, out: np.ndarray | None = None) -> np.ndarray:
-        """Features ``(window_frames, dim)`` of the window ending at ``end_frame`` (written into ``out`` when given)."""
-        start = end_frame - self.window_frames
+    def window(self, end_frame: int, out: np.ndarray | None = None, frames: int | None = None) -> np.ndarray:
+        """Features ``(window_frames, dim)`` of the window ending at ``end_frame`` (written into ``out`` when given);
+        with ``frames``, only that window's last ``frames`` frames."""
+        n = self.window_frames if frames is None else frames
+        start = end_frame - n
         if out is None:
-            out = np.empty((self.window_frames, self.dim), np.float32)
-        held = min(end_frame, self.final)
-        self._feats.get(start, held, out[: held - start])
-        out[held - start :] = self._prov[: end_frame - held]
+            out = np.empty((n, self.dim), np.float32)
+        held = max(start, min(end_frame, self.final))
+        if held > start:
+            self._feats.get(start, held, out[: held - start])
+        if held < end_frame:  # the newest frames: provisional features, kept from frame ``final`` on
+            out[held - start :] = self._prov[held - self.final : end_frame - self.final]
         return out
 
 

@@ -78,9 +78,9 @@ def _feeds(config: MonitorConfig, card) -> list:
 
     Encoding ahead every few frames is what keeps one ``listen`` feed's latency
     at a few milliseconds; with many feeds it multiplies the engine calls and
-    keeps feeds busy in steps their windows then wait behind (measured with
-    ``tools/bench_monitor.py``: 60 paced feeds went from not sustained to p99
-    453 ms; README, monitor capacity).
+    keeps feeds busy in steps their windows then wait behind (``tools/bench_monitor.py``
+    on a quiet machine, with the GIL switch interval of :mod:`rtgenre.session`:
+    40 paced feeds sustained before, 60 after; README, monitor capacity).
     """
     from rtgenre.pipeline import Feed
     from rtgenre.smoothing import Smoother

@@ -53,7 +53,7 @@ from rtgenre.sources.base import Source, backoff
 #: steps (bounded temporaries, so memory does not grow with how far behind the analysis is).
 READ_SECONDS = 1.0
 #: The same for a file read as fast as possible (``classify``): fewer, longer engine calls (the encoder's
-#: steps and the back end's batches) cost 11 % less CPU for a 5-minute file than 1 s polls (README, benchmarks).
+#: steps and the back end's batches) cost 9 % less CPU for a 5-minute file than 1 s polls (README, benchmarks).
 OFFLINE_READ_SECONDS = 4.0
 #: Frames (128 ms) a feed with the step encoder lets arrive before encoding them ahead of its next window: a call
 #: costs ~0.7 ms besides its frames, so calls of a few frames keep the latency low without doubling the work.
@@ -249,7 +249,7 @@ def infer(engine: Engine, ready: list[tuple[Analyzer, Window]], ahead: list[Anal
         results = run_windows(engine, [(a.features, w) for a, w in ready], early)
         for (a, w), probs in zip(ready, results):
             if a.content is not None:
-                probs[CONTENT_HEAD] = a.content.process(a.features.window(w.end_frame))
+                probs[CONTENT_HEAD] = a.content.process(a.features.window(w.end_frame, frames=a.content.frames))  # its newest frames only
         return results
     out: list[dict[str, np.ndarray]] = []
     for i in range(0, len(ready), engine.max_batch):

@@ -97,7 +97,7 @@ def _train_corpora(args: argparse.Namespace) -> int:
     from rtgenre.training.corpus import corpus_hours
     from rtgenre.training.data import CropSampler, load_cache
     from rtgenre.training.distill import agreement, agreement_runtime, train_backend
-    from rtgenre.training.export import export_model
+    from rtgenre.training.export import export_model, save_card
     from rtgenre.training.features import FRONTEND, build_cache, read_index
     from rtgenre.training.labels import (
         BROAD_MAP,
@@ -173,7 +173,7 @@ def _train_corpora(args: argparse.Namespace) -> int:
         print(f"held-out {name}, exported model at run time: " + ", ".join(f"{k} {v:.3f}" for k, v in runtime[name].items()), flush=True)
     raw = json.loads(card.read_text())
     raw["evaluation"]["held_out_agreement_runtime"] = {"windows_hop_frames": WINDOW_HOP, **runtime}
-    card.write_text(json.dumps(raw, indent=1, ensure_ascii=False) + "\n")
+    save_card(card, raw)
     print(f"wrote {card} and {card.with_suffix('.onnx')}")
     return 0
 

@@ -56,6 +56,7 @@ from torch import nn
 from rtgenre.card import file_sha256
 from rtgenre.content import ContentClassifier
 from rtgenre.training import vocab
+from rtgenre.training.export import save_card
 from rtgenre.training.real import Targets, grouped_folds
 from rtgenre.training.realdata import Clip, load_features, read_index
 
@@ -396,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         card = json.loads(args.card.read_text())
         card["content_classifier"] = {"weights": args.weights.name if args.weights else None, **{k: result[k] for k in result if k != "real_music_final"},
                                       "real_music": result["real_music_final"]}
-        args.card.write_text(json.dumps(card, indent=1, ensure_ascii=False) + "\n")
+        save_card(args.card, card)
     return 0
 
 

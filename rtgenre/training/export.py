@@ -138,8 +138,13 @@ def write_card(
         **extra,
     }
     path = folder / f"{name}.json"
-    path.write_text(json.dumps(card, indent=1, ensure_ascii=False) + "\n")
+    save_card(path, card)
     return path
+
+
+def save_card(path: Path, card: dict[str, Any]) -> None:
+    """Write a card's JSON as every exporter does (one-space indent, UTF-8 text, a final newline)."""
+    path.write_text(json.dumps(card, indent=1, ensure_ascii=False) + "\n")
 
 
 class BackendGraph(nn.Module):

@@ -62,7 +62,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
 from bench_pipeline import REAL_MUSIC, _vm_hwm_kb, make_long_file  # noqa: E402
-from benchutil import cpu_s, emit  # noqa: E402
+from benchutil import cpu_s, emit, sustained  # noqa: E402
 
 from rtgenre.card import load_card  # noqa: E402
 
@@ -242,19 +242,19 @@ def main() -> None:
         result["input"] = make_long_file(path, args.seconds + 30, args.music)
         for n in (int(x) for x in args.feeds.split(",")):
             r = run_n(path, n, args.seconds, hop, args.threads, card.window_seconds, args.workers)
-            r["sustained"] = bool(r["overruns"] == 0 and r["latency_ms_p99"] is not None and r["latency_ms_p99"] <= args.p99_limit_ms)
+            r["sustained"] = sustained(r, args.p99_limit_ms)
             runs.append(r)
             print(json.dumps(r), file=sys.stderr, flush=True)
             if not r["sustained"] and not args.all:
                 break
     result["runs"] = runs
     first_miss = next((i for i, r in enumerate(runs) if not r["sustained"]), len(runs))
-    sustained = [r["feeds"] for r in runs[:first_miss]]  # every N up to the first one not sustained
+    kept = [r["feeds"] for r in runs[:first_miss]]  # every N up to the first one not sustained
     result["engine_cost_after"] = engine_cost(card)
     model_ms = (result["engine_cost_before"]["cpu_ms_per_window_median"] + result["engine_cost_after"]["cpu_ms_per_window_median"]) / 2
     result["model_cpu_ms_per_window"] = round(model_ms, 2)
     result["compute_bound_feeds"] = round(cores / (model_ms / 1000.0 * windows_per_s), 1)
-    result["max_sustained_feeds"] = max(sustained, default=0)
+    result["max_sustained_feeds"] = max(kept, default=0)
     result["share_of_compute_bound"] = round(result["max_sustained_feeds"] / result["compute_bound_feeds"], 3)
     saturated = [r["cpu_share_of_one_core"] for r in runs if not r["sustained"]]
     if saturated:  # a backlogged monitor takes all the CPU it can get: on a shared machine that is less than the cores
@@ -286,7 +286,7 @@ def paired(args: argparse.Namespace, result: dict, window_s: float, hop: float) 
             for code, root in (("other", other), ("this", ROOT)):
                 r = run_n(path, n, args.seconds, hop, args.threads, window_s, args.workers, root)
                 r["code"] = code
-                r["sustained"] = bool(r["overruns"] == 0 and r["latency_ms_p99"] is not None and r["latency_ms_p99"] <= args.p99_limit_ms)
+                r["sustained"] = sustained(r, args.p99_limit_ms)
                 runs.append(r)
                 print(json.dumps(r), file=sys.stderr, flush=True)
     result["runs"] = runs

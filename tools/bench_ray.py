@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
 from bench_pipeline import make_long_file  # noqa: E402
-from benchutil import cpu_s, emit  # noqa: E402
+from benchutil import cpu_s, emit, sustained  # noqa: E402
 
 from rtgenre.card import load_card  # noqa: E402
 
@@ -130,10 +130,6 @@ def run_n(path: Path, n: int, seconds: float, hop: float, window_s: float, addre
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }
-
-
-def sustained(r: dict, limit_ms: float) -> bool:
-    return bool(r["overruns"] == 0 and r["latency_ms_p99"] is not None and r["latency_ms_p99"] <= limit_ms)
 
 
 @contextlib.contextmanager

@@ -38,3 +38,8 @@ def emit(result: dict[str, Any], out: Path | None) -> None:
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text + "\n")
+
+
+def sustained(run: dict[str, Any], limit_ms: float) -> bool:
+    """Whether a run of live feeds kept up: no overrun, and latency p99 within ``limit_ms``."""
+    return bool(run["overruns"] == 0 and run["latency_ms_p99"] is not None and run["latency_ms_p99"] <= limit_ms)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 
 
 def tone(seconds: float, rate: int, freqs: Sequence[float], amps: Sequence[float]) -> np.ndarray:
@@ -33,6 +32,8 @@ def make_tone(tmp_path: Path) -> Callable[..., Path]:
         amps: Sequence[float] = (0.3, 0.15),
         subtype: str | None = None,
     ) -> Path:
+        import soundfile as sf  # imported here: the GPU check runs the engine tests without soundfile
+
         path = tmp_path / name
         sf.write(path, tone(seconds, rate, freqs, amps), rate, subtype=subtype)
         return path

@@ -291,13 +291,22 @@ def make_fake_tensorrt(name: str, runtime: FakeCudaRuntime) -> types.ModuleType:
     trt.builds = 0  # plans returned
     trt.build_attempts = 0  # build_serialized_network calls
     trt.reject_current = False  # make builds that target ComputeCapability.CURRENT fail (TensorRT-RTX only)
+    trt.refuse_gpu = ""  # a message: the runtime logs it as an error and loads no plan (TensorRT-RTX on a GPU it does not support)
     rtx = name == "tensorrt_rtx"
 
-    class Logger:
-        WARNING = 2
+    class ILogger:
+        class Severity(enum.Enum):
+            INTERNAL_ERROR = 0
+            ERROR = 1
+            WARNING = 2
+            INFO = 3
+            VERBOSE = 4
 
-        def __init__(self, severity):
-            self.severity = severity
+        def __init__(self):
+            pass
+
+        def log(self, severity, msg):
+            raise NotImplementedError("ILogger::log is pure virtual")
 
     class DataType(enum.Enum):
         FLOAT = 0
@@ -477,6 +486,9 @@ def make_fake_tensorrt(name: str, runtime: FakeCudaRuntime) -> types.ModuleType:
             self.logger = logger
 
         def deserialize_cuda_engine(self, plan):
+            if trt.refuse_gpu:
+                self.logger.log(ILogger.Severity.ERROR, trt.refuse_gpu)
+                return None
             plan = bytes(plan)
             if not plan.startswith(PLAN_MAGIC):
                 return None
@@ -488,7 +500,7 @@ def make_fake_tensorrt(name: str, runtime: FakeCudaRuntime) -> types.ModuleType:
             raise TypeError("Could not resolve TensorRT datatype to an equivalent numpy datatype.")
         return np.float32 if dtype == DataType.FLOAT else np.float16
 
-    for obj in (Logger, DataType, TensorIOMode, Builder, OnnxParser, Runtime, nptype):
+    for obj in (ILogger, DataType, TensorIOMode, Builder, OnnxParser, Runtime, nptype):
         setattr(trt, obj.__name__, obj)
     if rtx:
         trt.ComputeCapability = SimpleNamespace(NONE=0, CURRENT=1, SM80=80)

@@ -10,8 +10,11 @@ TensorRT; torch eager is the reference for ONNX Runtime.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -26,7 +29,7 @@ from rtgenre.inference.commands import add_engine_arguments, run_engine
 from rtgenre.inference.onnxruntime import OnnxRuntimeEngine
 from rtgenre.inference.cuda import CudaError, load_cuda
 from rtgenre.inference.plancache import PlanCache, PlanKey
-from rtgenre.inference.tensorrt import TensorRTEngine, convert_onnx_to_fp16, import_tensorrt, tensorrt_available
+from rtgenre.inference.tensorrt import TensorRTEngine, UnsupportedGpuError, convert_onnx_to_fp16, import_tensorrt, tensorrt_available
 
 MAX_BATCH = 256
 TRT_OK, TRT_REASON = tensorrt_available()
@@ -39,7 +42,10 @@ def make_engine(kind: str, card, cache_dir, max_batch: int = MAX_BATCH):
     ok, reason = tensorrt_available()
     if not ok:
         pytest.skip(f"TensorRT unavailable: {reason}")
-    return TensorRTEngine(card, precision=kind.split("-")[1], max_batch=max_batch, cache=PlanCache(cache_dir), stream=False)
+    try:
+        return TensorRTEngine(card, precision=kind.split("-")[1], max_batch=max_batch, cache=PlanCache(cache_dir), stream=False)
+    except UnsupportedGpuError as e:  # e.g. TensorRT-RTX 1.7 on a Hopper GPU: builds, will not run
+        pytest.skip(f"TensorRT cannot run on this GPU: {e}")
 
 
 def windows(card, n: int, seed: int) -> np.ndarray:
@@ -47,8 +53,19 @@ def windows(card, n: int, seed: int) -> np.ndarray:
     return random_windows(n, seed, card.window_frames, card.frontend.n_mels)
 
 
+@functools.cache
+def real_gpu_refusal(card_path: Path) -> str:
+    """Why the real GPU's TensorRT will not run a plan it builds for ``card_path`` (``""``: it does)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            TensorRTEngine(load_card(card_path), precision="fp32", max_batch=1, cache=PlanCache(Path(tmp)), stream=False).close()
+        except UnsupportedGpuError as e:
+            return str(e)
+    return ""
+
+
 @pytest.fixture(params=["real", "fake-tensorrt", "fake-tensorrt_rtx"])
-def gpu(request, monkeypatch, tmp_path):
+def gpu(request, monkeypatch, tmp_path, test_card_path):
     """The real GPU (skipped where TensorRT cannot run), or the CPU stand-in of either TensorRT flavour.
 
     Yields ``None`` for the real GPU, else the fake ``(trt module, CUDA runtime)``.
@@ -58,6 +75,8 @@ def gpu(request, monkeypatch, tmp_path):
     if request.param == "real":
         if not TRT_OK:
             pytest.skip(f"TensorRT unavailable: {TRT_REASON}")
+        if refusal := real_gpu_refusal(test_card_path):
+            pytest.skip(f"TensorRT cannot run on this GPU: {refusal}")
         yield None
         return
     yield install_fake_gpu(monkeypatch, request.param.removeprefix("fake-"))
@@ -328,6 +347,22 @@ def test_fake_gpu_rebuilds_a_plan_the_runtime_rejects(gpu, test_card_path, tmp_p
     assert cache.load(entry.key).startswith(b"FAKEPLAN")
 
 
+def test_fake_gpu_a_runtime_that_refuses_the_gpu_names_why_on_stderr(gpu, test_card_path, tmp_path, capsys):
+    """TensorRT-RTX 1.7 builds for an H200 but will not run there: the error quotes TensorRT, stdout stays clean, auto falls back."""
+    if gpu is None:
+        pytest.skip("the fake runtime refuses on demand; tools/gpu_check.sh records what a real one says")
+    trt, runtime = gpu
+    trt.refuse_gpu = "The engine cannot run on this GPU, which has compute capability 9.0."
+    card = load_card(test_card_path)
+    with pytest.raises(UnsupportedGpuError, match="will not run it on .*: The engine cannot run on this GPU, which has compute capability 9.0"):
+        TensorRTEngine(card, precision="fp32", max_batch=4, cache=PlanCache(tmp_path), stream=False)
+    out = capsys.readouterr()
+    assert out.out == "" and "[TRT] [E] The engine cannot run on this GPU" in out.err
+    assert PlanCache(tmp_path).entries() == [] and runtime.device_mem == {}  # nothing cached, nothing left on the GPU
+    with create_engine("auto", card) as engine:
+        assert engine.name == "onnxruntime" and "compute capability 9.0" in engine.notice
+
+
 def test_fake_rtx_retries_without_targeting_the_current_gpu(monkeypatch, test_card_path, tmp_path):
     trt, _ = install_fake_gpu(monkeypatch, "tensorrt_rtx")
     try:
@@ -390,9 +425,10 @@ def test_real_tensorrt_parses_and_builds_with_fake_cuda(precision, monkeypatch, 
         engine.gpu = engine.cuda.device_info()
         engine.precision, how = engine._choose_precision(precision)
         assert engine.precision == precision
+        engine.max_batch, engine.streaming = 64, False
         key = PlanKey(card.onnx_sha256, trt.__name__, trt.__version__, engine.gpu.name, engine.gpu.cc, precision, 1, 8, 64)
         try:
-            plan = engine._build(key)
+            plan = engine._build(key, engine._specs()["window"])
         except EngineUnavailableError as e:
             pytest.skip(f"this {trt.__name__} cannot build without a GPU ({e})")
         assert len(plan) > 0
@@ -402,7 +438,7 @@ def test_real_tensorrt_parses_and_builds_with_fake_cuda(precision, monkeypatch, 
         (tmp_path / "bad.json").write_text(json.dumps(bad))
         engine.card = load_card(tmp_path / "bad.json")
         with pytest.raises(ModelCorruptError, match="bad.onnx"):
-            engine._build(key)
+            engine._build(key, engine._specs()["window"])
     finally:
         tensorrt_available.cache_clear()
 

@@ -10,7 +10,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from rtgenre.card import file_sha256, load_card
 from rtgenre.errors import ModelCorruptError, ModelMissingError
-from rtgenre.training.export import export_model, load_backend, save_backend
+from rtgenre.training.export import export_model, load_backend, load_torch_model, save_backend
 from rtgenre.training.labels import GTZAN_MAP, HEADS
 from rtgenre.training.model import CRNN, Backend, BackendConfig, HeadSpec
 from rtgenre.training.musicnn import Musicnn
@@ -41,6 +41,20 @@ def test_onnx_runtime_matches_torch(exported, batch):
         np.testing.assert_allclose(g, w, atol=1e-4)
     np.testing.assert_allclose(got[0].sum(1), 1.0, atol=1e-5)  # genre: softmax
     assert ((got[2] >= 0) & (got[2] <= 1)).all()  # instruments: sigmoid
+
+
+def test_shipped_graph_matches_its_weights_rebuilt_in_torch():
+    """``load_torch_model`` (the torch peer of tools/bench_engine.py) is the shipped ``rtgenre.onnx``: every output, hash included."""
+    card = load_card(None)
+    model = load_torch_model(card)
+    sess = ort.InferenceSession(str(card.onnx_path), providers=["CPUExecutionProvider"])
+    x = np.log10(1 + 1e4 * np.random.default_rng(3).random((2, card.window_frames, card.frontend.n_mels)) ** 4).astype(np.float32)
+    got = sess.run(None, {card.input_name: x})
+    with torch.no_grad():
+        want = [t.numpy() for t in model(torch.from_numpy(x))]
+    assert [o.name for o in sess.get_outputs()][: len(want)] == [*(h.output for h in card.heads), *(["hash"] if card.raw.get("hash") else [])]
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, atol=1e-4, rtol=1e-4)
 
 
 def test_card_matches_the_graph(exported):

@@ -14,8 +14,9 @@ For each batch size (default 1, 8, 64, 256) and each engine:
   without a factory these rows are skipped with the reason.
 
 Every engine reports median and p99 ms per batch, ms per window and windows/s.
-Engines that cannot run here are listed with the reason, so the script also
-runs on a CPU-only machine (ONNX Runtime only).
+Engines that cannot run here are listed with the reason (``skipped``), engines
+that fail with the exception (``error``), so the script also runs on a CPU-only
+machine (ONNX Runtime only).
 
 Usage::
 
@@ -228,12 +229,16 @@ def main(argv: list[str] | None = None) -> int:
         }
         for name in engines:
             print(f"bench_engine: {name} ...", file=sys.stderr)
-            if name == "onnxruntime":
-                r = bench_onnxruntime(card, batches, args.cpu_iters, min(args.warmup, 3), args.threads)
-            elif name.startswith("tensorrt"):
-                r = bench_tensorrt(card, name.split("-")[1], batches, args.iters, args.warmup)
-            else:
-                r = bench_torch(card, torch_spec, name == "torch-fp16", batches, args.iters, args.warmup)
+            try:
+                if name == "onnxruntime":
+                    r = bench_onnxruntime(card, batches, args.cpu_iters, min(args.warmup, 3), args.threads)
+                elif name.startswith("tensorrt"):
+                    r = bench_tensorrt(card, name.split("-")[1], batches, args.iters, args.warmup)
+                else:
+                    r = bench_torch(card, torch_spec, name == "torch-fp16", batches, args.iters, args.warmup)
+            except Exception as e:  # one engine's failure is a result too; the others still run
+                r = {"error": f"{type(e).__name__}: {e}"}
+                print(f"bench_engine: {name} failed: {r['error']}", file=sys.stderr)
             result["results"][name] = r
 
     out = args.out or ROOT / "benchmarks" / "results" / f"bench_engine_{re.sub(r'[^a-z0-9]+', '_', device.split(' (')[0].split(':')[0].lower()).strip('_')}.json"

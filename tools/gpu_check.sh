@@ -25,11 +25,12 @@
 #     onnx ml_dtypes typing_extensions
 #     rich markdown-it-py mdurl pygments
 #     pytest iniconfig pluggy pytest-timeout
+#     soundfile cffi pycparser soxr (the shipped model's torch rows import rtgenre.training)
 #
-# Not needed there: soxr, soundfile, sounddevice (the engine code, its tests and
-# tests/conftest.py do not import them at import time).  torch and cuda-bindings come from the system python.
-# Optional: TORCH_MODEL=module:function for torch eager rows of the shipped
-# model's benchmark (see tools/bench_engine.py).
+# Not needed there: sounddevice, mido, ray.  torch and cuda-bindings come from
+# the system python.  The shipped model's torch eager rows rebuild it from its
+# weights (rtgenre.training.export:load_torch_model; TORCH_MODEL=module:function
+# for another factory, see tools/bench_engine.py).
 
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -85,7 +86,7 @@ if [[ $PHASE == all || $PHASE == bench ]]; then
     if [[ -f rtgenre/models/rtgenre.json ]]; then
         echo "=== bench: shipped rtgenre"
         # ONNX Runtime on all cores and few iterations: its batch of 256 windows takes seconds on the CPU
-        $PY tools/bench_engine.py ${TORCH_MODEL:+--torch-model "$TORCH_MODEL"} --cpu-iters "${CPU_ITERS:-5}" --threads "${ORT_THREADS:-$(nproc)}" \
+        $PY tools/bench_engine.py --torch-model "${TORCH_MODEL:-rtgenre.training.export:load_torch_model}" --cpu-iters "${CPU_ITERS:-5}" --threads "${ORT_THREADS:-$(nproc)}" \
             --out "$OUT/bench_engine_rtgenre.json" >/dev/null || status=1
     else
         echo "=== bench: rtgenre/models/rtgenre.json not present; shipped-model benchmark skipped"
@@ -96,8 +97,8 @@ for path in sorted(pathlib.Path(sys.argv[1]).glob("bench_engine_*.json")):
     r = json.loads(path.read_text())
     print(f"--- {path.name}: {r['device']}")
     for engine, res in r["results"].items():
-        if "skipped" in res:
-            print(f"  {engine:14s} skipped: {res['skipped']}")
+        if "skipped" in res or "error" in res:
+            print(f"  {engine:14s} {'skipped' if 'skipped' in res else 'error'}: {res.get('skipped') or res['error']}")
             continue
         for b, m in res["batches"].items():
             t = m.get("gpu", m["e2e"])

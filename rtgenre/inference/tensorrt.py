@@ -22,9 +22,11 @@ the ONNX types, so FP16 there runs an FP16 copy of the ONNX graph made by
 
 from __future__ import annotations
 
+import collections
 import functools
 import importlib
 import importlib.util
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -200,16 +202,48 @@ def _nptype(trt: ModuleType, dtype: Any) -> np.dtype:
     return np_type
 
 
+class UnsupportedGpuError(EngineUnavailableError):
+    """TensorRT built a plan but its runtime refuses to run it on this GPU (TensorRT-RTX 1.7 on a Hopper GPU, say)."""
+
+
 class _Logger:
-    """One TensorRT logger per flavour (TensorRT wants a single long-lived logger)."""
+    """One TensorRT logger per flavour (TensorRT wants a single long-lived logger).
+
+    It writes warnings and errors to stderr as ``[TRT] [W] ...``, never to
+    stdout (``trt.Logger`` prints to stdout, which would break ``--json``
+    output), and keeps the last errors so that an exception can say why
+    TensorRT refused.
+    """
 
     loggers: dict[str, Any] = {}
 
     @classmethod
     def get(cls, trt: ModuleType) -> Any:
         if trt.__name__ not in cls.loggers:
-            cls.loggers[trt.__name__] = trt.Logger(trt.Logger.WARNING)
+            cls.loggers[trt.__name__] = cls._make(trt)
         return cls.loggers[trt.__name__]
+
+    @staticmethod
+    def _make(trt: ModuleType) -> Any:
+        severity = trt.ILogger.Severity
+        tags = {severity.INTERNAL_ERROR: "F", severity.ERROR: "E", severity.WARNING: "W"}
+
+        class Logger(trt.ILogger):
+            def __init__(self) -> None:
+                trt.ILogger.__init__(self)
+                self.errors: collections.deque[str] = collections.deque(maxlen=4)
+
+            def log(self, sev: Any, msg: str) -> None:
+                if sev in tags:
+                    print(f"[TRT] [{tags[sev]}] {msg}", file=sys.stderr, flush=True)
+                if sev in (severity.INTERNAL_ERROR, severity.ERROR):
+                    self.errors.append(msg)
+
+            def last_error(self) -> str:
+                """The latest error TensorRT logged, or ``""``."""
+                return self.errors[-1] if self.errors else ""
+
+        return Logger()
 
 
 @dataclass(frozen=True)
@@ -395,9 +429,10 @@ class TensorRTEngine(Engine):
             engine = self._runtime.deserialize_cuda_engine(plan)
             if engine is None:
                 self.cache.remove(key)
-                raise EngineUnavailableError(
-                    f"{self.trt.__name__} {key.trt_version} built a plan for {spec.onnx_path} but cannot load it on {self.gpu.name} (compute {self.gpu.cc}); its log above says why",
-                    "Use --engine onnxruntime, and report this with `rtgenre engine info`",
+                why = _Logger.get(self.trt).last_error() or "its log above says why"
+                raise UnsupportedGpuError(
+                    f"{self.trt.__name__} {key.trt_version} built a plan for {spec.onnx_path} but will not run it on {self.gpu.name} (compute {self.gpu.cc}): {why}",
+                    "Use --engine onnxruntime (--engine auto does), or a TensorRT release that supports this GPU",
                 )
         return _Graph(spec, engine, key, cache_hit, build_seconds, self.cache.paths(key)[0])
 

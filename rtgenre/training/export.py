@@ -39,7 +39,7 @@ import torch
 
 from torch import Tensor, nn
 
-from rtgenre.card import CARD_FORMAT, file_sha256
+from rtgenre.card import CARD_FORMAT, ModelCard, file_sha256
 from rtgenre.errors import ModelCorruptError, ModelMissingError
 from rtgenre.training.encoder import CONTEXT_AFTER, CONTEXT_BEFORE, STEP_DELAY, STEP_STATE, StepEncoder, StreamEncoder
 from rtgenre.training.features import FRONTEND
@@ -140,6 +140,49 @@ def write_card(
     path = folder / f"{name}.json"
     save_card(path, card)
     return path
+
+
+def load_torch_model(card: ModelCard | str | Path | None = None) -> nn.Module:
+    """The card's whole-window graph (``<name>.onnx``) as a torch module, rebuilt from its weights.
+
+    A torch-eager peer of the exported graph: the frozen encoder the card
+    names, its ``backend_weights`` and, for a hashed model, ``<name>.hash.npz``.
+    Its outputs are the ONNX graph's, in order (one probability tensor per
+    head, then ``hash`` where the card has one).
+
+    Parameters
+    ----------
+    card : ModelCard, str, Path or None
+        The model (default: the shipped one).
+
+    Returns
+    -------
+    nn.Module
+        In eval mode, on the CPU.
+
+    Raises
+    ------
+    ModelMissingError
+        The card has no back-end weights (a model exported as one graph only).
+
+    Examples
+    --------
+    >>> model = load_torch_model()                        # doctest: +SKIP
+    >>> probs = model(torch.zeros(1, 469, 96))            # doctest: +SKIP
+    """
+    from rtgenre.card import load_card
+    from rtgenre.training.hashing import HashedBackend, HashedCRNN, load_hash_layer
+
+    card = card if isinstance(card, ModelCard) else load_card(card)
+    folder = card.onnx_path.parent
+    if "backend_weights" not in card.raw:
+        raise ModelMissingError(f"Model {card.name} has no back-end weights to rebuild it in torch", "Use a model exported by `rtgenre train`")
+    encoder = load_teacher(card.raw.get("encoder", {}).get("name", MSD))
+    backend = load_backend(folder / card.raw["backend_weights"], encoder)
+    if card.raw.get("hash"):
+        layer, _ = load_hash_layer(folder / f"{card.name}.hash.npz")
+        return HashedCRNN(encoder, HashedBackend(backend, layer)).eval()
+    return CRNN(encoder, backend).eval()
 
 
 def save_card(path: Path, card: dict[str, Any]) -> None:

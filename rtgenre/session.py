@@ -254,27 +254,40 @@ class Session:
         switch = sys.getswitchinterval()
         if pool is not None:
             sys.setswitchinterval(min(switch, ENGINE_SWITCH_INTERVAL_S))
+
+        def collect() -> bool:
+            """Publish the steps done; whether there were any."""
+            done = [s for s in steps if s[0].done()]
+            for s in done:
+                steps.remove(s)
+                busy.difference_update(id(f) for f in s[2])
+                self._publish(s)
+            return bool(done)
+
+        def dispatch() -> bool:
+            """Publish the steps done, give free workers new steps (a step run on this thread is told at
+            once); whether anything happened."""
+            finished.clear()  # a step done from now on sets it again
+            collected = collect()
+            submitted = False
+            while len(steps) < (slots := self.workers if pool else 1) and (step := self._next_step(pending, busy, slots - len(steps))) is not None:
+                window_feeds, ahead = step
+                batch = [(feed.analyzer, w) for feed, w, _ in window_feeds]
+                if pool is not None:
+                    future = pool.submit(infer, self.engine, batch, [f.analyzer for f in ahead])
+                    future.add_done_callback(lambda _: finished.set())
+                else:
+                    future = _run_now(infer, self.engine, batch, [f.analyzer for f in ahead])
+                steps.append((future, window_feeds, [f for f, _, _ in window_feeds] + ahead))
+                busy.update(id(f) for f in steps[-1][2])
+                submitted = True
+            return collect() or collected or submitted
+
         try:
             while not self.stop_requested.is_set():
-                ready = self._poll(busy)
-                pending.extend(ready)
-                submitted = False
-                while len(steps) < (slots := self.workers if pool else 1) and (step := self._next_step(pending, busy, slots - len(steps))) is not None:
-                    window_feeds, ahead = step
-                    batch = [(feed.analyzer, w) for feed, w, _ in window_feeds]
-                    if pool is not None:
-                        future = pool.submit(infer, self.engine, batch, [f.analyzer for f in ahead])
-                        future.add_done_callback(lambda _: finished.set())
-                    else:
-                        future = _run_now(infer, self.engine, batch, [f.analyzer for f in ahead])
-                    steps.append((future, window_feeds, [f for f, _, _ in window_feeds] + ahead))
-                    busy.update(id(f) for f in steps[-1][2])
-                    submitted = True
-                done = [s for s in steps if s[0].done()]
-                for s in done:
-                    steps.remove(s)
-                    busy.difference_update(id(f) for f in s[2])
-                    self._publish(s)
+                # a worker that finishes while the feeds are read gets its next step at once, not after the whole pass
+                ready = self._poll(busy, pending, lambda: finished.is_set() and dispatch())
+                active = dispatch() or ready
                 if self.isolate:  # a feed that reached its end is told as such now, while the others go on
                     waiting = {id(f) for f, _, _ in pending} | busy
                     for feed in self.feeds:
@@ -283,9 +296,8 @@ class Session:
                             self._report(feed, ended=True)
                 if not pending and not steps and all(f.finished for f in self.feeds):
                     return
-                if not (ready or submitted or done):
+                if not active:
                     (finished if steps else self.stop_requested).wait(self._idle_s(busy))
-                finished.clear()  # steps done from now on are seen by the next look at them
             for s in steps:  # stopped: what is being computed is still told
                 s[0].result()
                 self._publish(s)
@@ -300,9 +312,10 @@ class Session:
         due = min((f.due_in() for f in self.feeds if not f.finished and id(f) not in busy), default=IDLE_MAX_S)
         return min(max(self.poll_s, due), IDLE_MAX_S)
 
-    def _poll(self, busy: set[int]) -> list[tuple[Feed, Window, float]]:
-        """Read every feed that is not ended and has no step in flight; their due windows with their read times."""
-        ready = []
+    def _poll(self, busy: set[int], pending: collections.deque, between: Callable[[], object]) -> bool:
+        """Read every feed that is not ended and has no step in flight into ``pending`` (its due windows
+        with their read times), calling ``between`` after each feed; whether any window came."""
+        ready = False
         for feed in self.feeds:
             if feed.finished or id(feed) in busy:
                 continue
@@ -313,7 +326,9 @@ class Session:
             except RtgenreError as e:
                 self._feed_failed(feed, e)
                 continue
-            ready += [(feed, w, now) for w in windows]
+            pending.extend((feed, w, now) for w in windows)
+            ready = ready or bool(windows)
+            between()
         return ready
 
     def _next_step(self, pending: collections.deque, busy: set[int], slots: int = 1) -> tuple[list, list[Feed]] | None:

@@ -28,6 +28,9 @@ from rtgenre.session import Session
 
 #: Default address of the metrics endpoint (loopback: nothing is exposed unless asked for).
 METRICS_HOST = "127.0.0.1"
+#: Seconds of source audio a monitor feed's ring holds (``listen``: 20). The loop reads every feed at
+#: least once a hop; 8 s is 16 times the latency target, and 44.1 kHz stereo then takes 2.8 MB a feed, not 7.
+FEED_RING_S = 8.0
 
 
 def add_monitor_arguments(sub: Any) -> None:
@@ -74,7 +77,8 @@ def _source(spec: FeedSpec):
 
 
 def _feeds(config: MonitorConfig, card) -> list:
-    """The feeds of a monitor: a step encoder runs only when a feed's window is due (``step_ahead=None``).
+    """The feeds of a monitor: a step encoder runs only when a feed's window is due (``step_ahead=None``),
+    and each ring holds :data:`FEED_RING_S` of audio.
 
     Encoding ahead every few frames is what keeps one ``listen`` feed's latency
     at a few milliseconds; with many feeds it multiplies the engine calls and
@@ -86,7 +90,8 @@ def _feeds(config: MonitorConfig, card) -> list:
     from rtgenre.smoothing import Smoother
 
     return [
-        Feed(s.name, _source(s), card, Smoother(card.heads, s.hop, s.smooth, s.silence_db, s.change_margin, s.change_hops), s.hop, step_ahead=None)
+        Feed(s.name, _source(s), card, Smoother(card.heads, s.hop, s.smooth, s.silence_db, s.change_margin, s.change_hops), s.hop,
+             step_ahead=None, ring_seconds=FEED_RING_S)
         for s in config.feeds
     ]
 

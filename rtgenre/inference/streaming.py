@@ -67,6 +67,9 @@ from rtgenre.inference.base import Engine
 LOOKAHEADS = ("wait", "provisional")
 #: Most features one chunked-encoder row, or new frames one step, computes (bounds the encoder's intermediate tensors).
 MAX_CHUNK = 256
+#: Rows of features a stream holds beyond one window at first (two 0.5 s hops); its ring grows when a
+#: read needs more (a 4 s read of ``classify``), so that a monitor's feeds hold 1.6 MB of features, not 2.8.
+FEATURE_SLACK = 64
 
 
 class FeatureStream:
@@ -103,7 +106,7 @@ class FeatureStream:
         self.window_frames = card.window_frames
         self.provisional = lookahead == "provisional"
         self._mel = RowRing(self.window_frames + self.before + self.after, card.frontend.n_mels, np.float32)
-        self._feats = RowRing(2 * self.window_frames, self.dim, np.float32)
+        self._feats = RowRing(self.window_frames + FEATURE_SLACK, self.dim, np.float32)
         self.reset()
 
     def reset(self) -> None:

@@ -31,6 +31,10 @@ METRICS_HOST = "127.0.0.1"
 #: Seconds of source audio a monitor feed's ring holds (``listen``: 20). The loop reads every feed at
 #: least once a hop; 8 s is 16 times the latency target, and 44.1 kHz stereo then takes 2.8 MB a feed, not 7.
 FEED_RING_S = 8.0
+#: Seconds of audio per block a monitor feed's source delivers (``listen``: 0.05). Every block is a
+#: read and a ring write in Python, under the GIL that all feeds share; 0.1 s halves them, and the
+#: 50 ms it can add before a sample reaches the ring is small against the 500 ms latency target.
+FEED_BLOCK_S = 0.1
 
 
 def add_monitor_arguments(sub: Any) -> None:
@@ -68,12 +72,13 @@ def add_monitor_arguments(sub: Any) -> None:
 
 
 def _source(spec: FeedSpec):
-    """The feed's source (not yet opened); reconnect settings apply to URLs, pacing to files."""
+    """The feed's source (not yet opened), in blocks of :data:`FEED_BLOCK_S`; reconnect settings apply to URLs, pacing to files."""
     from rtgenre.sources import is_url, open_source
 
     if spec.input is not None and is_url(spec.input):
-        return open_source(spec.input, None, reconnect=spec.reconnect, max_reconnects=spec.max_reconnects, stall_timeout=spec.stall_timeout)
-    return open_source(spec.input, spec.device, realtime=spec.realtime and spec.input is not None)
+        return open_source(spec.input, None, reconnect=spec.reconnect, max_reconnects=spec.max_reconnects, stall_timeout=spec.stall_timeout,
+                           block_seconds=FEED_BLOCK_S)
+    return open_source(spec.input, spec.device, realtime=spec.realtime and spec.input is not None, block_seconds=FEED_BLOCK_S)
 
 
 def _feeds(config: MonitorConfig, card) -> list:

@@ -128,7 +128,8 @@ def _info(args: argparse.Namespace) -> int:
         out.print(f"GPU: none usable ({info['cuda']['unavailable']})", soft_wrap=True)
     trt = f"{info['tensorrt_module']} {info['tensorrt_version']}" if info["tensorrt_module"] else "not installed"
     out.print(f"TensorRT: {trt}; ONNX Runtime: {info['onnxruntime_version'] or 'not installed'}", soft_wrap=True)
-    out.print("TensorRT engine: usable" if info["tensorrt_usable"] else f"TensorRT engine: not usable here ({info['reason']}); --engine auto runs ONNX Runtime on the CPU", soft_wrap=True)
+    out.print("TensorRT engine: usable (TensorRT imports and a GPU answers; `rtgenre engine build` shows whether this TensorRT runs on it)"
+              if info["tensorrt_usable"] else f"TensorRT engine: not usable here ({info['reason']}); --engine auto runs ONNX Runtime on the CPU", soft_wrap=True)
     out.print(f"Plan cache: {info['cache_dir']} ({len(info['entries'])} plan(s))", soft_wrap=True)
     if info["entries"]:
         table = Table("plan", "ONNX", "TensorRT", "GPU", "precision", "batch", "MiB", "built", "build s")

@@ -39,7 +39,7 @@ import torch
 
 from torch import Tensor, nn
 
-from rtgenre.card import CARD_FORMAT, ModelCard, file_sha256
+from rtgenre.card import CARD_FORMAT, ModelCard, file_sha256, load_card
 from rtgenre.errors import ModelCorruptError, ModelMissingError
 from rtgenre.training.encoder import CONTEXT_AFTER, CONTEXT_BEFORE, STEP_DELAY, STEP_STATE, StepEncoder, StreamEncoder
 from rtgenre.training.features import FRONTEND
@@ -170,7 +170,6 @@ def load_torch_model(card: ModelCard | str | Path | None = None) -> nn.Module:
     >>> model = load_torch_model()                        # doctest: +SKIP
     >>> probs = model(torch.zeros(1, 469, 96))            # doctest: +SKIP
     """
-    from rtgenre.card import load_card
     from rtgenre.training.hashing import HashedBackend, HashedCRNN, load_hash_layer
 
     card = card if isinstance(card, ModelCard) else load_card(card)

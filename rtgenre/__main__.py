@@ -2,4 +2,5 @@
 
 from rtgenre.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # not when a --processes worker imports it
+    raise SystemExit(main())

@@ -8,7 +8,8 @@ engine per node (``auto`` picks TensorRT on a node with a GPU).  Its events
 cross to the driver as plain dicts, batched per poll (:meth:`Shard.poll`
 answers as soon as any are waiting); the driver publishes them on its own
 :class:`~rtgenre.sinks.base.EventBus` (JSON Lines, files, dashboard, metrics
-exactly as in one process), adding ``node`` to every ``start`` event.
+exactly as in one process), adding ``node`` to every ``start`` event.  Both
+sides are :mod:`rtgenre.shards`' (as for ``--processes``); what is Ray's is here.
 
 The model reaches the workers through Ray's object store: the driver puts the
 card and the graphs it names (:func:`model_files`) once, and each shard writes
@@ -42,25 +43,18 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from rtgenre.card import ModelCard, load_card, resolve_model
-from rtgenre.config import FeedSpec, MonitorConfig
+from rtgenre.config import MonitorConfig
 from rtgenre.errors import (
     DependencyMissingError,
     EngineUnavailableError,
-    ExitCode,
     ModelCorruptError,
     RtgenreError,
 )
-from rtgenre.events import Event
-from rtgenre.inference.base import Engine
-from rtgenre.monitor import MonitorSession, _feeds
-from rtgenre.session import END_OF_INPUT, STOP_WITHIN_S
-from rtgenre.sinks.base import EventBus, EventQueue, Sink
+from rtgenre.session import STOP_WITHIN_S
+from rtgenre.shards import POLL_WAIT_S, ShardedSession, ShardHost
+from rtgenre.sinks.base import EventBus
 
-#: Longest a shard's poll waits for its first event (it answers at once when events are waiting).
-POLL_WAIT_S = 0.2
 #: A shard that Ray reports unreachable for this long is given up (its feeds move).
 UNREACHABLE_S = 3.0
 #: A shard that answers no poll for this long (a hung node, a partition) is given up.
@@ -117,81 +111,7 @@ def materialise(files: dict[str, bytes], folder: Path) -> ModelCard:
     return load_card(folder / files[CARD_KEY].decode())
 
 
-class Outbox(Sink):
-    """A shard's events waiting for the driver's next poll, in a bounded :class:`~rtgenre.sinks.base.EventQueue`
-    (a driver that stops polling costs old predictions, never memory or the other events).
-
-    Parameters
-    ----------
-    node : str
-        Added to every ``start`` event.
-    capacity : int
-        Events held before old predictions are dropped.
-    """
-
-    def __init__(self, node: str, capacity: int) -> None:
-        self.node = node
-        self.queue = EventQueue(capacity)
-
-    def handle(self, event: Event) -> None:
-        self.queue.put(event.with_data(node=self.node) if event.kind == "start" else event)
-
-    def take(self, wait_s: float) -> list[tuple[dict[str, Any], float | None]]:
-        """Every event waiting (after up to ``wait_s`` s for the first): its dict and how long ago its window's last sample arrived."""
-        events = []
-        event = self.queue.get(wait_s)
-        while event is not None:
-            events.append(event)
-            event = self.queue.get(0.0)
-        now = time.monotonic()
-        return [(e.to_dict(), None if e.arrival is None else now - e.arrival) for e in events]
-
-
-class _Shared(Engine):
-    """One engine used by the sessions of one shard, one call at a time (a shard's later feeds run in sessions of their own).
-
-    Every call is recorded (name, items, seconds) until :meth:`take_calls`,
-    for the driver's engine metrics.
-    """
-
-    def __init__(self, engine: Engine) -> None:
-        super().__init__(engine.card)
-        self._engine = engine
-        self._lock = threading.Lock()
-        self._calls: list[tuple[str, int, float]] = []
-        for attr in ("name", "detail", "max_batch", "notice", "streaming", "encode_batch", "head_batch"):
-            setattr(self, attr, getattr(engine, attr))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._engine, name)
-
-    def _call(self, name: str, batch: np.ndarray, *args: Any) -> Any:
-        with self._lock:
-            t0 = time.perf_counter()
-            out = getattr(self._engine, name)(batch, *args)
-            self._calls.append((name, len(batch), time.perf_counter() - t0))
-            return out
-
-    def run(self, windows: np.ndarray) -> dict[str, np.ndarray]:
-        return self._call("run", windows)
-
-    def encode(self, mel: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        return self._call("encode", mel, valid)
-
-    def head(self, feats: np.ndarray) -> dict[str, np.ndarray]:
-        return self._call("head", feats)
-
-    def take_calls(self) -> list[tuple[str, int, float]]:
-        """The calls recorded since the last take."""
-        with self._lock:
-            calls, self._calls = self._calls, []
-        return calls
-
-    def close(self) -> None:
-        self._engine.close()
-
-
-class Shard:
+class Shard(ShardHost):
     """The feeds of one node (a Ray actor; see :class:`ClusterSession`).
 
     Parameters
@@ -210,53 +130,11 @@ class Shard:
         ctx = ray.get_runtime_context()
         self.node = f"{ray.util.get_node_ip_address()}/{ctx.get_node_id()[:8]}"
         self._folder = tempfile.TemporaryDirectory(prefix="rtgenre-model-")
-        self.card = materialise(model, Path(self._folder.name))
-        self._engine_args = engine
-        self._event_queue = event_queue
-        self._engine: _Shared | None = None
-        self._runs: list[tuple[MonitorSession, threading.Thread]] = []
-        self.outbox = Outbox(self.node, event_queue)
+        super().__init__(materialise(model, Path(self._folder.name)), engine, event_queue, {"node": self.node})
 
-    def hello(self) -> dict[str, str]:
+    def hello(self) -> dict[str, str | None]:  # type: ignore[override]
         """The node's name and its engine's notice (if any); makes the engine."""
-        from rtgenre.inference import create_engine
-
-        if self._engine is None:
-            e = self._engine_args
-            self._engine = _Shared(create_engine(e["kind"], self.card, threads=e["threads"], precision=e["precision"], max_batch=e["max_batch"]))
-        return {"node": self.node, "notice": self._engine.notice}
-
-    def start(self, specs: list[FeedSpec]) -> None:
-        """Open and run ``specs`` in a session of their own (on this shard's engine) until they end or :meth:`stop`."""
-        self.hello()
-        bus = EventBus()
-        session = MonitorSession(_feeds(MonitorConfig(feeds=tuple(specs)), self.card), self._engine, bus)
-        bus.add(self.outbox, lambda: session.request_stop("reader gone"), capacity=self._event_queue)
-        thread = threading.Thread(target=self._run, args=(session,), name=f"shard {specs[0].name}", daemon=True)
-        self._runs.append((session, thread))
-        thread.start()
-
-    @staticmethod
-    def _run(session: MonitorSession) -> None:
-        try:
-            session.run()
-        except RtgenreError:
-            pass  # told in the event stream (error and stop events)
-
-    def poll(self, wait_s: float = POLL_WAIT_S) -> tuple[list[tuple[dict[str, Any], float | None]], list[tuple[str, int, float]]]:
-        """Events since the last poll (see :meth:`Outbox.take`) and the engine's calls since then (name, items, seconds)."""
-        events = self.outbox.take(wait_s)
-        return events, self._engine.take_calls() if self._engine is not None else []
-
-    def stop(self, reason: str, signal_name: str | None) -> None:
-        """Stop every session (``stop`` reason ``reason``, and the signal that stopped the driver) and wait for their last events."""
-        for session, _ in self._runs:
-            if signal_name is not None and session.signal is None:
-                session.signal = signal_name
-            session.request_stop(reason)
-        deadline = time.monotonic() + 3 * STOP_WITHIN_S
-        for _, thread in self._runs:
-            thread.join(max(0.0, deadline - time.monotonic()))
+        return {"node": self.node, "notice": super().hello()}
 
 
 @functools.cache
@@ -277,18 +155,12 @@ class _Remote:
     last_reply: float = field(default_factory=time.monotonic)
     unreachable_since: float | None = None
 
-
-def _remote_error(data: dict[str, Any]) -> RtgenreError:
-    """An ``error`` event of a shard as an error of the driver's run (its exit code)."""
-    error = RtgenreError(str(data.get("message", "")))
-    try:
-        error.code = ExitCode(int(data.get("code", ExitCode.INTERNAL)))
-    except ValueError:
-        error.code = ExitCode.INTERNAL
-    return error
+    @property
+    def where(self) -> dict[str, str]:
+        return {"node": self.node}
 
 
-class ClusterSession(MonitorSession):
+class ClusterSession(ShardedSession):
     """``monitor --ray``: the run's lifecycle on the driver, its feeds on the cluster's shards.
 
     Parameters
@@ -305,35 +177,21 @@ class ClusterSession(MonitorSession):
         The driver's sinks.
     event_queue : int
         As ``--event-queue``, for the shards' buffers.
-    files, metrics
-        As :class:`~rtgenre.monitor.MonitorSession`.
-    engine_metrics : EngineMetrics, optional
-        Where the nodes' engine calls are recorded (``--metrics-port``).
-
-    Attributes
-    ----------
-    moves : int
-        Feeds started again on another shard after theirs was lost.
+    files, metrics, engine_metrics
+        As :class:`~rtgenre.shards.ShardedSession`.
     """
 
     def __init__(self, address: str, config: MonitorConfig, model: str | None, engine: dict[str, Any], bus: EventBus, *,
                  event_queue: int = 1024, files: Any = None, metrics: Any = None, engine_metrics: Any = None) -> None:
-        super().__init__([], lambda: None, bus, files=files, metrics=metrics)
-        self.engine_metrics = engine_metrics
+        super().__init__(config, bus, files=files, metrics=metrics, engine_metrics=engine_metrics)
         self.address = address
-        self.specs = {s.name: s for s in config.feeds}
         self.model = model
         self.engine_args = engine
         self.event_queue = event_queue
         self.shards: list[_Remote] = []
-        self.ended: set[str] = set()
-        self.moves = 0
         self._orphans: list[str] = []  # feeds that lost their shard and wait for one
-        self._moving: dict[str, tuple[float, int, str]] = {}  # feed → (when it was lost, attempt, node it left)
-        self._t: dict[str, float] = {}  # each feed's last event time (for the driver's own events)
         self._gone_nodes: set[str] = set()
         self._connected = False
-        self._told_error = False
         self._model_ref: Any = None
         self._next_retry = 0.0
 
@@ -446,33 +304,6 @@ class ClusterSession(MonitorSession):
         shard.last_reply, shard.unreachable_since = now, None
         self._take(shard, reply, now)
 
-    def _take(self, shard: _Remote, reply: tuple[list, list], now: float) -> None:
-        """A poll's reply: its events to the sinks, its engine calls to the engine metrics."""
-        events, calls = reply
-        for data, age in events:
-            self._publish(shard, data, None if age is None else now - age)
-        if self.engine_metrics is not None:
-            for call in calls:
-                self.engine_metrics.observe(*call)
-
-    def _publish(self, shard: _Remote, data: dict[str, Any], arrival: float | None) -> None:
-        event = Event.from_dict(data)
-        event.arrival = arrival
-        name = event.stream
-        if name in self.ended or name not in shard.feeds:
-            return  # a late event of a feed that moved away
-        self._t[name] = event.t
-        self.bus.publish(event)
-        if event.kind == "start" and name in self._moving:
-            lost_at, attempt, old = self._moving.pop(name)
-            self.bus.publish(Event("reconnect", name, event.t, {"status": "recovered", "attempt": attempt, "reason": f"moved from node {old}",
-                                                                "missed_s": round(time.monotonic() - lost_at, 3), "node": shard.node, "from_node": old}))
-        elif event.kind == "error" and self.error is None:
-            self.error, self._told_error = _remote_error(event.data), True
-        elif event.kind == "stop":
-            self.ended.add(name)
-            shard.feeds.discard(name)
-
     def _lose(self, shard: _Remote, why: str) -> None:
         """Give ``shard`` and its node up, and move its feeds that have not ended."""
         ray = _ray()
@@ -482,13 +313,7 @@ class ClusterSession(MonitorSession):
             ray.kill(shard.actor, no_restart=True)
         except Exception:  # noqa: BLE001 - the actor may have gone with its node: nothing left to kill
             pass
-        feeds = sorted(shard.feeds - self.ended)
-        print(f"rtgenre: notice: the shard on node {shard.node} is lost ({why}); moving {len(feeds)} feed(s)", file=sys.stderr)
-        now = time.monotonic()
-        for name in feeds:
-            self.moves += 1
-            self._moving[name] = (now, self._moving.get(name, (now, 0, ""))[1] + 1, shard.node)
-        self._place(feeds, lost_from=shard.node)
+        self._place(self._lost(shard, why), lost_from=shard.node)
 
     def _place(self, feeds: list[str], lost_from: str | None = None) -> None:
         """Start ``feeds`` on the surviving shard with the fewest feeds (on a new shard of a free node if none is left)."""
@@ -500,10 +325,7 @@ class ClusterSession(MonitorSession):
                 self._add_shard(node)
         target = min(self.shards, key=lambda s: len(s.feeds)) if self.shards else None
         if lost_from is not None:
-            for name in feeds:
-                self.bus.publish(Event("reconnect", name, self._t.get(name, 0.0), {
-                    "status": "lost", "attempt": self._moving[name][1], "reason": f"node {lost_from} lost",
-                    "retry_in_s": 0.0 if target else RETRY_S, "node": lost_from, "to_node": target.node if target else None}))
+            self._tell_lost(feeds, {"node": lost_from}, f"node {lost_from} lost", {"node": target.node if target else None}, 0.0 if target else RETRY_S)
         if target is not None:
             try:
                 if target.node == "?":
@@ -526,17 +348,7 @@ class ClusterSession(MonitorSession):
             if self._connected:
                 self._stop_shards()
         finally:
-            reason = self.stop_reason
-            if self.error is not None and not self._told_error:  # the run's own failure (cluster, shards), told on the first feed
-                self.bus.publish(Event("error", next(iter(self.specs)), 0.0, {"code": int(self.error.code), "message": str(self.error), "fatal": True}))
-                reason = self.error.reason
-            for name in self.specs:
-                if name not in self.ended:
-                    data: dict[str, Any] = {"reason": reason, "counts": {"dropped_events": self.bus.dropped}}
-                    if self.signal is not None:
-                        data["signal"] = self.signal
-                    self.bus.publish(Event("stop", name, self._t.get(name, 0.0), data))
-            self._drain(self.stop_reason == END_OF_INPUT)
+            self._end_feeds()
 
     def _stop_shards(self) -> None:
         ray = _ray()

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from rtgenre.config import FeedSpec, MonitorConfig, build_config
-from rtgenre.errors import ExitCode, RtgenreError
+from rtgenre.errors import ExitCode, RtgenreError, UsageError
 from rtgenre.session import Session
 
 #: Default address of the metrics endpoint (loopback: nothing is exposed unless asked for).
@@ -63,6 +63,9 @@ def add_monitor_arguments(sub: Any) -> None:
     g.add_argument("--no-color", action="store_true", help="no colours (also when NO_COLOR is set)")
     g.add_argument("--out-dir", default=None, metavar="DIR", help="also append each feed's events to DIR/NAME.jsonl (reopened on SIGUSR1)")
     g.add_argument("--event-queue", type=int, default=1024, help="events buffered per output before old predictions are dropped (default: 1024)")
+    g = p.add_argument_group("scale-out")
+    g.add_argument("--processes", type=int, default=1, metavar="N",
+                   help="deal the feeds out to N worker processes on this machine, each with its own engine (default: 1, every feed in this process)")
     g = p.add_argument_group("cluster (needs the [cluster] extra)")
     g.add_argument("--ray", default=None, metavar="ADDRESS", help="spread the feeds over the Ray cluster at ADDRESS (host:port, or auto: the cluster this node belongs to)")
     g = p.add_argument_group("metrics")
@@ -199,6 +202,8 @@ def run_monitor(args: argparse.Namespace) -> int:
     from rtgenre.sinks.jsonl import JsonLinesSink
 
     check_options(args)
+    if args.ray is not None and args.processes > 1:
+        raise UsageError("--processes and --ray cannot be combined: --ray runs one worker per node of the cluster", "Pass one of them")
     config = build_config(args.feeds_file, args.feed)
     card = load_card(args.model or config.model)
     bus = EventBus()
@@ -225,9 +230,7 @@ def run_monitor(args: argparse.Namespace) -> int:
 
         return EngineMeter(e, registry)
 
-    if args.ray is not None:  # the feeds and their engines run on the cluster's nodes
-        from rtgenre.cluster import ClusterSession
-
+    if args.ray is not None or args.processes > 1:  # the feeds and their engines run in other processes
         settings = {"kind": args.engine or config.engine, "threads": config.threads if args.threads is None else args.threads,
                     "precision": args.precision, "max_batch": args.max_batch}
         meters = None
@@ -235,8 +238,18 @@ def run_monitor(args: argparse.Namespace) -> int:
             from rtgenre.sinks.metrics import EngineMetrics
 
             meters = EngineMetrics(registry)
-        session: MonitorSession = ClusterSession(args.ray, config, args.model or config.model, settings, bus, event_queue=args.event_queue, files=files,
-                                                 metrics=server, engine_metrics=meters)
+        session: MonitorSession
+        if args.ray is not None:
+            from rtgenre.cluster import ClusterSession
+
+            session = ClusterSession(args.ray, config, args.model or config.model, settings, bus, event_queue=args.event_queue, files=files,
+                                     metrics=server, engine_metrics=meters)
+        else:
+            from rtgenre.card import resolve_model
+            from rtgenre.processes import ProcessSession
+
+            session = ProcessSession(config, resolve_model(args.model or config.model), settings, bus, processes=args.processes, workers=args.workers,
+                                     event_queue=args.event_queue, files=files, metrics=server, engine_metrics=meters)
     else:
         session = MonitorSession(_feeds(config, card), engine, bus, files=files, metrics=server, workers=args.workers)
     on_gone = lambda: session.request_stop("reader gone")

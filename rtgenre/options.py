@@ -27,6 +27,7 @@ LIMITS: dict[str, tuple[str, float, float, str, str]] = {
     "--threads": ("threads", 0, 1024, "a thread count (0 = automatic)", "--threads 1"),
     "--max-batch": ("max_batch", 1, 65536, "a count of windows", "--max-batch 256"),
     "--workers": ("workers", 0, 64, "a count of engine threads (0 = the main thread)", "--workers 2"),
+    "--processes": ("processes", 1, 1024, "a count of worker processes (1 = this process only)", "--processes 2"),
     "--midi-weight": ("midi_weight", 0.0, 100.0, "a weight (0 = audio only)", "--midi-weight 1"),
     "--stall-timeout": ("stall_timeout", 0.1, 3600.0, "seconds without audio", "--stall-timeout 10"),
     "--max-reconnects": ("max_reconnects", 0, 1_000_000_000, "a count of attempts", "--max-reconnects 100"),

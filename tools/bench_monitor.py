@@ -3,9 +3,11 @@
 For N = 1, 5, 10, 20, 30, ... (``--feeds``) it runs ``rtgenre monitor`` with N
 ``--feed`` file feeds paced in real time (the same WAV for every feed: real
 music from ``../shared/data/real-music`` when present, else the generated demo
-song) for ``--seconds`` seconds, then reports per N: the process's CPU share,
-peak RSS, prediction latency p50/p99 (after the first window of every feed),
-overruns, predictions per second, and the engine's mean batch size (scraped
+song) for ``--seconds`` seconds (``--processes``: in that many worker
+processes), then reports per N: the CPU share of the monitor and its workers,
+peak RSS (the monitor's own, and all its processes' together, sampled),
+prediction latency p50/p99 (after the first window of every feed), overruns,
+predictions per second, and the engine's mean batch size (scraped
 from the run's own Prometheus endpoint with ``prometheus_client.parser``).  It
 stops after the first N whose latency p99 passes ``--p99-limit-ms`` or that
 overruns.
@@ -35,7 +37,7 @@ same load; every N is run whatever the outcome.
 
 Usage::
 
-    python tools/bench_monitor.py --out benchmarks/results/bench_monitor.json [--seconds 45] [--feeds 1,5,10,20,30,40] [--threads 1 --workers 2]
+    python tools/bench_monitor.py --out benchmarks/results/bench_monitor.json [--seconds 45] [--feeds 1,5,10,20,30,40] [--threads 1 --workers 2] [--processes 2]
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
 from bench_pipeline import REAL_MUSIC, _vm_hwm_kb, make_long_file  # noqa: E402
-from benchutil import cpu_s, emit, sustained  # noqa: E402
+from benchutil import emit, sustained, tree_cpu_s, tree_rss_kb  # noqa: E402
 
 from rtgenre.card import load_card  # noqa: E402
 
@@ -138,9 +140,12 @@ def scrape(url: str) -> dict[str, float]:
     return out
 
 
-def run_n(path: Path, n: int, seconds: float, hop: float, threads: int, window_s: float, workers: int = 1, root: Path = ROOT) -> dict:
-    """One ``monitor`` run with ``n`` paced feeds of ``path`` (the code of the checkout ``root``); its figures."""
+def run_n(path: Path, n: int, seconds: float, hop: float, threads: int, window_s: float, workers: int = 1, root: Path = ROOT, processes: int = 1) -> dict:
+    """One ``monitor`` run with ``n`` paced feeds of ``path`` (the code of the checkout ``root``); its figures
+    (CPU and memory of the monitor and its worker processes together)."""
     cmd = [sys.executable, "-m", "rtgenre", "monitor", "--json", "--no-dashboard", "--metrics-port", "0", "--threads", str(threads), "--workers", str(workers)]
+    if processes > 1:
+        cmd += ["--processes", str(processes)]
     cmd += [f"--feed=f{i:03d}={path}" for i in range(n)]
     env = {**os.environ, "PYTHONPATH": str(root)}
     load_before = os.getloadavg()
@@ -148,11 +153,11 @@ def run_n(path: Path, n: int, seconds: float, hop: float, threads: int, window_s
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         t0 = time.monotonic()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, cwd=root, env=env)
-        url, peak_kb, metrics, steady = None, 0, {}, None
+        url, peak_kb, peak_all_kb, metrics, steady = None, 0, 0, {}, None
         while proc.poll() is None and time.monotonic() - t0 < seconds:
-            peak_kb = max(peak_kb, _vm_hwm_kb(proc.pid))
+            peak_kb, peak_all_kb = max(peak_kb, _vm_hwm_kb(proc.pid)), max(peak_all_kb, tree_rss_kb(proc.pid))
             if steady is None and time.monotonic() - t0 >= window_s + STEADY_AFTER_S:
-                steady = (time.time(), cpu_s(proc.pid))
+                steady = (time.time(), tree_cpu_s(proc.pid))
             if url is None:
                 err.seek(0)
                 m = re.search(r"metrics on (http://\S+)", err.read())
@@ -160,7 +165,7 @@ def run_n(path: Path, n: int, seconds: float, hop: float, threads: int, window_s
             time.sleep(0.5)
         if url is not None and proc.poll() is None:
             metrics = scrape(url)
-        steady_end = (time.time(), cpu_s(proc.pid))
+        steady_end = (time.time(), tree_cpu_s(proc.pid))
         peak_kb = max(peak_kb, _vm_hwm_kb(proc.pid))
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
@@ -195,6 +200,7 @@ def run_n(path: Path, n: int, seconds: float, hop: float, threads: int, window_s
         "cpu_ms_per_window": round(cpu * 1000.0 / windows, 1) if windows else None,
         "cpu_ms_per_window_steady": round((steady_end[1] - steady[1]) * 1000.0 / steady_windows, 2) if steady_windows else None,
         "peak_rss_mb": round(peak_kb / 1024, 1),
+        "peak_rss_mb_all_processes": round(peak_all_kb / 1024, 1),
         "engine_batches": int(batches),
         "engine_mean_batch_size": round(metrics.get("rtgenre_engine_batch_size_sum", 0.0) / batches, 2) if batches else None,
         "engine_seconds_per_window_ms": round(1000 * metrics.get("rtgenre_engine_inference_seconds_sum", 0.0) / max(metrics.get("rtgenre_engine_batch_size_sum", 0.0), 1), 2),
@@ -215,6 +221,7 @@ def main() -> None:
     ap.add_argument("--feeds", default="1,2,3,5,10,15,20,25,30,40,60", help="values of N, in order (default 1,2,3,5,10,15,20,25,30,40,60)")
     ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per engine call of the monitor (default: 1)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="engine threads of the monitor, --workers (default: all cores)")
+    ap.add_argument("--processes", type=int, default=1, help="worker processes of the monitor, --processes (default: 1)")
     ap.add_argument("--music", type=Path, default=REAL_MUSIC, help=f"folder of MP3 clips played back to back by every feed (default: {REAL_MUSIC})")
     ap.add_argument("--p99-limit-ms", type=float, default=500.0, help="stop after the first N over this latency p99 (default 500)")
     ap.add_argument("--all", action="store_true", help="run every N even after one was not sustained (CPU figures of larger N on a busy machine)")
@@ -230,6 +237,7 @@ def main() -> None:
         "hop_s": hop,
         "monitor_threads": args.threads,
         "monitor_workers": args.workers,
+        "monitor_processes": args.processes,
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
     windows_per_s = 1.0 / hop
@@ -241,7 +249,7 @@ def main() -> None:
         path = Path(tmp) / "feed.wav"
         result["input"] = make_long_file(path, args.seconds + 30, args.music)
         for n in (int(x) for x in args.feeds.split(",")):
-            r = run_n(path, n, args.seconds, hop, args.threads, card.window_seconds, args.workers)
+            r = run_n(path, n, args.seconds, hop, args.threads, card.window_seconds, args.workers, processes=args.processes)
             r["sustained"] = sustained(r, args.p99_limit_ms)
             runs.append(r)
             print(json.dumps(r), file=sys.stderr, flush=True)
@@ -284,7 +292,7 @@ def paired(args: argparse.Namespace, result: dict, window_s: float, hop: float) 
         result["input"] = make_long_file(path, args.seconds + 30, args.music)
         for n in (int(x) for x in args.feeds.split(",")):
             for code, root in (("other", other), ("this", ROOT)):
-                r = run_n(path, n, args.seconds, hop, args.threads, window_s, args.workers, root)
+                r = run_n(path, n, args.seconds, hop, args.threads, window_s, args.workers, root, args.processes)
                 r["code"] = code
                 r["sustained"] = sustained(r, args.p99_limit_ms)
                 runs.append(r)

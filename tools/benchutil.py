@@ -19,6 +19,38 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its living descendants (from ``/proc/PID/task/*/children``)."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except OSError:
+            continue
+    return found
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds used so far by ``pid`` and its living descendants (worker processes)."""
+    return sum(cpu_s(p) for p in process_tree(pid))
+
+
+def tree_rss_kb(pid: int) -> int:
+    """Resident memory now (VmRSS, KiB) of ``pid`` and its living descendants together."""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        except (OSError, StopIteration):
+            continue
+    return total
+
+
 def timed_ms(fn: Callable[[], Any], iters: int, warmup: int = 5) -> list[float]:
     """Wall-clock milliseconds of ``iters`` calls of ``fn()``, after ``warmup`` untimed calls."""
     for _ in range(warmup):

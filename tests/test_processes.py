@@ -69,6 +69,22 @@ def test_feeds_in_two_processes_equal_one_process(model, tmp_path):
     assert not any(alive(s["process"]) for s in starts.values())
 
 
+def test_the_shipped_streaming_model_in_two_processes_equals_one_process(tmp_path):
+    """The shipped model is split (step encoder + back end): every call of it reaches the worker's engine."""
+    from rtgenre.card import resolve_model
+
+    songs = {f"f{i}": music(tmp_path / f"s{i}.wav", 9.0, 180.0 + 55 * i) for i in range(2)}
+    toml = feeds_toml(tmp_path / "feeds.toml", resolve_model(None), songs, realtime=False)
+    (rc, events, stderr), (rc1, alone, stderr1) = run_once([str(toml), "--processes", "2"]), run_once([str(toml)])
+    assert rc == 0 and rc1 == 0, stderr + stderr1
+    for name in songs:
+        got, want = predictions(events, name), predictions(alone, name)
+        assert len(got) >= 3 and [p["t"] for p in got] == [p["t"] for p in want], name
+        for g, w in zip(got, want):
+            for head in g["heads"]:
+                np.testing.assert_allclose(list(g["heads"][head]["probs"].values()), list(w["heads"][head]["probs"].values()), atol=1e-4)
+
+
 def test_a_killed_worker_is_replaced_and_only_its_feeds_reconnect(model, tmp_path):
     songs = {f"f{i}": music(tmp_path / f"s{i}.wav", 60.0, 200.0 + 50 * i) for i in range(3)}
     run = Monitor([str(feeds_toml(tmp_path / "feeds.toml", model, songs)), "--processes", "2", "--metrics-port", "0"], tmp_path)

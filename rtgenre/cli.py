@@ -234,7 +234,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
 
 def _cmd_classify(args: argparse.Namespace) -> int:
     from rtgenre.card import load_card
-    from rtgenre.pipeline import OFFLINE_READ_SECONDS, Feed
+    from rtgenre.pipeline import OFFLINE_BLOCK_SECONDS, OFFLINE_READ_SECONDS, Feed
     from rtgenre.progress import WorkProgress, audio_seconds
     from rtgenre.session import Session
     from rtgenre.sinks.base import EventBus
@@ -257,7 +257,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
                           enabled=None if several else False) as bar:
             for path in args.files:
                 bus = EventBus()
-                feed = Feed(path, FileSource(path), card, _smoother(args, card), args.hop, lookahead=args.lookahead, read_seconds=OFFLINE_READ_SECONDS)
+                feed = Feed(path, FileSource(path, block_seconds=OFFLINE_BLOCK_SECONDS), card, _smoother(args, card), args.hop, lookahead=args.lookahead, read_seconds=OFFLINE_READ_SECONDS)
                 session = Session([feed], engine, bus, summaries=True, close_engine=False)
                 _attach_sinks(args, bus, on_gone=lambda s=session: s.request_stop("reader gone"), on_quit=lambda s=session: s.request_stop("quit"),
                               human=lambda: SummarySink(_console(sys.stdout, args.no_color)))

@@ -55,8 +55,9 @@ def add_monitor_arguments(sub: Any) -> None:
     g.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime (default: 1)")
     g.add_argument("--precision", default="fp16", choices=("fp16", "fp32"), help="TensorRT precision (default: fp16)")
     g.add_argument("--max-batch", type=int, default=256, help="largest batch of windows per engine call (default: 256)")
-    g.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N",
-                   help="engine steps of different feeds run on N threads at once, beside the feeds' front end (ONNX Runtime; 0: on the main thread; default: the CPU cores)")
+    g.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="engine steps of different feeds run on N threads at once, beside the feeds' front end (ONNX Runtime; 0: on the main thread; "
+                        "default: the CPU cores, shared out between --processes)")
     g = p.add_argument_group("output")
     g.add_argument("--json", action="store_true", help="JSON Lines of every feed on stdout (default when stdout is not a terminal)")
     g.add_argument("--no-dashboard", action="store_true", help="never show the control-room dashboard")
@@ -202,6 +203,8 @@ def run_monitor(args: argparse.Namespace) -> int:
     from rtgenre.sinks.jsonl import JsonLinesSink
 
     check_options(args)
+    if args.workers is None:
+        args.workers = max(1, (os.cpu_count() or 1) // args.processes)
     if args.ray is not None and args.processes > 1:
         raise UsageError("--processes and --ray cannot be combined: --ray runs one worker per node of the cluster", "Pass one of them")
     config = build_config(args.feeds_file, args.feed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -13,6 +14,16 @@ def tone(seconds: float, rate: int, freqs: Sequence[float], amps: Sequence[float
     """A float32 ``(n, len(freqs))`` signal: channel ``c`` is a sine of ``freqs[c]`` at peak ``amps[c]``."""
     t = np.arange(int(round(seconds * rate))) / rate
     return np.stack([a * np.sin(2 * np.pi * f * t) for f, a in zip(freqs, amps)], axis=1).astype(np.float32)
+
+
+@pytest.fixture(autouse=True)
+def _tensorrt_check_forgets_fakes():
+    """After each test, forget the cached answer of ``tensorrt_available``: a test's fake TensorRT
+    (``engine_fixtures.install_fake_gpu``) is gone once its monkeypatch is undone, which happens first."""
+    yield
+    trt = sys.modules.get("rtgenre.inference.tensorrt")
+    if trt is not None:
+        trt.tensorrt_available.cache_clear()
 
 
 @pytest.fixture

@@ -247,6 +247,18 @@ class TeacherBack(nn.Module):
         return super().train(False)  # batch norms keep the published statistics
 
 
+def window_stats(feats: Tensor, pool: int) -> tuple[Tensor, Tensor]:
+    """``(B, T, C)`` features → their max over the window and the mean of their ``pool``-frame group means
+    (the last group may be shorter), as ``amax``/``mean`` over :meth:`WindowBackend.pooled`'s groups give them.
+
+    The mean is one product with fixed weights (a frame weighs ``1 / (groups × its group's size)``).
+    """
+    t = feats.shape[1]
+    groups = -(-t // pool)
+    weight = torch.tensor([1.0 / (groups * min(pool, t - (i // pool) * pool)) for i in range(t)], dtype=feats.dtype)
+    return feats.amax(dim=1), (weight[None, None, :] @ feats).squeeze(1)
+
+
 class WindowBackend(nn.Module):
     """Window back end over encoder frame features (see the module docstring).
 
@@ -287,7 +299,10 @@ class WindowBackend(nn.Module):
         return mx.transpose(1, 2), mean.transpose(1, 2)
 
     def embed_pooled(self, maxp: Tensor, meanp: Tensor) -> Tensor:
-        mx, mean = maxp.amax(dim=1), meanp.mean(dim=1)  # the window's max and mean of every feature
+        return self._embed(maxp.amax(dim=1), meanp.mean(dim=1), maxp)  # the window's max and mean of every feature
+
+    def _embed(self, mx: Tensor, mean: Tensor, maxp: Tensor | None = None) -> Tensor:
+        """The embedding from the window's max and mean (and, for the LSTM, its group maxima ``maxp``)."""
         if self.config.temporal == "lstm":
             h, _ = self.lstm(self.project(self.norm(maxp)))
             stats = [h[:, -1], h.mean(dim=1)]
@@ -317,12 +332,19 @@ class WindowBackend(nn.Module):
         return self.heads_of(self.embed_pooled(maxp, meanp))
 
     def embed(self, feats: Tensor) -> Tensor:
-        """``(B, T, 753)`` → ``(B, embedding)``: the window embedding the heads read."""
-        return self.embed_pooled(*self.pooled(feats))
+        """``(B, T, 753)`` → ``(B, embedding)``: the window embedding the heads read.
+
+        Without the LSTM only the window's max and mean of the group means are
+        read, so they are computed directly (:func:`window_stats`: the same values;
+        the groups' transposes and pools were most of the exported back end's time).
+        """
+        if self.config.temporal == "lstm":
+            return self.embed_pooled(*self.pooled(feats))
+        return self._embed(*window_stats(feats, self.config.pool))
 
     def forward(self, feats: Tensor) -> dict[str, Tensor]:
         """``(B, T, 753)`` → logits per head (log-probabilities for a hierarchical genre head)."""
-        out = self.forward_pooled(*self.pooled(feats))
+        out = self.heads_of(self.embed(feats))
         out.pop("family", None)
         return out
 

@@ -108,6 +108,31 @@ def predictions(events: list[dict], name: str) -> list[dict]:
     return [e for e in events if e["event"] == "prediction" and e["stream"] == name]
 
 
+def same_predictions(events: list[dict], alone: list[dict], names, atol: float = 1e-5) -> None:
+    """Each of ``names`` has the same predictions in ``events`` as in ``alone`` (one process's run): times, top labels, probabilities."""
+    for name in names:
+        got, want = predictions(events, name), predictions(alone, name)
+        assert len(got) >= 3 and [p["t"] for p in got] == [p["t"] for p in want], name
+        for g, w in zip(got, want):
+            assert {h: v["top"] for h, v in g["heads"].items()} == {h: v["top"] for h, v in w["heads"].items()}, name
+            for head in g["heads"]:
+                np.testing.assert_allclose(list(g["heads"][head]["probs"].values()), list(w["heads"][head]["probs"].values()), atol=atol)
+
+
+def equal_to_one_process(events: list[dict], alone: list[dict], songs: dict, where: str) -> dict[str, dict]:
+    """A sharded run's ``events`` against one process's (``alone``), both with a feed ``missing`` that cannot be opened:
+    its error and stop reach the driver, every song is served from two places (``where``: ``node`` or ``process``),
+    ends at its end and predicts the same.  Returns the songs' ``start`` events."""
+    lost = [e for e in events if e["stream"] == "missing"]
+    assert [(e["event"], e.get("code"), e.get("reason")) for e in lost] == [("error", 20, None), ("stop", None, "input unreadable")], lost
+    starts = {e["stream"]: e for e in events if e["event"] == "start"}
+    assert set(starts) == set(songs) and len({s[where] for s in starts.values()}) == 2, starts  # both served
+    stops = {e["stream"]: e for e in events if e["event"] == "stop" and e["stream"] in songs}
+    assert set(stops) == set(songs) and {s["reason"] for s in stops.values()} == {"end of input"}
+    same_predictions(events, alone, songs)
+    return starts
+
+
 def test_six_feeds_on_two_nodes_equal_one_process(cluster, model, tmp_path):
     c, _ = cluster
     songs = {f"f{i}": music(tmp_path / f"s{i}.wav", 9.0, 180.0 + 55 * i) for i in range(6)}
@@ -116,22 +141,9 @@ def test_six_feeds_on_two_nodes_equal_one_process(cluster, model, tmp_path):
     assert rc == 20 and "rtgenre: error: File" in stderr and "none.wav does not exist" in stderr, stderr  # the first feed error's exit code
     rc, alone, stderr = run_once([str(feeds_toml(tmp_path / "alone.toml", model, songs, realtime=False)), *missing])
     assert rc == 20, stderr
-    lost = [e for e in events if e["stream"] == "missing"]
-    assert [(e["event"], e.get("code"), e.get("reason")) for e in lost] == [("error", 20, None), ("stop", None, "input unreadable")], lost
-
-    starts = {e["stream"]: e for e in events if e["event"] == "start"}
-    assert set(starts) == set(songs) and len({s["node"] for s in starts.values()}) == 2, starts  # both nodes served
+    starts = equal_to_one_process(events, alone, songs, "node")
     assert all(s["node"].startswith("127.0.0.1/") for s in starts.values())
-    stops = {e["stream"]: e for e in events if e["event"] == "stop" and e["stream"] in songs}
-    assert set(stops) == set(songs) and {s["reason"] for s in stops.values()} == {"end of input"}
-    for name in songs:
-        got, want = predictions(events, name), predictions(alone, name)
-        assert len(got) >= 3 and [p["t"] for p in got] == [p["t"] for p in want], name
-        for g, w in zip(got, want):
-            assert {h: v["top"] for h, v in g["heads"].items()} == {h: v["top"] for h, v in w["heads"].items()}, name
-            for head in g["heads"]:
-                np.testing.assert_allclose(list(g["heads"][head]["probs"].values()), list(w["heads"][head]["probs"].values()), atol=1e-5)
-            assert 0 < g["latency_ms"] < 2000
+    assert all(0 < p["latency_ms"] < 2000 for name in songs for p in predictions(events, name))
     # the driver stopped: no shard is left on the cluster
     assert wait_for(lambda: not shard_processes(), 15), shard_processes()
 
@@ -165,9 +177,7 @@ def test_a_lost_node_moves_its_feeds_and_a_stopped_driver_stops_every_shard(clus
         for name in set(songs) - moved:  # the feeds that stayed never stopped
             arrivals = [at for at, e in run.events if e["event"] == "prediction" and e["stream"] == name and at > killed_at - 1.0]
             assert len(arrivals) >= 2 and max(b - a for a, b in zip(arrivals, arrivals[1:])) < 3.0, name
-        run.proc.send_signal(signal.SIGTERM)  # SIGTERM too stops the run cleanly (ray.init installs a handler of its own)
-        rc = run.proc.wait(timeout=30)
-        run._reader.join(5)
+        rc = run.interrupt(signal.SIGTERM, 30)  # SIGTERM too stops the run cleanly (ray.init installs a handler of its own)
     finally:
         run.proc.kill()
     assert rc == 0, run.stderr.read_text()

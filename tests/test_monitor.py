@@ -174,9 +174,10 @@ class Monitor:
         assert found is not None, f"not seen in {timeout} s; stderr: {self.stderr.read_text()}"
         return found
 
-    def interrupt(self) -> int:
-        self.proc.send_signal(signal.SIGINT)
-        rc = self.proc.wait(timeout=20)
+    def interrupt(self, sig: int = signal.SIGINT, timeout: float = 20) -> int:
+        """Send ``sig``; the exit code once the monitor has ended and its events are read."""
+        self.proc.send_signal(sig)
+        rc = self.proc.wait(timeout=timeout)
         self._reader.join(5)
         return rc
 

@@ -16,9 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from test_cluster import feeds_toml, predictions, run_once
+from test_cluster import equal_to_one_process, feeds_toml, run_once, same_predictions
 from test_monitor import Monitor, music, wait_for
 from test_monitor_sinks import scrape
 
@@ -52,20 +51,7 @@ def test_feeds_in_two_processes_equal_one_process(model, tmp_path):
     assert rc == 20 and "rtgenre: error: File" in stderr and "none.wav does not exist" in stderr, stderr  # the first feed error's exit code
     rc, alone, stderr = run_once([str(feeds_toml(tmp_path / "alone.toml", model, songs, realtime=False)), *missing])
     assert rc == 20, stderr
-    lost = [e for e in events if e["stream"] == "missing"]
-    assert [(e["event"], e.get("code"), e.get("reason")) for e in lost] == [("error", 20, None), ("stop", None, "input unreadable")], lost
-
-    starts = {e["stream"]: e for e in events if e["event"] == "start"}
-    assert set(starts) == set(songs) and len({s["process"] for s in starts.values()}) == 2, starts  # both workers served
-    stops = {e["stream"]: e for e in events if e["event"] == "stop" and e["stream"] in songs}
-    assert set(stops) == set(songs) and {s["reason"] for s in stops.values()} == {"end of input"}
-    for name in songs:
-        got, want = predictions(events, name), predictions(alone, name)
-        assert len(got) >= 3 and [p["t"] for p in got] == [p["t"] for p in want], name
-        for g, w in zip(got, want):
-            assert {h: v["top"] for h, v in g["heads"].items()} == {h: v["top"] for h, v in w["heads"].items()}, name
-            for head in g["heads"]:
-                np.testing.assert_allclose(list(g["heads"][head]["probs"].values()), list(w["heads"][head]["probs"].values()), atol=1e-5)
+    starts = equal_to_one_process(events, alone, songs, "process")
     assert not any(alive(s["process"]) for s in starts.values())
 
 
@@ -77,12 +63,7 @@ def test_the_shipped_streaming_model_in_two_processes_equals_one_process(tmp_pat
     toml = feeds_toml(tmp_path / "feeds.toml", resolve_model(None), songs, realtime=False)
     (rc, events, stderr), (rc1, alone, stderr1) = run_once([str(toml), "--processes", "2"]), run_once([str(toml)])
     assert rc == 0 and rc1 == 0, stderr + stderr1
-    for name in songs:
-        got, want = predictions(events, name), predictions(alone, name)
-        assert len(got) >= 3 and [p["t"] for p in got] == [p["t"] for p in want], name
-        for g, w in zip(got, want):
-            for head in g["heads"]:
-                np.testing.assert_allclose(list(g["heads"][head]["probs"].values()), list(w["heads"][head]["probs"].values()), atol=1e-4)
+    same_predictions(events, alone, songs, atol=1e-4)
 
 
 def test_a_killed_worker_is_replaced_and_only_its_feeds_reconnect(model, tmp_path):
@@ -106,9 +87,7 @@ def test_a_killed_worker_is_replaced_and_only_its_feeds_reconnect(model, tmp_pat
         run.until(lambda e: e["event"] == "prediction" and e["stream"] == "f1" and e["t"] > back["t"], 30)
         time.sleep(2.0)  # the others go on after the replacement too
         metrics = scrape(re.search(r"metrics on (http://\S+)", run.stderr.read_text()).group(1))
-        run.proc.send_signal(signal.SIGTERM)
-        rc = run.proc.wait(timeout=30)
-        run._reader.join(5)
+        rc = run.interrupt(signal.SIGTERM, 30)
     finally:
         run.proc.kill()
     assert rc == 0, run.stderr.read_text()

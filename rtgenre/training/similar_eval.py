@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from rtgenre.similarity.codes import CodeIndex, pack_codes, top_k
+from rtgenre.similarity.codes import CodeIndex, top_k
 
 SPLIT = (("train", 50), ("query", 65), ("library", 100))
 """Cumulative percentage of groups per part."""

@@ -132,9 +132,11 @@ def test_feeds_run_together_a_failing_feed_ends_alone_metrics_and_rotation(tmp_p
 
 
 @pytest.mark.skipif(TMUX is None, reason="tmux is not installed (apt-get install tmux)")
-def test_control_room_in_tmux_80x24(tmp_path, model):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_control_room_in_tmux_80x24(tmp_path, model, processes):
     songs = [music(tmp_path / f"s{i}.wav", 40.0, 200.0 + 60 * i) for i in range(4)]
-    argv = [sys.executable, "-m", "rtgenre", "monitor", "--engine", "onnxruntime", "--model", str(model)] + [f"--feed=feed{i}={p}" for i, p in enumerate(songs)]
+    argv = [sys.executable, "-m", "rtgenre", "monitor", "--engine", "onnxruntime", "--model", str(model), "--processes", str(processes)]
+    argv += [f"--feed=feed{i}={p}" for i, p in enumerate(songs)]
     with TmuxPane(argv, 80, 24, tmp_path, cwd=ROOT, env={"PYTHONPATH": str(ROOT)}) as pane:
         rows = lambda s: [line for line in s.splitlines() if re.match(r"^.feed\d ", line)]  # noqa: E731
         screen = pane.wait_for(lambda s: len(rows(s)) == 4 and all("%" in r for r in rows(s)), 40)

@@ -171,7 +171,7 @@ def _listen_supports_midi_only(env) -> str | None:
 
 
 def test_listen_midi_port_cli(jack_server, sender):
-    env = {**jack_server.env, "PYTHONUNBUFFERED": "1"}
+    env = {**jack_server.env, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}  # a crash shows its stack on stderr
     reason = _listen_supports_midi_only(env)
     if reason:
         pytest.skip(reason)
@@ -221,4 +221,4 @@ def test_listen_midi_port_cli(jack_server, sender):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 0
+    assert proc.returncode == 0, proc.stderr.read()

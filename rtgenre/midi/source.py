@@ -366,10 +366,16 @@ class MidiPortSource:
             raise self.error
 
     def stop(self) -> None:
-        """Close the port (safe to call twice, and after the server died)."""
+        """Close the port (safe to call twice, and after the server died).
+
+        The callback is not cancelled first: python-rtmidi's ``cancel_callback`` drops its
+        reference to the callback at once, while RtMidi's JACK thread may be about to call it,
+        a use-after-free (seen as a rare crash of ``listen --midi-port`` at exit: a freed tuple
+        in the garbage collector's lists).  Closing the port and deleting the client stop that
+        thread; the callback goes with the wrapper.
+        """
         midi, self._midi = self._midi, None
         if midi is not None:
-            midi.cancel_callback()
             if self._watch is None or not self._watch.dead:
                 with _quiet_stderr():
                     midi.close_port()

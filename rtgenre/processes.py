@@ -183,7 +183,7 @@ class ProcessSession(ShardedSession):
             self._take(worker, message[1], now)
         elif kind == "hello":
             self._hello(worker, message[1])
-        elif kind == "failed":  # a replacement that could not make its engine: it ends, and is replaced in turn
+        elif kind == "failed" and not self.stop_requested.is_set():  # a replacement that could not make its engine: it ends, and is replaced in turn
             print(f"rtgenre: notice: worker process {worker.process.pid}: {_error(message[1])}", file=sys.stderr)
         elif kind == "bye":
             self._retire(worker)

@@ -124,3 +124,17 @@ def test_bad_processes_options_are_usage_errors(args, words, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "rtgenre", "monitor", "--feed", f"a={tmp_path / 'a.wav'}", *args], capture_output=True, text=True,
                           cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
     assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_worker_that_cannot_make_its_engine_fails_the_run_once(model, tmp_path):
+    """Every worker fails alike (here: no TensorRT): one error line and event, exit code 40, a stop per feed."""
+    from rtgenre.inference.tensorrt import tensorrt_available
+
+    if tensorrt_available()[0]:
+        pytest.skip("TensorRT runs here")
+    songs = {f"f{i}": music(tmp_path / f"s{i}.wav", 9.0, 180.0 + 55 * i) for i in range(2)}
+    rc, events, stderr = run_once([str(feeds_toml(tmp_path / "feeds.toml", model, songs, realtime=False)), "--processes", "2", "--engine", "tensorrt"])
+    assert rc == 40 and stderr.count("rtgenre: error: The TensorRT engine cannot run here") == 1 and "Traceback" not in stderr, stderr
+    assert "notice: worker process" not in stderr, stderr
+    assert [(e["event"], e.get("code")) for e in events if e["event"] == "error"] == [("error", 40)]
+    assert sorted(e["stream"] for e in events if e["event"] == "stop") == sorted(songs)

@@ -207,6 +207,17 @@ def test_twelve_feeds_fit_80x24():
     assert "1–12 of 12" in lines[-1]
 
 
+def test_the_top_row_is_selected_whatever_order_feeds_start_in():
+    """Feeds start in any order (worker processes, slow URLs): the selection stays on the top row until a key moves it."""
+    events = feed_events("fm02", 1) + feed_events("fm00", 1) + feed_events("fm01", 1)
+    cr, text = room(events)
+    assert cr.state.selected == "fm00" and "▸fm00" in text
+    cr, _ = room(events, keys=[b"j"])
+    assert cr.state.selected == "fm01"
+    cr.state.process(feed_events("fm", 1)[0], 2000.0)  # a feed that sorts first, after a move: the selection stays
+    assert cr.state.selected == "fm01"
+
+
 def test_more_feeds_than_rows_scroll_with_the_selection_and_page():
     events = many(30)
     _, text = room(events)

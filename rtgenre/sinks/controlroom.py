@@ -60,7 +60,8 @@ class ControlRoomState:
         self.feeds: dict[str, FeedView] = {}
         self.now = 0.0
         self.sort = "name"
-        self.selected: str | None = None
+        self.selected: str | None = None  # the top row until a key moves it
+        self._moved = False
         self.detail = False
         self.top = 0  # first overview row shown
 
@@ -70,8 +71,8 @@ class ControlRoomState:
         feed = self.feeds.get(event.stream)
         if feed is None:
             feed = self.feeds[event.stream] = FeedView(event.stream, DashboardState(), since=now)
-            if self.selected is None:
-                self.selected = event.stream
+            if not self._moved:  # feeds start in any order (workers, slow URLs): keep the top row selected
+                self.selected = self.ordered()[0].name
         feed.dash.process(event, now)
         if event.kind == "error":
             feed.error = f"error {event.data.get('code', '?')}: {event.data.get('message', '')}"
@@ -91,6 +92,7 @@ class ControlRoomState:
         if not order:
             return
         i = order.index(self.selected) if self.selected in order else 0
+        self._moved = True
         if key in KEYS_DOWN:
             i += 1
         elif key in KEYS_UP:

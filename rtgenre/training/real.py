@@ -17,8 +17,10 @@ card reports:
 
 Windows are 469 encoder frames (7.5 s), as at run time.  For speed the
 trained back ends read features already max- and mean-pooled over groups of
-4 frames (:data:`POOL`); :meth:`WindowBackend.forward` on raw features does
-that pooling itself, so training and the exported graph compute the same.
+16 frames (:data:`POOL`); :meth:`WindowBackend.forward` on raw features pools
+them itself (the LSTM) or computes the window's max and mean of the group
+means directly (:func:`window_stats`), so training and the exported graph
+compute the same.
 
 Targets (see :mod:`rtgenre.training.vocab`): GTZAN genres and 4q single
 AllMusic genres exactly; multi-genre 4q clips get the musicnn tagger's

@@ -247,9 +247,9 @@ def test_engine_workers_change_no_event(card, tmp_path, streaming):
         assert sum(k == "prediction" for k, _, _ in a[name]) >= 6
         for (kind, t1, d1), (_, t2, d2) in zip(a[name], b[name]):
             assert t1 == t2
-            if kind == "prediction":
+            if kind == "prediction":  # probabilities are rounded to 4 decimals: values 1e-6 apart (other batches) may round one step apart
                 for head in d1["heads"]:
-                    np.testing.assert_allclose(list(d1["heads"][head]["probs"].values()), list(d2["heads"][head]["probs"].values()), atol=1e-5)
+                    np.testing.assert_allclose(list(d1["heads"][head]["probs"].values()), list(d2["heads"][head]["probs"].values()), atol=1.5e-4)
 
 
 class CountingFeed(Feed):

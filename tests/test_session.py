@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import errno
 import threading
 import time
@@ -156,3 +157,21 @@ def test_stop_is_not_kept_waiting_behind_a_backlog(card, tmp_path):
     assert time.monotonic() - stopped_at[0] < 2.0
     stop = sink.events[-1]
     assert stop.kind == "stop" and stop.data["reason"] == "interrupted" and 0 < stop.data["counts"]["windows"] < 200
+
+
+def test_a_step_takes_every_due_window_of_its_feeds():
+    """A feed behind by several windows gets them all in one step (their frames are encoded in it
+    anyway), for at most STEP_FEEDS feeds, the feeds shared out among the free workers; the windows
+    left keep their order."""
+    from rtgenre.session import STEP_FEEDS
+
+    s = Session.__new__(Session)
+    s.feeds = []  # nothing to encode ahead
+    feeds = [object() for _ in range(STEP_FEEDS + 3)]
+    queued = [(f, k, 0.0) for k in range(3) for f in feeds]  # three windows due per feed, as polls add them
+    pending = collections.deque(queued)
+    take, ahead = s._next_step(pending, busy={id(feeds[0])})
+    assert ahead == [] and [f for f, _, _ in take] == [f for f, _, _ in queued if f in feeds[1 : STEP_FEEDS + 1]]
+    assert list(pending) == [q for q in queued if q not in take]
+    take, _ = s._next_step(collections.deque(queued), busy=set(), slots=2)  # two free workers: half the feeds each
+    assert len({id(f) for f, _, _ in take}) == -(-len(feeds) // 2) and len(take) == 3 * -(-len(feeds) // 2)

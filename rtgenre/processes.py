@@ -96,7 +96,7 @@ def worker_main(conn: multiprocessing.connection.Connection, card_path: str, eng
             if reply[0] or reply[1]:
                 conn.send(("events", reply))
             if conn.poll(0):
-                command, reason, signal_name = conn.recv()
+                _, reason, signal_name = conn.recv()  # ("stop", reason, signal_name)
                 host.stop(reason, signal_name)
         conn.send(("events", host.poll(0.0)))
         conn.send(("bye",))

@@ -30,12 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchutil import emit  # noqa: E402
 
 from rtgenre.card import load_card  # noqa: E402
-
-
-def _session(path: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+from rtgenre.inference.onnxruntime import session_options  # noqa: E402
 
 
 def main() -> None:
@@ -51,7 +46,7 @@ def main() -> None:
     if card.split is None:
         raise SystemExit(f"{card.name} has no back-end graph")
     graphs = {"card": card.split.backend.onnx_path, **{str(p): p for p in args.against}}
-    sessions = {name: _session(path) for name, path in graphs.items()}
+    sessions = {name: ort.InferenceSession(str(path), session_options(1), providers=["CPUExecutionProvider"]) for name, path in graphs.items()}
     rng = np.random.default_rng(0)
     result: dict = {"command": "python tools/bench_backend.py " + " ".join(sys.argv[1:]), "model": f"{card.name} {card.version}",
                     "graphs": {k: str(v) for k, v in graphs.items()}, "threads": 1, "machine": {"cpu": platform.processor() or platform.machine(),

@@ -63,8 +63,8 @@ from prometheus_client.parser import text_string_to_metric_families
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
-from bench_pipeline import REAL_MUSIC, _vm_hwm_kb, make_long_file  # noqa: E402
-from benchutil import emit, sustained, tree_cpu_s, tree_rss_kb  # noqa: E402
+from bench_pipeline import REAL_MUSIC, make_long_file  # noqa: E402
+from benchutil import emit, status_kb, sustained, tree_cpu_s, tree_rss_kb  # noqa: E402
 
 from rtgenre.card import load_card  # noqa: E402
 
@@ -155,7 +155,7 @@ def run_n(path: Path, n: int, seconds: float, hop: float, threads: int, window_s
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, cwd=root, env=env)
         url, peak_kb, peak_all_kb, metrics, steady = None, 0, 0, {}, None
         while proc.poll() is None and time.monotonic() - t0 < seconds:
-            peak_kb, peak_all_kb = max(peak_kb, _vm_hwm_kb(proc.pid)), max(peak_all_kb, tree_rss_kb(proc.pid))
+            peak_kb, peak_all_kb = max(peak_kb, status_kb(proc.pid, "VmHWM")), max(peak_all_kb, tree_rss_kb(proc.pid))
             if steady is None and time.monotonic() - t0 >= window_s + STEADY_AFTER_S:
                 steady = (time.time(), tree_cpu_s(proc.pid))
             if url is None:
@@ -166,7 +166,7 @@ def run_n(path: Path, n: int, seconds: float, hop: float, threads: int, window_s
         if url is not None and proc.poll() is None:
             metrics = scrape(url)
         steady_end = (time.time(), tree_cpu_s(proc.pid))
-        peak_kb = max(peak_kb, _vm_hwm_kb(proc.pid))
+        peak_kb = max(peak_kb, status_kb(proc.pid, "VmHWM"))
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
         wall = time.monotonic() - t0

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
 from bench_mel import bench as bench_mel  # noqa: E402
-from benchutil import emit, timed_ms  # noqa: E402
+from benchutil import emit, status_kb, timed_ms  # noqa: E402
 from make_demo import SR as DEMO_SR, render  # noqa: E402
 
 from rtgenre.card import load_card  # noqa: E402
@@ -72,15 +72,6 @@ def bench_inference(card, threads: int, n: int = 50) -> dict:
     return {"threads": threads, "ms_per_window_median": float(np.median(times)), "ms_per_window_p90": float(np.percentile(times, 90)), "runs": n}
 
 
-def _vm_hwm_kb(pid: int) -> int:
-    """Peak resident memory (VmHWM) of a running process in KiB; 0 once it has gone."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-    except (OSError, StopIteration):
-        return 0
-
-
 def bench_listen(path: Path, threads: int, extra: list[str] | tuple[str, ...] = ()) -> dict:
     cmd = [sys.executable, "-m", "rtgenre", "listen", "--input", str(path), "--realtime", "--json", "--threads", str(threads), *extra]
     t0 = time.monotonic()
@@ -89,7 +80,7 @@ def bench_listen(path: Path, threads: int, extra: list[str] | tuple[str, ...] = 
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, cwd=ROOT)
         peak_kb = 0
         while proc.poll() is None:  # the child's own high-water mark (ru_maxrss would count the fork of this process)
-            peak_kb = max(peak_kb, _vm_hwm_kb(proc.pid))
+            peak_kb = max(peak_kb, status_kb(proc.pid, "VmHWM"))
             time.sleep(0.5)
         wall = time.monotonic() - t0
         after = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -39,16 +39,18 @@ def tree_cpu_s(pid: int) -> float:
     return sum(cpu_s(p) for p in process_tree(pid))
 
 
+def status_kb(pid: int, key: str) -> int:
+    """A KiB field of ``/proc/PID/status`` (``VmRSS``: resident memory now, ``VmHWM``: its peak); 0 once the process has gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(f"{key}:"))
+    except (OSError, StopIteration):
+        return 0
+
+
 def tree_rss_kb(pid: int) -> int:
     """Resident memory now (VmRSS, KiB) of ``pid`` and its living descendants together."""
-    total = 0
-    for p in process_tree(pid):
-        try:
-            with open(f"/proc/{p}/status") as f:
-                total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-        except (OSError, StopIteration):
-            continue
-    return total
+    return sum(status_kb(p, "VmRSS") for p in process_tree(pid))
 
 
 def timed_ms(fn: Callable[[], Any], iters: int, warmup: int = 5) -> list[float]:

@@ -8,7 +8,7 @@ its audio:
 * ``<id>.npy`` — ``(frames, 753)`` float16 ``MSD_musicnn`` frame features of
   the whole clip (the shipped model's encoder; equal to a whole-stream pass,
   which is what the streaming encoder computes at run time);
-* ``<id>.mtt.npy`` — the same for ``MTT_musicnn`` (the ensemble variant's
+* ``<id>.mtt.npy`` — the same for ``MTT_musicnn`` (the duo variant's
   second encoder);
 * ``<id>.tags.npy`` — ``(patches, 100)`` float16 tag probabilities of the two
   taggers on consecutive 187-frame patches (zero-shot baseline and
@@ -182,9 +182,14 @@ class Encoders:
         return {self.prefix: feats.astype(np.float16), "-".join(filter(None, (self.prefix, "tags"))): tags.astype(np.float16)}
 
 
+def array_path(cache: Path, clip: Clip, kind: str = "") -> Path:
+    """Where a cache keeps one clip's array: ``""`` MSD features, ``"mtt"`` MTT features, ``"tags"`` patch tags, ..."""
+    return Path(cache) / (f"{clip.id}.{kind}.npy" if kind else f"{clip.id}.npy")
+
+
 def _save(out: Path, clip: Clip, arrays: dict[str, np.ndarray]) -> None:
     for suffix, a in arrays.items():
-        np.save(out / (f"{clip.id}.{suffix}.npy" if suffix else f"{clip.id}.npy"), a)
+        np.save(array_path(out, clip, suffix), a)
 
 
 def make_mixes(clips: list[Clip], n: int, seed: int) -> list[tuple[Clip, Clip, Clip, float]]:
@@ -232,7 +237,6 @@ def build_cache(out: Path, root: Path = SHARED, mixes: int = 200, mix_seconds: f
     done = {c.id for c in read_index(out)} if index_path.is_file() else set()
     clips = catalogue(root)
     enc = Encoders(workdir=out)
-    rng = np.random.default_rng(seed)
     with open(index_path, "a") as index:
         def put(clip: Clip, audio: np.ndarray) -> None:
             arrays = enc.process(fit_length(audio))
@@ -250,25 +254,45 @@ def build_cache(out: Path, root: Path = SHARED, mixes: int = 200, mix_seconds: f
                 put(clip, read_audio(clip.file))
             if log and k % 50 == 0:
                 log(f"{k + 1}/{len(clips)} clips")
-        n = int(mix_seconds * FRONTEND.sample_rate)
-        for rec, s, m, ratio in make_mixes(clips, mixes, seed):
-            sa, ma = read_audio(s.file), read_audio(m.file)
-            s0, m0 = (int(rng.integers(0, max(1, len(x) - n))) for x in (sa, ma))  # drawn even when cached: same mixes on resume
-            if rec.id not in done:
-                put(rec, mix_clips(sa[s0 : s0 + n], ma[m0 : m0 + n], ratio))
+        for rec, audio in mix_audio(clips, mixes, seed, mix_seconds, skip=done):
+            put(rec, audio)
     return index_path
 
 
-def add_encoder(cache: Path, name: str = TEACHERS[1], datasets: tuple[str, ...] = ("4q", "gtzan", "medley", "freesound", "realmusic"),
+def mix_audio(clips: list[Clip], mixes: int, seed: int, mix_seconds: float = 8.0,
+              skip: set[str] = frozenset()) -> Iterable[tuple[Clip, np.ndarray]]:
+    """The :func:`make_mixes` pairings as audio: ``(mix record, mix)``, ``mix_seconds`` long.
+
+    The same ``seed`` gives the same mixes, so a second encoder sees what the
+    first did; mixes whose ids are in ``skip`` are drawn but not decoded.
+    """
+    rng = np.random.default_rng(seed)
+    n = int(mix_seconds * FRONTEND.sample_rate)
+    for rec, s, m, ratio in make_mixes(clips, mixes, seed):
+        sa, ma = read_audio(s.file), read_audio(m.file)
+        s0, m0 = (int(rng.integers(0, max(1, len(x) - n))) for x in (sa, ma))  # drawn even when skipped: the same mixes on resume
+        if rec.id not in skip:
+            yield rec, mix_clips(sa[s0 : s0 + n], ma[m0 : m0 + n], ratio)
+
+
+def add_encoder(cache: Path, name: str = TEACHERS[1], root: Path = SHARED, mixes: int = 200, seed: int = 0,
                 log: Callable[[str], None] | None = print) -> None:
-    """Add another encoder's arrays (e.g. ``MTT_musicnn`` for the ensemble) to the clips of ``datasets`` in a cache."""
+    """Add another encoder's arrays (``MTT_musicnn`` for the two-encoder model) to every clip of a cache, mixes included.
+
+    Resumable: clips that already have the arrays are skipped.  ``root``, ``mixes``
+    and ``seed`` must be the ones the cache was built with (the mixes are made again).
+    """
     enc = Encoders(name, workdir=cache)
-    clips = [c for c in read_index(cache) if c.dataset in datasets]
-    for k, clip in enumerate(clips):
-        if not (Path(cache) / f"{clip.id}.{enc.prefix}.npy").is_file():
+    cached = read_index(cache)
+    todo = {c.id for c in cached if not array_path(cache, c, enc.prefix).is_file()}
+    for k, clip in enumerate(c for c in cached if c.dataset != "mix"):
+        if clip.id in todo:
             _save(Path(cache), clip, enc.process(fit_length(read_audio(clip.file))))
         if log and k % 50 == 0:
-            log(f"{name}: {k + 1}/{len(clips)} clips")
+            log(f"{name}: {k + 1}/{len(cached)} clips")
+    if any(c.dataset == "mix" and c.id in todo for c in cached):
+        for rec, audio in mix_audio(catalogue(root), mixes, seed, skip={c.id for c in cached} - todo):
+            _save(Path(cache), rec, enc.process(fit_length(audio)))
 
 
 def read_index(cache: Path) -> list[Clip]:
@@ -289,8 +313,7 @@ def read_index(cache: Path) -> list[Clip]:
 
 def load_features(cache: Path, clip: Clip, kind: str = "") -> np.ndarray:
     """One clip's cached array: ``""`` MSD features, ``"mtt"`` MTT features, ``"tags"`` patch tags (float32)."""
-    name = f"{clip.id}.{kind}.npy" if kind else f"{clip.id}.npy"
-    return np.load(Path(cache) / name).astype(np.float32)
+    return np.load(array_path(cache, clip, kind)).astype(np.float32)
 
 
 def main(argv: Iterable[str] | None = None) -> int:
@@ -301,12 +324,12 @@ def main(argv: Iterable[str] | None = None) -> int:
     ap.add_argument("--cache", type=Path, default=Path("cache/real"))
     ap.add_argument("--shared", type=Path, default=SHARED)
     ap.add_argument("--mixes", type=int, default=200)
-    ap.add_argument("--add-mtt", action="store_true", help="add MTT_musicnn features (ensemble variant) to a built cache")
+    ap.add_argument("--add-mtt", action="store_true", help="add MTT_musicnn features (the duo variant's second encoder) to every clip of a built cache")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(None if argv is None else list(argv))
     torch.set_num_threads(args.threads)
     if args.add_mtt:
-        add_encoder(args.cache)
+        add_encoder(args.cache, root=args.shared, mixes=args.mixes)
     else:
         build_cache(args.cache, args.shared, args.mixes)
     return 0

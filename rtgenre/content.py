@@ -9,6 +9,9 @@ classifier reads the newest :attr:`ContentClassifier.frames` of them (about
 one hidden ReLU layer, softmax) evaluated in numpy.  Its output replaces the
 back end's ``content`` probabilities of the window (:mod:`rtgenre.pipeline`),
 so the gate (:mod:`rtgenre.gate`) follows talk within a second or two.
+A model whose encoder is a stack (several encoders' features side by side,
+e.g. ``rtgenre-duo``) may carry a classifier of its first encoder's features:
+it reads the first :attr:`ContentClassifier.feature_dim` of every frame.
 
 Weights live beside the model card as ``<model name>.content.npz`` (found by
 that name; the card's ``content_classifier`` entry records how they were
@@ -79,8 +82,8 @@ class ContentClassifier:
         self.feature_dim = len(self.mean) // 2
 
     def process(self, feats: np.ndarray) -> np.ndarray:
-        """Probabilities ``(..., n_labels)`` of the last :attr:`frames` frames of ``feats`` ``(..., frames, dim)``."""
-        x = (frame_stats(feats[..., -self.frames :, :]) - self.mean) / self.scale
+        """Probabilities ``(..., n_labels)`` of the last :attr:`frames` frames of ``feats`` ``(..., frames, dim)`` (their first :attr:`feature_dim` features)."""
+        x = (frame_stats(feats[..., -self.frames :, : self.feature_dim]) - self.mean) / self.scale
         h = np.maximum(x @ self.w1 + self.b1, 0.0)
         z = h @ self.w2 + self.b2
         z -= z.max(axis=-1, keepdims=True)
@@ -104,7 +107,7 @@ def for_card(card: ModelCard) -> ContentClassifier | None:
     if not path.is_file():
         return None
     clf = _load(path, card.head(CONTENT_HEAD).labels)
-    if clf.feature_dim != card.split.encoder.feature_dim:
+    if card.split.encoder.feature_dim % clf.feature_dim:  # the encoder's, or a stack's first encoder's features
         raise ModelCorruptError(f"Content classifier {path} reads {clf.feature_dim} features, the encoder gives {card.split.encoder.feature_dim}",
                                 "Rebuild it with `python -m rtgenre.training.content` for this model")
     return clf

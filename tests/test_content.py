@@ -76,12 +76,28 @@ def test_an_unreadable_file_is_refused(tmp_path):
         ContentClassifier(bad)
 
 
-def test_the_shipped_model_has_one_and_the_card_records_it():
-    card = load_card("rtgenre")
+@pytest.mark.parametrize("model", ["rtgenre", "rtgenre-duo"])
+def test_the_shipped_models_have_one_and_their_cards_record_it(model):
+    card = load_card(model)
     clf = for_card(card)
-    assert clf is not None and clf.labels == card.head("content").labels and clf.feature_dim == card.split.encoder.feature_dim
+    assert clf is not None and clf.labels == card.head("content").labels and clf.feature_dim == 753
     assert (card.onnx_path.parent / f"{card.name}{SUFFIX}").is_file()
     assert "content_classifier" in card.raw and card.raw["content_classifier"]["frames"] == clf.frames
+    # the duo's encoder is a stack (MSD_musicnn, then MTT_musicnn): its classifier reads the first encoder's features only
+    feats = np.random.default_rng(0).standard_normal((2, clf.frames, card.split.encoder.feature_dim)).astype(np.float32)
+    other = feats.copy()
+    other[..., 753:] = 0.0
+    np.testing.assert_array_equal(clf.process(feats), clf.process(other))
+    assert card.split.encoder.feature_dim == 753 * len(card.raw["encoder"]["name"].split("+"))
+
+
+def test_a_classifier_that_reads_no_whole_encoder_is_refused(tmp_path):
+    import dataclasses
+
+    card = load_card("rtgenre-duo")
+    write_weights(tmp_path / f"{card.name}{SUFFIX}", dim=1000)  # found beside the graph: only the folder matters here
+    with pytest.raises(ModelCorruptError, match="reads 1000 features, the encoder gives 1506"):
+        for_card(dataclasses.replace(card, onnx_path=tmp_path / card.onnx_path.name))
 
 
 def test_models_without_a_file_or_split_keep_the_content_head(tmp_path):

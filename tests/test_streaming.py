@@ -31,24 +31,35 @@ from rtgenre.session import Session  # noqa: E402
 from rtgenre.sinks.base import EventBus, Sink  # noqa: E402
 from rtgenre.smoothing import Smoother  # noqa: E402
 from rtgenre.sources.file import FileSource  # noqa: E402
-from rtgenre.training.encoder import CONTEXT_AFTER, CONTEXT_BEFORE, STEP_DELAY, STEP_STATE, StepEncoder, StreamEncoder  # noqa: E402
+from rtgenre.training.encoder import (  # noqa: E402
+    CONTEXT_AFTER,
+    CONTEXT_BEFORE,
+    STEP_DELAY,
+    EncoderStack,
+    step_encoder,
+    step_state,
+    stream_encoder,
+)
 from rtgenre.training.model import activate  # noqa: E402
 
 TOL = 1e-4
 SR = 16000
 
 
-@pytest.fixture(scope="module")
-def split(tmp_path_factory):
-    """The shipped model exported as encoder + back end into a temporary folder: (card, backend, encoder)."""
+@pytest.fixture(scope="module", params=[DEFAULT_MODEL, "rtgenre-duo"])
+def split(tmp_path_factory, request):
+    """A shipped model (the default; the duo, whose encoder is a stack of two) exported as encoder + back end
+    into a temporary folder: (card, backend, encoder)."""
     from rtgenre.training.export import export_split_model, load_backend
     from rtgenre.training.musicnn import load_teacher
 
-    weights = ENGINES_DIR / f"{DEFAULT_MODEL}.backend.npz"
+    weights = ENGINES_DIR / f"{request.param}.backend.npz"
     if not weights.is_file():
         pytest.skip(f"{weights} does not exist")
-    shipped = json.loads((ENGINES_DIR / f"{DEFAULT_MODEL}.json").read_text())
-    backend, encoder = load_backend(weights), load_teacher("MSD_musicnn")
+    shipped = json.loads((ENGINES_DIR / f"{request.param}.json").read_text())
+    backend = load_backend(weights)
+    nets = [load_teacher(n) for n in backend.config.encoders]
+    encoder = nets[0] if len(nets) == 1 else EncoderStack(nets)
     folder = tmp_path_factory.mktemp("split")
     card = export_split_model(backend, folder, "m", shipped["mappings"], {"training": {"note": "test"}}, encoder=encoder)
     return load_card(card), backend, encoder
@@ -144,15 +155,17 @@ def stream(card, engine, audio, hop_s, block, lookahead="wait"):
     return ends, arrived, feats, {h.name: np.stack([p[h.name] for p in probs]) for h in card.heads}
 
 
-def test_encoders_equal_whole_stream_pass_for_any_chunking():
+@pytest.mark.parametrize("nets", [("MSD_musicnn",), ("MSD_musicnn", "MTT_musicnn")], ids=["one", "stack"])
+def test_encoders_equal_whole_stream_pass_for_any_chunking(nets):
     from rtgenre.training.musicnn import load_teacher
 
-    net = load_teacher("MSD_musicnn")
-    enc = StreamEncoder(net)
+    net = load_teacher(nets[0]) if len(nets) == 1 else EncoderStack([load_teacher(n) for n in nets])
+    enc = stream_encoder(net)
     rng = np.random.default_rng(0)
     mel = np.log10(1 + 1e4 * rng.random((400, 96)) ** 4).astype(np.float32)
     with torch.no_grad():
         want = net.frame_features(torch.from_numpy(mel)[None])[0].numpy()
+        assert want.shape == (len(mel), 753 * len(nets))
         for cuts in ([0, 400], [0, 1, 31, 100, 101, 250, 399, 400], [0, 72, 73, 145, 328, 400]):
             got = []
             for a, b in zip(cuts[:-1], cuts[1:]):
@@ -161,7 +174,7 @@ def test_encoders_equal_whole_stream_pass_for_any_chunking():
                 x = np.where(valid[:, None] > 0, mel[np.clip(idx, 0, len(mel) - 1)], 123.0).astype(np.float32)  # junk outside: must not matter
                 got.append(enc(torch.from_numpy(x)[None], torch.from_numpy(valid)[None])[0].numpy())
             np.testing.assert_allclose(np.concatenate(got), want, atol=TOL, rtol=TOL)
-            step, state, got = StepEncoder(net), [torch.zeros(1, *shape) for _, _, shape in STEP_STATE], []
+            step, state, got = step_encoder(net), [torch.zeros(1, *shape) for _, _, shape in step_state(len(nets))], []
             for a, b in zip(cuts[:-1], cuts[1:]):
                 feats, *state = step(torch.from_numpy(mel[a:b])[None], torch.ones(1, b - a), *state)
                 got.append(feats[0].numpy())
@@ -291,13 +304,14 @@ def test_card_chooses_the_path(split, tmp_path):
 def test_card_checks_every_graph(split, tmp_path, graph):
     import shutil
 
-    card = split[0]
+    card, backend, _ = split
+    nets = len(backend.config.encoders)
     folder = tmp_path / "copy"
     shutil.copytree(card.onnx_path.parent, folder)
     load_card(folder / "m.json")
     raw = json.loads((folder / "m.json").read_text())
-    assert raw["split"]["encoder"]["context_before"] == CONTEXT_BEFORE and raw["split"]["encoder"]["feature_dim"] == 753
-    assert raw["split"]["step"]["delay"] == STEP_DELAY and [s["input"] for s in raw["split"]["step"]["state"]] == [s[0] for s in STEP_STATE]
+    assert raw["split"]["encoder"]["context_before"] == CONTEXT_BEFORE and raw["split"]["encoder"]["feature_dim"] == 753 * nets
+    assert raw["split"]["step"]["delay"] == STEP_DELAY and [s["input"] for s in raw["split"]["step"]["state"]] == [s[0] for s in step_state(nets)]
     with open(folder / f"m.{graph}.onnx", "ab") as f:
         f.write(b"\0")
     with pytest.raises(ModelCorruptError, match=graph):
@@ -311,7 +325,7 @@ def test_run_windows_empty_and_backend_outputs(split, engine):
     card = split[0]
     sess = ort.InferenceSession(str(card.split.backend.onnx_path), providers=["CPUExecutionProvider"])
     assert [o.name for o in sess.get_outputs()] == [h.name for h in card.heads] + ["embedding"]
-    out = sess.run(None, {"feats": np.zeros((2, card.window_frames, 753), np.float32)})
+    out = sess.run(None, {"feats": np.zeros((2, card.window_frames, card.split.encoder.feature_dim), np.float32)})
     assert out[-1].shape[0] == 2 and out[-1].ndim == 2
 
 
@@ -339,14 +353,14 @@ def test_tensorrt_streams_with_two_cached_plans(card, engine, flavour, monkeypat
     with TensorRTEngine(card, precision="fp32", max_batch=8, cache=cache) as second:
         assert second.cache_hit and trt.builds == 2
         if card.split.step:
-            state = [np.zeros((3, *shape), np.float32) for _, _, shape in STEP_STATE]
+            state = [np.zeros((3, *shape), np.float32) for _, _, shape in card.split.step.state]
             feats, new_state = second.step(np.ones((3, 40, 96), np.float32), np.ones((3, 40), np.float32), state)
-            assert feats.shape == (3, 40, 753) and [x.shape for x in new_state] == [x.shape for x in state]
+            assert feats.shape == (3, 40, card.split.encoder.feature_dim) and [x.shape for x in new_state] == [x.shape for x in state]
             with pytest.raises(NotImplementedError):
                 second.encode(np.zeros((1, 200, 96), np.float32), np.ones((1, 200), np.float32))
         else:
             mel = np.zeros((3, 40 + context, 96), np.float32)
-            assert second.encode(mel, np.ones(mel.shape[:2], np.float32)).shape == (3, 40, 753)
+            assert second.encode(mel, np.ones(mel.shape[:2], np.float32)).shape == (3, 40, card.split.encoder.feature_dim)
         with pytest.raises(NotImplementedError):
             second.run(np.zeros((1, card.window_frames, 96), np.float32))
     with TensorRTEngine(card, precision="fp32", max_batch=8, cache=cache, stream=False) as whole:

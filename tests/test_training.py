@@ -155,6 +155,30 @@ def test_grouped_folds_keep_groups_and_mixes_whole():
     assert max(map(len, folds)) - min(map(len, folds)) <= 3
 
 
+@needs_weights
+def test_a_backend_on_two_encoders_gives_each_tagger_its_own_features(tmp_path):
+    """The duo's input is MSD then MTT features side by side; each frozen tagger reads its own encoder's window statistics."""
+    from rtgenre.training.export import load_backend, save_backend
+    from rtgenre.training.real import WindowBackend, WindowConfig
+
+    torch.manual_seed(0)
+    model = WindowBackend(WindowConfig(encoders=("MSD_musicnn", "MTT_musicnn"), feature_dim=2 * 753)).eval()
+    seen = {}
+    for name, tagger in (("msd", model.teacher), ("mtt", model.more_teachers[0])):
+        tagger.register_forward_hook(lambda m, args, out, name=name: seen.__setitem__(name, args[0]))
+    feats = torch.randn(2, 469, 2 * 753)
+    with torch.no_grad():
+        out = model(feats)
+    np.testing.assert_allclose(seen["msd"].numpy(), feats[..., :753].amax(dim=1).numpy())
+    np.testing.assert_allclose(seen["mtt"].numpy(), feats[..., 753:].amax(dim=1).numpy())
+    save_backend(model, tmp_path / "duo.backend.npz")
+    again = load_backend(tmp_path / "duo.backend.npz")
+    assert again.config.encoders == ("MSD_musicnn", "MTT_musicnn")
+    with torch.no_grad():
+        for head, logits in again(feats).items():
+            np.testing.assert_allclose(logits.numpy(), out[head].numpy(), atol=1e-5)
+
+
 def _parser():
     from rtgenre.training.commands import add_train_arguments
 

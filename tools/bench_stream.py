@@ -72,16 +72,20 @@ def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def export_split(folder: Path) -> tuple[Path, Path]:
-    """The shipped model (encoder MSD_musicnn, back end from its .backend.npz) exported in split form: its card, and a copy without the step graph."""
+def export_split(folder: Path, name: str = DEFAULT_MODEL) -> tuple[Path, Path]:
+    """A shipped model (its encoders, its back end from its .backend.npz) exported in split form: its card, and a copy without the step graph."""
+    from rtgenre.training.encoder import EncoderStack
     from rtgenre.training.export import export_split_model, load_backend
+    from rtgenre.training.musicnn import load_teacher
 
-    shipped = json.loads((ENGINES_DIR / f"{DEFAULT_MODEL}.json").read_text())
+    shipped = json.loads((ENGINES_DIR / f"{name}.json").read_text())
     keep = {k: v for k, v in shipped.items() if k in ("training", "evaluation", "teacher", "license")}
-    card = export_split_model(load_backend(ENGINES_DIR / f"{DEFAULT_MODEL}.backend.npz"), folder, DEFAULT_MODEL, shipped["mappings"], keep)
+    backend = load_backend(ENGINES_DIR / f"{name}.backend.npz")
+    nets = [load_teacher(n) for n in backend.config.encoders]
+    card = export_split_model(backend, folder, name, shipped["mappings"], keep, encoder=nets[0] if len(nets) == 1 else EncoderStack(nets))
     raw = json.loads(card.read_text())
     del raw["split"]["step"]
-    chunked = folder / f"{DEFAULT_MODEL}-chunked.json"
+    chunked = folder / f"{name}-chunked.json"
     chunked.write_text(json.dumps(raw, indent=1))
     return card, chunked
 
@@ -215,6 +219,7 @@ def main() -> None:
     ap.add_argument("--feeds-seconds", type=float, default=40.0, help="seconds per feeds run (default 40)")
     ap.add_argument("--accuracy", action="store_true", help="also score the real-music clips with each path")
     ap.add_argument("--music", type=Path, default=REAL_MUSIC, help=f"real-music folder (default {REAL_MUSIC}; the demo song when absent)")
+    ap.add_argument("--model", default=DEFAULT_MODEL, help=f"a model in {ENGINES_DIR.name}/ with a back end of its own (default {DEFAULT_MODEL})")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip (per_hop,classify,listen,feeds)")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -225,7 +230,7 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        card_path, chunked_path = export_split(tmp / "model")
+        card_path, chunked_path = export_split(tmp / "model", args.model)
         card, chunked = load_card(card_path), load_card(chunked_path)
         result["model"] = (f"{card.name} (shipped back end) exported in split form: step encoder (delay {card.split.step.delay} frames) and, "
                            f"as a peer, the chunked encoder (context {card.split.encoder.context_before}/{card.split.encoder.context_after} frames)")

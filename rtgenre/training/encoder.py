@@ -187,3 +187,61 @@ STEP_STATE = (
     ("mid2_state", "mid2_next", (MIDEND_FILTERS, 2 * _MID)),
     ("valid_state", "valid_next", (STEP_DELAY,)),
 )
+
+
+class EncoderStack(nn.Module):
+    """Several frozen musicnn encoders side by side: each one's frame features, concatenated in order.
+
+    ``frame_features(mel (B, T, 96)) -> (B, T, 753 × len(nets))``, as
+    :meth:`Musicnn.frame_features`, so that a whole-window graph
+    (:class:`~rtgenre.training.model.CRNN`) takes a stack as its front end;
+    :func:`stream_encoder`, :func:`step_encoder` and :func:`step_state` give
+    its streaming graphs.
+    """
+
+    def __init__(self, nets: list[Musicnn]) -> None:
+        super().__init__()
+        self.nets = nn.ModuleList(nets)
+        self.eval()
+
+    def frame_features(self, mel: Tensor) -> Tensor:
+        return torch.cat([net.frame_features(mel) for net in self.nets], dim=2)
+
+
+class _Stacked(nn.Module):
+    """Streaming modules of an :class:`EncoderStack`'s nets on the same input: features concatenated, states in order."""
+
+    def __init__(self, parts: list[nn.Module], state_len: int) -> None:
+        super().__init__()
+        self.parts = nn.ModuleList(parts)
+        self.state_len = state_len
+        self.eval()
+
+    def forward(self, mel: Tensor, valid: Tensor, *state: Tensor) -> Tensor | tuple[Tensor, ...]:
+        k = self.state_len
+        outs = [part(mel, valid, *state[i * k : (i + 1) * k]) for i, part in enumerate(self.parts)]
+        if not k:
+            return torch.cat(outs, dim=2)
+        return (torch.cat([o[0] for o in outs], dim=2), *(s for o in outs for s in o[1:]))
+
+
+def nets_of(encoder: Musicnn | EncoderStack) -> list[Musicnn]:
+    """The musicnn nets of an encoder: itself, or a stack's, in feature order."""
+    return list(encoder.nets) if isinstance(encoder, EncoderStack) else [encoder]
+
+
+def stream_encoder(encoder: Musicnn | EncoderStack) -> nn.Module:
+    """The :class:`StreamEncoder` of an encoder, or of each net of a stack (features concatenated)."""
+    nets = nets_of(encoder)
+    return StreamEncoder(nets[0]) if len(nets) == 1 else _Stacked([StreamEncoder(n) for n in nets], 0)
+
+
+def step_encoder(encoder: Musicnn | EncoderStack) -> nn.Module:
+    """The :class:`StepEncoder` of an encoder, or of each net of a stack (features concatenated, the states one after another)."""
+    nets = nets_of(encoder)
+    return StepEncoder(nets[0]) if len(nets) == 1 else _Stacked([StepEncoder(n) for n in nets], len(STEP_STATE))
+
+
+def step_state(nets: int = 1) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
+    """The step graph's state for ``nets`` stacked encoders: :data:`STEP_STATE`, then each further net's with its index appended (``x_state_1``, ...)."""
+    return tuple((i if not k else f"{i}_{k}", o if not k else f"{o}_{k}", shape) for k in range(nets) for i, o, shape in STEP_STATE)

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from rtgenre.card import CARD_FORMAT, ModelCard, file_sha256, load_card
 from rtgenre.errors import ModelCorruptError, ModelMissingError
-from rtgenre.training.encoder import CONTEXT_AFTER, CONTEXT_BEFORE, STEP_DELAY, STEP_STATE, StepEncoder, StreamEncoder
+from rtgenre.training.encoder import CONTEXT_AFTER, CONTEXT_BEFORE, STEP_DELAY, EncoderStack, nets_of, step_encoder, step_state, stream_encoder
 from rtgenre.training.features import FRONTEND
 from rtgenre.training.model import CRNN, Backend, BackendConfig, HeadSpec, activate
 from rtgenre.training.labels import MSD
@@ -99,7 +99,7 @@ def load_backend(path: Path, teacher: Musicnn | None = None) -> Backend:
         if "temporal" in cfg:  # a window back end of the real-data model (rtgenre.training.real)
             from rtgenre.training.real import WindowBackend, WindowConfig
 
-            backend = WindowBackend(WindowConfig(heads=heads, **cfg), teacher)
+            backend = WindowBackend(WindowConfig(heads=heads, **{**cfg, "encoders": tuple(cfg.get("encoders", WindowConfig.encoders))}), teacher)
         else:
             backend = Backend(BackendConfig(heads=heads, **cfg), teacher)
         backend.load_state_dict(state)
@@ -215,33 +215,35 @@ def _export(module: nn.Module, example: tuple[Tensor, ...], path: Path, inputs: 
         )
 
 
-def export_encoder(encoder: Musicnn, path: Path, n_mels: int = 96) -> None:
-    """Write the :class:`StreamEncoder` of ``encoder`` (inputs ``mel``, ``valid``; output ``feats``)."""
+def export_encoder(encoder: Musicnn | EncoderStack, path: Path, n_mels: int = 96) -> None:
+    """Write the :class:`~rtgenre.training.encoder.StreamEncoder` of ``encoder`` (of each net of a stack, features side by side; inputs ``mel``, ``valid``; output ``feats``)."""
     frames = CONTEXT_BEFORE + CONTEXT_AFTER + 32
     example = (torch.zeros(2, frames, n_mels), torch.ones(2, frames))
     axes = {0: "batch", 1: "frames"}
-    _export(StreamEncoder(encoder), example, path, {"mel": axes, "valid": axes}, {"feats": {0: "batch", 1: "out_frames"}})
+    _export(stream_encoder(encoder), example, path, {"mel": axes, "valid": axes}, {"feats": {0: "batch", 1: "out_frames"}})
 
 
-def export_step_encoder(encoder: Musicnn, path: Path, n_mels: int = 96) -> None:
-    """Write the :class:`StepEncoder` of ``encoder`` (inputs ``mel``, ``valid`` and the state; outputs ``feats`` and the next state)."""
+def export_step_encoder(encoder: Musicnn | EncoderStack, path: Path, n_mels: int = 96) -> None:
+    """Write the :class:`~rtgenre.training.encoder.StepEncoder` of ``encoder`` (of each net of a stack; inputs ``mel``, ``valid``
+    and the state; outputs ``feats`` and the next state, :func:`~rtgenre.training.encoder.step_state`)."""
     frames = 32
-    example = (torch.zeros(2, frames, n_mels), torch.ones(2, frames), *(torch.zeros(2, *shape) for _, _, shape in STEP_STATE))
+    state = step_state(len(nets_of(encoder)))
+    example = (torch.zeros(2, frames, n_mels), torch.ones(2, frames), *(torch.zeros(2, *shape) for _, _, shape in state))
     new = {0: "batch", 1: "frames"}
-    inputs = {"mel": new, "valid": new, **{name: {0: "batch"} for name, _, _ in STEP_STATE}}
-    outputs = {"feats": new, **{name: {0: "batch"} for _, name, _ in STEP_STATE}}
-    _export(StepEncoder(encoder), example, path, inputs, outputs)
+    inputs = {"mel": new, "valid": new, **{name: {0: "batch"} for name, _, _ in state}}
+    outputs = {"feats": new, **{name: {0: "batch"} for _, name, _ in state}}
+    _export(step_encoder(encoder), example, path, inputs, outputs)
 
 
-def step_section(path: Path) -> dict[str, Any]:
-    """The card's ``split.step`` entry for the step graph written by :func:`export_step_encoder` at ``path``."""
+def step_section(path: Path, nets: int = 1) -> dict[str, Any]:
+    """The card's ``split.step`` entry for the step graph of ``nets`` stacked encoders written by :func:`export_step_encoder` at ``path``."""
     return {
         "onnx": path.name,
         "onnx_sha256": file_sha256(path),
         "inputs": {"mel": "batch,frames,mels", "valid": "batch,frames"},
         "output": "feats",
         "delay": STEP_DELAY,
-        "state": [{"input": i, "output": o, "shape": list(shape)} for i, o, shape in STEP_STATE],
+        "state": [{"input": i, "output": o, "shape": list(shape)} for i, o, shape in step_state(nets)],
     }
 
 
@@ -258,7 +260,7 @@ def export_split_model(
     name: str,
     mappings: dict[str, dict[str, str | None]],
     extra: dict[str, Any],
-    encoder: Musicnn | None = None,
+    encoder: Musicnn | EncoderStack | None = None,
     version: str = "1.0.0",
     hash_layer: nn.Module | None = None,
 ) -> Path:
@@ -273,7 +275,7 @@ def export_split_model(
     Parameters
     ----------
     backend : nn.Module
-        ``forward(feats (B, T, 753)) -> {head: logits}``, ``config.heads`` (:class:`HeadSpec`)
+        ``forward(feats (B, T, 753 × encoders)) -> {head: logits}``, ``config.heads`` (:class:`HeadSpec`)
         and ``embed(feats) -> (B, D)``; e.g. :class:`Backend`.
     folder : Path
         Output folder (created).
@@ -281,8 +283,8 @@ def export_split_model(
         Model name (file stem).
     mappings, extra
         As for :func:`write_card`.
-    encoder : Musicnn, optional
-        The frozen front and mid end (default: ``MSD_musicnn``).
+    encoder : Musicnn or EncoderStack, optional
+        The frozen front and mid end (default: ``MSD_musicnn``), or several side by side.
     version : str
         Model version in the card.
     hash_layer : HashLayer, optional
@@ -295,13 +297,14 @@ def export_split_model(
     encoder = (encoder if encoder is not None else load_teacher(MSD)).eval()
     backend = backend.eval()
     heads = [h.name for h in backend.config.heads]
+    nets = len(nets_of(encoder))
     if hash_layer is None:
         export_onnx(CRNN(encoder, backend), folder / f"{name}.onnx")
-        export_backend(backend, folder / f"{name}.backend.onnx")
+        export_backend(backend, folder / f"{name}.backend.onnx", feature_dim=FEATURE_DIM * nets)
     else:
         hashed = HashedBackend(backend, hash_layer).eval()
         export_onnx(HashedCRNN(encoder, hashed), folder / f"{name}.onnx", output_names=[*heads, HASH_OUTPUT])
-        export_backend(hashed, folder / f"{name}.backend.onnx", extra_outputs=(HASH_OUTPUT,))
+        export_backend(hashed, folder / f"{name}.backend.onnx", feature_dim=FEATURE_DIM * nets, extra_outputs=(HASH_OUTPUT,))
         save_hash_layer(hash_layer, folder / f"{name}.hash.npz", extra.get("hash_training"))
         extra = {**extra, "hash": {"output": HASH_OUTPUT, "bits": hash_layer.bits}}
     export_encoder(encoder, folder / f"{name}.encoder.onnx")
@@ -315,7 +318,7 @@ def export_split_model(
             "output": "feats",
             "context_before": CONTEXT_BEFORE,
             "context_after": CONTEXT_AFTER,
-            "feature_dim": FEATURE_DIM,
+            "feature_dim": FEATURE_DIM * nets,
         },
         "backend": {
             "onnx": f"{name}.backend.onnx",
@@ -323,7 +326,7 @@ def export_split_model(
             "input": "feats",
             "embedding": "embedding",
         },
-        "step": step_section(folder / f"{name}.step.onnx"),
+        "step": step_section(folder / f"{name}.step.onnx", nets),
     }
     return write_card(folder, name, backend.config.heads, mappings, {**extra, "split": split}, version=version)
 

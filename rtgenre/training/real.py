@@ -11,6 +11,9 @@ card reports:
   the frozen musicnn tagger's own penultimate layer and tags over the window,
   a shared embedding, and one linear head per output.  ``families`` makes the
   genre head hierarchical: ``p(genre) = p(family) * p(genre | family)``.
+  ``encoders`` names the frozen encoders whose features lie side by side in
+  the input (the ``duo`` variant: ``MSD_musicnn`` and ``MTT_musicnn``, 1506
+  features per frame); each one's tagger reads its own encoder's statistics.
 * :func:`zero_shot_probs` — musicnn's tags mapped to our labels, no training.
 * :func:`logistic_baseline` — logistic regression on per-clip mean musicnn
   penultimate embeddings and tags (the floor every variant must beat).
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -46,10 +50,10 @@ from torch import Tensor, nn
 
 from rtgenre.evaluate import Scores, instrument_family
 from rtgenre.training import vocab
-from rtgenre.training.labels import MSD, TagMapper
+from rtgenre.training.labels import MSD, MTT, TagMapper
 from rtgenre.training.model import HeadSpec, activate
 from rtgenre.training.musicnn import FEATURE_DIM, Musicnn, load_teacher, teacher_tags
-from rtgenre.training.realdata import Clip, load_features, read_index
+from rtgenre.training.realdata import Clip, array_path, load_features, read_index
 
 POOL = 16
 """Frames per pooled step."""
@@ -160,16 +164,25 @@ class Targets:
         m[head][:] = 1
 
 
+#: Cache suffix of each encoder's frame features (:mod:`rtgenre.training.realdata`).
+CACHE_KIND = {MSD: "", MTT: "mtt"}
+
+
 def load_examples(cache: Path, datasets: tuple[str, ...] = ("4q", "gtzan", "medley", "freesound", "speech", "mix", "realmusic"),
-                  kind: str = "", log: Callable[[str], None] | None = print) -> list[Example]:
-    """Every cached clip of ``datasets`` with pooled features (``kind``: ``""`` MSD, ``"mtt"`` MTT) and targets."""
+                  encoders: tuple[str, ...] = (MSD,), log: Callable[[str], None] | None = print) -> list[Example]:
+    """Every cached clip of ``datasets`` with pooled features and targets.
+
+    The features are those of ``encoders`` side by side (``753 × len(encoders)`` per
+    frame, in that order); a clip without every encoder's features is left out.
+    """
     targets = Targets()
     out = []
     clips = [c for c in read_index(cache) if c.dataset in datasets and c.frames >= WINDOW_FRAMES]
+    kinds = [CACHE_KIND[n] for n in encoders]
     for k, clip in enumerate(clips):
-        if kind and not (Path(cache) / f"{clip.id}.{kind}.npy").is_file():
+        if not all(array_path(cache, clip, kind).is_file() for kind in kinds):
             continue
-        maxp, meanp = pool_frames(load_features(cache, clip, kind))
+        maxp, meanp = pool_frames(np.concatenate([load_features(cache, clip, kind) for kind in kinds], axis=1))
         t, m = targets.process(clip, load_features(cache, clip, "tags"))
         out.append(Example(clip, maxp, meanp, t, m))
         if log and k % 500 == 0:
@@ -215,6 +228,8 @@ class WindowConfig:
     """Sizes of :class:`WindowBackend`."""
 
     feature_dim: int = FEATURE_DIM
+    encoders: tuple[str, ...] = (MSD,)
+    """The frozen musicnn encoders whose frame features lie side by side in the input (``feature_dim`` = 753 each)."""
     temporal: str = "pool"  # "pool" | "lstm"
     projection: int = 128
     hidden: int = 128
@@ -286,8 +301,9 @@ class WindowBackend(nn.Module):
             stats = 2 * c.feature_dim
         else:
             stats = 0
-        self.teacher = TeacherBack(teacher if teacher is not None else load_teacher(MSD)) if c.teacher_features else None
-        extra = 250 if c.teacher_features else 0
+        self.teacher = TeacherBack(teacher if teacher is not None else load_teacher(c.encoders[0])) if c.teacher_features else None
+        self.more_teachers = nn.ModuleList(TeacherBack(load_teacher(n)) for n in c.encoders[1:]) if c.teacher_features else nn.ModuleList()
+        extra = 250 * len(c.encoders) if c.teacher_features else 0
         self.embedding = nn.Sequential(nn.Dropout(c.dropout), nn.Linear(stats + extra, c.embedding), nn.ReLU())
         self.drop = nn.Dropout(c.dropout)
         self.heads = nn.ModuleDict({h.name: nn.Linear(c.embedding, len(h.labels)) for h in c.heads})
@@ -316,8 +332,9 @@ class WindowBackend(nn.Module):
             stats = [self.norm(torch.cat([mx, mean], dim=1))]
         else:
             stats = []
-        if self.teacher is not None:
-            stats.append(self.teacher(mx, mean))
+        if self.teacher is not None:  # each encoder's own tagger over its slice of the features
+            for i, t in enumerate([self.teacher, *self.more_teachers]):
+                stats.append(t(mx[:, i * FEATURE_DIM : (i + 1) * FEATURE_DIM], mean[:, i * FEATURE_DIM : (i + 1) * FEATURE_DIM]))
         return self.embedding(torch.cat(stats, dim=1))
 
     def heads_of(self, z: Tensor) -> dict[str, Tensor]:
@@ -752,6 +769,7 @@ VARIANTS: dict[str, WindowConfig] = {
     "hier": WindowConfig(temporal="pool", families=True),
     "tagger": WindowConfig(temporal="pool", raw_stats=False),
     "shipped": WindowConfig(temporal="pool"),  # the pool back end, trained with the shipped model's TrainConfig (see the card)
+    "duo": WindowConfig(temporal="pool", encoders=(MSD, MTT), feature_dim=2 * FEATURE_DIM),  # as shipped, on two encoders
 }
 ENSEMBLE = ("pool", "crnn", "hier")
 """The ensemble's members."""
@@ -778,11 +796,13 @@ def predictor(name: str, tc: TrainConfig, cache: Path, log: Callable[[str], None
 
 
 #: Model names of the variants in the model folder.
-MODEL_NAMES = {"shipped": "rtgenre", "tagger": "rtgenre-tagger", "pool": "rtgenre-pool", "crnn": "rtgenre-crnn", "hier": "rtgenre-hier", "ensemble": "rtgenre-ensemble", "zeroshot": "rtgenre-zeroshot"}
+MODEL_NAMES = {"shipped": "rtgenre", "duo": "rtgenre-duo", "tagger": "rtgenre-tagger", "pool": "rtgenre-pool", "crnn": "rtgenre-crnn", "hier": "rtgenre-hier", "ensemble": "rtgenre-ensemble", "zeroshot": "rtgenre-zeroshot"}
 DESCRIPTIONS = {
     "shipped": "the pool variant trained for 30 epochs with every solo-singer clip drawn 15 times per epoch, the genre and mood losses weighted 1.5, "
                "soft (tagger-derived) genre targets weighted 0.3 and genre classes weighted by the square root of their inverse frequency: "
                "window statistics (max and mean of every encoder feature over the window) with the frozen musicnn tagger's penultimate layer and tags → embedding 256 → heads",
+    "duo": "as shipped (the same training settings), on two frozen encoders side by side: MSD_musicnn and MTT_musicnn (1506 features per frame); "
+           "window statistics of both with each tagger's penultimate layer and tags → embedding 256 → heads; twice the encoder's cost",
     "tagger": "the frozen musicnn tagger's penultimate layer and tags over the window (no other encoder statistics) → embedding 256 → heads",
     "pool": "window statistics (max and mean of every encoder feature over the window) with the frozen musicnn tagger's penultimate layer and tags → embedding 256 → heads",
     "crnn": "CRNN: per-frame projection 753→128, 2-layer LSTM (hidden 128) over 16-frame steps, last and mean state, with the musicnn tagger's penultimate layer and tags → embedding 256 → heads",
@@ -816,7 +836,8 @@ def _training_record(v: str, cv: dict) -> dict:
         "mood_weight": cv.get("mood_weight", 1.0), "soft_weight": cv.get("soft_weight", 1.0), "balance_genre": cv.get("balance_genre", 0.0),
         "batch": TrainConfig.batch, "lr": TrainConfig.lr, "weight_decay": TrainConfig.weight_decay, "seed": cv.get("seed", 0),
         "window_frames": WINDOW_FRAMES, "pool_frames": POOL,
-        "cache_command": "python -m rtgenre.training.realdata --cache cache/real",
+        "cache_command": "python -m rtgenre.training.realdata --cache cache/real"
+                         + (" && python -m rtgenre.training.realdata --cache cache/real --add-mtt" if MTT in VARIANTS.get(v, VARIANTS["pool"]).encoders else ""),
         "cv_command": f"python -m rtgenre.training.real --cache cache/real --variants {','.join(members)}{',ensemble' if v == 'ensemble' else ''} {opts} --out runs/cv.json",
         "fit_command": f"python -m rtgenre.training.real --cache cache/real --variants {','.join(members)} {opts} --fit runs/fit",
         "export_command": f"python -m rtgenre.training.real --export rtgenre/models --fitted runs/fit --cv runs/cv.json --variants {v}",
@@ -838,6 +859,7 @@ HASH_BITS = 128
 
 def export_variants(fitted: Path, out: Path, cv: dict, variants: list[str], cache: Path, version: str = "2.1.0") -> list[Path]:
     """Export each variant (fitted ``<variant>.pt`` from ``--fit``; the ensemble from its members) as a loadable model with its card."""
+    from rtgenre.training.encoder import EncoderStack
     from rtgenre.training.export import export_model, export_split_model, load_backend
     from rtgenre.training.model import CRNN
 
@@ -853,7 +875,8 @@ def export_variants(fitted: Path, out: Path, cv: dict, variants: list[str], cach
         extra = {
             "license": "model weights: MIT; musicnn encoder weights: ISC (rtgenre/models/musicnn/LICENSE)",
             "variant": {"name": v, "description": DESCRIPTIONS[v]},
-            "encoder": {"name": MSD, "frozen": True, "features_per_frame": FEATURE_DIM},
+            "encoder": {"name": "+".join(VARIANTS[v].encoders if v in VARIANTS else (MSD,)), "frozen": True,
+                        "features_per_frame": FEATURE_DIM * len(VARIANTS[v].encoders if v in VARIANTS else (MSD,))},
             "data": DATASETS,
             "training": _training_record(v, cv.get(v, {})),
             "evaluation": {"cross_validation": {"protocol": "grouped 5-fold (artist for 4q, track for GTZAN, speaker for speech; a mix goes with its speaker and its song), "
@@ -862,7 +885,14 @@ def export_variants(fitted: Path, out: Path, cv: dict, variants: list[str], cach
                                         "command": f"python -m rtgenre.training.real --table --cv runs/cv.json --variants {','.join(cv)}",
                                         **{n: _summary(r) for n, r in cv.items()}}},
         }
-        if v == "shipped":  # the default model streams (encoder and back end as graphs of their own) and gives similarity codes
+        if v == "duo":  # streams too; its content classifier reads the MSD encoder's features, the first 753 (rtgenre.content)
+            previous = out / f"{MODEL_NAMES['shipped']}.json"
+            if previous.is_file() and "content_classifier" in (kept := json.loads(previous.read_text())):
+                extra["content_classifier"] = kept["content_classifier"]
+                shutil.copyfile(out / f"{MODEL_NAMES['shipped']}.content.npz", out / f"{MODEL_NAMES[v]}.content.npz")
+            stack = EncoderStack([encoder, *(load_teacher(n) for n in VARIANTS[v].encoders[1:])])
+            cards.append(export_split_model(backend, out, MODEL_NAMES[v], vocab.MAPPINGS, extra, encoder=stack, version=version))
+        elif v == "shipped":  # the default model streams (encoder and back end as graphs of their own) and gives similarity codes
             previous = out / f"{MODEL_NAMES[v]}.json"  # the content classifier reads the frozen encoder only: a new back end keeps it
             if previous.is_file() and "content_classifier" in (kept := json.loads(previous.read_text())):
                 extra["content_classifier"] = kept["content_classifier"]
@@ -927,7 +957,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mood-weight", type=float, default=1.0)
     ap.add_argument("--soft-weight", type=float, default=TrainConfig.soft_weight, help="weight of clips with a soft (tagger-derived) genre target")
     ap.add_argument("--balance-genre", type=float, default=0.0, help="power of the inverse genre frequency as class weights (0: none)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the folds and, unless --init-seed, of the training")
+    ap.add_argument("--init-seed", type=int, help="seed of the back ends' initialisation and sampling only (the folds stay --seed's)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, help="write the CV figures here (JSON, merged into an existing file)")
     ap.add_argument("--fit", type=Path, help="fit each trained variant (not the ensemble: it is its members) on all data and save it here (<variant>.backend.npz)")
@@ -946,13 +977,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {card}")
         return 0
     torch.set_num_threads(args.threads)
-    tc = TrainConfig(epochs=args.epochs, seed=args.seed, sung_repeats=args.sung_repeats, soft_weight=args.soft_weight,
+    tc = TrainConfig(epochs=args.epochs, seed=args.seed if args.init_seed is None else args.init_seed, sung_repeats=args.sung_repeats, soft_weight=args.soft_weight,
                      balance={"genre": args.balance_genre} if args.balance_genre else {})
     tc.head_weights.update(genre=args.genre_weight, mood=args.mood_weight)
-    examples = load_examples(args.cache)
+    loaded: dict[tuple[str, ...], list[Example]] = {}
     results = json.loads(args.out.read_text()) if args.out and args.out.is_file() else {}
     for name in args.variants.split(","):
         t0 = time.time()
+        encoders = VARIANTS[name].encoders if name in VARIANTS else (MSD,)
+        examples = loaded.get(encoders) or loaded.setdefault(encoders, load_examples(args.cache, encoders=encoders))
         if args.fit:
             if name in ("logreg", "logreg_window", "zeroshot"):
                 continue
@@ -973,6 +1006,8 @@ def main(argv: list[str] | None = None) -> int:
                 _held_path(args.out, name).write_bytes(pickle.dumps([(e.clip.id, p) for e, p in zip(test_clips, probs)]))
         res["seconds"] = round(time.time() - t0, 1)
         res["folds"], res["seed"], res["epochs"] = args.folds, args.seed, args.epochs
+        if args.init_seed is not None:
+            res["init_seed"] = args.init_seed
         res["sung_repeats"], res["genre_weight"] = args.sung_repeats, args.genre_weight
         res["soft_weight"], res["balance_genre"], res["mood_weight"] = args.soft_weight, args.balance_genre, args.mood_weight
         results[name] = res

@@ -1,0 +1,85 @@
+"""The real-data feature cache on a small labelled tree of its own: a second encoder reaches every clip, mixes included."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from rtgenre.training.musicnn import MUSICNN_DIR  # noqa: E402
+from rtgenre.training.realdata import (  # noqa: E402
+    Encoders,
+    add_encoder,
+    array_path,
+    build_cache,
+    catalogue,
+    fit_length,
+    load_features,
+    mix_audio,
+    read_index,
+)
+
+pytestmark = pytest.mark.skipif(not all((MUSICNN_DIR / f"{n}.npz").is_file() for n in ("MSD_musicnn", "MTT_musicnn")),
+                                reason="musicnn weights not in rtgenre/models/musicnn/")
+RATE = 16000
+
+
+def _wav(path: Path, seconds: float, seed: int) -> str:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * RATE)) / RATE
+    x = 0.3 * np.sin(2 * np.pi * (110 + 40 * seed) * t) + 0.05 * rng.standard_normal(t.size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, x.astype(np.float32), RATE)
+    return path.name
+
+
+def _csv(path: Path, rows: list[dict[str, str]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory) -> Path:
+    """``data/``: two songs, a GTZAN excerpt, a solo clarinet and singer, a Freesound clip, two speech clips, a real-music clip."""
+    root = tmp_path_factory.mktemp("shared")
+    t = root / "train"
+    _csv(t / "4q" / "labels.csv", [{"file": _wav(t / "4q" / f"s{i}.wav", 12.0, i), "quadrant": "Q1", "allmusic_genres": "Jazz",
+                                   "genre_single": "jazz", "artist": f"A{i}", "title": "x"} for i in range(2)])
+    _csv(t / "gtzan-excerpts" / "labels.csv", [{"file": _wav(t / "gtzan-excerpts" / "g.wav", 3.0, 2), "genre": "jazz"}])
+    _csv(t / "instruments-medley" / "labels.csv", [{"file": _wav(t / "instruments-medley" / f"m{i}.wav", 3.0, 3 + i), "instrument": n}
+                                                   for i, n in enumerate(("clarinet", "female_singer"))])
+    _csv(t / "instruments-freesound" / "labels.csv", [{"file": _wav(t / "instruments-freesound" / "f.wav", 2.0, 5), "instrument": "Flute"}])
+    _csv(t / "speech" / "labels.csv", [{"file": f"talk/{_wav(t / 'speech' / 'talk' / f'p{i}.wav', 4.0, 6 + i)}", "label": "speech",
+                                        "source": "talk", "speaker_or_source": f"p{i}"} for i in range(2)])
+    _csv(root / "real-music" / "LABELS.csv", [{"file": _wav(root / "real-music" / "r.wav", 11.0, 8), "style": "swing", "broad_genre": "jazz"}])
+    return root
+
+
+def test_a_second_encoder_reaches_every_clip_and_mix_as_the_first_saw_it(shared, tmp_path):
+    cache = tmp_path / "cache"
+    build_cache(cache, shared, mixes=2, log=None)
+    clips = read_index(cache)
+    assert len(clips) == len(catalogue(shared)) + 2 and sum(c.dataset == "mix" for c in clips) == 2
+    add_encoder(cache, "MTT_musicnn", shared, mixes=2, log=None)
+    for c in clips:
+        msd, mtt = load_features(cache, c), load_features(cache, c, "mtt")
+        assert mtt.shape == msd.shape == (c.frames, 753) and not np.allclose(msd, mtt)  # the same frames, another encoder
+        assert array_path(cache, c, "mtt-tags").is_file()
+    # the mixes were made again exactly: the first encoder over them gives the cached features back
+    msd = Encoders("MSD_musicnn", workdir=cache)
+    mixes = {c.id: c for c in clips if c.dataset == "mix"}
+    for rec, audio in mix_audio(catalogue(shared), 2, 0):
+        np.testing.assert_array_equal(msd.process(fit_length(audio))[""], np.load(array_path(cache, mixes[rec.id])))
+    # resumable: a second run writes nothing
+    stamps = {p: p.stat().st_mtime_ns for p in cache.glob("*.mtt.npy")}
+    add_encoder(cache, "MTT_musicnn", shared, mixes=2, log=None)
+    assert {p: p.stat().st_mtime_ns for p in cache.glob("*.mtt.npy")} == stamps

@@ -35,7 +35,6 @@ from rtgenre.training.encoder import (  # noqa: E402
     CONTEXT_AFTER,
     CONTEXT_BEFORE,
     STEP_DELAY,
-    EncoderStack,
     step_encoder,
     step_state,
     stream_encoder,
@@ -50,16 +49,15 @@ SR = 16000
 def split(tmp_path_factory, request):
     """A shipped model (the default; the duo, whose encoder is a stack of two) exported as encoder + back end
     into a temporary folder: (card, backend, encoder)."""
+    from rtgenre.training.encoder import load_encoder
     from rtgenre.training.export import export_split_model, load_backend
-    from rtgenre.training.musicnn import load_teacher
 
     weights = ENGINES_DIR / f"{request.param}.backend.npz"
     if not weights.is_file():
         pytest.skip(f"{weights} does not exist")
     shipped = json.loads((ENGINES_DIR / f"{request.param}.json").read_text())
     backend = load_backend(weights)
-    nets = [load_teacher(n) for n in backend.config.encoders]
-    encoder = nets[0] if len(nets) == 1 else EncoderStack(nets)
+    encoder = load_encoder(backend.config.encoders)
     folder = tmp_path_factory.mktemp("split")
     card = export_split_model(backend, folder, "m", shipped["mappings"], {"training": {"note": "test"}}, encoder=encoder)
     return load_card(card), backend, encoder
@@ -157,9 +155,9 @@ def stream(card, engine, audio, hop_s, block, lookahead="wait"):
 
 @pytest.mark.parametrize("nets", [("MSD_musicnn",), ("MSD_musicnn", "MTT_musicnn")], ids=["one", "stack"])
 def test_encoders_equal_whole_stream_pass_for_any_chunking(nets):
-    from rtgenre.training.musicnn import load_teacher
+    from rtgenre.training.encoder import load_encoder
 
-    net = load_teacher(nets[0]) if len(nets) == 1 else EncoderStack([load_teacher(n) for n in nets])
+    net = load_encoder(nets)
     enc = stream_encoder(net)
     rng = np.random.default_rng(0)
     mel = np.log10(1 + 1e4 * rng.random((400, 96)) ** 4).astype(np.float32)

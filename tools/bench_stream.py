@@ -74,15 +74,13 @@ def load() -> list[float]:
 
 def export_split(folder: Path, name: str = DEFAULT_MODEL) -> tuple[Path, Path]:
     """A shipped model (its encoders, its back end from its .backend.npz) exported in split form: its card, and a copy without the step graph."""
-    from rtgenre.training.encoder import EncoderStack
+    from rtgenre.training.encoder import load_encoder
     from rtgenre.training.export import export_split_model, load_backend
-    from rtgenre.training.musicnn import load_teacher
 
     shipped = json.loads((ENGINES_DIR / f"{name}.json").read_text())
     keep = {k: v for k, v in shipped.items() if k in ("training", "evaluation", "teacher", "license")}
     backend = load_backend(ENGINES_DIR / f"{name}.backend.npz")
-    nets = [load_teacher(n) for n in backend.config.encoders]
-    card = export_split_model(backend, folder, name, shipped["mappings"], keep, encoder=nets[0] if len(nets) == 1 else EncoderStack(nets))
+    card = export_split_model(backend, folder, name, shipped["mappings"], keep, encoder=load_encoder(backend.config.encoders))
     raw = json.loads(card.read_text())
     del raw["split"]["step"]
     chunked = folder / f"{name}-chunked.json"

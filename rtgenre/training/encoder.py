@@ -20,11 +20,13 @@ and therefore training use.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rtgenre.training.musicnn import FRONTEND_DIM, MIDEND_FILTERS, Musicnn
+from rtgenre.training.musicnn import FRONTEND_DIM, MIDEND_FILTERS, Musicnn, load_teacher
 
 CONTEXT_BEFORE = 72
 """Input frames before an output frame that it depends on (63 + 3 x 3)."""
@@ -223,6 +225,12 @@ class _Stacked(nn.Module):
         if not k:
             return torch.cat(outs, dim=2)
         return (torch.cat([o[0] for o in outs], dim=2), *(s for o in outs for s in o[1:]))
+
+
+def load_encoder(names: Sequence[str]) -> Musicnn | EncoderStack:
+    """The frozen encoder of a back end's ``encoders`` (e.g. ``WindowConfig.encoders``): one pretrained net, or a stack of them in that order."""
+    nets = [load_teacher(n) for n in names]
+    return nets[0] if len(nets) == 1 else EncoderStack(nets)
 
 
 def nets_of(encoder: Musicnn | EncoderStack) -> list[Musicnn]:

@@ -775,6 +775,11 @@ ENSEMBLE = ("pool", "crnn", "hier")
 """The ensemble's members."""
 
 
+def encoders_of(variant: str) -> tuple[str, ...]:
+    """The frozen encoders a variant reads (the ensemble's members and the zero-shot mapping: ``MSD_musicnn``)."""
+    return VARIANTS[variant].encoders if variant in VARIANTS else (MSD,)
+
+
 def fit_variant(name: str, train: list[Example], tc: TrainConfig, log: Callable[[str], None] | None = None) -> nn.Module:
     """One trained variant (``pool``, ``crnn``, ``hier`` or ``ensemble`` of the three)."""
     if name == "ensemble":
@@ -837,7 +842,7 @@ def _training_record(v: str, cv: dict) -> dict:
         "batch": TrainConfig.batch, "lr": TrainConfig.lr, "weight_decay": TrainConfig.weight_decay, "seed": cv.get("seed", 0),
         "window_frames": WINDOW_FRAMES, "pool_frames": POOL,
         "cache_command": "python -m rtgenre.training.realdata --cache cache/real"
-                         + (" && python -m rtgenre.training.realdata --cache cache/real --add-mtt" if MTT in VARIANTS.get(v, VARIANTS["pool"]).encoders else ""),
+                         + (" && python -m rtgenre.training.realdata --cache cache/real --add-mtt" if MTT in encoders_of(v) else ""),
         "cv_command": f"python -m rtgenre.training.real --cache cache/real --variants {','.join(members)}{',ensemble' if v == 'ensemble' else ''} {opts} --out runs/cv.json",
         "fit_command": f"python -m rtgenre.training.real --cache cache/real --variants {','.join(members)} {opts} --fit runs/fit",
         "export_command": f"python -m rtgenre.training.real --export rtgenre/models --fitted runs/fit --cv runs/cv.json --variants {v}",
@@ -875,8 +880,7 @@ def export_variants(fitted: Path, out: Path, cv: dict, variants: list[str], cach
         extra = {
             "license": "model weights: MIT; musicnn encoder weights: ISC (rtgenre/models/musicnn/LICENSE)",
             "variant": {"name": v, "description": DESCRIPTIONS[v]},
-            "encoder": {"name": "+".join(VARIANTS[v].encoders if v in VARIANTS else (MSD,)), "frozen": True,
-                        "features_per_frame": FEATURE_DIM * len(VARIANTS[v].encoders if v in VARIANTS else (MSD,))},
+            "encoder": {"name": "+".join(encoders_of(v)), "frozen": True, "features_per_frame": FEATURE_DIM * len(encoders_of(v))},
             "data": DATASETS,
             "training": _training_record(v, cv.get(v, {})),
             "evaluation": {"cross_validation": {"protocol": "grouped 5-fold (artist for 4q, track for GTZAN, speaker for speech; a mix goes with its speaker and its song), "
@@ -885,17 +889,16 @@ def export_variants(fitted: Path, out: Path, cv: dict, variants: list[str], cach
                                         "command": f"python -m rtgenre.training.real --table --cv runs/cv.json --variants {','.join(cv)}",
                                         **{n: _summary(r) for n, r in cv.items()}}},
         }
-        if v == "duo":  # streams too; its content classifier reads the MSD encoder's features, the first 753 (rtgenre.content)
-            previous = out / f"{MODEL_NAMES['shipped']}.json"
+        if v in ("shipped", "duo"):  # the streaming models keep the default's content classifier: it reads the frozen MSD
+            previous = out / f"{MODEL_NAMES['shipped']}.json"  # encoder's features only (the duo's first 753, rtgenre.content), not the back end
             if previous.is_file() and "content_classifier" in (kept := json.loads(previous.read_text())):
                 extra["content_classifier"] = kept["content_classifier"]
-                shutil.copyfile(out / f"{MODEL_NAMES['shipped']}.content.npz", out / f"{MODEL_NAMES[v]}.content.npz")
-            stack = EncoderStack([encoder, *(load_teacher(n) for n in VARIANTS[v].encoders[1:])])
+                if v != "shipped":
+                    shutil.copyfile(out / f"{MODEL_NAMES['shipped']}.content.npz", out / f"{MODEL_NAMES[v]}.content.npz")
+        if v == "duo":  # streams like the default, without a hash layer; the stack's MSD net is the one the back end's tagger holds
+            stack = EncoderStack([encoder, *(load_teacher(n) for n in encoders_of(v)[1:])])
             cards.append(export_split_model(backend, out, MODEL_NAMES[v], vocab.MAPPINGS, extra, encoder=stack, version=version))
         elif v == "shipped":  # the default model streams (encoder and back end as graphs of their own) and gives similarity codes
-            previous = out / f"{MODEL_NAMES[v]}.json"  # the content classifier reads the frozen encoder only: a new back end keeps it
-            if previous.is_file() and "content_classifier" in (kept := json.loads(previous.read_text())):
-                extra["content_classifier"] = kept["content_classifier"]
             from rtgenre.training.hashing import (
                 load_hash_layer,
                 save_hash_layer,
@@ -984,8 +987,10 @@ def main(argv: list[str] | None = None) -> int:
     results = json.loads(args.out.read_text()) if args.out and args.out.is_file() else {}
     for name in args.variants.split(","):
         t0 = time.time()
-        encoders = VARIANTS[name].encoders if name in VARIANTS else (MSD,)
-        examples = loaded.get(encoders) or loaded.setdefault(encoders, load_examples(args.cache, encoders=encoders))
+        encoders = encoders_of(name)
+        if encoders not in loaded:
+            loaded[encoders] = load_examples(args.cache, encoders=encoders)
+        examples = loaded[encoders]
         if args.fit:
             if name in ("logreg", "logreg_window", "zeroshot"):
                 continue

@@ -285,11 +285,12 @@ def add_encoder(cache: Path, name: str = TEACHERS[1], root: Path = SHARED, mixes
     enc = Encoders(name, workdir=cache)
     cached = read_index(cache)
     todo = {c.id for c in cached if not array_path(cache, c, enc.prefix).is_file()}
-    for k, clip in enumerate(c for c in cached if c.dataset != "mix"):
+    files = [c for c in cached if c.dataset != "mix"]
+    for k, clip in enumerate(files):
         if clip.id in todo:
             _save(Path(cache), clip, enc.process(fit_length(read_audio(clip.file))))
         if log and k % 50 == 0:
-            log(f"{name}: {k + 1}/{len(cached)} clips")
+            log(f"{name}: {k + 1}/{len(files)} clips, then the mixes")
     if any(c.dataset == "mix" and c.id in todo for c in cached):
         for rec, audio in mix_audio(catalogue(root), mixes, seed, skip={c.id for c in cached} - todo):
             _save(Path(cache), rec, enc.process(fit_length(audio)))

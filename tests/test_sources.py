@@ -58,6 +58,22 @@ def drain(source, capacity: int = 1024, timeout: float = 30.0) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0, source.channels), np.float32)
 
 
+def kill_decoder_mid_stream(src, proc) -> None:
+    """Start ``src``, kill its decoder process (``proc()``) once audio flows, read until the ring closes, stop it."""
+    src.open()
+    ring = Ring(4800, 2)
+    src.start(ring)
+    try:
+        assert ring.wait_available(1, 10.0)
+        proc().kill()
+        deadline = time.monotonic() + 10
+        while not ring.closed and time.monotonic() < deadline:
+            ring.read()
+            time.sleep(0.01)
+    finally:
+        src.stop()
+
+
 # ---------------------------------------------------------------------------- files
 @pytest.mark.parametrize("name", ["a.wav", "a.flac", "a.ogg", pytest.param("a.mp3", marks=needs_ffmpeg)])
 def test_file_values_equal_soundfile(make_tone, name):
@@ -74,18 +90,7 @@ def test_file_values_equal_soundfile(make_tone, name):
 @needs_ffmpeg
 def test_file_mp3_decoder_dying_is_a_truncated_file(make_tone):
     src = FileSource(str(make_tone("long.mp3", seconds=20.0)))
-    src.open()
-    ring = Ring(4800, 2)
-    src.start(ring)
-    try:
-        assert ring.wait_available(1, 10.0)
-        src._ffmpeg.proc.kill()
-        deadline = time.monotonic() + 10
-        while not ring.closed and time.monotonic() < deadline:
-            ring.read()
-            time.sleep(0.01)
-    finally:
-        src.stop()
+    kill_decoder_mid_stream(src, lambda: src._ffmpeg.proc)
     assert isinstance(src.error, InputTruncatedError) and "long.mp3 is damaged" in str(src.error)
 
 
@@ -429,18 +434,7 @@ def test_url_stop_terminates_ffmpeg(make_tone):
 @needs_ffmpeg
 def test_url_ffmpeg_dying_mid_stream_is_a_stream_error(make_tone):
     src = UrlSource(make_tone("long.wav", seconds=60.0).as_uri())
-    src.open()
-    ring = Ring(4800, 2)
-    src.start(ring)
-    try:
-        assert ring.wait_available(1, 10.0)
-        src._decoder.proc.kill()
-        deadline = time.monotonic() + 10
-        while not ring.closed and time.monotonic() < deadline:
-            ring.read()
-            time.sleep(0.01)
-    finally:
-        src.stop()
+    kill_decoder_mid_stream(src, lambda: src._decoder.proc)
     assert isinstance(src.error, StreamFailedError) and not src.done
     assert "long.wav" in str(src.error) and "exit -9" in str(src.error)
 

@@ -24,6 +24,15 @@ The per-frame features (:meth:`Musicnn.frame_features`) are the dense
 concatenation that the original feeds to its back end,
 ``[front end (561), mid 1 (64), mid 2 (64), mid 3 (64)]``: ``C = 753``
 (:data:`FEATURE_DIM`).
+
+The module also ports the wheel's other tagger, the VGG-like ``musicnn.models.vgg``
+(:class:`Vgg`, checkpoints ``MSD_vgg`` and ``MTT_vgg``, :func:`load_vgg`): input
+batch norm, then five blocks of 3 x 3 convolution (128 filters, TF ``'same'``
+padding), ReLU, batch norm and max pooling (TF ``'valid'``: 4 x 1 with stride
+2 x 2, three times 2 x 2 / 2 x 2, then 4 x 4 / 4 x 4), which leave
+``pool5`` = 2 x 1 x 128 of a 187-frame patch; flattened (256) it feeds one dense
+layer of 50 tags.  Unlike musicnn it only takes patches of exactly
+:data:`PATCH_FRAMES` frames.
 """
 
 from __future__ import annotations
@@ -62,7 +71,19 @@ RECEPTIVE_FIELD = 146
 63 before and 64 after (the 128-frame temporal convolution) plus 3 on each side
 for each of the three mid-end layers, i.e. frames ``t - 72 .. t + 73``."""
 TEACHERS = ("MSD_musicnn", "MTT_musicnn")
-"""Names of the converted checkpoints in ``rtgenre/models/musicnn/``."""
+"""Names of the converted musicnn checkpoints in ``rtgenre/models/musicnn/``."""
+MSD_VGG, MTT_VGG = "MSD_vgg", "MTT_vgg"
+"""Names of the converted VGG checkpoints (Million Song Dataset, MagnaTagATune tags)."""
+VGGS = (MSD_VGG, MTT_VGG)
+"""The converted VGG checkpoints in ``rtgenre/models/musicnn/``."""
+VGG_FILTERS = 128
+"""Filters per convolution of both VGG checkpoints."""
+VGG_POOLS = (((4, 1), (2, 2)), ((2, 2), (2, 2)), ((2, 2), (2, 2)), ((2, 2), (2, 2)), ((4, 4), (4, 4)))
+"""Max pooling (size, stride) after each of the five VGG convolutions."""
+VGG_POOL5_DIM = 2 * 1 * VGG_FILTERS
+"""Values of the flattened last pooling of a 187-frame patch, 256."""
+VGG_EMBED_DIM = VGG_POOL5_DIM + N_TAGS
+"""Values per patch of :meth:`Vgg.embed`, 306: pool5 and the 50 tags."""
 MUSICNN_DIR = ENGINES_DIR / "musicnn"
 
 _BN_EPS = 1e-3  # tf.compat.v1.layers.batch_normalization's default epsilon
@@ -269,29 +290,187 @@ class Musicnn(nn.Module):
         ModelCorruptError
             The file is unreadable or its arrays do not fit the architecture.
         """
-        path = Path(path)
-        if not path.is_file():
-            raise ModelMissingError(
-                f"musicnn weights {path} not found",
-                "convert them with tools/import_musicnn.py (see rtgenre/models/musicnn/README.md)",
-            )
-        try:
-            with np.load(path) as npz:
-                arrays = {k: npz[k] for k in npz.files}
-        except (OSError, ValueError) as exc:
-            raise ModelCorruptError(f"musicnn weights {path} unreadable ({exc})", "re-run tools/import_musicnn.py") from exc
+        arrays = _read_weights(path, "musicnn")
         n_tags, backend_units = arrays.get("output.weight", np.zeros((0, 0))).shape
         midend_filters = arrays.get("midend.0.conv.weight", np.zeros((0,))).shape[0]
-        model = cls(n_tags, midend_filters, backend_units)
-        state = model.state_dict()
-        wanted = {k for k in state if not k.endswith("num_batches_tracked")}
-        if set(arrays) != wanted or any(arrays[k].shape != state[k].shape for k in wanted):
-            raise ModelCorruptError(
-                f"musicnn weights {path} do not match the musicnn architecture",
-                "re-run tools/import_musicnn.py",
-            )
-        model.load_state_dict({k: torch.from_numpy(v) for k, v in arrays.items()}, strict=False)
-        return model.eval()
+        return _load_weights(cls(n_tags, midend_filters, backend_units), arrays, path, "musicnn")
+
+
+def _read_weights(path: str | Path, kind: str) -> dict[str, np.ndarray]:
+    """The arrays of a converted ``.npz`` (``kind``: ``"musicnn"`` or ``"vgg"``, for the messages).
+
+    Raises
+    ------
+    ModelMissingError
+        The file does not exist.
+    ModelCorruptError
+        The file is unreadable.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelMissingError(
+            f"{kind} weights {path} not found",
+            "convert them with tools/import_musicnn.py (see rtgenre/models/musicnn/README.md)",
+        )
+    try:
+        with np.load(path) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as exc:
+        raise ModelCorruptError(f"{kind} weights {path} unreadable ({exc})", "re-run tools/import_musicnn.py") from exc
+
+
+def _load_weights(model: nn.Module, arrays: dict[str, np.ndarray], path: str | Path, kind: str) -> nn.Module:
+    """``model`` with ``arrays`` as its parameters and batch-norm buffers, in eval mode.
+
+    Raises
+    ------
+    ModelCorruptError
+        The names or shapes of ``arrays`` are not those of ``model``'s ``state_dict``.
+    """
+    state = model.state_dict()
+    wanted = {k for k in state if not k.endswith("num_batches_tracked")}
+    if set(arrays) != wanted or any(arrays[k].shape != state[k].shape for k in wanted):
+        raise ModelCorruptError(
+            f"{kind} weights {path} do not match the {kind} architecture",
+            "re-run tools/import_musicnn.py",
+        )
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in arrays.items()}, strict=False)
+    return model.eval()
+
+
+class VggBlock(nn.Module):
+    """One VGG stage: 3 x 3 conv ('same'), ReLU, batch norm, max pooling ('valid').
+
+    Parameters
+    ----------
+    channels_in, filters : int
+        Input and output channels.
+    pool, stride : tuple of int
+        Max-pooling size and stride over (time, freq).
+    """
+
+    def __init__(self, channels_in: int, filters: int, pool: tuple[int, int], stride: tuple[int, int]) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels_in, filters, 3, padding=1)
+        self.bn = nn.BatchNorm2d(filters, eps=_BN_EPS)
+        self.pool, self.stride = pool, stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(batch, channels_in, time, freq)`` → ``(batch, filters, time', freq')``."""
+        return F.max_pool2d(self.bn(F.relu(self.conv(x))), self.pool, self.stride)
+
+
+class Vgg(nn.Module):
+    """The VGG-like tagger of the musicnn wheel (``MSD_vgg`` / ``MTT_vgg`` architecture).
+
+    Parameters
+    ----------
+    n_tags : int
+        Output tags.
+    filters : int
+        Filters per convolution (128 in both released checkpoints).
+
+    Notes
+    -----
+    Build a pretrained one with :meth:`from_npz` or :func:`load_vgg`; both
+    return it in eval mode (batch norms on their running statistics, as the
+    original's ``is_training=False``).  The original's dropout (0.25 after
+    each pooling, 0.5 before the dense layer) is not ported: this class is
+    for inference only.
+    """
+
+    def __init__(self, n_tags: int = N_TAGS, filters: int = VGG_FILTERS) -> None:
+        super().__init__()
+        self.input_bn = nn.BatchNorm2d(1, eps=_BN_EPS)
+        self.blocks = nn.ModuleList(
+            [VggBlock(1 if i == 0 else filters, filters, pool, stride) for i, (pool, stride) in enumerate(VGG_POOLS)]
+        )
+        self.dense = nn.Linear(2 * filters, n_tags)
+
+    def pool5(self, mel: Tensor) -> Tensor:
+        """The last pooling, flattened as the original's ``tf.layers.flatten``.
+
+        Parameters
+        ----------
+        mel : Tensor, shape (batch, 187, 96)
+            Log-compressed Mel patches (:func:`log_compress`) of exactly
+            :data:`PATCH_FRAMES` frames.
+
+        Returns
+        -------
+        Tensor, shape (batch, 2 * filters)
+            ``pool5`` (batch, 2 time, 1 freq, filters) flattened in TF's NHWC
+            order: time step 0's filters, then time step 1's.
+
+        Raises
+        ------
+        ValueError
+            The patches are not ``(batch, 187, 96)``.
+        """
+        if mel.dim() != 3 or tuple(mel.shape[1:]) != (PATCH_FRAMES, N_MELS):
+            raise ValueError(f"the VGG tagger takes (batch, {PATCH_FRAMES}, {N_MELS}) patches, not {tuple(mel.shape)}")
+        x = self.input_bn(mel.unsqueeze(1))
+        for block in self.blocks:
+            x = block(x)
+        return x.permute(0, 2, 3, 1).flatten(1)
+
+    def embed(self, mel: Tensor) -> Tensor:
+        """Pool5 and tag probabilities side by side.
+
+        Parameters
+        ----------
+        mel : Tensor, shape (batch, 187, 96)
+            Log-compressed Mel patches.
+
+        Returns
+        -------
+        Tensor, shape (batch, 306)
+            ``[pool5 flattened (256), sigmoid tags (50)]`` (:data:`VGG_EMBED_DIM`).
+        """
+        h = self.pool5(mel)
+        return torch.cat([h, torch.sigmoid(self.dense(h))], dim=1)
+
+    def forward(self, mel: Tensor) -> Tensor:
+        """Tag probabilities of log-Mel patches.
+
+        Parameters
+        ----------
+        mel : Tensor, shape (batch, 187, 96)
+            Log-compressed Mel patches.
+
+        Returns
+        -------
+        Tensor, shape (batch, n_tags)
+            Sigmoid tag probabilities, as the original's ``tf.nn.sigmoid(y)``.
+        """
+        return torch.sigmoid(self.dense(self.pool5(mel)))
+
+    @classmethod
+    def from_npz(cls, path: str | Path) -> "Vgg":
+        """Load converted weights (``tools/import_musicnn.py``).
+
+        Parameters
+        ----------
+        path : str or Path
+            ``.npz`` with one float32 array per parameter / batch-norm buffer,
+            named as in this module's ``state_dict``.
+
+        Returns
+        -------
+        Vgg
+            In eval mode.
+
+        Raises
+        ------
+        ModelMissingError
+            The file does not exist.
+        ModelCorruptError
+            The file is unreadable or its arrays do not fit the architecture.
+        """
+        arrays = _read_weights(path, "vgg")
+        n_tags = arrays.get("dense.weight", np.zeros((0,))).shape[0]
+        filters = arrays.get("blocks.0.conv.weight", np.zeros((0,))).shape[0]
+        return _load_weights(cls(n_tags, filters), arrays, path, "vgg")
 
 
 def export_onnx(model: nn.Module, path: str | Path, outputs: tuple[str, ...] = ("tags",), opset: int = 18) -> Path:
@@ -346,15 +525,45 @@ def load_teacher(name: str = "MSD_musicnn", folder: str | Path = MUSICNN_DIR) ->
     Musicnn
         In eval mode; its tags are :func:`teacher_tags` ``(name)``.
     """
-    if name not in TEACHERS:
-        raise UsageError(f"unknown musicnn teacher {name!r}", f"use one of {', '.join(TEACHERS)}")
+    _check_name(name, TEACHERS, "musicnn teacher")
     return Musicnn.from_npz(Path(folder) / f"{name}.npz")
 
 
+def load_vgg(name: str = MSD_VGG, folder: str | Path = MUSICNN_DIR) -> Vgg:
+    """A pretrained VGG tagger from ``rtgenre/models/musicnn/``.
+
+    Parameters
+    ----------
+    name : {"MSD_vgg", "MTT_vgg"}
+        Checkpoint: Million Song Dataset or MagnaTagATune tags.
+    folder : str or Path
+        Where the converted ``.npz`` files are.
+
+    Returns
+    -------
+    Vgg
+        In eval mode; its tags are :func:`teacher_tags` ``(name)``.
+
+    Raises
+    ------
+    UsageError
+        ``name`` is not one of :data:`VGGS`.
+    ModelMissingError, ModelCorruptError
+        As :meth:`Vgg.from_npz`.
+    """
+    _check_name(name, VGGS, "VGG tagger")
+    return Vgg.from_npz(Path(folder) / f"{name}.npz")
+
+
+def _check_name(name: str, names: tuple[str, ...], what: str) -> None:
+    """Raise :class:`UsageError` unless ``name`` is one of ``names``."""
+    if name not in names:
+        raise UsageError(f"unknown {what} {name!r}", f"use one of {', '.join(names)}")
+
+
 def teacher_tags(name: str = "MSD_musicnn", folder: str | Path = MUSICNN_DIR) -> list[str]:
-    """The 50 tag names of a teacher, in output order (``rtgenre/models/musicnn/tags.json``)."""
-    if name not in TEACHERS:
-        raise UsageError(f"unknown musicnn teacher {name!r}", f"use one of {', '.join(TEACHERS)}")
+    """The 50 tag names of a musicnn or VGG checkpoint, in output order (``rtgenre/models/musicnn/tags.json``)."""
+    _check_name(name, TEACHERS + VGGS, "musicnn checkpoint")
     path = Path(folder) / "tags.json"
     try:
         return list(json.loads(path.read_text())[name])

@@ -1,7 +1,8 @@
 """The torch port of musicnn against the original TensorFlow model.
 
 ``tests/data/musicnn_reference.npz`` holds log-Mel inputs and the original TF
-musicnn outputs for both checkpoints (``tools/make_musicnn_reference.py``).
+musicnn outputs for both checkpoints, and the original VGG tagger's on the
+patches for its two checkpoints (``tools/make_musicnn_reference.py``).
 """
 
 import json
@@ -14,7 +15,7 @@ torch = pytest.importorskip("torch", reason="the musicnn port needs torch (pip i
 
 from rtgenre.errors import ModelCorruptError, ModelMissingError, UsageError  # noqa: E402
 from rtgenre.training import musicnn  # noqa: E402
-from rtgenre.training.musicnn import FEATURE_DIM, RECEPTIVE_FIELD, load_teacher, teacher_tags  # noqa: E402
+from rtgenre.training.musicnn import FEATURE_DIM, RECEPTIVE_FIELD, load_teacher, load_vgg, teacher_tags  # noqa: E402
 
 REFERENCE = Path(__file__).parent / "data" / "musicnn_reference.npz"
 
@@ -28,6 +29,11 @@ def ref():
 @pytest.fixture(scope="module", params=musicnn.TEACHERS)
 def teacher(request):
     return request.param, load_teacher(request.param)
+
+
+@pytest.fixture(scope="module", params=musicnn.VGGS)
+def vgg(request):
+    return request.param, load_vgg(request.param)
 
 
 def run(fn, x: np.ndarray) -> np.ndarray:
@@ -82,6 +88,40 @@ def test_batch_rows_are_independent_in_eval_mode(ref, teacher):
     np.testing.assert_allclose(run(model, x), single, rtol=0, atol=1e-6)
 
 
+def test_vgg_probabilities_match_tf(ref, vgg):
+    name, model = vgg
+    got = run(model, ref["patches"])
+    want = ref[f"{name}/patch_probs"]
+    assert got.shape == want.shape == (5, 50)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+def test_vgg_pool5_matches_tf(ref, vgg):
+    name, model = vgg
+    got = run(model.pool5, ref["patches"])
+    want = ref[f"{name}/patch_pool5"]
+    assert got.shape == want.shape == (5, musicnn.VGG_POOL5_DIM)
+    np.testing.assert_allclose(got, want, rtol=0, atol=5e-5)
+
+
+def test_vgg_embed_is_pool5_and_tags(ref, vgg):
+    _, model = vgg
+    x = ref["patches"]
+    emb = run(model.embed, x)
+    assert emb.shape == (5, musicnn.VGG_EMBED_DIM)
+    np.testing.assert_array_equal(emb[:, : musicnn.VGG_POOL5_DIM], run(model.pool5, x))
+    np.testing.assert_allclose(emb[:, musicnn.VGG_POOL5_DIM :], run(model, x), rtol=0, atol=1e-7)
+    # batch rows independent (eval-mode batch norms); conv kernels differ by batch size in the last bits
+    single = np.concatenate([run(model.embed, x[i : i + 1]) for i in range(len(x))])
+    np.testing.assert_allclose(emb, single, rtol=0, atol=1e-5)
+
+
+def test_vgg_takes_only_whole_patches(ref, vgg):
+    _, model = vgg
+    with pytest.raises(ValueError, match="187"):
+        run(model, ref["window"][None])
+
+
 def test_log_compress_matches_numpy_and_torch():
     power = np.array([[0.0, 1e-4, 1.0, 30.0]], dtype=np.float32)
     want = np.log10(10000 * power + 1)
@@ -93,6 +133,8 @@ def test_teacher_tags():
     msd, mtt = teacher_tags("MSD_musicnn"), teacher_tags("MTT_musicnn")
     assert len(msd) == len(mtt) == 50
     assert (msd[0], msd[-1], mtt[0], mtt[-1]) == ("rock", "happy", "guitar", "choral")
+    # the wheel's extractor labels each VGG with its data set's list
+    assert teacher_tags(musicnn.MSD_VGG) == msd and teacher_tags(musicnn.MTT_VGG) == mtt
 
 
 def test_user_mistakes(tmp_path):
@@ -111,6 +153,25 @@ def test_user_mistakes(tmp_path):
     (tmp_path / "tags.json").write_text(json.dumps({"MTT_musicnn": []}))
     with pytest.raises(ModelCorruptError):
         teacher_tags("MSD_musicnn", folder=tmp_path)
+
+
+def test_vgg_user_mistakes(tmp_path):
+    with pytest.raises(UsageError, match="MSD_vgg"):
+        load_vgg("MSD_musicnn")
+    with pytest.raises(ModelMissingError, match="import_musicnn"):
+        load_vgg("MSD_vgg", folder=tmp_path)
+    (tmp_path / "MSD_vgg.npz").write_bytes(b"not a zip file")
+    with pytest.raises(ModelCorruptError):
+        load_vgg("MSD_vgg", folder=tmp_path)
+    good = dict(np.load(musicnn.MUSICNN_DIR / "MSD_vgg.npz"))
+    del good["blocks.4.bn.running_var"]
+    np.savez(tmp_path / "MSD_vgg.npz", **good)
+    with pytest.raises(ModelCorruptError, match="architecture"):
+        load_vgg("MSD_vgg", folder=tmp_path)
+    # musicnn weights under a VGG name do not load either
+    (tmp_path / "MTT_vgg.npz").write_bytes((musicnn.MUSICNN_DIR / "MTT_musicnn.npz").read_bytes())
+    with pytest.raises(ModelCorruptError, match="vgg architecture"):
+        load_vgg("MTT_vgg", folder=tmp_path)
 
 
 def test_onnx_export_round_trip(ref, tmp_path):

@@ -23,9 +23,26 @@ length left open so that 187 and 469 frames run through the same graph):
   window and of the noise patch at the frame indices ``window_frames`` /
   ``patch_frames`` (edges, where the zero padding matters, and inner frames).
 
+For each VGG checkpoint ``<ckpt>`` in (``MSD_vgg``, ``MTT_vgg``), which only
+takes 187-frame patches, it holds the outputs of the graph of
+``musicnn.models.vgg`` (``is_training=False``) on the ``patches``:
+
+* ``<ckpt>/patch_probs`` (5, 50): sigmoid tag probabilities;
+* ``<ckpt>/patch_pool5`` (5, 256): the last pooling flattened as the
+  original's ``tf.layers.flatten`` (the dense layer's input).
+
 Run in the TF venv of ``tools/import_musicnn.py`` (see its docstring)::
 
     /work/tfvenv/bin/python tools/make_musicnn_reference.py /tmp/musicnn/musicnn-0.1.0-py3-none-any.whl
+
+A full regeneration reproduces the inputs and the musicnn features exactly,
+but the musicnn tag probabilities only to within 1.2e-7 (TensorFlow's
+reductions do not sum in a fixed order).  The VGG arrays were therefore added
+to the committed file with ``--add``, which keeps every array already in
+``--out`` as it is and computes, on its inputs, only the checkpoints whose
+arrays are missing::
+
+    /work/tfvenv/bin/python tools/make_musicnn_reference.py --add /tmp/musicnn/musicnn-0.1.0-py3-none-any.whl
 """
 
 from __future__ import annotations
@@ -38,7 +55,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from import_musicnn import CHECKPOINTS, unpacked  # noqa: E402
+from import_musicnn import CHECKPOINTS, VGG_CHECKPOINTS, unpacked  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "tests" / "data" / "musicnn_reference.npz"
@@ -138,6 +155,47 @@ def tf_session(pkg: Path, ckpt: str, threads: int = 0):
         ``(batch, frames, 96)`` placeholder with open input length, ``probs``
         the sigmoid tags, ``feats`` the per-frame back-end input (batch, frames, 753).
     """
+    tf, models = _new_graph(pkg)
+    with tf.name_scope("model"):
+        x = tf.compat.v1.placeholder(tf.float32, [None, None, 96])
+        is_training = tf.compat.v1.placeholder(tf.bool)
+        y, timbral, temporal, cnn1, cnn2, cnn3, *_ = models.define_model(x, is_training, ckpt, 50)
+        probs = tf.nn.sigmoid(y)
+        feats = tf.concat([timbral, temporal] + [tf.squeeze(c, [3]) for c in (cnn1, cnn2, cnn3)], 2)
+    return _restored(tf, pkg, ckpt, threads), x, is_training, probs, feats
+
+
+def vgg_tf_session(pkg: Path, ckpt: str, threads: int = 0):
+    """The original VGG graph (``musicnn.models.vgg``), restored from the checkpoint.
+
+    Parameters
+    ----------
+    pkg : Path
+        The unpacked ``musicnn`` package folder.
+    ckpt : str
+        ``MSD_vgg`` or ``MTT_vgg``.
+    threads : int
+        As :func:`tf_session`.
+
+    Returns
+    -------
+    tuple
+        ``(session, x, is_training, probs, pool5)``: ``x`` is the
+        ``(batch, 187, 96)`` placeholder (the VGG needs that length),
+        ``probs`` the sigmoid tags, ``pool5`` the flattened last pooling (batch, 256).
+    """
+    tf, models = _new_graph(pkg)
+    with tf.name_scope("model"):
+        x = tf.compat.v1.placeholder(tf.float32, [None, PATCH, 96])
+        is_training = tf.compat.v1.placeholder(tf.bool)
+        y, *_, pool5 = models.define_model(x, is_training, ckpt, 50)
+        probs = tf.nn.sigmoid(y)
+        flat = tf.compat.v1.layers.flatten(pool5)
+    return _restored(tf, pkg, ckpt, threads), x, is_training, probs, flat
+
+
+def _new_graph(pkg: Path):
+    """TensorFlow in graph mode with a fresh default graph, and the wheel's ``musicnn.models``."""
     import tensorflow as tf
 
     tf.compat.v1.disable_eager_execution()
@@ -145,16 +203,15 @@ def tf_session(pkg: Path, ckpt: str, threads: int = 0):
     from musicnn import models
 
     tf.compat.v1.reset_default_graph()
-    with tf.name_scope("model"):
-        x = tf.compat.v1.placeholder(tf.float32, [None, None, 96])
-        is_training = tf.compat.v1.placeholder(tf.bool)
-        y, timbral, temporal, cnn1, cnn2, cnn3, *_ = models.define_model(x, is_training, ckpt, 50)
-        probs = tf.nn.sigmoid(y)
-        feats = tf.concat([timbral, temporal] + [tf.squeeze(c, [3]) for c in (cnn1, cnn2, cnn3)], 2)
+    return tf, models
+
+
+def _restored(tf, pkg: Path, ckpt: str, threads: int):
+    """A session of the default graph with the checkpoint's variables restored."""
     config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=threads, inter_op_parallelism_threads=1 if threads else 0)
     sess = tf.compat.v1.Session(config=config)
     tf.compat.v1.train.Saver().restore(sess, str(pkg / ckpt) + "/")
-    return sess, x, is_training, probs, feats
+    return sess
 
 
 def run_tf(pkg: Path, ckpt: str, patches: np.ndarray, window: np.ndarray) -> dict[str, np.ndarray]:
@@ -171,17 +228,36 @@ def run_tf(pkg: Path, ckpt: str, patches: np.ndarray, window: np.ndarray) -> dic
     }
 
 
+def run_tf_vgg(pkg: Path, ckpt: str, patches: np.ndarray) -> dict[str, np.ndarray]:
+    """Outputs of the original TF VGG graph for one checkpoint."""
+    sess, x, is_training, probs, pool5 = vgg_tf_session(pkg, ckpt)
+    with sess:
+        p_probs, p_pool5 = sess.run([probs, pool5], {x: patches, is_training: False})
+    return {f"{ckpt}/patch_probs": p_probs, f"{ckpt}/patch_pool5": p_pool5}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("source", type=Path, help="musicnn-0.1.0-py3-none-any.whl or its unpacked folder")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--add", action="store_true",
+                        help="keep the arrays already in --out and compute only the missing checkpoints' on its inputs")
     args = parser.parse_args(argv)
-    patches, window = inputs()
-    data = {"patches": patches, "window": window, "patch_frames": PATCH_FRAMES, "window_frames": WINDOW_FRAMES}
+    if args.add:
+        with np.load(args.out) as npz:
+            data = {k: npz[k] for k in npz.files}
+        patches, window = data["patches"], data["window"]
+    else:
+        patches, window = inputs()
+        data = {"patches": patches, "window": window, "patch_frames": PATCH_FRAMES, "window_frames": WINDOW_FRAMES}
     with tempfile.TemporaryDirectory() as tmp:
         pkg = unpacked(args.source, Path(tmp))
         for ckpt in CHECKPOINTS:
-            data.update(run_tf(pkg, ckpt, patches, window))
+            if f"{ckpt}/patch_probs" not in data:
+                data.update(run_tf(pkg, ckpt, patches, window))
+        for ckpt in VGG_CHECKPOINTS:
+            if f"{ckpt}/patch_probs" not in data:
+                data.update(run_tf_vgg(pkg, ckpt, patches))
     np.savez_compressed(args.out, **{k: v.astype(np.float32) if v.dtype.kind == "f" else v for k, v in data.items()})
     print(f"wrote {args.out} ({args.out.stat().st_size} bytes)")
     return 0

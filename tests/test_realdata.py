@@ -83,3 +83,25 @@ def test_a_second_encoder_reaches_every_clip_and_mix_as_the_first_saw_it(shared,
     stamps = {p: p.stat().st_mtime_ns for p in cache.glob("*.mtt.npy")}
     add_encoder(cache, "MTT_musicnn", shared, mixes=2, log=None)
     assert {p: p.stat().st_mtime_ns for p in cache.glob("*.mtt.npy")} == stamps
+
+
+def test_a_patch_tagger_reaches_every_clip_and_mix_patch_by_patch(shared, tmp_path):
+    """``--add-vgg``: MSD_vgg's outputs on each clip's consecutive 187-frame patches from its start, mixes included."""
+    from rtgenre.dsp.mel import log_mel
+    from rtgenre.training.features import FRONTEND
+    from rtgenre.training.musicnn import PATCH_FRAMES, load_vgg
+    from rtgenre.training.realdata import read_audio
+
+    cache = tmp_path / "cache"
+    build_cache(cache, shared, mixes=2, log=None)
+    add_encoder(cache, "MSD_vgg", shared, mixes=2, log=None)
+    clips = read_index(cache)
+    net = load_vgg("MSD_vgg")
+    for c in clips:
+        patches = load_features(cache, c, "msd-vgg")
+        assert patches.shape == (c.frames // PATCH_FRAMES, 306)
+    song = next(c for c in clips if c.dataset == "4q")
+    mel = log_mel(fit_length(read_audio(song.file)), FRONTEND)
+    with torch.no_grad():
+        second = net.embed(torch.from_numpy(mel[PATCH_FRAMES : 2 * PATCH_FRAMES][None])).numpy()[0]
+    np.testing.assert_allclose(load_features(cache, song, "msd-vgg")[1], second, rtol=2e-3, atol=2e-3)  # float16 in the cache

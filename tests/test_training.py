@@ -179,6 +179,56 @@ def test_a_backend_on_two_encoders_gives_each_tagger_its_own_features(tmp_path):
             np.testing.assert_allclose(logits.numpy(), out[head].numpy(), atol=1e-5)
 
 
+def test_patch_window_reads_the_patches_wholly_inside_the_window():
+    """A window of WINDOW_STEPS pooled steps reads the mean and max of the 187-frame patches it holds whole."""
+    from rtgenre.training.real import POOL, WINDOW_STEPS, patch_window
+
+    patches = np.arange(10, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)  # patch k holds k
+    for start in range(80):
+        lo, hi = start * POOL, (start + WINDOW_STEPS) * POOL
+        inside = [k for k in range(10) if k * 187 >= lo and (k + 1) * 187 <= hi]
+        got = patch_window(patches, start)
+        assert got.shape == (6,) and 1 <= len(inside) <= 2
+        np.testing.assert_array_equal(got, [np.mean(inside)] * 3 + [max(inside)] * 3)
+
+
+@needs_weights
+def test_a_backend_with_a_patch_tagger_trains_and_is_not_exported(tmp_path):
+    """The vgg variant: the patch statistics join the embedding's input; training and evaluation windows carry them;
+    exporting it is refused with a clear error (the runtime has no patch encoder yet)."""
+    from rtgenre.errors import UsageError
+    from rtgenre.training import vocab
+    from rtgenre.training.real import (
+        VARIANTS,
+        WINDOW_STEPS,
+        Example,
+        TrainConfig,
+        export_variants,
+        train_backend,
+        window_probs,
+    )
+    from rtgenre.training.realdata import Clip
+
+    rng = np.random.default_rng(0)
+    heads = {h: len(vocab.HEADS[h][1]) for h in vocab.HEADS}
+
+    def ex(i: int) -> Example:
+        steps = WINDOW_STEPS + 20
+        t = {h: np.eye(n, dtype=np.float32)[i % n] for h, n in heads.items()}
+        m = {h: np.ones(n, np.float32) for h, n in heads.items()}
+        return Example(Clip(f"c{i}", "4q", f"c{i}", f"artist:{i}"), rng.standard_normal((steps, 753)).astype(np.float32),
+                       rng.standard_normal((steps, 753)).astype(np.float32), t, m, rng.standard_normal((steps * 16 // 187, 306)).astype(np.float32))
+
+    config = VARIANTS["vgg"]
+    assert config.patch_encoders == ("MSD_vgg",)
+    model = train_backend([ex(i) for i in range(8)], config, TrainConfig(epochs=1, batch=4))
+    assert model.embedding[1].in_features == 2 * 753 + 250 + 2 * 306
+    probs = window_probs(model, ex(9))
+    assert probs["genre"].shape == (6, heads["genre"]) and np.allclose(probs["genre"].sum(axis=1), 1, atol=1e-5)
+    with pytest.raises(UsageError, match="cannot be exported yet"):
+        export_variants(tmp_path, tmp_path / "out", {}, ["vgg"], tmp_path)
+
+
 def _parser():
     from rtgenre.training.commands import add_train_arguments
 

@@ -14,6 +14,11 @@ card reports:
   ``encoders`` names the frozen encoders whose features lie side by side in
   the input (the ``duo`` variant: ``MSD_musicnn`` and ``MTT_musicnn``, 1506
   features per frame); each one's tagger reads its own encoder's statistics.
+  ``patch_encoders`` adds frozen patch taggers (the ``vgg`` variant:
+  musicnn's ``MSD_vgg`` on consecutive 3 s patches from the stream's start):
+  the mean and max of their outputs over the patches lying wholly inside the
+  window (:func:`patch_window`) join the statistics.  Such a variant is
+  trained and cross-validated here; it cannot be exported yet.
 * :func:`zero_shot_probs` — musicnn's tags mapped to our labels, no training.
 * :func:`logistic_baseline` — logistic regression on per-clip mean musicnn
   penultimate embeddings and tags (the floor every variant must beat).
@@ -48,12 +53,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rtgenre.errors import UsageError
 from rtgenre.evaluate import Scores, instrument_family
 from rtgenre.training import vocab
 from rtgenre.training.labels import MSD, MTT, TagMapper
 from rtgenre.training.model import HeadSpec, activate
-from rtgenre.training.musicnn import FEATURE_DIM, Musicnn, load_teacher, teacher_tags
-from rtgenre.training.realdata import Clip, array_path, load_features, read_index
+from rtgenre.training.musicnn import (
+    FEATURE_DIM,
+    MSD_VGG,
+    PATCH_FRAMES,
+    VGG_EMBED_DIM,
+    Musicnn,
+    load_teacher,
+    teacher_tags,
+)
+from rtgenre.training.realdata import (
+    PATCH_KIND,
+    Clip,
+    array_path,
+    load_features,
+    read_index,
+)
 
 POOL = 16
 """Frames per pooled step."""
@@ -84,6 +104,7 @@ class Example:
     meanp: np.ndarray  # (steps, 753) float32, mean over groups of POOL frames
     targets: dict[str, np.ndarray]  # head → (n_labels,) float32
     masks: dict[str, np.ndarray]  # head → (n_labels,) float32, 0 where unknown
+    patches: np.ndarray | None = None  # (patches, 306 × patch taggers) float32, consecutive 187-frame patches from the clip's start
 
 
 def pool_frames(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -168,23 +189,42 @@ class Targets:
 CACHE_KIND = {MSD: "", MTT: "mtt"}
 
 
+def patch_window(patches: np.ndarray, start_step: int) -> np.ndarray:
+    """The patch taggers' part of the window starting at pooled step ``start_step``: the mean and the max
+    (``2 × patches.shape[1]`` values) of the patches lying wholly inside its :data:`WINDOW_STEPS` steps.
+
+    Patches are consecutive 187-frame runs from the clip's (a stream's) start, so a
+    window holds one or two whole ones, as a stream that encodes each patch once it
+    is complete has them when the window is due; a window before the first whole
+    patch (never in training: clips are longer) reads the first one.
+    """
+    lo, hi = start_step * POOL, (start_step + WINDOW_STEPS) * POOL
+    first, end = -(-lo // PATCH_FRAMES), min(hi // PATCH_FRAMES, len(patches))
+    inside = patches[first:end] if end > first else patches[min(first, len(patches) - 1)][None]
+    return np.concatenate([inside.mean(axis=0), inside.max(axis=0)])
+
+
 def load_examples(cache: Path, datasets: tuple[str, ...] = ("4q", "gtzan", "medley", "freesound", "speech", "mix", "realmusic"),
                   encoders: tuple[str, ...] = (MSD,), log: Callable[[str], None] | None = print) -> list[Example]:
     """Every cached clip of ``datasets`` with pooled features and targets.
 
-    The features are those of ``encoders`` side by side (``753 × len(encoders)`` per
-    frame, in that order); a clip without every encoder's features is left out.
+    The features are those of the musicnn ``encoders`` side by side (``753 × n`` per
+    frame, in that order), and the patch taggers' outputs among ``encoders``
+    (:data:`~rtgenre.training.realdata.PATCH_KIND`) side by side in :attr:`Example.patches`;
+    a clip without every encoder's arrays is left out.
     """
     targets = Targets()
     out = []
     clips = [c for c in read_index(cache) if c.dataset in datasets and c.frames >= WINDOW_FRAMES]
-    kinds = [CACHE_KIND[n] for n in encoders]
+    kinds = [CACHE_KIND[n] for n in encoders if n not in PATCH_KIND]
+    patch_kinds = [PATCH_KIND[n] for n in encoders if n in PATCH_KIND]
     for k, clip in enumerate(clips):
-        if not all(array_path(cache, clip, kind).is_file() for kind in kinds):
+        if not all(array_path(cache, clip, kind).is_file() for kind in kinds + patch_kinds):
             continue
         maxp, meanp = pool_frames(np.concatenate([load_features(cache, clip, kind) for kind in kinds], axis=1))
         t, m = targets.process(clip, load_features(cache, clip, "tags"))
-        out.append(Example(clip, maxp, meanp, t, m))
+        patches = np.concatenate([load_features(cache, clip, kind) for kind in patch_kinds], axis=1) if patch_kinds else None
+        out.append(Example(clip, maxp, meanp, t, m, patches))
         if log and k % 500 == 0:
             log(f"loaded {k + 1}/{len(clips)} clips")
     return out
@@ -240,6 +280,8 @@ class WindowConfig:
     families: bool = False
     heads: tuple[HeadSpec, ...] = HEAD_SPECS
     pool: int = POOL
+    patch_encoders: tuple[str, ...] = ()
+    """Frozen patch taggers (``MSD_vgg``) whose window statistics (:func:`patch_window`) join the encoders'."""
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -304,7 +346,9 @@ class WindowBackend(nn.Module):
         self.teacher = TeacherBack(teacher if teacher is not None else load_teacher(c.encoders[0])) if c.teacher_features else None
         self.more_teachers = nn.ModuleList(TeacherBack(load_teacher(n)) for n in c.encoders[1:]) if c.teacher_features else nn.ModuleList()
         extra = 250 * len(c.encoders) if c.teacher_features else 0
-        self.embedding = nn.Sequential(nn.Dropout(c.dropout), nn.Linear(stats + extra, c.embedding), nn.ReLU())
+        patch = 2 * VGG_EMBED_DIM * len(c.patch_encoders)
+        self.patch_norm = nn.LayerNorm(patch) if patch else None
+        self.embedding = nn.Sequential(nn.Dropout(c.dropout), nn.Linear(stats + extra + patch, c.embedding), nn.ReLU())
         self.drop = nn.Dropout(c.dropout)
         self.heads = nn.ModuleDict({h.name: nn.Linear(c.embedding, len(h.labels)) for h in c.heads})
         if c.families:
@@ -320,11 +364,12 @@ class WindowBackend(nn.Module):
         mean = F.avg_pool1d(x, self.config.pool, ceil_mode=True, count_include_pad=False)
         return mx.transpose(1, 2), mean.transpose(1, 2)
 
-    def embed_pooled(self, maxp: Tensor, meanp: Tensor) -> Tensor:
-        return self._embed(maxp.amax(dim=1), meanp.mean(dim=1), maxp)  # the window's max and mean of every feature
+    def embed_pooled(self, maxp: Tensor, meanp: Tensor, patches: Tensor | None = None) -> Tensor:
+        return self._embed(maxp.amax(dim=1), meanp.mean(dim=1), maxp, patches)  # the window's max and mean of every feature
 
-    def _embed(self, mx: Tensor, mean: Tensor, maxp: Tensor | None = None) -> Tensor:
-        """The embedding from the window's max and mean (and, for the LSTM, its group maxima ``maxp``)."""
+    def _embed(self, mx: Tensor, mean: Tensor, maxp: Tensor | None = None, patches: Tensor | None = None) -> Tensor:
+        """The embedding from the window's max and mean (and, for the LSTM, its group maxima ``maxp``;
+        with patch taggers, their window statistics ``patches``, :func:`patch_window`)."""
         if self.config.temporal == "lstm":
             h, _ = self.lstm(self.project(self.norm(maxp)))
             stats = [h[:, -1], h.mean(dim=1)]
@@ -335,6 +380,8 @@ class WindowBackend(nn.Module):
         if self.teacher is not None:  # each encoder's own tagger over its slice of the features
             for i, t in enumerate([self.teacher, *self.more_teachers]):
                 stats.append(t(mx[:, i * FEATURE_DIM : (i + 1) * FEATURE_DIM], mean[:, i * FEATURE_DIM : (i + 1) * FEATURE_DIM]))
+        if self.patch_norm is not None:
+            stats.append(self.patch_norm(patches))
         return self.embedding(torch.cat(stats, dim=1))
 
     def heads_of(self, z: Tensor) -> dict[str, Tensor]:
@@ -351,8 +398,8 @@ class WindowBackend(nn.Module):
             out["family"] = fam
         return out
 
-    def forward_pooled(self, maxp: Tensor, meanp: Tensor) -> dict[str, Tensor]:
-        return self.heads_of(self.embed_pooled(maxp, meanp))
+    def forward_pooled(self, maxp: Tensor, meanp: Tensor, patches: Tensor | None = None) -> dict[str, Tensor]:
+        return self.heads_of(self.embed_pooled(maxp, meanp, patches))
 
     def embed(self, feats: Tensor) -> Tensor:
         """``(B, T, 753)`` → ``(B, embedding)``: the window embedding the heads read.
@@ -391,9 +438,9 @@ class TrainConfig:
     """Weight of a clip whose genre target is soft (a multi-genre 4q clip's tagger scores) against an exact one."""
 
 
-def _crop(e: Example, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _crop(e: Example, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     s = int(rng.integers(0, len(e.maxp) - WINDOW_STEPS + 1))
-    return e.maxp[s : s + WINDOW_STEPS], e.meanp[s : s + WINDOW_STEPS]
+    return e.maxp[s : s + WINDOW_STEPS], e.meanp[s : s + WINDOW_STEPS], None if e.patches is None else patch_window(e.patches, s)
 
 
 def _loss(model: WindowBackend, out: dict[str, Tensor], tgt: dict[str, Tensor], msk: dict[str, Tensor], weights: dict[str, float],
@@ -448,9 +495,10 @@ def train_backend(examples: list[Example], config: WindowConfig, tc: TrainConfig
             crops = [_crop(e, rng) for e in batch]
             maxp = torch.from_numpy(np.stack([c[0] for c in crops]))
             meanp = torch.from_numpy(np.stack([c[1] for c in crops]))
+            patches = torch.from_numpy(np.stack([c[2] for c in crops])) if config.patch_encoders else None
             tgt = {n: torch.from_numpy(np.stack([e.targets[n] for e in batch])) for n in names}
             msk = {n: torch.from_numpy(np.stack([e.masks[n] for e in batch])) for n in names}
-            loss = _loss(model, model.forward_pooled(maxp, meanp), tgt, msk, tc.head_weights, class_w, tc.soft_weight)
+            loss = _loss(model, model.forward_pooled(maxp, meanp, patches), tgt, msk, tc.head_weights, class_w, tc.soft_weight)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -466,11 +514,13 @@ def window_starts(e: Example, hop: int = EVAL_HOP_STEPS) -> range:
     return range(0, len(e.maxp) - WINDOW_STEPS + 1, hop)
 
 
-def eval_windows(e: Example, hop: int = EVAL_HOP_STEPS) -> tuple[Tensor, Tensor]:
-    """The pooled features of every evaluation window of a clip: max and mean, each ``(windows, steps, C)``."""
+def eval_windows(e: Example, hop: int = EVAL_HOP_STEPS) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The pooled features of every evaluation window of a clip: max and mean, each ``(windows, steps, C)``,
+    and the patch taggers' window statistics ``(windows, 2 × 306 × taggers)`` (``None`` without them)."""
     starts = window_starts(e, hop)
     return (torch.from_numpy(np.stack([e.maxp[s : s + WINDOW_STEPS] for s in starts])),
-            torch.from_numpy(np.stack([e.meanp[s : s + WINDOW_STEPS] for s in starts])))
+            torch.from_numpy(np.stack([e.meanp[s : s + WINDOW_STEPS] for s in starts])),
+            None if e.patches is None else torch.from_numpy(np.stack([patch_window(e.patches, s) for s in starts])))
 
 
 def window_probs(model: WindowBackend, e: Example, hop: int = EVAL_HOP_STEPS) -> dict[str, np.ndarray]:
@@ -654,7 +704,7 @@ def _headline(m: dict) -> dict:
 
 def window_tagger_outputs(net: Musicnn, e: Example, hop: int = EVAL_HOP_STEPS) -> np.ndarray:
     """musicnn's penultimate layer and tags (250 values) over each evaluation window of a clip (what a back end's tagger features are)."""
-    maxp, meanp = eval_windows(e, hop)
+    maxp, meanp, _ = eval_windows(e, hop)
     with torch.no_grad():
         return TeacherBack(net)(maxp.amax(dim=1), meanp.mean(dim=1)).numpy()
 
@@ -720,8 +770,8 @@ class Ensemble(nn.Module):
             res[h.name] = torch.log(p) if h.kind == "multiclass" else torch.log(p) - torch.log1p(-p)
         return res
 
-    def forward_pooled(self, maxp: Tensor, meanp: Tensor) -> dict[str, Tensor]:
-        return self._combine([m.forward_pooled(maxp, meanp) for m in self.members])
+    def forward_pooled(self, maxp: Tensor, meanp: Tensor, patches: Tensor | None = None) -> dict[str, Tensor]:
+        return self._combine([m.forward_pooled(maxp, meanp, patches) for m in self.members])
 
     def forward(self, feats: Tensor) -> dict[str, Tensor]:
         return self._combine([m(feats) for m in self.members])
@@ -770,14 +820,15 @@ VARIANTS: dict[str, WindowConfig] = {
     "tagger": WindowConfig(temporal="pool", raw_stats=False),
     "shipped": WindowConfig(temporal="pool"),  # the pool back end, trained with the shipped model's TrainConfig (see the card)
     "duo": WindowConfig(temporal="pool", encoders=(MSD, MTT), feature_dim=2 * FEATURE_DIM),  # as shipped, on two encoders
+    "vgg": WindowConfig(temporal="pool", patch_encoders=(MSD_VGG,)),  # as shipped, with MSD_vgg's patches (not exportable yet)
 }
 ENSEMBLE = ("pool", "crnn", "hier")
 """The ensemble's members."""
 
 
 def encoders_of(variant: str) -> tuple[str, ...]:
-    """The frozen encoders a variant reads (the ensemble's members and the zero-shot mapping: ``MSD_musicnn``)."""
-    return VARIANTS[variant].encoders if variant in VARIANTS else (MSD,)
+    """The frozen encoders a variant reads, patch taggers last (the ensemble's members and the zero-shot mapping: ``MSD_musicnn``)."""
+    return VARIANTS[variant].encoders + VARIANTS[variant].patch_encoders if variant in VARIANTS else (MSD,)
 
 
 def fit_variant(name: str, train: list[Example], tc: TrainConfig, log: Callable[[str], None] | None = None) -> nn.Module:
@@ -808,6 +859,8 @@ DESCRIPTIONS = {
                "window statistics (max and mean of every encoder feature over the window) with the frozen musicnn tagger's penultimate layer and tags → embedding 256 → heads",
     "duo": "as shipped (the same training settings), on two frozen encoders side by side: MSD_musicnn and MTT_musicnn (1506 features per frame); "
            "window statistics of both with each tagger's penultimate layer and tags → embedding 256 → heads; twice the encoder's cost",
+    "vgg": "as shipped (the same training settings), with musicnn's MSD_vgg tagger on consecutive 3 s patches: the mean and max of its last pooling "
+           "layer and tags over the patches wholly inside the window join the statistics (cross-validated only: not exportable yet)",
     "tagger": "the frozen musicnn tagger's penultimate layer and tags over the window (no other encoder statistics) → embedding 256 → heads",
     "pool": "window statistics (max and mean of every encoder feature over the window) with the frozen musicnn tagger's penultimate layer and tags → embedding 256 → heads",
     "crnn": "CRNN: per-frame projection 753→128, 2-layer LSTM (hidden 128) over 16-frame steps, last and mean state, with the musicnn tagger's penultimate layer and tags → embedding 256 → heads",
@@ -871,6 +924,9 @@ def export_variants(fitted: Path, out: Path, cv: dict, variants: list[str], cach
     encoder = load_teacher(MSD)
     cards = []
     for v in variants:
+        if v in VARIANTS and VARIANTS[v].patch_encoders:
+            raise UsageError(f"Variant {v} cannot be exported yet: the runtime has no patch encoder",
+                             "Export another variant; cross-validate this one with --variants " + v)
         if v == "zeroshot":
             backend: nn.Module = ZeroShot(encoder)
         elif v == "ensemble":

@@ -10,6 +10,10 @@ its audio:
   which is what the streaming encoder computes at run time);
 * ``<id>.mtt.npy`` — the same for ``MTT_musicnn`` (the duo variant's
   second encoder);
+* ``<id>.msd-vgg.npy`` — ``(patches, 306)`` float16 outputs of musicnn's
+  ``MSD_vgg`` tagger on consecutive 187-frame patches from the clip's start:
+  its last pooling layer (256) and tags (50) (the ``vgg`` variant's patch
+  encoder, :class:`PatchEncoder`);
 * ``<id>.tags.npy`` — ``(patches, 100)`` float16 tag probabilities of the two
   taggers on consecutive 187-frame patches (zero-shot baseline and
   distillation targets for labels the data lacks);
@@ -42,7 +46,14 @@ import torch
 from rtgenre.dsp.mel import log_mel
 from rtgenre.errors import DataInvalidError
 from rtgenre.training.features import FRONTEND
-from rtgenre.training.musicnn import PATCH_FRAMES, TEACHERS, load_teacher
+from rtgenre.training.musicnn import (
+    PATCH_FRAMES,
+    TEACHERS,
+    VGG_EMBED_DIM,
+    VGGS,
+    load_teacher,
+    load_vgg,
+)
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 """``../shared/data`` beside the project checkout."""
@@ -182,6 +193,37 @@ class Encoders:
         return {self.prefix: feats.astype(np.float16), "-".join(filter(None, (self.prefix, "tags"))): tags.astype(np.float16)}
 
 
+class PatchEncoder:
+    """A patch tagger (musicnn's ``MSD_vgg``) over one clip's audio (a processor: ``process``).
+
+    The tagger reads only whole 187-frame patches (3 s); a clip's patches are
+    consecutive from its first frame, as a stream's are from its start, and the
+    frames after the last whole patch are left out.
+
+    Parameters
+    ----------
+    name : str
+        The tagger (``MSD_vgg``); its arrays are cached under :data:`PATCH_KIND`.
+    """
+
+    def __init__(self, name: str = VGGS[0]) -> None:
+        self.net = load_vgg(name)
+        self.prefix = PATCH_KIND[name]
+
+    def process(self, audio: np.ndarray, batch: int = 16) -> dict[str, np.ndarray]:
+        """16 kHz mono audio → ``{prefix: (patches, 306) float16}``."""
+        mel = log_mel(audio, FRONTEND)
+        p = len(mel) // PATCH_FRAMES
+        x = torch.from_numpy(np.ascontiguousarray(mel[: p * PATCH_FRAMES])).reshape(p, PATCH_FRAMES, -1)
+        with torch.no_grad():
+            out = [self.net.embed(x[i : i + batch]).numpy() for i in range(0, p, batch)]
+        return {self.prefix: np.concatenate(out).astype(np.float16) if out else np.zeros((0, VGG_EMBED_DIM), np.float16)}
+
+
+#: Cache suffix of each patch tagger's arrays.
+PATCH_KIND = {name: name.lower().replace("_", "-") for name in VGGS}
+
+
 def array_path(cache: Path, clip: Clip, kind: str = "") -> Path:
     """Where a cache keeps one clip's array: ``""`` MSD features, ``"mtt"`` MTT features, ``"tags"`` patch tags, ..."""
     return Path(cache) / (f"{clip.id}.{kind}.npy" if kind else f"{clip.id}.npy")
@@ -277,12 +319,13 @@ def mix_audio(clips: list[Clip], mixes: int, seed: int, mix_seconds: float = 8.0
 
 def add_encoder(cache: Path, name: str = TEACHERS[1], root: Path = SHARED, mixes: int = 200, seed: int = 0,
                 log: Callable[[str], None] | None = print) -> None:
-    """Add another encoder's arrays (``MTT_musicnn`` for the two-encoder model) to every clip of a cache, mixes included.
+    """Add another encoder's arrays to every clip of a cache, mixes included: a musicnn encoder's
+    (``MTT_musicnn`` for the two-encoder model) or a patch tagger's (``MSD_vgg``, :class:`PatchEncoder`).
 
     Resumable: clips that already have the arrays are skipped.  ``root``, ``mixes``
     and ``seed`` must be the ones the cache was built with (the mixes are made again).
     """
-    enc = Encoders(name, workdir=cache)
+    enc = PatchEncoder(name) if name in VGGS else Encoders(name, workdir=cache)
     cached = read_index(cache)
     todo = {c.id for c in cached if not array_path(cache, c, enc.prefix).is_file()}
     files = [c for c in cached if c.dataset != "mix"]
@@ -318,7 +361,7 @@ def load_features(cache: Path, clip: Clip, kind: str = "") -> np.ndarray:
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    """``python -m rtgenre.training.realdata [--cache DIR] [--shared DIR] [--mixes N] [--threads N]``."""
+    """``python -m rtgenre.training.realdata [--cache DIR] [--shared DIR] [--mixes N] [--threads N] [--add-mtt | --add-vgg]``."""
     import argparse
 
     ap = argparse.ArgumentParser(description="Cache musicnn encoder features and tags of the real labelled data.")
@@ -326,11 +369,12 @@ def main(argv: Iterable[str] | None = None) -> int:
     ap.add_argument("--shared", type=Path, default=SHARED)
     ap.add_argument("--mixes", type=int, default=200)
     ap.add_argument("--add-mtt", action="store_true", help="add MTT_musicnn features (the duo variant's second encoder) to every clip of a built cache")
+    ap.add_argument("--add-vgg", action="store_true", help="add MSD_vgg patch outputs (the vgg variant's patch encoder) to every clip of a built cache")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(None if argv is None else list(argv))
     torch.set_num_threads(args.threads)
-    if args.add_mtt:
-        add_encoder(args.cache, root=args.shared, mixes=args.mixes)
+    if args.add_mtt or args.add_vgg:
+        add_encoder(args.cache, TEACHERS[1] if args.add_mtt else VGGS[0], root=args.shared, mixes=args.mixes)
     else:
         build_cache(args.cache, args.shared, args.mixes)
     return 0

@@ -468,8 +468,9 @@ class Vgg(nn.Module):
             The file is unreadable or its arrays do not fit the architecture.
         """
         arrays = _read_weights(path, "vgg")
-        n_tags = arrays.get("dense.weight", np.zeros((0,))).shape[0]
-        filters = arrays.get("blocks.0.conv.weight", np.zeros((0,))).shape[0]
+        # sizes from the arrays, the released ones where an array is missing (the check below then fails)
+        n_tags = arrays.get("dense.weight", np.zeros((N_TAGS,))).shape[0]
+        filters = arrays.get("blocks.0.conv.weight", np.zeros((VGG_FILTERS,))).shape[0]
         return _load_weights(cls(n_tags, filters), arrays, path, "vgg")
 
 

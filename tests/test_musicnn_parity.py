@@ -137,41 +137,33 @@ def test_teacher_tags():
     assert teacher_tags(musicnn.MSD_VGG) == msd and teacher_tags(musicnn.MTT_VGG) == mtt
 
 
-def test_user_mistakes(tmp_path):
-    with pytest.raises(UsageError, match="MSD_musicnn"):
-        load_teacher("GTZAN_musicnn")
+@pytest.mark.parametrize(("load", "name", "other", "drop"), [
+    (load_teacher, "MSD_musicnn", "GTZAN_musicnn", "pool_bn.running_var"),
+    (load_vgg, "MSD_vgg", "MSD_musicnn", "blocks.4.bn.running_var"),
+])
+def test_user_mistakes(tmp_path, load, name, other, drop):
+    """A name the loader does not know, missing weights, an unreadable file, an array missing: each its own error."""
+    with pytest.raises(UsageError, match=name):
+        load(other)
     with pytest.raises(ModelMissingError, match="import_musicnn"):
-        load_teacher("MSD_musicnn", folder=tmp_path)
-    (tmp_path / "MSD_musicnn.npz").write_bytes(b"not a zip file")
+        load(name, folder=tmp_path)
+    (tmp_path / f"{name}.npz").write_bytes(b"not a zip file")
     with pytest.raises(ModelCorruptError):
-        load_teacher("MSD_musicnn", folder=tmp_path)
-    good = dict(np.load(musicnn.MUSICNN_DIR / "MSD_musicnn.npz"))
-    del good["pool_bn.running_var"]
-    np.savez(tmp_path / "MSD_musicnn.npz", **good)
+        load(name, folder=tmp_path)
+    good = dict(np.load(musicnn.MUSICNN_DIR / f"{name}.npz"))
+    del good[drop]
+    np.savez(tmp_path / f"{name}.npz", **good)
     with pytest.raises(ModelCorruptError, match="architecture"):
-        load_teacher("MSD_musicnn", folder=tmp_path)
-    (tmp_path / "tags.json").write_text(json.dumps({"MTT_musicnn": []}))
-    with pytest.raises(ModelCorruptError):
-        teacher_tags("MSD_musicnn", folder=tmp_path)
+        load(name, folder=tmp_path)
 
 
-def test_vgg_user_mistakes(tmp_path):
-    with pytest.raises(UsageError, match="MSD_vgg"):
-        load_vgg("MSD_musicnn")
-    with pytest.raises(ModelMissingError, match="import_musicnn"):
-        load_vgg("MSD_vgg", folder=tmp_path)
-    (tmp_path / "MSD_vgg.npz").write_bytes(b"not a zip file")
-    with pytest.raises(ModelCorruptError):
-        load_vgg("MSD_vgg", folder=tmp_path)
-    good = dict(np.load(musicnn.MUSICNN_DIR / "MSD_vgg.npz"))
-    del good["blocks.4.bn.running_var"]
-    np.savez(tmp_path / "MSD_vgg.npz", **good)
-    with pytest.raises(ModelCorruptError, match="architecture"):
-        load_vgg("MSD_vgg", folder=tmp_path)
-    # musicnn weights under a VGG name do not load either
+def test_musicnn_weights_under_a_vgg_name_and_a_broken_tag_list(tmp_path):
     (tmp_path / "MTT_vgg.npz").write_bytes((musicnn.MUSICNN_DIR / "MTT_musicnn.npz").read_bytes())
     with pytest.raises(ModelCorruptError, match="vgg architecture"):
         load_vgg("MTT_vgg", folder=tmp_path)
+    (tmp_path / "tags.json").write_text(json.dumps({"MTT_musicnn": []}))
+    with pytest.raises(ModelCorruptError):
+        teacher_tags("MSD_musicnn", folder=tmp_path)
 
 
 def test_onnx_export_round_trip(ref, tmp_path):

@@ -821,6 +821,7 @@ VARIANTS: dict[str, WindowConfig] = {
     "shipped": WindowConfig(temporal="pool"),  # the pool back end, trained with the shipped model's TrainConfig (see the card)
     "duo": WindowConfig(temporal="pool", encoders=(MSD, MTT), feature_dim=2 * FEATURE_DIM),  # as shipped, on two encoders
     "vgg": WindowConfig(temporal="pool", patch_encoders=(MSD_VGG,)),  # as shipped, with MSD_vgg's patches (not exportable yet)
+    "trio": WindowConfig(temporal="pool", encoders=(MSD, MTT), feature_dim=2 * FEATURE_DIM, patch_encoders=(MSD_VGG,)),  # the duo with MSD_vgg's patches
 }
 ENSEMBLE = ("pool", "crnn", "hier")
 """The ensemble's members."""
@@ -861,6 +862,7 @@ DESCRIPTIONS = {
            "window statistics of both with each tagger's penultimate layer and tags → embedding 256 → heads; twice the encoder's cost",
     "vgg": "as shipped (the same training settings), with musicnn's MSD_vgg tagger on consecutive 3 s patches: the mean and max of its last pooling "
            "layer and tags over the patches wholly inside the window join the statistics (cross-validated only: not exportable yet)",
+    "trio": "the duo (MSD_musicnn and MTT_musicnn side by side) with the vgg variant's MSD_vgg patch statistics (cross-validated only: not exportable yet)",
     "tagger": "the frozen musicnn tagger's penultimate layer and tags over the window (no other encoder statistics) → embedding 256 → heads",
     "pool": "window statistics (max and mean of every encoder feature over the window) with the frozen musicnn tagger's penultimate layer and tags → embedding 256 → heads",
     "crnn": "CRNN: per-frame projection 753→128, 2-layer LSTM (hidden 128) over 16-frame steps, last and mean state, with the musicnn tagger's penultimate layer and tags → embedding 256 → heads",

@@ -54,8 +54,10 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
@@ -66,12 +68,11 @@ sys.path.insert(0, str(ROOT / "tools"))
 from bench_pipeline import REAL_MUSIC, make_long_file  # noqa: E402
 from benchutil import emit, status_kb, sustained, tree_cpu_s, tree_rss_kb  # noqa: E402
 
-from rtgenre.card import load_card  # noqa: E402
+from rtgenre.card import ModelCard, load_card  # noqa: E402
 
 
-def engine_cost(card, n: int = 40) -> dict:
-    """Model work per window: one window per call, ONNX Runtime on 1 thread (the calling thread),
-    as CPU time of that thread (what other processes on the machine do not change) and wall time.
+def model_work(card: ModelCard) -> tuple[Any, Callable[[], None]]:
+    """One window's model work as a call, ONNX Runtime on 1 thread (the calling thread): ``(engine, work)``.
 
     A streaming (split) model's work per window is one hop's: the encoder the monitor runs on the 32
     frames a 0.5 s hop completes (31.25 on average) — the step encoder from a running stream's state
@@ -108,6 +109,13 @@ def engine_cost(card, n: int = 40) -> dict:
 
         def work() -> None:
             engine.run(x)
+    return engine, work
+
+
+def engine_cost(card, n: int = 40) -> dict:
+    """Model work per window (:func:`model_work`) as CPU time of the calling thread (what other
+    processes on the machine do not change) and wall time, medians of ``n`` calls."""
+    engine, work = model_work(card)
     for _ in range(5):
         work()
     cpu, wall = [], []

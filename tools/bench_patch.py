@@ -8,8 +8,8 @@ per 0.5 s hop) is what it adds per hop.  In one run, on one
 ONNX Runtime thread (thread CPU time, median of ``--repeats``), in this order:
 
 * ``default_ms_per_hop``: the shipped model's model work per hop, as
-  ``tools/bench_monitor.py`` measures it (step encoder on one hop's 32 frames
-  from a running state, then the back end on one window), before the VGG
+  ``tools/bench_monitor.py`` measures it (:func:`bench_monitor.model_work`: step
+  encoder on one hop's 32 frames from a running state, then the back end on one window), before the VGG
   graph exists in the process;
 * ``vgg_patch_ms``: one 187-frame patch through ``Vgg.embed`` exported to ONNX
   (batch 1), and ``vgg_ms_per_hop`` (that, per 0.5 s hop);
@@ -42,10 +42,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
-from benchutil import emit  # noqa: E402
+from bench_monitor import model_work  # noqa: E402
+from benchutil import emit, timed_ms  # noqa: E402
 
-from rtgenre.card import ModelCard, load_card  # noqa: E402
-from rtgenre.inference.onnxruntime import OnnxRuntimeEngine  # noqa: E402
+from rtgenre.card import load_card  # noqa: E402
 from rtgenre.training.musicnn import MSD_VGG, N_MELS, PATCH_FRAMES, load_vgg  # noqa: E402
 
 HOP_FRAMES = 31.25
@@ -72,33 +72,9 @@ def vgg_session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def default_hop(card: ModelCard) -> Callable[[], None]:
-    """One hop of the shipped model's work (step encoder on 32 frames from a running state, back end on a window)."""
-    engine = OnnxRuntimeEngine(card, threads=1)
-    rng = np.random.default_rng(0)
-    step = card.split.step
-    start = rng.standard_normal((1, card.window_frames + 64, N_MELS)).astype(np.float32) + 2.0
-    feats, state = engine.step(start, np.ones(start.shape[:2], np.float32), [np.zeros((1, *s), np.float32) for _, _, s in step.state])
-    mel = rng.standard_normal((1, 32, N_MELS)).astype(np.float32) + 2.0
-    valid = np.ones((1, 32), np.float32)
-    window = np.ascontiguousarray(feats[:, : card.window_frames])
-
-    def work() -> None:
-        engine.step(mel, valid, state)
-        engine.head(window)
-
-    return work
-
-
 def median_ms(job: Callable[[], object], repeats: int) -> tuple[float, float]:
     """Median and p90 thread CPU milliseconds of ``repeats`` calls of ``job`` (after 5 untimed ones)."""
-    for _ in range(5):
-        job()
-    times = []
-    for _ in range(repeats):
-        t0 = time.thread_time()
-        job()
-        times.append((time.thread_time() - t0) * 1000.0)
+    times = timed_ms(job, repeats, clock=time.thread_time)
     return float(np.median(times)), float(np.percentile(times, 90))
 
 
@@ -108,7 +84,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="write the JSON here too")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    hop = default_hop(load_card())
+    _, hop = model_work(load_card())
     alone, _ = median_ms(hop, args.repeats)
     with tempfile.TemporaryDirectory() as tmp:
         sess = vgg_session(Path(tmp) / "msd_vgg.onnx")

@@ -52,8 +52,8 @@ from rtgenre.evaluate import Scores
 from rtgenre.training import real
 from rtgenre.training.features import FRONTEND
 from rtgenre.training.labels import MSD, MTT
-from rtgenre.training.musicnn import MSD_VGG, MTT_VGG, PATCH_FRAMES, VGGS, Vgg, load_teacher, load_vgg
-from rtgenre.training.realdata import fit_length, read_audio
+from rtgenre.training.musicnn import MSD_VGG, MTT_VGG, VGGS, load_teacher
+from rtgenre.training.realdata import PatchEncoder, fit_length, read_audio
 
 TAGGERS = (MSD, MTT, MSD_VGG, MTT_VGG)
 """The embeddings, in the order they are concatenated."""
@@ -120,12 +120,12 @@ def clip_set(cache: Path, n_seeds: int, log: Log) -> tuple[list[real.Example], d
     return sel, meta
 
 
-def vgg_clip_embedding(models: dict[str, Vgg], mel: np.ndarray) -> dict[str, np.ndarray]:
-    """Mean of :meth:`Vgg.embed` over a clip's non-overlapping 187-frame patches.
+def vgg_clip_embedding(encoders: dict[str, PatchEncoder], mel: np.ndarray) -> dict[str, np.ndarray]:
+    """Mean of each tagger's outputs over a clip's non-overlapping 187-frame patches (:meth:`PatchEncoder.embed`).
 
     Parameters
     ----------
-    models : dict of str to Vgg
+    encoders : dict of str to PatchEncoder
         Taggers by name.
     mel : ndarray, shape (frames, 96)
         The clip's log-Mel frames, at least :data:`~rtgenre.training.musicnn.PATCH_FRAMES`
@@ -136,10 +136,7 @@ def vgg_clip_embedding(models: dict[str, Vgg], mel: np.ndarray) -> dict[str, np.
     dict of str to ndarray
         Name → ``(306,)`` float32.
     """
-    n = len(mel) // PATCH_FRAMES
-    x = torch.from_numpy(np.ascontiguousarray(mel[: n * PATCH_FRAMES], dtype=np.float32)).reshape(n, PATCH_FRAMES, -1)
-    with torch.no_grad():
-        return {name: m.embed(x).mean(dim=0).numpy() for name, m in models.items()}
+    return {name: torch.from_numpy(enc.embed(mel)).mean(dim=0).numpy() for name, enc in encoders.items()}
 
 
 def _cached(path: Path, ids: np.ndarray) -> np.ndarray | None:
@@ -191,11 +188,11 @@ def vgg_embeddings(work: Path, ids: np.ndarray, files: np.ndarray, log: Log) -> 
                 start = int(z["done"])
                 emb = {name: z[name].copy() for name in VGGS}
                 log(f"vgg: resuming at clip {start}")
-    models = {name: load_vgg(name) for name in VGGS}
+    encoders = {name: PatchEncoder(name) for name in VGGS}
     t0 = time.time()
     for k in range(start, len(ids)):
         mel = log_mel(fit_length(read_audio(files[k])), FRONTEND)
-        for name, v in vgg_clip_embedding(models, mel).items():
+        for name, v in vgg_clip_embedding(encoders, mel).items():
             emb[name][k] = v
         if (k + 1) % SAVE_EVERY == 0 or k + 1 == len(ids):
             np.savez(partial, ids=ids, done=k + 1, **emb)

@@ -210,14 +210,17 @@ class PatchEncoder:
         self.net = load_vgg(name)
         self.prefix = PATCH_KIND[name]
 
-    def process(self, audio: np.ndarray, batch: int = 16) -> dict[str, np.ndarray]:
-        """16 kHz mono audio → ``{prefix: (patches, 306) float16}``."""
-        mel = log_mel(audio, FRONTEND)
+    def embed(self, mel: np.ndarray, batch: int = 16) -> np.ndarray:
+        """Log-Mel frames ``(frames, 96)`` → the tagger's outputs on each whole patch, ``(patches, 306)`` float32."""
         p = len(mel) // PATCH_FRAMES
-        x = torch.from_numpy(np.ascontiguousarray(mel[: p * PATCH_FRAMES])).reshape(p, PATCH_FRAMES, -1)
+        x = torch.from_numpy(np.ascontiguousarray(mel[: p * PATCH_FRAMES], dtype=np.float32)).reshape(p, PATCH_FRAMES, -1)
         with torch.no_grad():
             out = [self.net.embed(x[i : i + batch]).numpy() for i in range(0, p, batch)]
-        return {self.prefix: np.concatenate(out).astype(np.float16) if out else np.zeros((0, VGG_EMBED_DIM), np.float16)}
+        return np.concatenate(out) if out else np.zeros((0, VGG_EMBED_DIM), np.float32)
+
+    def process(self, audio: np.ndarray) -> dict[str, np.ndarray]:
+        """16 kHz mono audio → ``{prefix: (patches, 306) float16}``."""
+        return {self.prefix: self.embed(log_mel(audio, FRONTEND)).astype(np.float16)}
 
 
 #: Cache suffix of each patch tagger's arrays.

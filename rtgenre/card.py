@@ -40,7 +40,10 @@ whole-window graph; a card without one runs ``onnx`` on every window::
                   "output": "feats", "context_before": 72, "context_after": 73,
                   "feature_dim": 753},
       "backend": {"onnx": "<name>.backend.onnx", "onnx_sha256": "<hex>",
-                  "input": "feats", "embedding": "embedding"},
+                  "input": "feats", "embedding": "embedding",
+                  "patch_input": "patches"},                       # only with "patch"
+      "patch": {"onnx": "<name>.patch.onnx", "onnx_sha256": "<hex>",   # optional
+                "input": "mel", "output": "patch", "frames": 187, "dim": 306},
       "step": {"onnx": "<name>.step.onnx", "onnx_sha256": "<hex>",   # optional
                "inputs": {"mel": "batch,frames,mels", "valid": "batch,frames"},
                "output": "feats", "delay": 73,
@@ -58,6 +61,14 @@ and the state (each entry an input and the output that updates it, zeros at
 the stream's start, ``shape`` without the batch axis) → the features of the
 ``n`` frames ending ``delay`` frames before the newest input, and the new
 state; the runtime streams with it when it is there.
+
+The optional ``patch`` graph is a *patch encoder* (musicnn's ``MSD_vgg``
+tagger): ``(batch, frames, n_mels)`` Mel patches → ``(batch, dim)``.  A
+stream is cut into consecutive patches of ``frames`` from its start, each
+encoded once when complete; the back end's second input ``patch_input``
+``(batch, 2 × dim)`` is the mean, then the max, of the outputs of the patches
+lying wholly inside the window.  The whole-window graph ``onnx`` computes the
+same from the patches that start at the window's start.
 
 Model outputs are probabilities already (softmax for ``multiclass`` heads,
 sigmoid for ``multilabel`` heads), shape ``(batch, len(labels))``.  A model
@@ -167,6 +178,25 @@ class BackendGraph:
     onnx_sha256: str
     input: str = "feats"
     embedding: str | None = "embedding"
+    patch_input: str | None = None
+
+
+@dataclass(frozen=True)
+class PatchGraph:
+    """The patch encoder of a split model (card ``split.patch``): whole Mel patches → one output each."""
+
+    onnx_path: Path
+    onnx_sha256: str
+    frames: int
+    dim: int
+    input: str = "mel"
+    output: str = "patch"
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], folder: Path) -> "PatchGraph":
+        if int(d["frames"]) < 1 or int(d["dim"]) < 1:
+            raise ValueError("split.patch needs frames >= 1 and dim >= 1")
+        return cls((folder / d["onnx"]).resolve(), d.get("onnx_sha256", ""), int(d["frames"]), int(d["dim"]), d.get("input", "mel"), d.get("output", "patch"))
 
 
 @dataclass(frozen=True)
@@ -199,6 +229,7 @@ class SplitModel:
     encoder: EncoderGraph
     backend: BackendGraph
     step: StepGraph | None = None
+    patch: PatchGraph | None = None
 
     @classmethod
     def from_json(cls, d: dict[str, Any], folder: Path) -> "SplitModel":
@@ -206,6 +237,8 @@ class SplitModel:
         inputs = list(enc.get("inputs", {"mel": "", "valid": ""}))
         if len(inputs) != 2:
             raise ValueError("split.encoder.inputs must name the mel and valid inputs")
+        if bool(d.get("patch")) != bool(back.get("patch_input")):
+            raise ValueError("split.patch and split.backend.patch_input come together")
         return cls(
             EncoderGraph(
                 onnx_path=(folder / enc["onnx"]).resolve(),
@@ -222,8 +255,10 @@ class SplitModel:
                 onnx_sha256=back.get("onnx_sha256", ""),
                 input=back.get("input", "feats"),
                 embedding=back.get("embedding"),
+                patch_input=back.get("patch_input"),
             ),
             StepGraph.from_json(d["step"], folder) if d.get("step") else None,
+            PatchGraph.from_json(d["patch"], folder) if d.get("patch") else None,
         )
 
 
@@ -370,7 +405,7 @@ def verify_onnx(card: ModelCard) -> None:
     """Check that the card's ONNX files (the split graphs too) exist and have the recorded checksums."""
     graphs = [(card.onnx_path, card.onnx_sha256)]
     if card.split is not None:
-        graphs += [(g.onnx_path, g.onnx_sha256) for g in (card.split.encoder, card.split.backend, card.split.step) if g is not None]
+        graphs += [(g.onnx_path, g.onnx_sha256) for g in (card.split.encoder, card.split.backend, card.split.step, card.split.patch) if g is not None]
     for path, sha in graphs:
         if not path.is_file():
             raise ModelMissingError(f"Model file {path} is missing", "Restore it from the repository (git checkout rtgenre/models/) or re-export the model")

@@ -78,7 +78,7 @@ class SharedEngine(Engine):
     """One engine used by the sessions of one shard (a shard's later feeds run in sessions of their own);
     calls overlap only where the engine allows it (:data:`~rtgenre.session.CONCURRENT_ENGINES`).
 
-    Every batch call (``run``, ``encode``, ``head``; not the streaming ``step``, as
+    Every batch call (``run``, ``encode``, ``patch``, ``head``; not the streaming ``step``, as
     :class:`~rtgenre.sinks.metrics.EngineMeter`) is recorded (name, items, seconds)
     until :meth:`take_calls`, for the driver's engine metrics.
     """
@@ -114,8 +114,11 @@ class SharedEngine(Engine):
         with self._serial:
             return self._engine.step(mel, valid, state)
 
-    def head(self, feats: np.ndarray) -> dict[str, np.ndarray]:
-        return self._call("head", feats)
+    def patch(self, mel: np.ndarray) -> np.ndarray:
+        return self._call("patch", mel)
+
+    def head(self, feats: np.ndarray, patches: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        return self._call("head", feats, patches)
 
     def take_calls(self) -> list[tuple[str, int, float]]:
         """The calls recorded since the last take."""

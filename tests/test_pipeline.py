@@ -64,9 +64,9 @@ class JitteryEngine(OnnxRuntimeEngine):
         self._jitter()
         return super().encode(mel, valid)
 
-    def head(self, feats):
+    def head(self, feats, patches=None):
         self._jitter()
-        return super().head(feats)
+        return super().head(feats, patches)
 
 
 def noise_file(path, seconds, rate, seed, channels=1, amp=0.1):

@@ -1,9 +1,11 @@
 """Streaming inference: features and probabilities equal a whole-stream pass, for any chunking and hop.
 
-The shipped model is exported in split form into a temporary folder (never
+The shipped models are exported in split form into a temporary folder (never
 into ``engines/``); the reference is the training path: torch
 ``Musicnn.frame_features`` over the whole stream's log-Mel frames, and the
-back end on windows of those features.  Every streaming test runs both
+back end on windows of those features (for a model with a patch encoder, the
+trio, also torch ``Vgg.embed`` on the stream's consecutive 3 s patches and
+:func:`rtgenre.training.real.patch_window` of each window).  Every streaming test runs both
 encoders with one body (fixture ``card``): the layer-cached step graph (the
 exported card) and the chunked encoder (the same card without ``split.step``).
 """
@@ -23,7 +25,7 @@ pytest.importorskip("onnxruntime")
 from engine_fixtures import export_test_model  # noqa: E402
 from rtgenre.card import ENGINES_DIR, DEFAULT_MODEL, load_card  # noqa: E402
 from rtgenre.dsp.window import Window  # noqa: E402
-from rtgenre.errors import ModelCorruptError, UsageError  # noqa: E402
+from rtgenre.errors import EngineUnavailableError, ModelCorruptError, UsageError  # noqa: E402
 from rtgenre.inference.onnxruntime import OnnxRuntimeEngine  # noqa: E402
 from rtgenre.inference.streaming import FeatureStream, run_windows  # noqa: E402
 from rtgenre.pipeline import Analyzer, Feed, analyze_file, infer  # noqa: E402
@@ -45,12 +47,13 @@ TOL = 1e-4
 SR = 16000
 
 
-@pytest.fixture(scope="module", params=[DEFAULT_MODEL, "rtgenre-duo"])
+@pytest.fixture(scope="module", params=[DEFAULT_MODEL, "rtgenre-duo", "rtgenre-trio"])
 def split(tmp_path_factory, request):
-    """A shipped model (the default; the duo, whose encoder is a stack of two) exported as encoder + back end
-    into a temporary folder: (card, backend, encoder)."""
+    """A shipped model (the default; the duo, whose encoder is a stack of two; the trio, the duo with a patch encoder)
+    exported as encoder + back end into a temporary folder: (card, backend, encoder)."""
     from rtgenre.training.encoder import load_encoder
     from rtgenre.training.export import export_split_model, load_backend
+    from rtgenre.training.musicnn import load_vgg
 
     weights = ENGINES_DIR / f"{request.param}.backend.npz"
     if not weights.is_file():
@@ -59,7 +62,8 @@ def split(tmp_path_factory, request):
     backend = load_backend(weights)
     encoder = load_encoder(backend.config.encoders)
     folder = tmp_path_factory.mktemp("split")
-    card = export_split_model(backend, folder, "m", shipped["mappings"], {"training": {"note": "test"}}, encoder=encoder)
+    taggers = [load_vgg(n) for n in backend.config.patch_encoders] or None
+    card = export_split_model(backend, folder, "m", shipped["mappings"], {"training": {"note": "test"}}, encoder=encoder, taggers=taggers)
     return load_card(card), backend, encoder
 
 
@@ -121,6 +125,9 @@ def assert_features_close(got, want):
 def whole_stream(card, backend, encoder, audio, hop_s):
     """The training path over the whole stream: features of every frame, and the probabilities of each window."""
     from rtgenre.dsp.mel import log_mel
+    from rtgenre.training.export import PatchTaggers
+    from rtgenre.training.musicnn import PATCH_FRAMES, load_vgg
+    from rtgenre.training.real import patch_window
 
     mel = log_mel(audio, card.frontend)
     with torch.no_grad():
@@ -128,7 +135,12 @@ def whole_stream(card, backend, encoder, audio, hop_s):
         windower = Analyzer(card, SR, hop_s).windower
         ends = [windower.window_end(k) for k in range(windower.windows_for(len(mel)))]
         x = torch.stack([feats[e - card.window_frames : e] for e in ends])
-        logits = backend(x)
+        patches = None
+        if backend.config.patch_encoders:  # the stream's whole patches from its start, then each window's statistics
+            n = len(mel) // PATCH_FRAMES
+            tagged = PatchTaggers([load_vgg(t) for t in backend.config.patch_encoders])(torch.from_numpy(mel[: n * PATCH_FRAMES]).reshape(n, PATCH_FRAMES, -1)).numpy()
+            patches = torch.from_numpy(np.stack([patch_window(tagged, e - card.window_frames) for e in ends]))
+        logits = backend(x, patches)
     probs = {h.name: activate(spec, logits[h.name]).numpy() for h, spec in zip(card.heads, backend.config.heads)}
     return feats.numpy(), ends, probs
 
@@ -298,11 +310,13 @@ def test_card_chooses_the_path(split, tmp_path):
         infer(OnnxRuntimeEngine(card), [(Analyzer(card, SR, 0.5), w)])
 
 
-@pytest.mark.parametrize("graph", ["encoder", "step"])
+@pytest.mark.parametrize("graph", ["encoder", "step", "patch"])
 def test_card_checks_every_graph(split, tmp_path, graph):
     import shutil
 
     card, backend, _ = split
+    if graph == "patch" and card.split.patch is None:
+        pytest.skip("no patch encoder")
     nets = len(backend.config.encoders)
     folder = tmp_path / "copy"
     shutil.copytree(card.onnx_path.parent, folder)
@@ -323,7 +337,11 @@ def test_run_windows_empty_and_backend_outputs(split, engine):
     card = split[0]
     sess = ort.InferenceSession(str(card.split.backend.onnx_path), providers=["CPUExecutionProvider"])
     assert [o.name for o in sess.get_outputs()] == [h.name for h in card.heads] + ["embedding"]
-    out = sess.run(None, {"feats": np.zeros((2, card.window_frames, card.split.encoder.feature_dim), np.float32)})
+    feed = {"feats": np.zeros((2, card.window_frames, card.split.encoder.feature_dim), np.float32)}
+    if card.split.patch is not None:
+        assert [i.name for i in sess.get_inputs()] == ["feats", card.split.backend.patch_input]
+        feed[card.split.backend.patch_input] = np.zeros((2, 2 * card.split.patch.dim), np.float32)
+    out = sess.run(None, feed)
     assert out[-1].shape[0] == 2 and out[-1].ndim == 2
 
 
@@ -338,6 +356,15 @@ def test_tensorrt_streams_with_two_cached_plans(card, engine, flavour, monkeypat
     trt, _ = install_fake_gpu(monkeypatch, flavour)
     cache = PlanCache(tmp_path)
     audio = music(9.0, seed=2)
+    if card.split.patch is not None:  # not streamed on TensorRT yet: refused (auto falls back to ONNX Runtime); its whole-window graph runs
+        with pytest.raises(EngineUnavailableError, match="patch encoder"):
+            TensorRTEngine(card, precision="fp32", max_batch=8, cache=cache)
+        with TensorRTEngine(card, precision="fp32", max_batch=8, cache=cache, stream=False) as whole:
+            got = whole.run(np.zeros((2, card.window_frames, 96), np.float32))
+            want = OnnxRuntimeEngine(card, stream=False).run(np.zeros((2, card.window_frames, 96), np.float32))
+        for h in card.heads:
+            np.testing.assert_allclose(got[h.name], want[h.name], atol=1e-5)
+        return
     with TensorRTEngine(card, precision="fp32", max_batch=8, cache=cache) as first:
         assert first.streaming and not first.cache_hit and len(first.plan_paths) == 2 and trt.builds == 2
         assert "streaming" in first.detail
@@ -382,3 +409,25 @@ def test_runner_encodes_ahead_of_the_first_window_hop_by_hop(card, engine, tmp_p
     _, _, _, want = stream(card, engine, audio, 0.5, 16000 * 30)
     for h in card.heads:
         np.testing.assert_allclose(np.stack([p[h.name] for p in probs]), want[h.name], atol=TOL)
+
+
+def test_patch_card_is_checked(split, tmp_path):
+    """A patch encoder without the back end's patch input (or the reverse) and patches longer than the window are refused."""
+    import shutil
+
+    card = split[0]
+    if card.split.patch is None:
+        pytest.skip("no patch encoder")
+    folder = tmp_path / "copy"
+    shutil.copytree(card.onnx_path.parent, folder)
+    raw = json.loads((folder / "m.json").read_text())
+    assert raw["split"]["patch"]["frames"] == 187 and raw["split"]["patch"]["dim"] == 306
+    broken = json.loads(json.dumps(raw))
+    del broken["split"]["backend"]["patch_input"]
+    (folder / "m.json").write_text(json.dumps(broken))
+    with pytest.raises(ModelCorruptError, match="patch"):
+        load_card(folder / "m.json")
+    raw["split"]["patch"]["frames"] = card.window_frames + 1
+    (folder / "m.json").write_text(json.dumps(raw))
+    with pytest.raises(ModelCorruptError, match="do not fit"):
+        FeatureStream(load_card(folder / "m.json"))

@@ -180,30 +180,34 @@ def test_a_backend_on_two_encoders_gives_each_tagger_its_own_features(tmp_path):
 
 
 def test_patch_window_reads_the_patches_wholly_inside_the_window():
-    """A window of WINDOW_STEPS pooled steps reads the mean and max of the 187-frame patches it holds whole."""
-    from rtgenre.training.real import POOL, WINDOW_STEPS, patch_window
+    """A window of WINDOW_FRAMES frames starting at any frame reads the mean and max of the 187-frame patches it holds whole."""
+    from rtgenre.training.real import WINDOW_FRAMES, patch_window
 
     patches = np.arange(10, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)  # patch k holds k
-    for start in range(80):
-        lo, hi = start * POOL, (start + WINDOW_STEPS) * POOL
-        inside = [k for k in range(10) if k * 187 >= lo and (k + 1) * 187 <= hi]
+    for start in range(0, 1200, 7):
+        inside = [k for k in range(10) if k * 187 >= start and (k + 1) * 187 <= start + WINDOW_FRAMES]
         got = patch_window(patches, start)
         assert got.shape == (6,) and 1 <= len(inside) <= 2
         np.testing.assert_array_equal(got, [np.mean(inside)] * 3 + [max(inside)] * 3)
 
 
 @needs_weights
-def test_a_backend_with_a_patch_tagger_trains_and_is_not_exported(tmp_path):
+def test_a_backend_with_a_patch_tagger_trains_and_exports(tmp_path):
     """The vgg variant: the patch statistics join the embedding's input; training and evaluation windows carry them;
-    exporting it is refused with a clear error (the runtime has no patch encoder yet)."""
-    from rtgenre.errors import UsageError
+    exported, it streams with a patch encoder, and its whole-window graph tags the window's own two patches
+    (ONNX Runtime against the torch back end on patch_window of those patches)."""
+    from rtgenre.card import load_card
+    from rtgenre.inference.onnxruntime import OnnxRuntimeEngine
     from rtgenre.training import vocab
+    from rtgenre.training.export import save_backend
+    from rtgenre.training.musicnn import PATCH_FRAMES, load_teacher, load_vgg
     from rtgenre.training.real import (
         VARIANTS,
         WINDOW_STEPS,
         Example,
         TrainConfig,
         export_variants,
+        patch_window,
         train_backend,
         window_probs,
     )
@@ -225,8 +229,21 @@ def test_a_backend_with_a_patch_tagger_trains_and_is_not_exported(tmp_path):
     assert model.embedding[1].in_features == 2 * 753 + 250 + 2 * 306
     probs = window_probs(model, ex(9))
     assert probs["genre"].shape == (6, heads["genre"]) and np.allclose(probs["genre"].sum(axis=1), 1, atol=1e-5)
-    with pytest.raises(UsageError, match="cannot be exported yet"):
-        export_variants(tmp_path, tmp_path / "out", {}, ["vgg"], tmp_path)
+
+    save_backend(model, tmp_path / "vgg.backend.npz")
+    card = load_card(export_variants(tmp_path, tmp_path / "out", {}, ["vgg"], tmp_path)[0])
+    assert card.split.patch.frames == PATCH_FRAMES and card.split.backend.patch_input == "patches"
+    assert card.raw["encoder"]["features_per_frame"] == 753 and card.raw["encoder"]["patch_encoders"] == ["MSD_vgg"]
+    assert OnnxRuntimeEngine(card).streaming
+    mel = (2 + rng.standard_normal((2, card.window_frames, 96))).astype(np.float32)
+    got = OnnxRuntimeEngine(card, stream=False).run(mel)
+    model.eval()
+    with torch.no_grad():
+        x = torch.from_numpy(mel)
+        tagged = load_vgg("MSD_vgg").embed(x[:, : 2 * PATCH_FRAMES].reshape(4, PATCH_FRAMES, 96)).reshape(2, 2, -1).numpy()
+        stats = torch.from_numpy(np.stack([patch_window(t, 0) for t in tagged]))
+        logits = model(load_teacher("MSD_musicnn").frame_features(x), stats)
+    np.testing.assert_allclose(got["genre"], torch.softmax(logits["genre"], dim=1).numpy(), atol=1e-5)
 
 
 def _parser():

@@ -13,6 +13,8 @@ graph every hop, the pre-streaming path):
   (the step encoder: a flush of a copy of its state; the chunked one: with
   their context) for ``provisional``, the back end on one window, against
   the whole-window graph; median of repeated calls on real-music Mel frames;
+  a model with a patch encoder (card ``split.patch``) adds one patch call
+  per ``patch.frames`` frames (``patch_ms_per_hop``: its median × 31.25 / 187);
 - ``classify``: ``/usr/bin/time -v python -m rtgenre classify FILE --threads 1``
   on a 5-minute file at 0.5 s hop, for the three peers:
   audio-seconds analysed per CPU-second, peak RSS;
@@ -76,11 +78,13 @@ def export_split(folder: Path, name: str = DEFAULT_MODEL) -> tuple[Path, Path]:
     """A shipped model (its encoders, its back end from its .backend.npz) exported in split form: its card, and a copy without the step graph."""
     from rtgenre.training.encoder import load_encoder
     from rtgenre.training.export import export_split_model, load_backend
+    from rtgenre.training.musicnn import load_vgg
 
     shipped = json.loads((ENGINES_DIR / f"{name}.json").read_text())
     keep = {k: v for k, v in shipped.items() if k in ("training", "evaluation", "teacher", "license")}
     backend = load_backend(ENGINES_DIR / f"{name}.backend.npz")
-    card = export_split_model(backend, folder, name, shipped["mappings"], keep, encoder=load_encoder(backend.config.encoders))
+    taggers = [load_vgg(n) for n in backend.config.patch_encoders] or None
+    card = export_split_model(backend, folder, name, shipped["mappings"], keep, encoder=load_encoder(backend.config.encoders), taggers=taggers)
     raw = json.loads(card.read_text())
     del raw["split"]["step"]
     chunked = folder / f"{name}-chunked.json"
@@ -133,10 +137,16 @@ def bench_per_hop(card: ModelCard, chunked: ModelCard, threads: int, iters: int,
     chunked_wait = per_hop(chunked_ms)
     chunked_provisional = per_hop(lambda n: chunked_ms(n + enc.context_after))
     feats = chunks.encode(mel[None, : card.window_frames + context], np.ones((1, card.window_frames + context), np.float32))
-    backend = float(np.median(timed_ms(lambda: stream.head(feats), iters)))
+    patch = card.split.patch
+    patches = np.zeros((1, 2 * patch.dim), np.float32) if patch is not None else None
+    backend = float(np.median(timed_ms(lambda: stream.head(feats, patches), iters)))
     window = mel[None, : card.window_frames]
     recompute = float(np.median(timed_ms(lambda: full.run(window), max(5, iters // 4))))
     out = {"threads": threads, "hop_frames": hop_frames, "backend_ms": round(backend, 3), "recompute_ms": round(recompute, 3)}
+    if patch is not None:  # one patch call every patch.frames frames, spread over the hops
+        one = float(np.median(timed_ms(lambda: stream.patch(mel[None, : patch.frames]), iters)))
+        out.update(patch_ms=round(one, 3), patch_ms_per_hop=round(one * hop_frames / patch.frames, 3))
+        backend += one * hop_frames / patch.frames
     for name, wait, provisional in (("step", step_wait, step_wait + flush), ("chunked", chunked_wait, chunked_provisional)):
         out[name] = {
             "encoder_ms_wait": round(wait, 3),

@@ -69,10 +69,11 @@ def check_card(engine: Engine) -> None:
     if engine.streaming:  # the back end's outputs are the heads; the encoder's width is checked by its export
         assert card.split is not None
         x = np.zeros((1, card.window_frames, card.split.encoder.feature_dim), np.float32)
+        patches = np.zeros((1, 2 * card.split.patch.dim), np.float32) if card.split.patch is not None else None
     else:
         x = np.zeros((1, card.window_frames, card.frontend.n_mels), np.float32)
     try:
-        out = engine.head(x) if engine.streaming else engine.run(x)
+        out = engine.head(x, patches) if engine.streaming else engine.run(x)
     except Exception as e:  # the runtime's own error types for a shape mismatch
         raise ModelCorruptError(f"Model {card.onnx_path} does not accept the card's input (1, {card.window_frames}, {card.frontend.n_mels}) ({str(e).splitlines()[0]})",
                                 "Fix window_frames / n_mels in the card, or re-export the model") from None

@@ -8,8 +8,9 @@ streams; the engine neither knows nor cares.
 An engine made for a card with a ``split`` section (and ``stream=True``) is
 *streaming* (:attr:`Engine.streaming`): it runs the encoder on new frames
 (:meth:`Engine.step`, the layer-cached step graph, where the card has one;
-else :meth:`Engine.encode` on chunks with their context) and the back end on
-windows of features (:meth:`Engine.head`) instead; :mod:`rtgenre.inference.streaming` drives it.  Backends: ONNX Runtime on the
+else :meth:`Engine.encode` on chunks with their context), the patch encoder
+on whole patches (:meth:`Engine.patch`, where the card has one) and the back
+end on windows of features (:meth:`Engine.head`) instead; :mod:`rtgenre.inference.streaming` drives it.  Backends: ONNX Runtime on the
 CPU (``onnxruntime``), TensorRT on an NVIDIA GPU (``tensorrt``).
 """
 
@@ -109,12 +110,29 @@ class Engine(ABC):
         """
         raise NotImplementedError(f"{self.name} has no step encoder for this model")
 
-    def head(self, feats: np.ndarray) -> dict[str, np.ndarray]:
+    def patch(self, mel: np.ndarray) -> np.ndarray:
+        """The patch encoder's outputs (streaming engines of a card with ``split.patch`` only).
+
+        Parameters
+        ----------
+        mel : ndarray, shape (batch, patch frames, n_mels), float32
+            Whole Mel patches.
+
+        Returns
+        -------
+        ndarray, shape (batch, dim), float32
+        """
+        raise NotImplementedError(f"{self.name} has no patch encoder for this model")
+
+    def head(self, feats: np.ndarray, patches: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Classify windows of frame features (streaming engines only).
 
         Parameters
         ----------
         feats : ndarray, shape (batch, window_frames, feature_dim), float32
+        patches : ndarray, shape (batch, 2 × dim), float32, optional
+            With a patch encoder (card ``split.patch``): the mean, then the max,
+            of the outputs of the patches lying wholly inside each window.
 
         Returns
         -------

@@ -98,6 +98,12 @@ class OnnxRuntimeEngine(Engine):
                 _check_io(self._step, step.onnx_path, [step.mel_input, step.valid_input, *(s[0] for s in step.state)], [step.output, *(s[1] for s in step.state)])
                 self._step_outputs = [step.output, *(s[1] for s in step.state)]
                 what = "streaming step encoder + back end"
+            patch = card.split.patch
+            if patch is not None:
+                self._patch = _open_session(patch.onnx_path, threads)
+                _check_io(self._patch, patch.onnx_path, [patch.input], [patch.output])
+                _check_io(self._backend, back.onnx_path, [back.patch_input], [])
+                what += " + patch encoder"
         else:
             self._session = _open_session(card.onnx_path, threads)
             _check_io(self._session, card.onnx_path, [card.input_name], self._outputs)
@@ -135,6 +141,16 @@ class OnnxRuntimeEngine(Engine):
         feats, *new_state = self._step.run(self._step_outputs, feed)
         return feats, new_state
 
-    def head(self, feats: np.ndarray) -> dict[str, np.ndarray]:
-        out = self._backend.run(self._outputs, {self.card.split.backend.input: np.ascontiguousarray(feats, dtype=np.float32)})
+    def patch(self, mel: np.ndarray) -> np.ndarray:
+        patch = self.card.split.patch
+        if patch is None:
+            raise NotImplementedError(f"model {self.card.name} has no patch encoder")
+        return self._patch.run([patch.output], {patch.input: np.ascontiguousarray(mel, dtype=np.float32)})[0]
+
+    def head(self, feats: np.ndarray, patches: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        back = self.card.split.backend
+        feed = {back.input: np.ascontiguousarray(feats, dtype=np.float32)}
+        if back.patch_input is not None:
+            feed[back.patch_input] = np.ascontiguousarray(patches, dtype=np.float32)
+        out = self._backend.run(self._outputs, feed)
         return {name: p.astype(np.float32, copy=False) for name, p in zip(self._heads, out)}

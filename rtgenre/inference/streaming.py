@@ -49,6 +49,18 @@ Two ways, chosen per feed (:data:`LOOKAHEADS`):
 At the end of the stream every waiting window is handed on and the last
 features see the stream's end, as in the whole-stream pass (the step
 encoder: its state is flushed by ``delay`` frames marked not valid).
+
+Patch encoder
+-------------
+A card with ``split.patch`` (musicnn's ``MSD_vgg`` tagger on 3 s patches)
+has a second encoder: the stream is cut into consecutive patches of
+``patch.frames`` Mel frames from its start, and each is encoded once, in
+the first step after it is complete (batched over feeds).  A window's back
+end also reads the mean and the max of the outputs of the patches lying
+wholly inside it (one or two in 7.5 s), as training does
+(:func:`rtgenre.training.real.patch_window`).  A patch needs no look-ahead:
+the patches inside a due window have arrived.  The frames after the last
+whole patch of an ended stream are never encoded.
 """
 
 from __future__ import annotations
@@ -61,7 +73,7 @@ import numpy as np
 
 from rtgenre.card import ModelCard
 from rtgenre.dsp.window import RowRing, Window
-from rtgenre.errors import UsageError
+from rtgenre.errors import ModelCorruptError, UsageError
 from rtgenre.inference.base import Engine
 
 LOOKAHEADS = ("wait", "provisional")
@@ -107,12 +119,19 @@ class FeatureStream:
         self.provisional = lookahead == "provisional"
         self._mel = RowRing(self.window_frames + self.before + self.after, card.frontend.n_mels, np.float32)
         self._feats = RowRing(self.window_frames + FEATURE_SLACK, self.dim, np.float32)
+        self.patch = card.split.patch
+        if self.patch is not None and self.patch.frames > self.window_frames:
+            raise ModelCorruptError(f"Model {card.name}: patches of {self.patch.frames} frames do not fit its {self.window_frames}-frame window",
+                                    "Re-export the model so that split.patch.frames is at most window_frames")
+        self._patches = RowRing(self.window_frames // self.patch.frames + 2, self.patch.dim, np.float32) if self.patch is not None else None
         self.reset()
 
     def reset(self) -> None:
         """Forget every frame (a new stream)."""
         self._mel.total = 0
         self._feats.total = 0
+        if self._patches is not None:
+            self._patches.total = 0
         self._prov = np.zeros((0, self.dim), np.float32)
         self.ended = False
         self.fed = 0  # frames given to the step encoder
@@ -140,6 +159,8 @@ class FeatureStream:
     def append(self, mel: np.ndarray) -> None:
         """Add the next Mel frames ``(n, n_mels)``."""
         first_needed = self.fed if self.stepping else self.final - self.before
+        if self._patches is not None:  # the frames of the patch not yet encoded
+            first_needed = min(first_needed, self._patches.total * self.patch.frames)
         self._mel.reserve(self.frames + len(mel) - first_needed)
         self._mel.extend(mel)
 
@@ -247,6 +268,33 @@ class FeatureStream:
         else:  # the end's flush
             self._flushed = True
 
+    def patch_inputs(self) -> list[np.ndarray]:
+        """The whole patches not yet encoded, ``(patch.frames, n_mels)`` each, in order (none without a patch encoder)."""
+        if self._patches is None:
+            return []
+        n = self.patch.frames
+        return [self._mel.get(k * n, (k + 1) * n) for k in range(self._patches.total, self.frames // n)]
+
+    def patch_accept(self, outputs: np.ndarray, keep_from: int) -> None:
+        """Store the patch encoder's ``outputs`` ``(patches, dim)`` of :meth:`patch_inputs`; ``keep_from`` as for :meth:`accept`."""
+        self._patches.reserve(self._patches.total + len(outputs) - keep_from // self.patch.frames)
+        self._patches.extend(outputs)
+
+    def patch_stats(self, end_frame: int, out: np.ndarray | None = None) -> np.ndarray:
+        """The back end's patch input for the window ending at ``end_frame``: the mean, then the max, of the outputs
+        of the patches lying wholly inside it, ``(2 × dim,)`` (written into ``out`` when given)."""
+        n, held = self.patch.frames, self._patches.total
+        first, last = -(-(end_frame - self.window_frames) // n), min(end_frame // n, held)
+        if last <= first:  # no whole patch yet (a window never is: it holds at least one); the nearest one
+            first = last = min(first, held - 1)
+            last += 1
+        inside = self._patches.get(first, last)
+        if out is None:
+            out = np.empty(2 * self.patch.dim, np.float32)
+        np.mean(inside, axis=0, out=out[: self.patch.dim])
+        np.max(inside, axis=0, out=out[self.patch.dim :])
+        return out
+
     def window(self, end_frame: int, out: np.ndarray | None = None, frames: int | None = None) -> np.ndarray:
         """Features ``(window_frames, dim)`` of the window ending at ``end_frame`` (written into ``out`` when given);
         with ``frames``, only that window's last ``frames`` frames."""
@@ -299,15 +347,33 @@ def run_windows(engine: Engine, due: Sequence[tuple[FeatureStream, Window]], ahe
         spans[stream] = (min(lo, w.end_frame - stream.window_frames), max(hi, w.end_frame))
     _encode_chunks(engine, {s: span for s, span in spans.items() if not s.stepping})
     _encode_steps(engine, {s: span for s, span in spans.items() if s.stepping})
+    _encode_patches(engine, spans)
     results: list[dict[str, np.ndarray]] = []
     for i in range(0, len(due), engine.head_batch):
         part = due[i : i + engine.head_batch]
-        feats = np.empty((len(part), part[0][0].window_frames, part[0][0].dim), np.float32)
+        first = part[0][0]
+        feats = np.empty((len(part), first.window_frames, first.dim), np.float32)
+        patches = np.empty((len(part), 2 * first.patch.dim), np.float32) if first.patch is not None else None
         for j, (stream, w) in enumerate(part):
             stream.window(w.end_frame, feats[j])
-        probs = engine.head(feats)
+            if patches is not None:
+                stream.patch_stats(w.end_frame, patches[j])
+        probs = engine.head(feats, patches)
         results.extend({h: p[j] for h, p in probs.items()} for j in range(len(part)))
     return results
+
+
+def _encode_patches(engine: Engine, spans: dict[FeatureStream, tuple[int, int]]) -> None:
+    """Patch encoder: every stream's whole patches not yet encoded, batched over streams."""
+    rows = [(stream, len(todo), todo) for stream in spans if (todo := stream.patch_inputs())]
+    if not rows:
+        return
+    mel = np.stack([m for _, _, todo in rows for m in todo])
+    out = np.concatenate([engine.patch(mel[i : i + engine.encode_batch]) for i in range(0, len(mel), engine.encode_batch)])
+    at = 0
+    for stream, n, _ in rows:
+        stream.patch_accept(out[at : at + n], spans[stream][0])
+        at += n
 
 
 def _encode_chunks(engine: Engine, spans: dict[FeatureStream, tuple[int, int]]) -> None:

@@ -325,6 +325,9 @@ class TensorRTEngine(Engine):
         ok, reason = tensorrt_available()
         if not ok:
             raise_unavailable(reason)
+        if stream and card.split is not None and card.split.patch is not None:
+            raise EngineUnavailableError(f"TensorRT does not stream models with a patch encoder ({card.name})",
+                                         "Use --engine onnxruntime, or --recompute to run the whole-window graph on TensorRT")
         self.trt = import_tensorrt()
         self.cuda: Cuda = load_cuda(device)
         self.gpu = self.cuda.device_info()
@@ -612,7 +615,7 @@ class TensorRTEngine(Engine):
         feats, *new_state = self._execute(self._graphs["step"], inputs)
         return feats, new_state
 
-    def head(self, feats: np.ndarray) -> dict[str, np.ndarray]:
+    def head(self, feats: np.ndarray, patches: np.ndarray | None = None) -> dict[str, np.ndarray]:
         return self._heads(self._execute(self._graphs["backend"], {self.card.split.backend.input: np.ascontiguousarray(feats, np.float32)}))
 
     def time_execute(self, batch: int, iterations: int) -> list[float]:

@@ -156,7 +156,7 @@ class EngineMeter:
         Engine methods to meter.
     """
 
-    def __init__(self, engine: Any, metrics: Any, calls: tuple[str, ...] = ("run", "encode", "head")) -> None:
+    def __init__(self, engine: Any, metrics: Any, calls: tuple[str, ...] = ("run", "encode", "patch", "head")) -> None:
         self._engine = engine
         self._calls = calls
         self.metrics = metrics if isinstance(metrics, EngineMetrics) else EngineMetrics(metrics)

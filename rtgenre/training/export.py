@@ -24,7 +24,13 @@ inference (:mod:`rtgenre.inference.streaming`), described by the card's
 * ``<name>.step.onnx`` — :class:`~rtgenre.training.encoder.StepEncoder`, the
   encoder with layer caches: inputs ``mel`` ``(batch, n, 96)``, ``valid``
   ``(batch, n)`` and the state (:data:`~rtgenre.training.encoder.STEP_STATE`),
-  outputs ``feats`` ``(batch, n, 753)`` and the next state (dynamic batch and ``n``).
+  outputs ``feats`` ``(batch, n, 753)`` and the next state (dynamic batch and ``n``);
+* ``<name>.patch.onnx`` — only for a back end with patch taggers (musicnn's
+  ``MSD_vgg``): input ``mel`` ``(batch, 187, 96)``, output ``patch``
+  ``(batch, 306 × taggers)``; the back end then has a second input
+  ``patches`` ``(batch, 2 × 306 × taggers)``, the mean and the max of the
+  outputs of the patches lying wholly inside the window, and the whole-window
+  graph computes them from the window's own patches (:class:`PatchedCRNN`).
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from rtgenre.training.encoder import CONTEXT_AFTER, CONTEXT_BEFORE, STEP_DELAY, 
 from rtgenre.training.features import FRONTEND
 from rtgenre.training.model import CRNN, Backend, BackendConfig, HeadSpec, activate
 from rtgenre.training.labels import MSD
-from rtgenre.training.musicnn import FEATURE_DIM, Musicnn, load_teacher
+from rtgenre.training.musicnn import FEATURE_DIM, PATCH_FRAMES, Musicnn, Vgg, load_teacher
 
 OPSET = 17
 
@@ -99,7 +105,8 @@ def load_backend(path: Path, teacher: Musicnn | None = None) -> Backend:
         if "temporal" in cfg:  # a window back end of the real-data model (rtgenre.training.real)
             from rtgenre.training.real import WindowBackend, WindowConfig
 
-            backend = WindowBackend(WindowConfig(heads=heads, **{**cfg, "encoders": tuple(cfg.get("encoders", WindowConfig.encoders))}), teacher)
+            cfg = {**cfg, "encoders": tuple(cfg.get("encoders", WindowConfig.encoders)), "patch_encoders": tuple(cfg.get("patch_encoders", ()))}
+            backend = WindowBackend(WindowConfig(heads=heads, **cfg), teacher)
         else:
             backend = Backend(BackendConfig(heads=heads, **cfg), teacher)
         backend.load_state_dict(state)
@@ -197,11 +204,42 @@ class BackendGraph(nn.Module):
         self.backend = backend
         self.eval()  # an exporter restores the wrapper's own mode afterwards: it must be eval too
 
-    def forward(self, feats: Tensor) -> tuple[Tensor, ...]:
-        logits = self.backend(feats)
+    def forward(self, feats: Tensor, *patches: Tensor) -> tuple[Tensor, ...]:
+        logits = self.backend(feats, *patches)
         probs = tuple(activate(h, logits[h.name]) for h in self.backend.config.heads)
         extra = tuple(v for k, v in logits.items() if k not in {h.name for h in self.backend.config.heads})  # e.g. hash
-        return (*probs, *extra, self.backend.embed(feats))
+        return (*probs, *extra, self.backend.embed(feats, *patches))
+
+
+class PatchTaggers(nn.Module):
+    """Frozen patch taggers side by side: Mel patches ``(B, 187, 96)`` → their :meth:`~rtgenre.training.musicnn.Vgg.embed` outputs ``(B, 306 × taggers)``."""
+
+    def __init__(self, taggers: list[Vgg]) -> None:
+        super().__init__()
+        self.taggers = nn.ModuleList(t.eval() for t in taggers)
+
+    def forward(self, mel: Tensor) -> Tensor:
+        return torch.cat([t.embed(mel) for t in self.taggers], dim=1)
+
+
+class PatchedCRNN(CRNN):
+    """:class:`CRNN` whose back end also reads patch taggers: the whole-window graph of a patch model.
+
+    The window's whole 187-frame patches from its first frame (two in a 469-frame
+    window) are tagged; the mean and the max of their outputs are the back end's
+    ``patches`` input, as :func:`rtgenre.training.real.patch_window` gives for a
+    window that starts on a patch boundary of the stream.
+    """
+
+    def __init__(self, frontend: nn.Module, backend: nn.Module, taggers: PatchTaggers) -> None:
+        super().__init__(frontend, backend)
+        self.taggers = taggers.eval()
+
+    def forward(self, mel: Tensor) -> tuple[Tensor, ...]:
+        n = mel.shape[1] // PATCH_FRAMES
+        out = self.taggers(mel[:, : n * PATCH_FRAMES].reshape(-1, PATCH_FRAMES, mel.shape[2])).reshape(mel.shape[0], n, -1)
+        logits = self.backend(self.frontend.frame_features(mel), torch.cat([out.mean(dim=1), out.amax(dim=1)], dim=1))
+        return tuple(activate(h, logits[h.name]) for h in self.backend.config.heads)
 
 
 def _export(module: nn.Module, example: tuple[Tensor, ...], path: Path, inputs: dict[str, dict[int, str]], outputs: dict[str, dict[int, str]]) -> None:
@@ -247,11 +285,22 @@ def step_section(path: Path, nets: int = 1) -> dict[str, Any]:
     }
 
 
-def export_backend(backend: nn.Module, path: Path, frames: int = 469, feature_dim: int = FEATURE_DIM, extra_outputs: tuple[str, ...] = ()) -> None:
-    """Write the back end on ``(batch, frames, feature_dim)`` features: one output per head, ``extra_outputs`` (e.g. ``hash``), then ``embedding``."""
+def export_backend(backend: nn.Module, path: Path, frames: int = 469, feature_dim: int = FEATURE_DIM, extra_outputs: tuple[str, ...] = (),
+                   patch_dim: int = 0) -> None:
+    """Write the back end on ``(batch, frames, feature_dim)`` features (and, with ``patch_dim``, the input ``patches``
+    ``(batch, 2 × patch_dim)``): one output per head, ``extra_outputs`` (e.g. ``hash``), then ``embedding``."""
     names = [h.name for h in backend.config.heads] + list(extra_outputs)
     outputs = {n: {0: "batch"} for n in [*names, "embedding"]}
-    _export(BackendGraph(backend), (torch.zeros(2, frames, feature_dim),), path, {"feats": {0: "batch"}}, outputs)
+    example = (torch.zeros(2, frames, feature_dim), *((torch.zeros(2, 2 * patch_dim),) if patch_dim else ()))
+    inputs = {"feats": {0: "batch"}, **({"patches": {0: "batch"}} if patch_dim else {})}
+    _export(BackendGraph(backend), example, path, inputs, outputs)
+
+
+def export_patch_encoder(taggers: PatchTaggers, path: Path, n_mels: int = 96) -> dict[str, Any]:
+    """Write the patch encoder (input ``mel`` ``(batch, 187, n_mels)``, output ``patch``); returns the card's ``split.patch`` entry."""
+    _export(taggers.eval(), (torch.zeros(2, PATCH_FRAMES, n_mels),), path, {"mel": {0: "batch"}}, {"patch": {0: "batch"}})
+    dim = int(taggers(torch.zeros(1, PATCH_FRAMES, n_mels)).shape[1])
+    return {"onnx": path.name, "onnx_sha256": file_sha256(path), "input": "mel", "output": "patch", "frames": PATCH_FRAMES, "dim": dim}
 
 
 def export_split_model(
@@ -263,6 +312,7 @@ def export_split_model(
     encoder: Musicnn | EncoderStack | None = None,
     version: str = "1.0.0",
     hash_layer: nn.Module | None = None,
+    taggers: list[Vgg] | None = None,
 ) -> Path:
     """Export a model as the single graph and as encoder + back end for streaming; returns the card's path.
 
@@ -290,6 +340,10 @@ def export_split_model(
     hash_layer : HashLayer, optional
         Adds the similarity ``hash`` output to both graphs (:mod:`rtgenre.training.hashing`;
         saved as ``<name>.hash.npz``; card entry ``hash``).
+    taggers : list of Vgg, optional
+        The frozen patch taggers of a back end with ``config.patch_encoders``:
+        writes ``<name>.patch.onnx`` (card ``split.patch``), and the whole-window
+        graph is a :class:`PatchedCRNN`.  Not with ``hash_layer``.
     """
     from rtgenre.training.hashing import HASH_OUTPUT, HashedBackend, HashedCRNN, save_hash_layer
 
@@ -298,7 +352,15 @@ def export_split_model(
     backend = backend.eval()
     heads = [h.name for h in backend.config.heads]
     nets = len(nets_of(encoder))
-    if hash_layer is None:
+    patch = None
+    if taggers:
+        if hash_layer is not None:
+            raise ValueError("a patch model has no hash layer")
+        tagging = PatchTaggers(taggers)
+        patch = export_patch_encoder(tagging, folder / f"{name}.patch.onnx")
+        export_onnx(PatchedCRNN(encoder, backend, tagging), folder / f"{name}.onnx")
+        export_backend(backend, folder / f"{name}.backend.onnx", feature_dim=FEATURE_DIM * nets, patch_dim=patch["dim"])
+    elif hash_layer is None:
         export_onnx(CRNN(encoder, backend), folder / f"{name}.onnx")
         export_backend(backend, folder / f"{name}.backend.onnx", feature_dim=FEATURE_DIM * nets)
     else:
@@ -325,8 +387,10 @@ def export_split_model(
             "onnx_sha256": file_sha256(folder / f"{name}.backend.onnx"),
             "input": "feats",
             "embedding": "embedding",
+            **({"patch_input": "patches"} if patch else {}),
         },
         "step": step_section(folder / f"{name}.step.onnx", nets),
+        **({"patch": patch} if patch else {}),
     }
     return write_card(folder, name, backend.config.heads, mappings, {**extra, "split": split}, version=version)
 

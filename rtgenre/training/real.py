@@ -17,8 +17,9 @@ card reports:
   ``patch_encoders`` adds frozen patch taggers (the ``vgg`` variant:
   musicnn's ``MSD_vgg`` on consecutive 3 s patches from the stream's start):
   the mean and max of their outputs over the patches lying wholly inside the
-  window (:func:`patch_window`) join the statistics.  Such a variant is
-  trained and cross-validated here; it cannot be exported yet.
+  window (:func:`patch_window`) join the statistics.  Exported, such a
+  variant has a patch encoder graph of its own beside the streaming encoder
+  (:func:`rtgenre.training.export.export_split_model`).
 * :func:`zero_shot_probs` — musicnn's tags mapped to our labels, no training.
 * :func:`logistic_baseline` — logistic regression on per-clip mean musicnn
   penultimate embeddings and tags (the floor every variant must beat).
@@ -53,7 +54,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rtgenre.errors import UsageError
 from rtgenre.evaluate import Scores, instrument_family
 from rtgenre.training import vocab
 from rtgenre.training.labels import MSD, MTT, TagMapper
@@ -65,6 +65,7 @@ from rtgenre.training.musicnn import (
     VGG_EMBED_DIM,
     Musicnn,
     load_teacher,
+    load_vgg,
     teacher_tags,
 )
 from rtgenre.training.realdata import (
@@ -189,17 +190,17 @@ class Targets:
 CACHE_KIND = {MSD: "", MTT: "mtt"}
 
 
-def patch_window(patches: np.ndarray, start_step: int) -> np.ndarray:
-    """The patch taggers' part of the window starting at pooled step ``start_step``: the mean and the max
-    (``2 × patches.shape[1]`` values) of the patches lying wholly inside its :data:`WINDOW_STEPS` steps.
+def patch_window(patches: np.ndarray, start: int) -> np.ndarray:
+    """The patch taggers' part of the window starting at frame ``start``: the mean and the max
+    (``2 × patches.shape[1]`` values) of the patches lying wholly inside its :data:`WINDOW_FRAMES` frames.
 
     Patches are consecutive 187-frame runs from the clip's (a stream's) start, so a
     window holds one or two whole ones, as a stream that encodes each patch once it
-    is complete has them when the window is due; a window before the first whole
-    patch (never in training: clips are longer) reads the first one.
+    is complete has them when the window is due
+    (:meth:`rtgenre.inference.streaming.FeatureStream.patch_stats`); a window before
+    the first whole patch (never in training: clips are longer) reads the first one.
     """
-    lo, hi = start_step * POOL, (start_step + WINDOW_STEPS) * POOL
-    first, end = -(-lo // PATCH_FRAMES), min(hi // PATCH_FRAMES, len(patches))
+    first, end = -(-start // PATCH_FRAMES), min((start + WINDOW_FRAMES) // PATCH_FRAMES, len(patches))
     inside = patches[first:end] if end > first else patches[min(first, len(patches) - 1)][None]
     return np.concatenate([inside.mean(axis=0), inside.max(axis=0)])
 
@@ -401,20 +402,22 @@ class WindowBackend(nn.Module):
     def forward_pooled(self, maxp: Tensor, meanp: Tensor, patches: Tensor | None = None) -> dict[str, Tensor]:
         return self.heads_of(self.embed_pooled(maxp, meanp, patches))
 
-    def embed(self, feats: Tensor) -> Tensor:
-        """``(B, T, 753)`` → ``(B, embedding)``: the window embedding the heads read.
+    def embed(self, feats: Tensor, patches: Tensor | None = None) -> Tensor:
+        """``(B, T, 753)`` → ``(B, embedding)``: the window embedding the heads read
+        (with patch taggers, ``patches`` ``(B, 2 × 306 × taggers)``: their window statistics, :func:`patch_window`).
 
         Without the LSTM only the window's max and mean of the group means are
         read, so they are computed directly (:func:`window_stats`: the same values;
         the groups' transposes and pools were most of the exported back end's time).
         """
         if self.config.temporal == "lstm":
-            return self.embed_pooled(*self.pooled(feats))
-        return self._embed(*window_stats(feats, self.config.pool))
+            return self.embed_pooled(*self.pooled(feats), patches)
+        mx, mean = window_stats(feats, self.config.pool)
+        return self._embed(mx, mean, None, patches)
 
-    def forward(self, feats: Tensor) -> dict[str, Tensor]:
-        """``(B, T, 753)`` → logits per head (log-probabilities for a hierarchical genre head)."""
-        out = self.heads_of(self.embed(feats))
+    def forward(self, feats: Tensor, patches: Tensor | None = None) -> dict[str, Tensor]:
+        """``(B, T, 753)`` (and ``patches``, as :meth:`embed`) → logits per head (log-probabilities for a hierarchical genre head)."""
+        out = self.heads_of(self.embed(feats, patches))
         out.pop("family", None)
         return out
 
@@ -440,7 +443,7 @@ class TrainConfig:
 
 def _crop(e: Example, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     s = int(rng.integers(0, len(e.maxp) - WINDOW_STEPS + 1))
-    return e.maxp[s : s + WINDOW_STEPS], e.meanp[s : s + WINDOW_STEPS], None if e.patches is None else patch_window(e.patches, s)
+    return e.maxp[s : s + WINDOW_STEPS], e.meanp[s : s + WINDOW_STEPS], None if e.patches is None else patch_window(e.patches, s * POOL)
 
 
 def _loss(model: WindowBackend, out: dict[str, Tensor], tgt: dict[str, Tensor], msk: dict[str, Tensor], weights: dict[str, float],
@@ -520,7 +523,7 @@ def eval_windows(e: Example, hop: int = EVAL_HOP_STEPS) -> tuple[Tensor, Tensor,
     starts = window_starts(e, hop)
     return (torch.from_numpy(np.stack([e.maxp[s : s + WINDOW_STEPS] for s in starts])),
             torch.from_numpy(np.stack([e.meanp[s : s + WINDOW_STEPS] for s in starts])),
-            None if e.patches is None else torch.from_numpy(np.stack([patch_window(e.patches, s) for s in starts])))
+            None if e.patches is None else torch.from_numpy(np.stack([patch_window(e.patches, s * POOL) for s in starts])))
 
 
 def window_probs(model: WindowBackend, e: Example, hop: int = EVAL_HOP_STEPS) -> dict[str, np.ndarray]:
@@ -853,7 +856,7 @@ def predictor(name: str, tc: TrainConfig, cache: Path, log: Callable[[str], None
 
 
 #: Model names of the variants in the model folder.
-MODEL_NAMES = {"shipped": "rtgenre", "duo": "rtgenre-duo", "tagger": "rtgenre-tagger", "pool": "rtgenre-pool", "crnn": "rtgenre-crnn", "hier": "rtgenre-hier", "ensemble": "rtgenre-ensemble", "zeroshot": "rtgenre-zeroshot"}
+MODEL_NAMES = {"shipped": "rtgenre", "duo": "rtgenre-duo", "vgg": "rtgenre-vgg", "trio": "rtgenre-trio", "tagger": "rtgenre-tagger", "pool": "rtgenre-pool", "crnn": "rtgenre-crnn", "hier": "rtgenre-hier", "ensemble": "rtgenre-ensemble", "zeroshot": "rtgenre-zeroshot"}
 DESCRIPTIONS = {
     "shipped": "the pool variant trained for 30 epochs with every solo-singer clip drawn 15 times per epoch, the genre and mood losses weighted 1.5, "
                "soft (tagger-derived) genre targets weighted 0.3 and genre classes weighted by the square root of their inverse frequency: "
@@ -861,8 +864,8 @@ DESCRIPTIONS = {
     "duo": "as shipped (the same training settings), on two frozen encoders side by side: MSD_musicnn and MTT_musicnn (1506 features per frame); "
            "window statistics of both with each tagger's penultimate layer and tags → embedding 256 → heads; twice the encoder's cost",
     "vgg": "as shipped (the same training settings), with musicnn's MSD_vgg tagger on consecutive 3 s patches: the mean and max of its last pooling "
-           "layer and tags over the patches wholly inside the window join the statistics (cross-validated only: not exportable yet)",
-    "trio": "the duo (MSD_musicnn and MTT_musicnn side by side) with the vgg variant's MSD_vgg patch statistics (cross-validated only: not exportable yet)",
+           "layer and tags over the patches wholly inside the window join the statistics",
+    "trio": "the duo (MSD_musicnn and MTT_musicnn side by side) with the vgg variant's MSD_vgg patch statistics",
     "tagger": "the frozen musicnn tagger's penultimate layer and tags over the window (no other encoder statistics) → embedding 256 → heads",
     "pool": "window statistics (max and mean of every encoder feature over the window) with the frozen musicnn tagger's penultimate layer and tags → embedding 256 → heads",
     "crnn": "CRNN: per-frame projection 753→128, 2-layer LSTM (hidden 128) over 16-frame steps, last and mean state, with the musicnn tagger's penultimate layer and tags → embedding 256 → heads",
@@ -926,19 +929,20 @@ def export_variants(fitted: Path, out: Path, cv: dict, variants: list[str], cach
     encoder = load_teacher(MSD)
     cards = []
     for v in variants:
-        if v in VARIANTS and VARIANTS[v].patch_encoders:
-            raise UsageError(f"Variant {v} cannot be exported yet: the runtime has no patch encoder",
-                             "Export another variant; cross-validate this one with --variants " + v)
         if v == "zeroshot":
             backend: nn.Module = ZeroShot(encoder)
         elif v == "ensemble":
             backend = Ensemble([load_backend(fitted / f"{m}.backend.npz", encoder) for m in ENSEMBLE])
         else:
             backend = load_backend(fitted / f"{v}.backend.npz", encoder)
+        config = VARIANTS.get(v)
+        frame_encoders, patch_encoders = (config.encoders, config.patch_encoders) if config is not None else (encoders_of(v), ())
         extra = {
             "license": "model weights: MIT; musicnn encoder weights: ISC (rtgenre/models/musicnn/LICENSE)",
             "variant": {"name": v, "description": DESCRIPTIONS[v]},
-            "encoder": {"name": "+".join(encoders_of(v)), "frozen": True, "features_per_frame": FEATURE_DIM * len(encoders_of(v))},
+            "encoder": {"name": "+".join(encoders_of(v)), "frozen": True, "features_per_frame": FEATURE_DIM * len(frame_encoders),
+                        **({"patch_encoders": list(patch_encoders), "patch_frames": PATCH_FRAMES, "values_per_patch": VGG_EMBED_DIM * len(patch_encoders)}
+                           if patch_encoders else {})},
             "data": DATASETS,
             "training": _training_record(v, cv.get(v, {})),
             "evaluation": {"cross_validation": {"protocol": "grouped 5-fold (artist for 4q, track for GTZAN, speaker for speech; a mix goes with its speaker and its song), "
@@ -947,15 +951,16 @@ def export_variants(fitted: Path, out: Path, cv: dict, variants: list[str], cach
                                         "command": f"python -m rtgenre.training.real --table --cv runs/cv.json --variants {','.join(cv)}",
                                         **{n: _summary(r) for n, r in cv.items()}}},
         }
-        if v in ("shipped", "duo"):  # the streaming models keep the default's content classifier: it reads the frozen MSD
+        if v in ("shipped", "duo", "vgg", "trio"):  # the streaming models keep the default's content classifier: it reads the frozen MSD
             previous = out / f"{MODEL_NAMES['shipped']}.json"  # encoder's features only (the duo's first 753, rtgenre.content), not the back end
             if previous.is_file() and "content_classifier" in (kept := json.loads(previous.read_text())):
                 extra["content_classifier"] = kept["content_classifier"]
                 if v != "shipped":
                     shutil.copyfile(out / f"{MODEL_NAMES['shipped']}.content.npz", out / f"{MODEL_NAMES[v]}.content.npz")
-        if v == "duo":  # streams like the default, without a hash layer; the stack's MSD net is the one the back end's tagger holds
-            stack = EncoderStack([encoder, *(load_teacher(n) for n in encoders_of(v)[1:])])
-            cards.append(export_split_model(backend, out, MODEL_NAMES[v], vocab.MAPPINGS, extra, encoder=stack, version=version))
+        if v in ("duo", "vgg", "trio"):  # stream like the default, without a hash layer; a stack's MSD net is the one the back end's tagger holds
+            stack = EncoderStack([encoder, *(load_teacher(n) for n in frame_encoders[1:])]) if len(frame_encoders) > 1 else encoder
+            taggers = [load_vgg(n) for n in patch_encoders] or None
+            cards.append(export_split_model(backend, out, MODEL_NAMES[v], vocab.MAPPINGS, extra, encoder=stack, version=version, taggers=taggers))
         elif v == "shipped":  # the default model streams (encoder and back end as graphs of their own) and gives similarity codes
             from rtgenre.training.hashing import (
                 load_hash_layer,

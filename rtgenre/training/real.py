@@ -900,7 +900,8 @@ def _training_record(v: str, cv: dict) -> dict:
         "batch": TrainConfig.batch, "lr": TrainConfig.lr, "weight_decay": TrainConfig.weight_decay, "seed": cv.get("seed", 0),
         "window_frames": WINDOW_FRAMES, "pool_frames": POOL,
         "cache_command": "python -m rtgenre.training.realdata --cache cache/real"
-                         + (" && python -m rtgenre.training.realdata --cache cache/real --add-mtt" if MTT in encoders_of(v) else ""),
+                         + (" && python -m rtgenre.training.realdata --cache cache/real --add-mtt" if MTT in encoders_of(v) else "")
+                         + (" && python -m rtgenre.training.realdata --cache cache/real --add-vgg" if MSD_VGG in encoders_of(v) else ""),
         "cv_command": f"python -m rtgenre.training.real --cache cache/real --variants {','.join(members)}{',ensemble' if v == 'ensemble' else ''} {opts} --out runs/cv.json",
         "fit_command": f"python -m rtgenre.training.real --cache cache/real --variants {','.join(members)} {opts} --fit runs/fit",
         "export_command": f"python -m rtgenre.training.real --export rtgenre/models --fitted runs/fit --cv runs/cv.json --variants {v}",

@@ -155,6 +155,34 @@ def test_grouped_folds_keep_groups_and_mixes_whole():
     assert max(map(len, folds)) - min(map(len, folds)) <= 3
 
 
+def test_genre_classes_weigh_each_exact_genre_class_alike():
+    """genre_classes: recall per GTZAN genre and per single (not broad) AllMusic genre, macro-averaged over classes of
+    at least MIN_CLASS_CLIPS clips; a 4q clip is right when its majority genre is one its AllMusic genre allows."""
+    from rtgenre.training import vocab
+    from rtgenre.training.real import MIN_CLASS_CLIPS, Example, clip_metrics, exact_genre
+    from rtgenre.training.realdata import Clip
+
+    def ex(i: int, dataset: str, **labels: str) -> Example:
+        return Example(Clip(f"c{i}", dataset, f"c{i}", f"g{i}", labels), np.zeros((1, 1)), np.zeros((1, 1)), {}, {})
+
+    def votes(*genres: str) -> dict:  # three windows, majority genres[0]
+        return {"genre": np.eye(len(vocab.GENRES), dtype=np.float32)[[vocab.GENRES.index(g) for g in genres]]}
+
+    assert exact_genre(ex(0, "4q", allmusic_genres="Pop/Rock", quadrant="Q1")) is None  # too broad
+    assert exact_genre(ex(0, "4q", allmusic_genres="Latin|Pop/Rock", quadrant="Q1")) is None  # not one genre
+    assert exact_genre(ex(0, "4q", allmusic_genres="R&B", quadrant="Q1")) == ("allmusic:R&B", ("r&b/soul", "funk"))
+    assert exact_genre(ex(0, "gtzan", genre="disco")) == ("gtzan:disco", ("dance",))
+    n = MIN_CLASS_CLIPS
+    clips = ([ex(i, "gtzan", genre="rock") for i in range(4 * n)] + [ex(100 + i, "4q", allmusic_genres="R&B", quadrant="Q1", genre_single="") for i in range(n)]
+             + [ex(200 + i, "4q", allmusic_genres="Folk", quadrant="Q1", genre_single="") for i in range(n - 1)])
+    probs = ([votes("rock", "rock", "pop")] * (4 * n) + [votes("funk", "funk", "rock")] * 2 + [votes("pop", "pop", "funk")] * (n - 2)
+             + [votes("folk", "folk", "folk")] * (n - 1))
+    got = clip_metrics(clips, probs)["genre_classes"]
+    assert set(got["per_class"]) == {"gtzan:rock", "allmusic:R&B"}  # Folk has too few clips
+    assert got["per_class"]["allmusic:R&B"] == {"recall": 2 / n, "n": n}
+    assert got["macro_recall"] == pytest.approx((1.0 + 2 / n) / 2)  # not weighted by the 4n rock clips
+
+
 @needs_weights
 def test_a_backend_on_two_encoders_gives_each_tagger_its_own_features(tmp_path):
     """The duo's input is MSD then MTT features side by side; each frozen tagger reads its own encoder's window statistics."""

@@ -25,7 +25,7 @@ pytest.importorskip("onnxruntime")
 from engine_fixtures import export_test_model  # noqa: E402
 from rtgenre.card import ENGINES_DIR, DEFAULT_MODEL, load_card  # noqa: E402
 from rtgenre.dsp.window import Window  # noqa: E402
-from rtgenre.errors import EngineUnavailableError, ModelCorruptError, UsageError  # noqa: E402
+from rtgenre.errors import ModelCorruptError, UsageError  # noqa: E402
 from rtgenre.inference.onnxruntime import OnnxRuntimeEngine  # noqa: E402
 from rtgenre.inference.streaming import FeatureStream, run_windows  # noqa: E402
 from rtgenre.pipeline import Analyzer, Feed, analyze_file, infer  # noqa: E402
@@ -356,17 +356,9 @@ def test_tensorrt_streams_with_two_cached_plans(card, engine, flavour, monkeypat
     trt, _ = install_fake_gpu(monkeypatch, flavour)
     cache = PlanCache(tmp_path)
     audio = music(9.0, seed=2)
-    if card.split.patch is not None:  # not streamed on TensorRT yet: refused (auto falls back to ONNX Runtime); its whole-window graph runs
-        with pytest.raises(EngineUnavailableError, match="patch encoder"):
-            TensorRTEngine(card, precision="fp32", max_batch=8, cache=cache)
-        with TensorRTEngine(card, precision="fp32", max_batch=8, cache=cache, stream=False) as whole:
-            got = whole.run(np.zeros((2, card.window_frames, 96), np.float32))
-            want = OnnxRuntimeEngine(card, stream=False).run(np.zeros((2, card.window_frames, 96), np.float32))
-        for h in card.heads:
-            np.testing.assert_allclose(got[h.name], want[h.name], atol=1e-5)
-        return
+    plans = 3 if card.split.patch is not None else 2  # the patch encoder has a plan of its own
     with TensorRTEngine(card, precision="fp32", max_batch=8, cache=cache) as first:
-        assert first.streaming and not first.cache_hit and len(first.plan_paths) == 2 and trt.builds == 2
+        assert first.streaming and not first.cache_hit and len(first.plan_paths) == plans and trt.builds == plans
         assert "streaming" in first.detail
         _, _, _, got = stream(card, first, audio, 0.5, 4096)
     _, _, _, want = stream(card, engine, audio, 0.5, 4096)
@@ -376,7 +368,10 @@ def test_tensorrt_streams_with_two_cached_plans(card, engine, flavour, monkeypat
     context = 0 if card.split.step else CONTEXT_BEFORE + CONTEXT_AFTER  # the step graph takes new frames only
     assert keys == {"", f"{context + 1}/{context + 32}/{context + 256}"}
     with TensorRTEngine(card, precision="fp32", max_batch=8, cache=cache) as second:
-        assert second.cache_hit and trt.builds == 2
+        assert second.cache_hit and trt.builds == plans
+        if card.split.patch is not None:
+            mel = np.ones((3, card.split.patch.frames, 96), np.float32)
+            np.testing.assert_allclose(second.patch(mel), engine.patch(mel), atol=1e-5)
         if card.split.step:
             state = [np.zeros((3, *shape), np.float32) for _, _, shape in card.split.step.state]
             feats, new_state = second.step(np.ones((3, 40, 96), np.float32), np.ones((3, 40), np.float32), state)
@@ -389,7 +384,7 @@ def test_tensorrt_streams_with_two_cached_plans(card, engine, flavour, monkeypat
         with pytest.raises(NotImplementedError):
             second.run(np.zeros((1, card.window_frames, 96), np.float32))
     with TensorRTEngine(card, precision="fp32", max_batch=8, cache=cache, stream=False) as whole:
-        assert not whole.streaming and trt.builds == 3  # the whole-window graph: its own plan
+        assert not whole.streaming and trt.builds == plans + 1  # the whole-window graph: its own plan
 
 
 def test_runner_encodes_ahead_of_the_first_window_hop_by_hop(card, engine, tmp_path):

@@ -7,9 +7,10 @@ where the GPU and TensorRT flavour allow it), the plan cache round trip
 (:mod:`rtgenre.inference.plancache`), and inference with ``execute_async_v3``
 on one CUDA stream with device and pinned host buffers allocated once for
 ``max_batch`` windows.  A split card's encoder and back end (streaming) are
-two plans built and cached by the same rules; the encoder's profile also
-covers its range of frames.  The encoder is the layer-cached step graph
-(``split.step``) where the card has one, else the chunked encoder.
+two plans built and cached by the same rules (three with a patch encoder,
+``split.patch``); the encoder's profile also covers its range of frames.  The
+encoder is the layer-cached step graph (``split.step``) where the card has one,
+else the chunked encoder.
 
 Two flavours of TensorRT share one API and are both supported: ``tensorrt``
 and ``tensorrt_rtx`` (tried in that order).  They differ in how FP16 is asked
@@ -275,7 +276,8 @@ class TensorRTEngine(Engine):
     (seconds to minutes, once per model, GPU, TensorRT version, precision,
     ``max_batch`` and, for the streaming encoder, its range of frames).  A
     streaming engine (a card with a ``split`` section and ``stream=True``) has
-    two plans, the encoder's and the back end's; otherwise one, the whole-window graph's.
+    two plans, the encoder's and the back end's (three with a patch encoder);
+    otherwise one, the whole-window graph's.
 
     Parameters
     ----------
@@ -325,9 +327,6 @@ class TensorRTEngine(Engine):
         ok, reason = tensorrt_available()
         if not ok:
             raise_unavailable(reason)
-        if stream and card.split is not None and card.split.patch is not None:
-            raise EngineUnavailableError(f"TensorRT does not stream models with a patch encoder ({card.name})",
-                                         "Use --engine onnxruntime, or --recompute to run the whole-window graph on TensorRT")
         self.trt = import_tensorrt()
         self.cuda: Cuda = load_cuda(device)
         self.gpu = self.cuda.device_info()
@@ -361,7 +360,7 @@ class TensorRTEngine(Engine):
         self.plan_path = self.plan_paths[0]
         key = graphs[0].key
         source = "plan cache hit" if self.cache_hit else f"plan built in {self.build_seconds:.1f} s"
-        what = ", streaming encoder + back end" if self.streaming else ""
+        what = (", streaming encoder + back end" + (" + patch encoder" if card.split.patch is not None else "")) if self.streaming else ""
         self.detail = (
             f"{self.gpu.name} (compute {self.gpu.cc}), {self.trt.__name__} {key.trt_version}, {how}, "
             f"batch profile {key.profile_min}/{key.profile_opt}/{key.profile_max}, {source}, {self.cuda.binding}{what}"
@@ -402,8 +401,15 @@ class TensorRTEngine(Engine):
             )
         dim = enc.feature_dim
         outputs = heads + ((back.embedding,) if back.embedding else ())  # TensorRT needs an address for every output
-        backend = _GraphSpec(back.onnx_path, back.onnx_sha256 or file_sha256(back.onnx_path), {back.input: ((lo, frames, dim), (min(opt, h_hi), frames, dim), (h_hi, frames, dim))}, outputs)
-        return {"step" if step is not None else "encoder": encoder, "backend": backend}
+        inputs = {back.input: ((lo, frames, dim), (min(opt, h_hi), frames, dim), (h_hi, frames, dim))}
+        specs = {"step" if step is not None else "encoder": encoder}
+        patch = card.split.patch
+        if patch is not None:  # whole patches, batched over feeds as the encoder's inputs are; the back end's second input
+            inputs[back.patch_input] = ((lo, 2 * patch.dim), (min(opt, h_hi), 2 * patch.dim), (h_hi, 2 * patch.dim))
+            specs["patch"] = _GraphSpec(patch.onnx_path, patch.onnx_sha256 or file_sha256(patch.onnx_path),
+                                        {patch.input: ((lo, patch.frames, mels), (b_opt, patch.frames, mels), (b_hi, patch.frames, mels))}, (patch.output,))
+        specs["backend"] = _GraphSpec(back.onnx_path, back.onnx_sha256 or file_sha256(back.onnx_path), inputs, outputs)
+        return specs
 
     def _load(self, spec: _GraphSpec) -> _Graph:
         """The graph's plan from the cache, or built now and cached; deserialized."""
@@ -615,8 +621,18 @@ class TensorRTEngine(Engine):
         feats, *new_state = self._execute(self._graphs["step"], inputs)
         return feats, new_state
 
+    def patch(self, mel: np.ndarray) -> np.ndarray:
+        patch = self.card.split.patch
+        if patch is None:
+            raise NotImplementedError(f"model {self.card.name} has no patch encoder")
+        return self._execute(self._graphs["patch"], {patch.input: np.ascontiguousarray(mel, np.float32)})[0]
+
     def head(self, feats: np.ndarray, patches: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        return self._heads(self._execute(self._graphs["backend"], {self.card.split.backend.input: np.ascontiguousarray(feats, np.float32)}))
+        back = self.card.split.backend
+        inputs = {back.input: np.ascontiguousarray(feats, np.float32)}
+        if back.patch_input is not None:
+            inputs[back.patch_input] = np.ascontiguousarray(patches, np.float32)
+        return self._heads(self._execute(self._graphs["backend"], inputs))
 
     def time_execute(self, batch: int, iterations: int) -> list[float]:
         """GPU milliseconds of ``execute_async_v3`` alone for ``batch`` windows, once per iteration.

@@ -145,7 +145,8 @@ class OnnxRuntimeEngine(Engine):
         patch = self.card.split.patch
         if patch is None:
             raise NotImplementedError(f"model {self.card.name} has no patch encoder")
-        return self._patch.run([patch.output], {patch.input: np.ascontiguousarray(mel, dtype=np.float32)})[0]
+        mel = np.ascontiguousarray(mel, dtype=np.float32)  # in chunks, as run(): ~20 MB of intermediate tensors per VGG patch
+        return np.concatenate([self._patch.run([patch.output], {patch.input: mel[i : i + self.chunk]})[0] for i in range(0, len(mel), self.chunk)])
 
     def head(self, feats: np.ndarray, patches: np.ndarray | None = None) -> dict[str, np.ndarray]:
         back = self.card.split.backend

@@ -103,6 +103,8 @@ class FeatureStream:
         Frames whose final features are held (the first ``final`` frames).
     stepping : bool
         Runs the step encoder (the card has a ``split.step`` graph).
+    patch : PatchGraph or None
+        The card's patch encoder (``split.patch``), whose outputs the stream keeps too.
     """
 
     def __init__(self, card: ModelCard, lookahead: str = "wait") -> None:
@@ -285,7 +287,7 @@ class FeatureStream:
         of the patches lying wholly inside it, ``(2 × dim,)`` (written into ``out`` when given)."""
         n, held = self.patch.frames, self._patches.total
         first, last = -(-(end_frame - self.window_frames) // n), min(end_frame // n, held)
-        if last <= first:  # no whole patch yet (a window never is: it holds at least one); the nearest one
+        if last <= first:  # no whole patch inside (never so for a whole window, which holds one or two): the nearest one
             first = last = min(first, held - 1)
             last += 1
         inside = self._patches.get(first, last)

@@ -345,33 +345,47 @@ def test_run_windows_empty_and_backend_outputs(split, engine):
     assert out[-1].shape[0] == 2 and out[-1].ndim == 2
 
 
-@pytest.mark.parametrize("flavour", ["tensorrt", "tensorrt_rtx"])
-def test_tensorrt_streams_with_two_cached_plans(card, engine, flavour, monkeypatch, tmp_path):
-    """The TensorRT engine (fake CUDA and TensorRT, ONNX Runtime underneath) builds, caches and runs both graphs."""
+@pytest.mark.parametrize("flavour", ["real", "tensorrt", "tensorrt_rtx"])
+def test_tensorrt_streams_with_cached_plans(card, engine, flavour, monkeypatch, tmp_path):
+    """The TensorRT engine builds, caches and runs every graph of a streaming card (two, three with a patch encoder):
+    on the real GPU where TensorRT runs (``tools/gpu_check.sh``), else skipped; and on the fake CUDA and TensorRT
+    of either flavour (ONNX Runtime underneath)."""
     pytest.importorskip("onnx")
     from engine_fixtures import install_fake_gpu
     from rtgenre.inference.plancache import PlanCache
-    from rtgenre.inference.tensorrt import TensorRTEngine
+    from rtgenre.inference.tensorrt import TensorRTEngine, UnsupportedGpuError, tensorrt_available
 
-    trt, _ = install_fake_gpu(monkeypatch, flavour)
+    if flavour == "real":
+        tensorrt_available.cache_clear()  # not a fake's answer from an earlier test
+        ok, reason = tensorrt_available()
+        if not ok:
+            pytest.skip(f"TensorRT unavailable: {reason}")
+        tol = 2e-3  # FP32 plans may run TF32 convolutions
+    else:
+        install_fake_gpu(monkeypatch, flavour)
+        tol = 1e-5
     cache = PlanCache(tmp_path)
     audio = music(9.0, seed=2)
     plans = 3 if card.split.patch is not None else 2  # the patch encoder has a plan of its own
-    with TensorRTEngine(card, precision="fp32", max_batch=8, cache=cache) as first:
-        assert first.streaming and not first.cache_hit and len(first.plan_paths) == plans and trt.builds == plans
+    try:
+        first = TensorRTEngine(card, precision="fp32", max_batch=8, cache=cache)
+    except UnsupportedGpuError as e:  # e.g. TensorRT-RTX 1.7 on a Hopper GPU: builds, will not run
+        pytest.skip(f"TensorRT cannot run on this GPU: {e}")
+    with first:
+        assert first.streaming and not first.cache_hit and len(first.plan_paths) == plans and len(cache.entries()) == plans
         assert "streaming" in first.detail
         _, _, _, got = stream(card, first, audio, 0.5, 4096)
     _, _, _, want = stream(card, engine, audio, 0.5, 4096)
     for h in card.heads:
-        np.testing.assert_allclose(got[h.name], want[h.name], atol=1e-5)
+        np.testing.assert_allclose(got[h.name], want[h.name], atol=tol)
     keys = {e.key.profile_frames for e in cache.entries()}
     context = 0 if card.split.step else CONTEXT_BEFORE + CONTEXT_AFTER  # the step graph takes new frames only
     assert keys == {"", f"{context + 1}/{context + 32}/{context + 256}"}
     with TensorRTEngine(card, precision="fp32", max_batch=8, cache=cache) as second:
-        assert second.cache_hit and trt.builds == plans
+        assert second.cache_hit and len(cache.entries()) == plans
         if card.split.patch is not None:
             mel = np.ones((3, card.split.patch.frames, 96), np.float32)
-            np.testing.assert_allclose(second.patch(mel), engine.patch(mel), atol=1e-5)
+            np.testing.assert_allclose(second.patch(mel), engine.patch(mel), atol=tol, rtol=tol)
         if card.split.step:
             state = [np.zeros((3, *shape), np.float32) for _, _, shape in card.split.step.state]
             feats, new_state = second.step(np.ones((3, 40, 96), np.float32), np.ones((3, 40), np.float32), state)
@@ -384,7 +398,7 @@ def test_tensorrt_streams_with_two_cached_plans(card, engine, flavour, monkeypat
         with pytest.raises(NotImplementedError):
             second.run(np.zeros((1, card.window_frames, 96), np.float32))
     with TensorRTEngine(card, precision="fp32", max_batch=8, cache=cache, stream=False) as whole:
-        assert not whole.streaming and trt.builds == plans + 1  # the whole-window graph: its own plan
+        assert not whole.streaming and len(cache.entries()) == plans + 1  # the whole-window graph: its own plan
 
 
 def test_runner_encodes_ahead_of_the_first_window_hop_by_hop(card, engine, tmp_path):

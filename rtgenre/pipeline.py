@@ -111,6 +111,9 @@ class Analyzer:
         With a step encoder: encode every this many frames as they arrive
         (default :data:`STEP_AHEAD`: low latency for one feed), or ``None``: only
         when a window is due (the fewest engine calls: many feeds, ``monitor``).
+    patch_phase : float
+        With a patch encoder, where the stream's patch grid starts, a fraction of a patch
+        (:class:`~rtgenre.inference.streaming.FeatureStream`; a monitor's feeds differ).
 
     Attributes
     ----------
@@ -120,13 +123,14 @@ class Analyzer:
         it for the window's ``content`` probabilities.
     """
 
-    def __init__(self, card: ModelCard, source_rate: int, hop_s: float, lookahead: str | None = None, step_ahead: int | None = STEP_AHEAD) -> None:
+    def __init__(self, card: ModelCard, source_rate: int, hop_s: float, lookahead: str | None = None, step_ahead: int | None = STEP_AHEAD,
+                 patch_phase: float = 0.0) -> None:
         fe = card.frontend
         self.step_ahead = step_ahead
         self.resampler = Resampler(source_rate, fe.sample_rate)
         self.mel = MelStream(fe)
         self.level = LevelMeter(fe.hop_length)
-        self.features = None if lookahead is None else FeatureStream(card, lookahead)
+        self.features = None if lookahead is None else FeatureStream(card, lookahead, patch_phase)
         self.content: ContentClassifier | None = None if self.features is None else for_card(card)
         width = fe.n_mels if self.features is None else 0
         self.windower = Windower(card.window_frames, width, hop_s, fe.sample_rate, fe.hop_length, fe.n_fft)
@@ -322,12 +326,14 @@ class Feed:
     read_seconds : float
         Most seconds of audio one poll takes from the ring (:data:`READ_SECONDS`;
         :data:`OFFLINE_READ_SECONDS` for a file read as fast as possible).
+    patch_phase : float
+        Passed to the :class:`Analyzer` (a model with a patch encoder: where the feed's patch grid starts).
     """
 
     def __init__(self, name: str, source: Source, card: ModelCard, smoother: Smoother, hop_s: float, ring_seconds: float = 20.0,
                  midi: MidiInput | None = None, midi_weight: float = 1.0, reconnect: bool = False, max_reconnects: int | None = None,
                  lookahead: str | None = "wait", hooks: Sequence[PredictionHook] = (), step_ahead: int | None = STEP_AHEAD,
-                 read_seconds: float = READ_SECONDS) -> None:
+                 read_seconds: float = READ_SECONDS, patch_phase: float = 0.0) -> None:
         self.name = name
         self.source = source
         self.card = card
@@ -338,6 +344,7 @@ class Feed:
         self.midi_weight = midi_weight
         self.lookahead = lookahead
         self.step_ahead = step_ahead
+        self.patch_phase = patch_phase
         self.read_seconds = read_seconds
         self.hooks = tuple(hooks)
         self.stats = FeedStats()
@@ -379,7 +386,10 @@ class Feed:
         whole-window engine gets Mel windows (and :attr:`lookahead` becomes ``None``).
         """
         self.lookahead = lookahead_for(engine, self.lookahead or "wait")
-        self.analyzer = Analyzer(self.card, self.source.sample_rate, self.hop_s, self.lookahead, self.step_ahead)
+        self._new_analyzer()
+
+    def _new_analyzer(self) -> None:
+        self.analyzer = Analyzer(self.card, self.source.sample_rate, self.hop_s, self.lookahead, self.step_ahead, self.patch_phase)
 
     def start(self) -> None:
         self.source.start(self.ring)
@@ -510,7 +520,7 @@ class Feed:
             return []
         missed = time.monotonic() - lost_at
         windows = self._restart_after_gap(missed)
-        self.analyzer = Analyzer(self.card, self.source.sample_rate, self.hop_s, self.lookahead, self.step_ahead)  # the device may come back at another rate
+        self._new_analyzer()  # the device may come back at another rate
         self._new_ring()
         self.source.start(self.ring)
         self.stats.reconnects += 1

@@ -122,8 +122,9 @@ def assert_features_close(got, want):
     np.testing.assert_array_less(np.abs(got - want), TOL * scale + TOL * np.abs(want))
 
 
-def whole_stream(card, backend, encoder, audio, hop_s):
-    """The training path over the whole stream: features of every frame, and the probabilities of each window."""
+def whole_stream(card, backend, encoder, audio, hop_s, patch_offset=0):
+    """The training path over the whole stream: features of every frame, and the probabilities of each window
+    (a patch grid starting ``patch_offset`` frames after the stream's start)."""
     from rtgenre.dsp.mel import log_mel
     from rtgenre.training.export import PatchTaggers
     from rtgenre.training.musicnn import PATCH_FRAMES, load_vgg
@@ -137,9 +138,10 @@ def whole_stream(card, backend, encoder, audio, hop_s):
         x = torch.stack([feats[e - card.window_frames : e] for e in ends])
         patches = None
         if backend.config.patch_encoders:  # the stream's whole patches from its start, then each window's statistics
-            n = len(mel) // PATCH_FRAMES
-            tagged = PatchTaggers([load_vgg(t) for t in backend.config.patch_encoders])(torch.from_numpy(mel[: n * PATCH_FRAMES]).reshape(n, PATCH_FRAMES, -1)).numpy()
-            patches = torch.from_numpy(np.stack([patch_window(tagged, e - card.window_frames) for e in ends]))
+            n = (len(mel) - patch_offset) // PATCH_FRAMES
+            grid = mel[patch_offset : patch_offset + n * PATCH_FRAMES]
+            tagged = PatchTaggers([load_vgg(t) for t in backend.config.patch_encoders])(torch.from_numpy(grid).reshape(n, PATCH_FRAMES, -1)).numpy()
+            patches = torch.from_numpy(np.stack([patch_window(tagged, e - card.window_frames - patch_offset) for e in ends]))
         logits = backend(x, patches)
     probs = {h.name: activate(spec, logits[h.name]).numpy() for h, spec in zip(card.heads, backend.config.heads)}
     return feats.numpy(), ends, probs
@@ -204,6 +206,39 @@ def test_streaming_equals_whole_stream_pass(split, card, engine, hop_s, block):
         assert_features_close(f, ref_feats[e - card.window_frames : e])
     for h in card.heads:
         np.testing.assert_allclose(probs[h.name], ref_probs[h.name], atol=TOL)
+
+
+def test_patch_phases_shift_each_feeds_patch_grid(split, card, engine, tmp_path):
+    """Feeds with other patch phases, classified in one batch, each equal the training path on their own patch grid;
+    a monitor gives its feeds phases spread over the patch."""
+    from rtgenre.inference.streaming import patch_phase
+    from rtgenre.config import build_config
+    from rtgenre.monitor import _feeds
+
+    if card.split.patch is None:
+        pytest.skip("no patch encoder")
+    _, backend, encoder = split
+    audio = music(12.0, seed=4)
+    phases = (0.0, 0.3, 0.95)
+    analyzers = [Analyzer(card, SR, 0.5, "wait", patch_phase=ph) for ph in phases]
+    probs: list[list[dict]] = [[] for _ in phases]
+    for i in range(0, len(audio) + 1, 4000):
+        ready = [(j, a, w) for j, a in enumerate(analyzers) for w in (a.process(audio[i : i + 4000, None]) if i < len(audio) else a.flush())]
+        for (j, _, _), p in zip(ready, infer(engine, [(a, w) for _, a, w in ready])):
+            probs[j].append(p)
+    for ph, a, got in zip(phases, analyzers, probs):
+        assert a.features.patch_offset == int(ph * card.split.patch.frames)
+        _, _, want = whole_stream(card, backend, encoder, audio, 0.5, a.features.patch_offset)
+        for h in card.heads:
+            np.testing.assert_allclose(np.stack([p[h.name] for p in got]), want[h.name], atol=TOL)
+    with pytest.raises(ValueError):
+        FeatureStream(card, patch_phase=1.0)
+    wav = tmp_path / "a.wav"
+    sf.write(wav, audio, SR)
+    feeds = _feeds(build_config(None, [f"f{k}={wav}" for k in range(5)]), card)
+    assert [f.patch_phase for f in feeds] == [patch_phase(k) for k in range(5)]
+    offsets = sorted(int(f.patch_phase * card.split.patch.frames) for f in feeds)  # 5 feeds: no two within a tenth of a patch
+    assert min(b - a for a, b in zip(offsets, offsets[1:])) >= card.split.patch.frames // 10
 
 
 def test_provisional_features_are_those_of_the_stream_so_far(split, card, engine):

@@ -37,7 +37,7 @@ same load; every N is run whatever the outcome.
 
 Usage::
 
-    python tools/bench_monitor.py --out benchmarks/results/bench_monitor.json [--seconds 45] [--feeds 1,5,10,20,30,40] [--threads 1 --workers 2] [--processes 2]
+    python tools/bench_monitor.py --out benchmarks/results/bench_monitor.json [--seconds 45] [--feeds 1,5,10,20,30,40] [--threads 1 --workers 2] [--processes 2] [--model NAME]
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
 from bench_pipeline import REAL_MUSIC, make_long_file  # noqa: E402
-from benchutil import emit, status_kb, sustained, tree_cpu_s, tree_rss_kb  # noqa: E402
+from benchutil import emit, status_kb, sustained, timed_ms, tree_cpu_s, tree_rss_kb  # noqa: E402
 
 from rtgenre.card import ModelCard, load_card  # noqa: E402
 
@@ -100,10 +100,11 @@ def model_work(card: ModelCard) -> tuple[Any, Callable[[], None]]:
             def encode() -> None:
                 engine.encode(mel, valid)
         feats = np.ascontiguousarray(feats[:, : card.window_frames])
+        patches = np.zeros((1, 2 * card.split.patch.dim), np.float32) if card.split.patch is not None else None
 
         def work() -> None:
             encode()
-            engine.head(feats)
+            engine.head(feats, patches)
     else:
         x = rng.standard_normal((1, card.window_frames, card.frontend.n_mels)).astype(np.float32) + 2.0
 
@@ -112,9 +113,10 @@ def model_work(card: ModelCard) -> tuple[Any, Callable[[], None]]:
     return engine, work
 
 
-def engine_cost(card, n: int = 40) -> dict:
+def engine_cost(card, n: int = 40, hop_s: float = 0.5) -> dict:
     """Model work per window (:func:`model_work`) as CPU time of the calling thread (what other
-    processes on the machine do not change) and wall time, medians of ``n`` calls."""
+    processes on the machine do not change) and wall time, medians of ``n`` calls; a model with a
+    patch encoder adds its patch call's median times the share of a patch one ``hop_s`` hop completes."""
     engine, work = model_work(card)
     for _ in range(5):
         work()
@@ -124,9 +126,18 @@ def engine_cost(card, n: int = 40) -> dict:
         work()
         cpu.append((time.thread_time() - c0) * 1000.0)
         wall.append((time.perf_counter() - w0) * 1000.0)
-    return {"threads": 1, "runs": n, "streaming": engine.streaming, "encoder": "step" if engine.streaming and card.split.step is not None else
-            ("chunked" if engine.streaming else None), "cpu_ms_per_window_median": round(float(np.median(cpu)), 2),
-            "wall_ms_per_window_median": round(float(np.median(wall)), 2)}
+    cpu, wall = float(np.median(cpu)), float(np.median(wall))
+    out = {"threads": 1, "runs": n, "streaming": engine.streaming, "encoder": "step" if engine.streaming and card.split.step is not None else
+           ("chunked" if engine.streaming else None)}
+    patch = card.split.patch if engine.streaming else None
+    if patch is not None:  # one patch call per patch.frames frames, spread over the hops (a 0.5 s hop: 31.25 / 187 of one)
+        mel = np.random.default_rng(1).standard_normal((1, patch.frames, card.frontend.n_mels)).astype(np.float32) + 2.0
+        share = hop_s * card.frontend.sample_rate / card.frontend.hop_length / patch.frames
+        patch_cpu = float(np.median(timed_ms(lambda: engine.patch(mel), max(5, n // 4), clock=time.thread_time)))
+        patch_wall = float(np.median(timed_ms(lambda: engine.patch(mel), max(5, n // 4))))
+        out.update(patch_cpu_ms=round(patch_cpu, 2), patch_share_per_window=round(share, 4))
+        cpu, wall = cpu + share * patch_cpu, wall + share * patch_wall
+    return {**out, "cpu_ms_per_window_median": round(float(cpu), 2), "wall_ms_per_window_median": round(float(wall), 2)}
 
 
 #: Seconds after the first window from which a run's steady CPU per window is counted (startup and model loading excluded).
@@ -148,12 +159,15 @@ def scrape(url: str) -> dict[str, float]:
     return out
 
 
-def run_n(path: Path, n: int, seconds: float, hop: float, threads: int, window_s: float, workers: int = 1, root: Path = ROOT, processes: int = 1) -> dict:
+def run_n(path: Path, n: int, seconds: float, hop: float, threads: int, window_s: float, workers: int = 1, root: Path = ROOT, processes: int = 1,
+          model: str | None = None) -> dict:
     """One ``monitor`` run with ``n`` paced feeds of ``path`` (the code of the checkout ``root``); its figures
     (CPU and memory of the monitor and its worker processes together)."""
     cmd = [sys.executable, "-m", "rtgenre", "monitor", "--json", "--no-dashboard", "--metrics-port", "0", "--threads", str(threads), "--workers", str(workers)]
     if processes > 1:
         cmd += ["--processes", str(processes)]
+    if model is not None:
+        cmd += ["--model", model]
     cmd += [f"--feed=f{i:03d}={path}" for i in range(n)]
     env = {**os.environ, "PYTHONPATH": str(root)}
     load_before = os.getloadavg()
@@ -233,10 +247,11 @@ def main() -> None:
     ap.add_argument("--music", type=Path, default=REAL_MUSIC, help=f"folder of MP3 clips played back to back by every feed (default: {REAL_MUSIC})")
     ap.add_argument("--p99-limit-ms", type=float, default=500.0, help="stop after the first N over this latency p99 (default 500)")
     ap.add_argument("--all", action="store_true", help="run every N even after one was not sustained (CPU figures of larger N on a busy machine)")
+    ap.add_argument("--model", default=None, help="the model the monitor runs (default: the shipped default)")
     ap.add_argument("--paired-with", type=Path, default=None, metavar="DIR",
                     help="compare with the code of the checkout DIR: for every N its monitor, then this tree's (module docstring)")
     args = ap.parse_args()
-    card = load_card()
+    card = load_card(args.model)
     hop, cores = 0.5, os.cpu_count() or 1
     result: dict = {
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": cores, "python": platform.python_version()},
@@ -251,13 +266,13 @@ def main() -> None:
     windows_per_s = 1.0 / hop
     if args.paired_with is not None:
         return emit(paired(args, result, card.window_seconds, hop), args.out)
-    result["engine_cost_before"] = engine_cost(card)
+    result["engine_cost_before"] = engine_cost(card, hop_s=hop)
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "feed.wav"
         result["input"] = make_long_file(path, args.seconds + 30, args.music)
         for n in (int(x) for x in args.feeds.split(",")):
-            r = run_n(path, n, args.seconds, hop, args.threads, card.window_seconds, args.workers, processes=args.processes)
+            r = run_n(path, n, args.seconds, hop, args.threads, card.window_seconds, args.workers, processes=args.processes, model=args.model)
             r["sustained"] = sustained(r, args.p99_limit_ms)
             runs.append(r)
             print(json.dumps(r), file=sys.stderr, flush=True)
@@ -266,7 +281,7 @@ def main() -> None:
     result["runs"] = runs
     first_miss = next((i for i, r in enumerate(runs) if not r["sustained"]), len(runs))
     kept = [r["feeds"] for r in runs[:first_miss]]  # every N up to the first one not sustained
-    result["engine_cost_after"] = engine_cost(card)
+    result["engine_cost_after"] = engine_cost(card, hop_s=hop)
     model_ms = (result["engine_cost_before"]["cpu_ms_per_window_median"] + result["engine_cost_after"]["cpu_ms_per_window_median"]) / 2
     result["model_cpu_ms_per_window"] = round(model_ms, 2)
     result["compute_bound_feeds"] = round(cores / (model_ms / 1000.0 * windows_per_s), 1)
@@ -300,7 +315,7 @@ def paired(args: argparse.Namespace, result: dict, window_s: float, hop: float) 
         result["input"] = make_long_file(path, args.seconds + 30, args.music)
         for n in (int(x) for x in args.feeds.split(",")):
             for code, root in (("other", other), ("this", ROOT)):
-                r = run_n(path, n, args.seconds, hop, args.threads, window_s, args.workers, root, args.processes)
+                r = run_n(path, n, args.seconds, hop, args.threads, window_s, args.workers, root, args.processes, args.model)
                 r["code"] = code
                 r["sustained"] = sustained(r, args.p99_limit_ms)
                 runs.append(r)

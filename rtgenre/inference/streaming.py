@@ -61,6 +61,13 @@ wholly inside it (one or two in 7.5 s), as training does
 (:func:`rtgenre.training.real.patch_window`).  A patch needs no look-ahead:
 the patches inside a due window have arrived.  The frames after the last
 whole patch of an ended stream are never encoded.
+
+A stream's patch grid may start ``offset`` frames after its start (its
+*patch phase*, ``offset = phase × patch.frames``; 0 by default): a monitor
+gives its feeds different phases (:func:`patch_phase`), so that feeds started
+together complete their patches on different hops instead of all on the same
+one, whose step would then hold every feed's window up by every feed's patch.
+Training crops windows at random, so any phase is one it has seen.
 """
 
 from __future__ import annotations
@@ -79,6 +86,15 @@ from rtgenre.inference.base import Engine
 LOOKAHEADS = ("wait", "provisional")
 #: Most features one chunked-encoder row, or new frames one step, computes (bounds the encoder's intermediate tensors).
 MAX_CHUNK = 256
+#: Step between the patch phases of consecutive feeds (the golden ratio's fractional part: any number of feeds spreads evenly).
+PHASE_STEP = (5**0.5 - 1) / 2
+
+
+def patch_phase(index: int) -> float:
+    """The patch phase in [0, 1) of a monitor's ``index``-th feed (see the module)."""
+    return (index * PHASE_STEP) % 1.0
+
+
 #: Rows of features a stream holds beyond one window at first (two 0.5 s hops); its ring grows when a
 #: read needs more (a 4 s read of ``classify``), so that a monitor's feeds hold 1.6 MB of features, not 2.8.
 FEATURE_SLACK = 64
@@ -94,6 +110,9 @@ class FeatureStream:
         stream runs the step encoder, else the chunked one.
     lookahead : {"wait", "provisional"}
         How the newest ``context_after`` frames of a window are handled (see the module).
+    patch_phase : float
+        With a patch encoder: where its grid of patches starts, as a fraction of a patch
+        in [0, 1) (see the module); 0: at the stream's start.
 
     Attributes
     ----------
@@ -107,7 +126,7 @@ class FeatureStream:
         The card's patch encoder (``split.patch``), whose outputs the stream keeps too.
     """
 
-    def __init__(self, card: ModelCard, lookahead: str = "wait") -> None:
+    def __init__(self, card: ModelCard, lookahead: str = "wait", patch_phase: float = 0.0) -> None:
         if card.split is None:
             raise UsageError(f"Model {card.name} has no split encoder/back end to stream", "Use a card with a 'split' section, or the whole-window path")
         if lookahead not in LOOKAHEADS:
@@ -125,7 +144,10 @@ class FeatureStream:
         if self.patch is not None and self.patch.frames > self.window_frames:
             raise ModelCorruptError(f"Model {card.name}: patches of {self.patch.frames} frames do not fit its {self.window_frames}-frame window",
                                     "Re-export the model so that split.patch.frames is at most window_frames")
+        if not 0.0 <= patch_phase < 1.0:
+            raise ValueError(f"patch_phase must be in [0, 1), got {patch_phase}")
         self._patches = RowRing(self.window_frames // self.patch.frames + 2, self.patch.dim, np.float32) if self.patch is not None else None
+        self.patch_offset = int(patch_phase * self.patch.frames) if self.patch is not None else 0
         self.reset()
 
     def reset(self) -> None:
@@ -162,7 +184,7 @@ class FeatureStream:
         """Add the next Mel frames ``(n, n_mels)``."""
         first_needed = self.fed if self.stepping else self.final - self.before
         if self._patches is not None:  # the frames of the patch not yet encoded
-            first_needed = min(first_needed, self._patches.total * self.patch.frames)
+            first_needed = min(first_needed, self.patch_offset + self._patches.total * self.patch.frames)
         self._mel.reserve(self.frames + len(mel) - first_needed)
         self._mel.extend(mel)
 
@@ -274,19 +296,19 @@ class FeatureStream:
         """The whole patches not yet encoded, ``(patch.frames, n_mels)`` each, in order (none without a patch encoder)."""
         if self._patches is None:
             return []
-        n = self.patch.frames
-        return [self._mel.get(k * n, (k + 1) * n) for k in range(self._patches.total, self.frames // n)]
+        n, at = self.patch.frames, self.patch_offset
+        return [self._mel.get(at + k * n, at + (k + 1) * n) for k in range(self._patches.total, max(0, self.frames - at) // n)]
 
     def patch_accept(self, outputs: np.ndarray, keep_from: int) -> None:
         """Store the patch encoder's ``outputs`` ``(patches, dim)`` of :meth:`patch_inputs`; ``keep_from`` as for :meth:`accept`."""
-        self._patches.reserve(self._patches.total + len(outputs) - keep_from // self.patch.frames)
+        self._patches.reserve(self._patches.total + len(outputs) - (keep_from - self.patch_offset) // self.patch.frames)
         self._patches.extend(outputs)
 
     def patch_stats(self, end_frame: int, out: np.ndarray | None = None) -> np.ndarray:
         """The back end's patch input for the window ending at ``end_frame``: the mean, then the max, of the outputs
         of the patches lying wholly inside it, ``(2 × dim,)`` (written into ``out`` when given)."""
-        n, held = self.patch.frames, self._patches.total
-        first, last = -(-(end_frame - self.window_frames) // n), min(end_frame // n, held)
+        n, held, at = self.patch.frames, self._patches.total, self.patch_offset
+        first, last = -(-(end_frame - self.window_frames - at) // n), min((end_frame - at) // n, held)
         if last <= first:  # no whole patch inside (never so for a whole window, which holds one or two): the nearest one
             first = last = min(first, held - 1)
             last += 1

@@ -18,7 +18,7 @@ import pytest
 
 from rtgenre.errors import DependencyMissingError, MidiInputError, MidiPortNotFoundError, UsageError
 from rtgenre.events import Event
-from rtgenre.midi.analysis import AUDIO_FAMILY, GM_FAMILIES, MidiAnalyzer, find_key, onset_tempo
+from rtgenre.midi.analysis import AUDIO_FAMILY, GM_FAMILIES, MidiAnalyzer, clock_tempo, find_key, onset_tempo
 from rtgenre.midi.commands import analyze_file, run_analyze_midi
 from rtgenre.midi.mood import MOOD_LABELS, combine_mood, midi_mood
 from rtgenre.midi.source import MidiFileSource, MidiQueue, list_midi_ports, resolve_port
@@ -142,6 +142,19 @@ def test_clock_tempo(bpm):
     s = analyse(ticks + c_major(), t_end=10.0)
     assert s["tempo_source"] == "clock"
     assert s["tempo_bpm"] == pytest.approx(bpm, abs=1)
+
+
+@pytest.mark.parametrize("stall_at", [0.7, 0.8, 0.95])
+def test_clock_tempo_ignores_a_late_burst(stall_at):
+    """Ticks held back 0.3 s (a stalled sender or receiver) arrive together.
+
+    A least-squares slope is pulled 1.3 to 2.2 BPM off by these; the half-span
+    median is not.
+    """
+    ticks = np.array([t for t, _ in clock(120, 3.5)])
+    i = int(stall_at * len(ticks))
+    ticks[i:] = np.maximum(ticks[i:], ticks[i] + 0.3)
+    assert clock_tempo(ticks) == pytest.approx(120, abs=0.5)
 
 
 def test_clock_beats_onsets():

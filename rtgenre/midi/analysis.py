@@ -30,8 +30,8 @@ time of the first message, so the first seconds of a stream are not diluted):
 * ``key``/``key_confidence``: duration-weighted pitch-class histogram of the
   pitched notes, correlated with the 24 rotated Krumhansl–Kessler profiles;
   confidence ``(r1 - r2) / (1 - r2)`` from the best and second-best correlation.
-* ``tempo_bpm``: from MIDI clock (24 ticks per quarter note, least-squares
-  slope of tick times) when the window holds at least one beat of clock;
+* ``tempo_bpm``: from MIDI clock (24 ticks per quarter note, :func:`clock_tempo`)
+  when the window holds at least one beat of clock;
   else from note onsets (:func:`onset_tempo`); else None.
 * ``families``: share of the window's note-ons per General MIDI family
   (:data:`GM_FAMILIES`, by the channel's last program change; channel 10 is
@@ -162,15 +162,31 @@ def find_key(pc_hist: np.ndarray) -> tuple[str | None, float]:
 
 
 def clock_tempo(ticks: np.ndarray) -> float | None:
-    """Tempo from MIDI clock tick times (24 per quarter note), least-squares slope.
+    """Tempo from MIDI clock tick times (24 per quarter note).
+
+    The tick period is the median of the slopes between each tick of the first
+    half and its partner half the ticks later: each slope spans half the
+    window, so timer quantisation (JACK delivers once per period) averages
+    out, and the median ignores ticks that arrived late and in a burst (a
+    sender or a receiver stalled for a moment), which pull a least-squares
+    slope by several BPM.
 
     Returns None with fewer than one beat (25 ticks) of clock.
+
+    Examples
+    --------
+    >>> ticks = np.arange(96) * 60.0 / (24 * 120)
+    >>> ticks[80:88] = ticks[88]  # eight ticks held back and sent in a burst
+    >>> round(clock_tempo(ticks), 3)
+    120.0
     """
-    if len(ticks) < CLOCK_PPQN + 1:
+    n = len(ticks)
+    if n < CLOCK_PPQN + 1:
         return None
-    idx = np.arange(len(ticks), dtype=float)
-    slope = np.polyfit(idx, np.asarray(ticks, dtype=float), 1)[0]
-    return 60.0 / (CLOCK_PPQN * slope) if slope > 0 else None
+    t = np.asarray(ticks, dtype=float)
+    half = n // 2
+    period = float(np.median(t[half : 2 * half] - t[:half])) / half
+    return 60.0 / (CLOCK_PPQN * period) if period > 0 else None
 
 
 def onset_tempo(onsets: np.ndarray, bpm_range: tuple[float, float] = TEMPO_RANGE) -> float | None:

@@ -105,3 +105,40 @@ def test_a_patch_tagger_reaches_every_clip_and_mix_patch_by_patch(shared, tmp_pa
     with torch.no_grad():
         second = net.embed(torch.from_numpy(mel[PATCH_FRAMES : 2 * PATCH_FRAMES][None])).numpy()[0]
     np.testing.assert_allclose(load_features(cache, song, "msd-vgg")[1], second, rtol=2e-3, atol=2e-3)  # float16 in the cache
+
+
+def test_augmented_copies_are_each_music_clip_played_slower_and_faster(shared, tmp_path):
+    """``--augment``: MSD features of each music clip resampled as if played ``factor`` times as fast, before the
+    excerpts are looped; no copies of speech or mixes; training draws windows from them, evaluation never does."""
+    import soxr
+
+    from rtgenre.training.real import WINDOW_STEPS, _crop, eval_windows, load_examples
+    from rtgenre.training.realdata import AUGMENTED_DATASETS, add_augmented, read_audio, speed_kind
+
+    cache = tmp_path / "cache"
+    build_cache(cache, shared, mixes=2, log=None)
+    add_augmented(cache, (0.9, 1.1), log=None)
+    clips = read_index(cache)
+    msd = Encoders("MSD_musicnn", workdir=cache)
+    for c in clips:
+        copies = [array_path(cache, c, speed_kind(f)).is_file() for f in (0.9, 1.1)]
+        assert copies == [c.dataset in AUGMENTED_DATASETS] * 2, c.id
+    song = next(c for c in clips if c.dataset == "4q")  # 12 s: 13.3 s slower, 10.9 s faster
+    fast = load_features(cache, song, speed_kind(1.1))
+    assert len(load_features(cache, song, speed_kind(0.9))) == 1 + (int(12.0 / 0.9 * RATE) - 512) // 256
+    np.testing.assert_array_equal(fast, msd.process(soxr.resample(read_audio(song.file), int(1.1 * RATE), RATE))[""].astype(np.float32))
+    excerpt = next(c for c in clips if c.dataset == "gtzan")  # 3 s: each copy looped to 10 s, as the clip is
+    assert len(load_features(cache, excerpt, speed_kind(1.1))) == len(load_features(cache, excerpt)) == excerpt.frames
+    stamps = {p: p.stat().st_mtime_ns for p in cache.glob("*.speed*.npy")}
+    add_augmented(cache, (0.9, 1.1), log=None)  # resumable: nothing written again
+    assert {p: p.stat().st_mtime_ns for p in cache.glob("*.speed*.npy")} == stamps
+
+    examples = {e.clip.id: e for e in load_examples(cache, augment=(speed_kind(0.9), speed_kind(1.1)), log=None)}
+    e = examples[song.id]
+    assert len(e.views) == 2 and not examples[next(c.id for c in clips if c.dataset == "speech")].views
+    rng = np.random.default_rng(0)
+    drawn = [_crop(e, rng)[0] for _ in range(300)]
+    sources = [e.maxp, *(v[0] for v in e.views)]
+    hits = [sum(any(np.array_equal(d, s[k : k + WINDOW_STEPS]) for k in range(len(s) - WINDOW_STEPS + 1)) for d in drawn) for s in sources]
+    assert sum(hits) == 300 and min(hits) > 60  # every window from one of the three, each drawn about as often
+    np.testing.assert_array_equal(eval_windows(e)[0][0].numpy(), e.maxp[:WINDOW_STEPS])  # evaluation reads the clip itself

@@ -183,6 +183,27 @@ def test_genre_classes_weigh_each_exact_genre_class_alike():
     assert got["macro_recall"] == pytest.approx((1.0 + 2 / n) / 2)  # not weighted by the 4n rock clips
 
 
+def test_a_tagless_genre_of_a_multi_genre_song_gets_its_share_of_the_target():
+    """The tagger has no latin or reggae tag: a "Latin|Pop/Rock" song's target is half latin, the rest split by the
+    tagger's squared scores; a song without such a genre is split by the scores alone, as before."""
+    from rtgenre.training import vocab
+    from rtgenre.training.real import Targets
+
+    assert set(vocab.TAGLESS_GENRES) == {"latin", "reggae"}
+    scores = np.full(len(vocab.GENRES), 0.01, np.float32)
+    scores[[vocab.GENRES.index(g) for g in ("pop", "rock", "jazz")]] = [0.4, 0.2, 0.3]
+    targets = Targets()
+    t = dict(zip(vocab.GENRES, targets._soft_genre("Latin|Pop/Rock", scores)))
+    assert t["latin"] == pytest.approx(0.5) and sum(t.values()) == pytest.approx(1.0)
+    assert t["pop"] == pytest.approx(0.5 * 0.16 / (0.16 + 0.04 + 2 * 0.05**2))  # metal and punk at the 0.05 floor
+    t = dict(zip(vocab.GENRES, targets._soft_genre("Latin|Reggae", scores)))
+    assert t["latin"] == t["reggae"] == pytest.approx(0.5)
+    t = dict(zip(vocab.GENRES, targets._soft_genre("Jazz|International|Latin|Reggae", scores)))  # International allows none of ours
+    assert t["latin"] == t["reggae"] == t["jazz"] == pytest.approx(1 / 3)
+    t = dict(zip(vocab.GENRES, targets._soft_genre("Jazz|Pop/Rock", scores)))
+    assert t["jazz"] == pytest.approx(0.09 / (0.09 + 0.16 + 0.04 + 2 * 0.05**2)) and t["latin"] == 0.0
+
+
 @needs_weights
 def test_a_backend_on_two_encoders_gives_each_tagger_its_own_features(tmp_path):
     """The duo's input is MSD then MTT features side by side; each frozen tagger reads its own encoder's window statistics."""

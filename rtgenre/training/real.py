@@ -33,10 +33,13 @@ compute the same.
 
 Targets (see :mod:`rtgenre.training.vocab`): GTZAN genres and 4q single
 AllMusic genres exactly; multi-genre 4q clips get the musicnn tagger's
-mapped genre scores restricted to the genres their AllMusic list allows;
-mood from the 4q quadrant; instrument families exactly for solo recordings
-(Medley-solos-DB, Freesound), from the tagger for songs (voice, guitar), and
-unknown (masked) elsewhere; content from the speech set and the mixes.
+mapped genre scores restricted to the genres their AllMusic list allows,
+after an equal share for each listed genre the tagger has no tag for (Latin,
+Reggae); mood from the 4q quadrant; instrument families exactly for solo
+recordings (Medley-solos-DB, Freesound), from the tagger for songs (voice,
+guitar), and unknown (masked) elsewhere; content from the speech set and the
+mixes.  With ``augment``, training windows are also drawn from speed-changed
+copies of the music clips (:func:`rtgenre.training.realdata.add_augmented`).
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rtgenre.errors import UsageError
 from rtgenre.evaluate import Scores, instrument_family
 from rtgenre.training import vocab
 from rtgenre.training.labels import MSD, MTT, TagMapper
@@ -106,6 +110,7 @@ class Example:
     targets: dict[str, np.ndarray]  # head → (n_labels,) float32
     masks: dict[str, np.ndarray]  # head → (n_labels,) float32, 0 where unknown
     patches: np.ndarray | None = None  # (patches, 306 × patch taggers) float32, consecutive 187-frame patches from the clip's start
+    views: tuple[tuple[np.ndarray, np.ndarray], ...] = ()  # max and mean pooled features of augmented copies of the audio (training only)
 
 
 def pool_frames(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -141,9 +146,7 @@ class Targets:
             if len(allowed) == 1:
                 self._onehot(t, m, "genre", self.genre_idx[allowed[0]])
             elif allowed and scores is not None:
-                idx = [self.genre_idx[g] for g in allowed]
-                s = np.maximum(scores["genre"][idx], 0.05) ** 2
-                t["genre"][idx] = s / s.sum()
+                t["genre"][:] = self._soft_genre(lab["allmusic_genres"], scores["genre"])
                 m["genre"][:] = 1
             self._onehot(t, m, "mood", vocab.MOODS.index(next(k for k, q in vocab.QUADRANT_MAP.items() if q == lab["quadrant"])))
 
@@ -163,6 +166,28 @@ class Targets:
         elif ds in ("4q", "gtzan", "medley", "freesound"):
             self._onehot(t, m, "content", vocab.CONTENT.index("music"))
         return t, m
+
+    def _soft_genre(self, allmusic: str, scores: np.ndarray) -> np.ndarray:
+        """A multi-genre 4q clip's genre target from its AllMusic genres and the tagger's genre scores.
+
+        Each AllMusic genre listed that allows a tagless genre (Latin, Reggae:
+        :data:`~rtgenre.training.vocab.TAGLESS_GENRES`) gives it an equal share
+        of the target (a "Latin|Pop/Rock" song is half latin); the tagger's
+        scores, squared, split the rest between the genres it can see.  Split
+        by the scores alone, such a song taught the head that it was not latin.
+        """
+        listed = [g.strip() for g in allmusic.split("|") if vocab.ALLMUSIC.get(g.strip())]
+        allowed = vocab.allowed_genres(allmusic)
+        tagless = [g for g in allowed if g in vocab.TAGLESS_GENRES]
+        seen = [self.genre_idx[g] for g in allowed if g not in tagless]
+        out = np.zeros(len(vocab.GENRES), np.float32)
+        share = 1.0 / len(listed) if seen else 1.0 / len(tagless)
+        for g in tagless:
+            out[self.genre_idx[g]] = share
+        if seen:
+            s = np.maximum(scores[seen], 0.05) ** 2
+            out[seen] = (1.0 - share * len(tagless)) * s / s.sum()
+        return out
 
     def _songs_instruments(self, t: dict, m: dict, tags: np.ndarray, scores: dict) -> None:
         """Voice: the tagger's vocalist tags against its ``instrumental`` tag, ``v / (v + i)``.
@@ -206,14 +231,20 @@ def patch_window(patches: np.ndarray, start: int) -> np.ndarray:
 
 
 def load_examples(cache: Path, datasets: tuple[str, ...] = ("4q", "gtzan", "medley", "freesound", "speech", "mix", "realmusic"),
-                  encoders: tuple[str, ...] = (MSD,), log: Callable[[str], None] | None = print) -> list[Example]:
+                  encoders: tuple[str, ...] = (MSD,), log: Callable[[str], None] | None = print,
+                  augment: tuple[str, ...] = ()) -> list[Example]:
     """Every cached clip of ``datasets`` with pooled features and targets.
 
     The features are those of the musicnn ``encoders`` side by side (``753 × n`` per
     frame, in that order), and the patch taggers' outputs among ``encoders``
     (:data:`~rtgenre.training.realdata.PATCH_KIND`) side by side in :attr:`Example.patches`;
-    a clip without every encoder's arrays is left out.
+    a clip without every encoder's arrays is left out.  ``augment`` names cached
+    copies of the MSD features of altered audio (:func:`~rtgenre.training.realdata.add_augmented`,
+    e.g. ``"speed0.94"``), pooled into :attr:`Example.views` where a clip has them
+    (one-encoder back ends only).
     """
+    if augment and encoders != (MSD,):
+        raise UsageError(f"augmented copies are cached for {MSD} alone, not for {', '.join(encoders)}", "leave out --augment")
     targets = Targets()
     out = []
     clips = [c for c in read_index(cache) if c.dataset in datasets and c.frames >= WINDOW_FRAMES]
@@ -225,7 +256,8 @@ def load_examples(cache: Path, datasets: tuple[str, ...] = ("4q", "gtzan", "medl
         maxp, meanp = pool_frames(np.concatenate([load_features(cache, clip, kind) for kind in kinds], axis=1))
         t, m = targets.process(clip, load_features(cache, clip, "tags"))
         patches = np.concatenate([load_features(cache, clip, kind) for kind in patch_kinds], axis=1) if patch_kinds else None
-        out.append(Example(clip, maxp, meanp, t, m, patches))
+        views = tuple(pool_frames(load_features(cache, clip, kind)) for kind in augment if array_path(cache, clip, kind).is_file())
+        out.append(Example(clip, maxp, meanp, t, m, patches, tuple(v for v in views if len(v[0]) >= WINDOW_STEPS)))
         if log and k % 500 == 0:
             log(f"loaded {k + 1}/{len(clips)} clips")
     return out
@@ -442,8 +474,10 @@ class TrainConfig:
 
 
 def _crop(e: Example, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    s = int(rng.integers(0, len(e.maxp) - WINDOW_STEPS + 1))
-    return e.maxp[s : s + WINDOW_STEPS], e.meanp[s : s + WINDOW_STEPS], None if e.patches is None else patch_window(e.patches, s * POOL)
+    """A random window of a clip: of its own features or, as often, of each augmented copy's (:attr:`Example.views`)."""
+    maxp, meanp = e.views[v - 1] if e.views and (v := int(rng.integers(0, 1 + len(e.views)))) else (e.maxp, e.meanp)
+    s = int(rng.integers(0, len(maxp) - WINDOW_STEPS + 1))
+    return maxp[s : s + WINDOW_STEPS], meanp[s : s + WINDOW_STEPS], None if e.patches is None else patch_window(e.patches, s * POOL)
 
 
 def _loss(model: WindowBackend, out: dict[str, Tensor], tgt: dict[str, Tensor], msk: dict[str, Tensor], weights: dict[str, float],
@@ -890,7 +924,8 @@ def predictor(name: str, tc: TrainConfig, cache: Path, log: Callable[[str], None
 MODEL_NAMES = {"shipped": "rtgenre", "duo": "rtgenre-duo", "vgg": "rtgenre-vgg", "trio": "rtgenre-trio", "tagger": "rtgenre-tagger", "pool": "rtgenre-pool", "crnn": "rtgenre-crnn", "hier": "rtgenre-hier", "ensemble": "rtgenre-ensemble", "zeroshot": "rtgenre-zeroshot"}
 DESCRIPTIONS = {
     "shipped": "the pool variant trained for 30 epochs with every solo-singer clip drawn 15 times per epoch, the genre and mood losses weighted 1.5, "
-               "soft (tagger-derived) genre targets weighted 0.3 and genre classes weighted by the square root of their inverse frequency: "
+               "soft (tagger-derived) genre targets weighted 0.3 and genre classes weighted by the square root of their inverse frequency "
+               "(with --augment: windows also drawn from copies of the music played 6 % slower and faster): "
                "window statistics (max and mean of every encoder feature over the window) with the frozen musicnn tagger's penultimate layer and tags → embedding 256 → heads",
     "duo": "as shipped (the same training settings), on two frozen encoders side by side: MSD_musicnn and MTT_musicnn (1506 features per frame); "
            "window statistics of both with each tagger's penultimate layer and tags → embedding 256 → heads; twice the encoder's cost",
@@ -924,13 +959,16 @@ def _training_record(v: str, cv: dict) -> dict:
         return {"epochs": 0, "note": "no training: the tagger's tags mapped through the card's teacher map"}
     members = ENSEMBLE if v == "ensemble" else (v,)
     opts = (f"--epochs {cv.get('epochs', TrainConfig.epochs)} --sung-repeats {cv.get('sung_repeats', 1)} --genre-weight {cv.get('genre_weight', 1.0)}"
-            f" --mood-weight {cv.get('mood_weight', 1.0)} --soft-weight {cv.get('soft_weight', 1.0)} --balance-genre {cv.get('balance_genre', 0.0)}")
+            f" --mood-weight {cv.get('mood_weight', 1.0)} --soft-weight {cv.get('soft_weight', 1.0)} --balance-genre {cv.get('balance_genre', 0.0)}"
+            + (f" --augment {cv['augment']}" if cv.get("augment") else ""))
+    factors = " ".join(k.removeprefix("speed") for k in cv.get("augment", "").split(",") if k)
     return {
         "epochs": cv.get("epochs", TrainConfig.epochs), "sung_repeats": cv.get("sung_repeats", 1), "genre_weight": cv.get("genre_weight", 1.0),
         "mood_weight": cv.get("mood_weight", 1.0), "soft_weight": cv.get("soft_weight", 1.0), "balance_genre": cv.get("balance_genre", 0.0),
         "batch": TrainConfig.batch, "lr": TrainConfig.lr, "weight_decay": TrainConfig.weight_decay, "seed": cv.get("seed", 0),
-        "window_frames": WINDOW_FRAMES, "pool_frames": POOL,
+        "window_frames": WINDOW_FRAMES, "pool_frames": POOL, **({"augment": cv["augment"]} if cv.get("augment") else {}),
         "cache_command": "python -m rtgenre.training.realdata --cache cache/real"
+                         + (f" && python -m rtgenre.training.realdata --cache cache/real --augment {factors}" if factors else "")
                          + (" && python -m rtgenre.training.realdata --cache cache/real --add-mtt" if MTT in encoders_of(v) else "")
                          + (" && python -m rtgenre.training.realdata --cache cache/real --add-vgg" if MSD_VGG in encoders_of(v) else ""),
         "cv_command": f"python -m rtgenre.training.real --cache cache/real --variants {','.join(members)}{',ensemble' if v == 'ensemble' else ''} {opts} --out runs/cv.json",
@@ -1058,6 +1096,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of the folds and, unless --init-seed, of the training")
     ap.add_argument("--init-seed", type=int, help="seed of the back ends' initialisation and sampling only (the folds stay --seed's)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--augment", default="", help="comma-separated cached copies of altered audio to train on too (realdata --augment), e.g. speed0.94,speed1.06")
     ap.add_argument("--out", type=Path, help="write the CV figures here (JSON, merged into an existing file)")
     ap.add_argument("--fit", type=Path, help="fit each trained variant (not the ensemble: it is its members) on all data and save it here (<variant>.backend.npz)")
     ap.add_argument("--export", type=Path, help="export the variants fitted in --fitted as models (ONNX + card) into this folder")
@@ -1084,7 +1123,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         encoders = encoders_of(name)
         if encoders not in loaded:
-            loaded[encoders] = load_examples(args.cache, encoders=encoders)
+            loaded[encoders] = load_examples(args.cache, encoders=encoders, augment=tuple(filter(None, args.augment.split(","))))
         examples = loaded[encoders]
         if args.fit:
             if name in ("logreg", "logreg_window", "zeroshot"):
@@ -1110,6 +1149,8 @@ def main(argv: list[str] | None = None) -> int:
             res["init_seed"] = args.init_seed
         res["sung_repeats"], res["genre_weight"] = args.sung_repeats, args.genre_weight
         res["soft_weight"], res["balance_genre"], res["mood_weight"] = args.soft_weight, args.balance_genre, args.mood_weight
+        if args.augment:
+            res["augment"] = args.augment
         results[name] = res
         print(f"{name}: {json.dumps(_headline(res))} ({res['seconds']} s)", flush=True)
         if args.out:

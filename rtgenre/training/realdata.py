@@ -17,6 +17,9 @@ its audio:
 * ``<id>.tags.npy`` — ``(patches, 100)`` float16 tag probabilities of the two
   taggers on consecutive 187-frame patches (zero-shot baseline and
   distillation targets for labels the data lacks);
+* ``<id>.speed0.94.npy``, ``<id>.speed1.06.npy`` — MSD features of the clip
+  played 6 % slower and faster (music only, :func:`add_augmented`): training
+  data, never evaluated;
 * ``index.jsonl`` — one JSON record per clip (:meth:`Clip.to_json`).
 
 Speech over music, which no data set holds, is made by :func:`mix_clips`:
@@ -342,6 +345,41 @@ def add_encoder(cache: Path, name: str = TEACHERS[1], root: Path = SHARED, mixes
             _save(Path(cache), rec, enc.process(fit_length(audio)))
 
 
+#: Data sets of music whose clips :func:`add_augmented` copies (not speech: the content head learns it as recorded).
+AUGMENTED_DATASETS = ("4q", "gtzan", "medley", "freesound")
+
+
+def speed_kind(factor: float) -> str:
+    """Cache suffix of the copies played ``factor`` times as fast: ``speed0.94``."""
+    return f"speed{factor:.2f}"
+
+
+def add_augmented(cache: Path, factors: Iterable[float] = (0.94, 1.06), threads: int = 1,
+                  log: Callable[[str], None] | None = print) -> None:
+    """Add ``MSD_musicnn`` features of speed-changed copies of every music clip of a cache.
+
+    A copy plays ``factor`` times as fast, pitch and tempo together (the audio
+    resampled by soxr, as a turntable's pitch control or a tape's speed
+    does): ±6 % is a semitone and six beats a minute at 100 BPM, changes that
+    leave a song's genre, mood and instruments as they were.  Copies are made
+    of the whole clip before :func:`fit_length`, so a looped excerpt loops
+    its own copy.  Training draws its windows from them as from the clip
+    (:func:`rtgenre.training.real.load_examples`, ``augment``); evaluation
+    never reads them.  Resumable: arrays already cached are kept.
+    """
+    enc = Encoders(workdir=cache, threads=threads)
+    clips = [c for c in read_index(cache) if c.dataset in AUGMENTED_DATASETS]
+    rate = FRONTEND.sample_rate
+    for k, clip in enumerate(clips):
+        todo = [f for f in factors if not array_path(cache, clip, speed_kind(f)).is_file()]
+        audio = read_audio(clip.file) if todo else None
+        for f in todo:
+            copy = soxr.resample(audio, int(round(rate * f)), rate).astype(np.float32)
+            np.save(array_path(cache, clip, speed_kind(f)), enc.process(fit_length(copy))[""])
+        if log and k % 100 == 0:
+            log(f"augmented copies: {k + 1}/{len(clips)} clips")
+
+
 def read_index(cache: Path) -> list[Clip]:
     """The clips of a feature cache, in the order they were first cached (a clip cached twice counts once;
     a line still being written by a running cache job is left out)."""
@@ -364,7 +402,7 @@ def load_features(cache: Path, clip: Clip, kind: str = "") -> np.ndarray:
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    """``python -m rtgenre.training.realdata [--cache DIR] [--shared DIR] [--mixes N] [--threads N] [--add-mtt | --add-vgg]``."""
+    """``python -m rtgenre.training.realdata [--cache DIR] [--shared DIR] [--mixes N] [--threads N] [--add-mtt | --add-vgg | --augment [FACTOR ...]]``."""
     import argparse
 
     ap = argparse.ArgumentParser(description="Cache musicnn encoder features and tags of the real labelled data.")
@@ -373,10 +411,14 @@ def main(argv: Iterable[str] | None = None) -> int:
     ap.add_argument("--mixes", type=int, default=200)
     ap.add_argument("--add-mtt", action="store_true", help="add MTT_musicnn features (the duo variant's second encoder) to every clip of a built cache")
     ap.add_argument("--add-vgg", action="store_true", help="add MSD_vgg patch outputs (the vgg variant's patch encoder) to every clip of a built cache")
+    ap.add_argument("--augment", type=float, nargs="*", metavar="FACTOR",
+                    help="add MSD_musicnn features of copies of every music clip played FACTOR times as fast (default 0.94 1.06)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(None if argv is None else list(argv))
     torch.set_num_threads(args.threads)
-    if args.add_mtt or args.add_vgg:
+    if args.augment is not None:
+        add_augmented(args.cache, args.augment or (0.94, 1.06), args.threads)
+    elif args.add_mtt or args.add_vgg:
         add_encoder(args.cache, TEACHERS[1] if args.add_mtt else VGGS[0], root=args.shared, mixes=args.mixes)
     else:
         build_cache(args.cache, args.shared, args.mixes)

@@ -46,6 +46,8 @@ ALLMUSIC: dict[str, tuple[str, ...]] = {
 }
 #: Tags of the musicnn taggers for each label of ours (v1's map, plus the new genres, which have none).
 TAG_MAP = {**v1.TAG_MAP, "genre": {**v1.TAG_MAP["genre"], "reggae": {}, "latin": {}}}
+#: Genres no tagger tag speaks for: a multi-genre clip's tagger scores cannot share its target with them.
+TAGLESS_GENRES: tuple[str, ...] = tuple(g for g in GENRES if not TAG_MAP["genre"].get(g))
 
 
 def allowed_genres(allmusic: str) -> tuple[str, ...]:

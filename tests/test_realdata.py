@@ -12,6 +12,7 @@ import soundfile as sf
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
+from rtgenre.errors import UsageError  # noqa: E402
 from rtgenre.training.musicnn import MUSICNN_DIR  # noqa: E402
 from rtgenre.training.realdata import (  # noqa: E402
     Encoders,
@@ -142,3 +143,14 @@ def test_augmented_copies_are_each_music_clip_played_slower_and_faster(shared, t
     hits = [sum(any(np.array_equal(d, s[k : k + WINDOW_STEPS]) for k in range(len(s) - WINDOW_STEPS + 1)) for d in drawn) for s in sources]
     assert sum(hits) == 300 and min(hits) > 60  # every window from one of the three, each drawn about as often
     np.testing.assert_array_equal(eval_windows(e)[0][0].numpy(), e.maxp[:WINDOW_STEPS])  # evaluation reads the clip itself
+
+    # two encoders (the duo): a copy counts where both have it, their features side by side as in the clip's own
+    add_encoder(cache, "MTT_musicnn", shared, mixes=2, log=None)
+    add_augmented(cache, (1.1,), name="MTT_musicnn", log=None)
+    assert load_features(cache, song, "mtt-" + speed_kind(1.1)).shape == fast.shape
+    duo = {e.clip.id: e for e in load_examples(cache, encoders=("MSD_musicnn", "MTT_musicnn"), augment=(speed_kind(0.9), speed_kind(1.1)), log=None)}
+    (maxp, _), = duo[song.id].views
+    assert maxp.shape[1] == 2 * 753 and duo[song.id].maxp.shape[1] == 2 * 753
+    np.testing.assert_array_equal(maxp[:, :753], e.views[1][0])
+    with pytest.raises(UsageError, match="patch taggers"):
+        load_examples(cache, encoders=("MSD_musicnn", "MSD_vgg"), augment=(speed_kind(1.1),), log=None)

@@ -76,6 +76,7 @@ from rtgenre.training.realdata import (
     PATCH_KIND,
     Clip,
     array_path,
+    copy_kind,
     load_features,
     read_index,
 )
@@ -239,12 +240,12 @@ def load_examples(cache: Path, datasets: tuple[str, ...] = ("4q", "gtzan", "medl
     frame, in that order), and the patch taggers' outputs among ``encoders``
     (:data:`~rtgenre.training.realdata.PATCH_KIND`) side by side in :attr:`Example.patches`;
     a clip without every encoder's arrays is left out.  ``augment`` names cached
-    copies of the MSD features of altered audio (:func:`~rtgenre.training.realdata.add_augmented`,
-    e.g. ``"speed0.94"``), pooled into :attr:`Example.views` where a clip has them
-    (one-encoder back ends only).
+    copies of altered audio (:func:`~rtgenre.training.realdata.add_augmented`, e.g.
+    ``"speed0.94"``): every frame encoder's features of a copy, side by side, are pooled
+    into :attr:`Example.views` where a clip has them all (not for patch taggers).
     """
-    if augment and encoders != (MSD,):
-        raise UsageError(f"augmented copies are cached for {MSD} alone, not for {', '.join(encoders)}", "leave out --augment")
+    if augment and any(n in PATCH_KIND for n in encoders):
+        raise UsageError(f"augmented copies hold frame encoders' features, not the patch taggers' of {', '.join(encoders)}", "leave out --augment")
     targets = Targets()
     out = []
     clips = [c for c in read_index(cache) if c.dataset in datasets and c.frames >= WINDOW_FRAMES]
@@ -256,7 +257,8 @@ def load_examples(cache: Path, datasets: tuple[str, ...] = ("4q", "gtzan", "medl
         maxp, meanp = pool_frames(np.concatenate([load_features(cache, clip, kind) for kind in kinds], axis=1))
         t, m = targets.process(clip, load_features(cache, clip, "tags"))
         patches = np.concatenate([load_features(cache, clip, kind) for kind in patch_kinds], axis=1) if patch_kinds else None
-        views = tuple(pool_frames(load_features(cache, clip, kind)) for kind in augment if array_path(cache, clip, kind).is_file())
+        views = tuple(pool_frames(np.concatenate([load_features(cache, clip, copy_kind(kind, copy)) for kind in kinds], axis=1))
+                      for copy in augment if all(array_path(cache, clip, copy_kind(kind, copy)).is_file() for kind in kinds))
         out.append(Example(clip, maxp, meanp, t, m, patches, tuple(v for v in views if len(v[0]) >= WINDOW_STEPS)))
         if log and k % 500 == 0:
             log(f"loaded {k + 1}/{len(clips)} clips")
@@ -967,10 +969,9 @@ def _training_record(v: str, cv: dict) -> dict:
         "mood_weight": cv.get("mood_weight", 1.0), "soft_weight": cv.get("soft_weight", 1.0), "balance_genre": cv.get("balance_genre", 0.0),
         "batch": TrainConfig.batch, "lr": TrainConfig.lr, "weight_decay": TrainConfig.weight_decay, "seed": cv.get("seed", 0),
         "window_frames": WINDOW_FRAMES, "pool_frames": POOL, **({"augment": cv["augment"]} if cv.get("augment") else {}),
-        "cache_command": "python -m rtgenre.training.realdata --cache cache/real"
-                         + (f" && python -m rtgenre.training.realdata --cache cache/real --augment {factors}" if factors else "")
-                         + (" && python -m rtgenre.training.realdata --cache cache/real --add-mtt" if MTT in encoders_of(v) else "")
-                         + (" && python -m rtgenre.training.realdata --cache cache/real --add-vgg" if MSD_VGG in encoders_of(v) else ""),
+        "cache_command": " && ".join(f"python -m rtgenre.training.realdata --cache cache/real{opt}" for opt, wanted in (
+            ("", True), (" --add-mtt", MTT in encoders_of(v)), (" --add-vgg", MSD_VGG in encoders_of(v)),
+            (f" --augment {factors}", bool(factors)), (f" --augment {factors} --add-mtt", bool(factors) and MTT in encoders_of(v))) if wanted),
         "cv_command": f"python -m rtgenre.training.real --cache cache/real --variants {','.join(members)}{',ensemble' if v == 'ensemble' else ''} {opts} --out runs/cv.json",
         "fit_command": f"python -m rtgenre.training.real --cache cache/real --variants {','.join(members)} {opts} --fit runs/fit",
         "export_command": f"python -m rtgenre.training.real --export rtgenre/models --fitted runs/fit --cv runs/cv.json --variants {v}",

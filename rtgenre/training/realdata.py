@@ -19,7 +19,7 @@ its audio:
   distillation targets for labels the data lacks);
 * ``<id>.speed0.94.npy``, ``<id>.speed1.06.npy`` — MSD features of the clip
   played 6 % slower and faster (music only, :func:`add_augmented`): training
-  data, never evaluated;
+  data, never evaluated; ``<id>.mtt-speed0.94.npy`` ... the same for MTT;
 * ``index.jsonl`` — one JSON record per clip (:meth:`Clip.to_json`).
 
 Speech over music, which no data set holds, is made by :func:`mix_clips`:
@@ -350,13 +350,19 @@ AUGMENTED_DATASETS = ("4q", "gtzan", "medley", "freesound")
 
 
 def speed_kind(factor: float) -> str:
-    """Cache suffix of the copies played ``factor`` times as fast: ``speed0.94``."""
+    """Name of the copies played ``factor`` times as fast: ``speed0.94`` (an encoder's cache suffix
+    goes before it, :func:`copy_kind`)."""
     return f"speed{factor:.2f}"
 
 
-def add_augmented(cache: Path, factors: Iterable[float] = (0.94, 1.06), threads: int = 1,
+def copy_kind(prefix: str, copy: str) -> str:
+    """Cache suffix of an encoder's features of a copy: ``speed0.94`` (MSD), ``mtt-speed0.94`` (MTT)."""
+    return "-".join(filter(None, (prefix, copy)))
+
+
+def add_augmented(cache: Path, factors: Iterable[float] = (0.94, 1.06), threads: int = 1, name: str = TEACHERS[0],
                   log: Callable[[str], None] | None = print) -> None:
-    """Add ``MSD_musicnn`` features of speed-changed copies of every music clip of a cache.
+    """Add a musicnn encoder's features (``name``) of speed-changed copies of every music clip of a cache.
 
     A copy plays ``factor`` times as fast, pitch and tempo together (the audio
     resampled by soxr, as a turntable's pitch control or a tape's speed
@@ -367,15 +373,15 @@ def add_augmented(cache: Path, factors: Iterable[float] = (0.94, 1.06), threads:
     (:func:`rtgenre.training.real.load_examples`, ``augment``); evaluation
     never reads them.  Resumable: arrays already cached are kept.
     """
-    enc = Encoders(workdir=cache, threads=threads)
+    enc = Encoders(name, workdir=cache, threads=threads)
     clips = [c for c in read_index(cache) if c.dataset in AUGMENTED_DATASETS]
     rate = FRONTEND.sample_rate
     for k, clip in enumerate(clips):
-        todo = [f for f in factors if not array_path(cache, clip, speed_kind(f)).is_file()]
+        todo = [f for f in factors if not array_path(cache, clip, copy_kind(enc.prefix, speed_kind(f))).is_file()]
         audio = read_audio(clip.file) if todo else None
         for f in todo:
             copy = soxr.resample(audio, int(round(rate * f)), rate).astype(np.float32)
-            np.save(array_path(cache, clip, speed_kind(f)), enc.process(fit_length(copy))[""])
+            np.save(array_path(cache, clip, copy_kind(enc.prefix, speed_kind(f))), enc.process(fit_length(copy))[enc.prefix])
         if log and k % 100 == 0:
             log(f"augmented copies: {k + 1}/{len(clips)} clips")
 
@@ -402,7 +408,7 @@ def load_features(cache: Path, clip: Clip, kind: str = "") -> np.ndarray:
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    """``python -m rtgenre.training.realdata [--cache DIR] [--shared DIR] [--mixes N] [--threads N] [--add-mtt | --add-vgg | --augment [FACTOR ...]]``."""
+    """``python -m rtgenre.training.realdata [--cache DIR] [--shared DIR] [--mixes N] [--threads N] [--add-mtt | --add-vgg] [--augment [FACTOR ...]]``."""
     import argparse
 
     ap = argparse.ArgumentParser(description="Cache musicnn encoder features and tags of the real labelled data.")
@@ -412,12 +418,14 @@ def main(argv: Iterable[str] | None = None) -> int:
     ap.add_argument("--add-mtt", action="store_true", help="add MTT_musicnn features (the duo variant's second encoder) to every clip of a built cache")
     ap.add_argument("--add-vgg", action="store_true", help="add MSD_vgg patch outputs (the vgg variant's patch encoder) to every clip of a built cache")
     ap.add_argument("--augment", type=float, nargs="*", metavar="FACTOR",
-                    help="add MSD_musicnn features of copies of every music clip played FACTOR times as fast (default 0.94 1.06)")
+                    help="add MSD_musicnn features (MTT_musicnn's with --add-mtt) of copies of every music clip played FACTOR times as fast (default 0.94 1.06)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(None if argv is None else list(argv))
     torch.set_num_threads(args.threads)
+    if args.augment is not None and args.add_vgg:
+        ap.error("--augment copies a frame encoder's features (MSD_musicnn, or MTT_musicnn with --add-mtt), not MSD_vgg's")
     if args.augment is not None:
-        add_augmented(args.cache, args.augment or (0.94, 1.06), args.threads)
+        add_augmented(args.cache, args.augment or (0.94, 1.06), args.threads, TEACHERS[1] if args.add_mtt else TEACHERS[0])
     elif args.add_mtt or args.add_vgg:
         add_encoder(args.cache, TEACHERS[1] if args.add_mtt else VGGS[0], root=args.shared, mixes=args.mixes)
     else:

@@ -155,6 +155,38 @@ def test_grouped_folds_keep_groups_and_mixes_whole():
     assert max(map(len, folds)) - min(map(len, folds)) <= 3
 
 
+def test_folds_by_song_split_an_artist_and_keep_a_mix_with_its_song():
+    """--group-by song (Panda et al.'s protocol): an artist's songs fall in different folds, a mix still goes with its song and speaker."""
+    from rtgenre.training.real import Example, grouped_folds
+    from rtgenre.training.realdata import Clip
+
+    def ex(i: int, file: str, group: str) -> Example:
+        return Example(Clip(f"c{i}", "x", file, group), np.zeros((1, 1)), np.zeros((1, 1)), {}, {})
+
+    songs = [ex(i, f"s{i}.ogg", "artist:one") for i in range(8)]
+    mixes = [ex(8, "talk.ogg+s2.ogg", "speaker:a|artist:one"), ex(9, "talk2.ogg", "speaker:a")]
+    by_artist = grouped_folds(songs + mixes, 4, seed=0)
+    assert sum(len(f) > 0 for f in by_artist) == 1  # one artist: one fold
+    folds = grouped_folds(songs + mixes, 4, seed=0, by="song")
+    fold_of = {i: k for k, f in enumerate(folds) for i in f}
+    assert len({fold_of[i] for i in range(8)}) == 4  # the artist's songs are spread over every fold
+    assert fold_of[8] == fold_of[2] == fold_of[9]  # the mix with its song and its speaker's other clip
+
+
+def test_folds_by_dataset_hold_out_each_data_set_whole():
+    """--group-by dataset: one fold per data set (k aside), the mixes with the speech set and 4q, whose recordings they hold."""
+    from rtgenre.training.real import Example, grouped_folds
+    from rtgenre.training.realdata import Clip
+
+    def ex(i: int, dataset: str, group: str) -> Example:
+        return Example(Clip(f"c{i}", dataset, f"c{i}", group), np.zeros((1, 1)), np.zeros((1, 1)), {}, {})
+
+    examples = ([ex(i, "gtzan", f"gtzan:{i}") for i in range(6)] + [ex(6 + i, "4q", f"artist:{i}") for i in range(5)]
+                + [ex(11, "speech", "speaker:a"), ex(12, "mix", "speaker:b|artist:9"), ex(13, "medley", "medley:1")])
+    folds = grouped_folds(examples, 5, seed=0, by="dataset")
+    assert sorted(sorted(f.tolist()) for f in folds) == [[0, 1, 2, 3, 4, 5], [6, 7, 8, 9, 10, 11, 12], [13]]
+
+
 def test_genre_classes_weigh_each_exact_genre_class_alike():
     """genre_classes: recall per GTZAN genre and per single (not broad) AllMusic genre, macro-averaged over classes of
     at least MIN_CLASS_CLIPS clips; a 4q clip is right when its majority genre is one its AllMusic genre allows."""

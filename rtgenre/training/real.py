@@ -265,13 +265,35 @@ def load_examples(cache: Path, datasets: tuple[str, ...] = ("4q", "gtzan", "medl
     return out
 
 
-def grouped_folds(examples: list[Example], k: int, seed: int = 0) -> list[np.ndarray]:
+#: What :func:`grouped_folds` keeps together (``--group-by``): the card's folds, Panda et al.'s protocol, one data set per fold.
+GROUP_BY = ("artist", "song", "dataset")
+
+
+def _fold_groups(clip: Clip, by: str) -> list[str]:
+    """The groups a clip belongs to (see :func:`grouped_folds`); a mix (file ``"<speech>+<song>"``) belongs to both of its sources'."""
+    parts = clip.group.split("|")
+    if by == "song":
+        parts = ["song:" + clip.file.rsplit("+", 1)[-1] if p.startswith("artist:") else p for p in parts]
+    elif by == "dataset":
+        parts = [f"dataset:{clip.dataset}"] + (["dataset:speech", "dataset:4q"] if clip.dataset == "mix" else [])
+    return parts
+
+
+def grouped_folds(examples: list[Example], k: int, seed: int = 0, by: str = "artist") -> list[np.ndarray]:
     """``k`` test-index arrays; a group (artist, track, speaker; both of a mix) never spans two folds.
 
     Groups are joined when they share a member (a mix's speaker or song), then
     dealt to folds largest first, each to the fold with the fewest clips so far
-    (ties at random).
+    (ties at random).  ``by``: ``"artist"`` as above (the card's figures);
+    ``"song"`` groups 4q by song instead of by artist, the protocol of Panda et
+    al.'s published mood figure, for comparison only (an artist's other songs
+    then train the model tested on one of them); ``"dataset"`` makes each data
+    set a fold of its own, ``k`` aside (4q, the speech set and the mixes of
+    both are one): each is scored by a model that never heard its recordings
+    or its labellers, a test of how the model carries over to other music.
     """
+    if by not in GROUP_BY:
+        raise ValueError(f"by must be one of {GROUP_BY}, not {by!r}")
     parent: dict[str, str] = {}
 
     def find(x: str) -> str:
@@ -279,13 +301,15 @@ def grouped_folds(examples: list[Example], k: int, seed: int = 0) -> list[np.nda
             x = parent[x]
         return x
 
-    for e in examples:
-        parts = e.clip.group.split("|")
+    parts_of = [_fold_groups(e.clip, by) for e in examples]
+    for parts in parts_of:
         for p in parts[1:]:
             parent[find(p)] = find(parts[0])
     groups: dict[str, list[int]] = defaultdict(list)
-    for i, e in enumerate(examples):
-        groups[find(e.clip.group.split("|")[0])].append(i)
+    for i, parts in enumerate(parts_of):
+        groups[find(parts[0])].append(i)
+    if by == "dataset":
+        return [np.array(g) for _, g in sorted(groups.items())]
     rng = np.random.default_rng(seed)
     order = sorted(groups.values(), key=lambda g: (-len(g), rng.random()))
     folds: list[list[int]] = [[] for _ in range(k)]
@@ -734,8 +758,9 @@ def clip_metrics(examples: list[Example], probs: list[dict[str, np.ndarray]], th
 
 
 def cross_validate(examples: list[Example], predict: Callable[[list[Example], list[Example]], list[dict[str, np.ndarray]]], k: int = 5,
-                   seed: int = 0, log: Callable[[str], None] | None = print) -> tuple[dict, list[Example], list[dict[str, np.ndarray]]]:
-    """Grouped ``k``-fold CV: ``predict(train, test)`` returns window probabilities per test clip.
+                   seed: int = 0, log: Callable[[str], None] | None = print,
+                   by: str = "artist") -> tuple[dict, list[Example], list[dict[str, np.ndarray]]]:
+    """Grouped ``k``-fold CV: ``predict(train, test)`` returns window probabilities per test clip (``by``: see :func:`grouped_folds`).
 
     Returns the metrics of all folds' predictions pooled, and the held-out
     clips with their predictions (in fold order, the same for every variant
@@ -743,7 +768,8 @@ def cross_validate(examples: list[Example], predict: Callable[[list[Example], li
     ensemble's.
     """
     trainable = [e for e in examples if e.clip.dataset != "realmusic"]
-    folds = grouped_folds(trainable, k, seed)
+    folds = grouped_folds(trainable, k, seed, by)
+    k = len(folds)
     all_e, all_p = [], []
     for f, test_idx in enumerate(folds):
         test_set = set(test_idx.tolist())
@@ -779,7 +805,7 @@ def window_tagger_outputs(net: Musicnn, e: Example, hop: int = EVAL_HOP_STEPS) -
         return TeacherBack(net)(maxp.amax(dim=1), meanp.mean(dim=1)).numpy()
 
 
-def logistic_baseline(examples: list[Example], k: int = 5, seed: int = 0, windows: bool = False) -> dict:
+def logistic_baseline(examples: list[Example], k: int = 5, seed: int = 0, windows: bool = False, by: str = "artist") -> dict:
     """Logistic regression on musicnn penultimate embeddings and tags: genre (GTZAN-10) and mood, grouped CV.
 
     Per clip (the mean over its 3 s patches: the whole 30 s of a 4q song at
@@ -797,10 +823,10 @@ def logistic_baseline(examples: list[Example], k: int = 5, seed: int = 0, window
 
     net = load_teacher(MSD)
     everything = [e for e in examples if e.clip.dataset != "realmusic"]
-    fold_of = {id(everything[i]): f for f, idx in enumerate(grouped_folds(everything, k, seed)) for i in idx}  # the variants' folds
+    fold_of = {id(everything[i]): f for f, idx in enumerate(grouped_folds(everything, k, seed, by)) for i in idx}  # the variants' folds
     trainable = [e for e in everything if e.clip.dataset in ("4q", "gtzan")]
     X = [window_tagger_outputs(net, e) if windows else clip_embedding(net, e)[None] for e in trainable]
-    folds = [np.array([i for i, e in enumerate(trainable) if fold_of[id(e)] == f]) for f in range(k)]
+    folds = [np.array([i for i, e in enumerate(trainable) if fold_of[id(e)] == f]) for f in range(max(fold_of.values()) + 1)]
     out = {}
     for task, truth in (("genre_gtzan", [genre_truth(e) for e in trainable]), ("mood_quadrant", [e.clip.labels.get("quadrant") for e in trainable])):
         t, p = [], []
@@ -1095,6 +1121,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--soft-weight", type=float, default=TrainConfig.soft_weight, help="weight of clips with a soft (tagger-derived) genre target")
     ap.add_argument("--balance-genre", type=float, default=0.0, help="power of the inverse genre frequency as class weights (0: none)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the folds and, unless --init-seed, of the training")
+    ap.add_argument("--group-by", choices=GROUP_BY, default="artist",
+                    help="what folds keep together: artist (the card's figures), song (4q by song: Panda et al.'s protocol, for comparison) "
+                         "or dataset (each data set a fold: how the model carries over to recordings of another source; --folds aside)")
     ap.add_argument("--init-seed", type=int, help="seed of the back ends' initialisation and sampling only (the folds stay --seed's)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--augment", default="", help="comma-separated cached copies of altered audio to train on too (realdata --augment), e.g. speed0.94,speed1.06")
@@ -1135,17 +1164,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: fitted on all data in {time.time() - t0:.0f} s")
             continue
         if name in ("logreg", "logreg_window"):
-            res = logistic_baseline(examples, args.folds, args.seed, windows=name == "logreg_window")
+            res = logistic_baseline(examples, args.folds, args.seed, windows=name == "logreg_window", by=args.group_by)
         elif name == "ensemble" and args.out and all(_held_path(args.out, v).is_file() for v in ENSEMBLE):  # the members' held-out predictions, averaged
             runs = [pickle.loads(_held_path(args.out, v).read_bytes()) for v in ENSEMBLE]
             ids = {e.clip.id: e for e in examples}
             res = clip_metrics([ids[i] for i, _ in runs[0]], average_predictions([[p for _, p in r] for r in runs]))
         else:
-            res, test_clips, probs = cross_validate(examples, predictor(name, tc, args.cache), args.folds, args.seed)
+            res, test_clips, probs = cross_validate(examples, predictor(name, tc, args.cache), args.folds, args.seed, by=args.group_by)
             if args.out:
                 _held_path(args.out, name).write_bytes(pickle.dumps([(e.clip.id, p) for e, p in zip(test_clips, probs)]))
         res["seconds"] = round(time.time() - t0, 1)
-        res["folds"], res["seed"], res["epochs"] = args.folds, args.seed, args.epochs
+        res["folds"], res["seed"], res["epochs"], res["group_by"] = args.folds, args.seed, args.epochs, args.group_by
         if args.init_seed is not None:
             res["init_seed"] = args.init_seed
         res["sung_repeats"], res["genre_weight"] = args.sung_repeats, args.genre_weight

@@ -693,7 +693,7 @@ def clip_metrics(examples: list[Example], probs: list[dict[str, np.ndarray]], th
     at least :data:`MIN_CLASS_CLIPS` clips).
     """
     thr = (thresholds or {}).get("voice", 0.5)
-    g_t, g_p, m_t, m_p = [], [], [], []
+    g_t, g_p, g_ds, m_t, m_p = [], [], [], [], []
     allmusic: list[float] = []
     by_class: dict[str, list[float]] = defaultdict(list)
     solo: list[tuple[str, str, np.ndarray]] = []  # solo recordings: data set, family played, families detected (majority of windows)
@@ -705,6 +705,7 @@ def clip_metrics(examples: list[Example], probs: list[dict[str, np.ndarray]], th
         if truth is not None and "genre" in p:
             g_t.append(truth)
             g_p.append(majority(mapped_argmax(p["genre"], vocab.GENRES, vocab.GTZAN_MAP)))
+            g_ds.append(e.clip.dataset)
         if e.clip.dataset == "4q" and "genre" in p and vocab.allowed_genres(e.clip.labels["allmusic_genres"]):
             allmusic.append(float(majority([vocab.GENRES[i] for i in p["genre"].argmax(axis=1)]) in vocab.allowed_genres(e.clip.labels["allmusic_genres"])))
         exact = exact_genre(e)
@@ -727,7 +728,8 @@ def clip_metrics(examples: list[Example], probs: list[dict[str, np.ndarray]], th
     out: dict = {}
     if g_t:
         s = Scores.of(g_t, g_p)
-        out["genre_gtzan"] = {"clip_accuracy": s.accuracy, "clip_macro_f1": macro_f1(s, sorted(set(g_t))), "n": s.n, "per_class": s.per_class}
+        out["genre_gtzan"] = {"clip_accuracy": s.accuracy, "clip_macro_f1": macro_f1(s, sorted(set(g_t))), "n": s.n, "per_class": s.per_class,
+                              "clip_accuracy_by_dataset": {d: float(np.mean([a == b for a, b, x in zip(g_t, g_p, g_ds) if x == d])) for d in sorted(set(g_ds))}}
     if allmusic:
         out["genre_allmusic"] = {"clip_agreement": float(np.mean(allmusic)), "n": len(allmusic)}
     scored = {c: v for c, v in sorted(by_class.items()) if len(v) >= MIN_CLASS_CLIPS}
@@ -829,17 +831,23 @@ def logistic_baseline(examples: list[Example], k: int = 5, seed: int = 0, window
     folds = [np.array([i for i, e in enumerate(trainable) if fold_of[id(e)] == f]) for f in range(max(fold_of.values()) + 1)]
     out = {}
     for task, truth in (("genre_gtzan", [genre_truth(e) for e in trainable]), ("mood_quadrant", [e.clip.labels.get("quadrant") for e in trainable])):
-        t, p = [], []
+        t, p, ds = [], [], []
         for test_idx in folds:
             test = set(test_idx.tolist())
             tr = [i for i in range(len(trainable)) if i not in test and truth[i]]
             te = [i for i in test_idx if truth[i]]
+            if not tr or not te:  # data-set folds: no other fold has this task's labels, or this one has none
+                continue
             clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
             clf.fit(np.concatenate([X[i] for i in tr]), [truth[i] for i in tr for _ in X[i]])
             p += [majority(list(clf.predict(X[i]))) for i in te]
             t += [truth[i] for i in te]
+            ds += [trainable[i].clip.dataset for i in te]
+        if not t:
+            continue
         s = Scores.of(t, p)
-        out[task] = {"clip_accuracy": s.accuracy, "clip_macro_f1": macro_f1(s, sorted(set(t))), "n": s.n}
+        out[task] = {"clip_accuracy": s.accuracy, "clip_macro_f1": macro_f1(s, sorted(set(t))), "n": s.n,
+                     "clip_accuracy_by_dataset": {d: float(np.mean([a == b for a, b, x in zip(t, p, ds) if x == d])) for d in sorted(set(ds))}}
     return out
 
 

@@ -215,6 +215,26 @@ def test_genre_classes_weigh_each_exact_genre_class_alike():
     assert got["macro_recall"] == pytest.approx((1.0 + 2 / n) / 2)  # not weighted by the 4n rock clips
 
 
+def test_gtzan_10_accuracy_is_also_given_per_data_set():
+    """genre_gtzan's clip_accuracy_by_dataset: the GTZAN excerpts and 4q's single-genre songs scored apart (data-set folds)."""
+    from rtgenre.training import vocab
+    from rtgenre.training.real import Example, clip_metrics
+    from rtgenre.training.realdata import Clip
+
+    def ex(i: int, dataset: str, **labels: str) -> Example:
+        return Example(Clip(f"c{i}", dataset, f"c{i}", f"g{i}", labels), np.zeros((1, 1)), np.zeros((1, 1)), {}, {})
+
+    def vote(genre: str) -> dict:
+        return {"genre": np.eye(len(vocab.GENRES), dtype=np.float32)[[vocab.GENRES.index(genre)]]}
+
+    jazz = next(k for k, v in vocab.SINGLE_TO_GTZAN.items() if v == "jazz")
+    clips = [ex(i, "gtzan", genre="rock") for i in range(4)] + [ex(10 + i, "4q", genre_single=jazz, allmusic_genres=jazz, quadrant="Q4") for i in range(2)]
+    probs = [vote("rock")] * 3 + [vote("metal")] + [vote("jazz"), vote("blues")]
+    got = clip_metrics(clips, probs)["genre_gtzan"]
+    assert got["clip_accuracy"] == pytest.approx(4 / 6)
+    assert got["clip_accuracy_by_dataset"] == {"4q": pytest.approx(0.5), "gtzan": pytest.approx(0.75)}
+
+
 def test_a_tagless_genre_of_a_multi_genre_song_gets_its_share_of_the_target():
     """The tagger has no latin or reggae tag: a "Latin|Pop/Rock" song's target is half latin, the rest split by the
     tagger's squared scores; a song without such a genre is split by the scores alone, as before."""

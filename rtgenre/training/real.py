@@ -640,6 +640,17 @@ def genre_truth(e: Example) -> str | None:
     return None
 
 
+def accuracy_by(truth: list[str], pred: list[str], groups: list[str]) -> dict[str, float]:
+    """Clip accuracy within each group (e.g. each data set), groups sorted by name.
+
+    Examples
+    --------
+    >>> accuracy_by(["rock", "jazz", "pop"], ["rock", "pop", "pop"], ["gtzan", "4q", "4q"])
+    {'4q': 0.5, 'gtzan': 1.0}
+    """
+    return {g: float(np.mean([t == p for t, p, x in zip(truth, pred, groups) if x == g])) for g in sorted(set(groups))}
+
+
 #: Fewest clips of a genre class that ``genre_classes`` scores (4q has 1 Classical, 2 Folk and 4 New Age clips with one genre).
 MIN_CLASS_CLIPS = 5
 #: Single AllMusic genres too broad to score one clip by (Pop/Rock allows four genres of ours, Vocal and Easy Listening two).
@@ -729,7 +740,7 @@ def clip_metrics(examples: list[Example], probs: list[dict[str, np.ndarray]], th
     if g_t:
         s = Scores.of(g_t, g_p)
         out["genre_gtzan"] = {"clip_accuracy": s.accuracy, "clip_macro_f1": macro_f1(s, sorted(set(g_t))), "n": s.n, "per_class": s.per_class,
-                              "clip_accuracy_by_dataset": {d: float(np.mean([a == b for a, b, x in zip(g_t, g_p, g_ds) if x == d])) for d in sorted(set(g_ds))}}
+                              "clip_accuracy_by_dataset": accuracy_by(g_t, g_p, g_ds)}
     if allmusic:
         out["genre_allmusic"] = {"clip_agreement": float(np.mean(allmusic)), "n": len(allmusic)}
     scored = {c: v for c, v in sorted(by_class.items()) if len(v) >= MIN_CLASS_CLIPS}
@@ -847,7 +858,7 @@ def logistic_baseline(examples: list[Example], k: int = 5, seed: int = 0, window
             continue
         s = Scores.of(t, p)
         out[task] = {"clip_accuracy": s.accuracy, "clip_macro_f1": macro_f1(s, sorted(set(t))), "n": s.n,
-                     "clip_accuracy_by_dataset": {d: float(np.mean([a == b for a, b, x in zip(t, p, ds) if x == d])) for d in sorted(set(ds))}}
+                     "clip_accuracy_by_dataset": accuracy_by(t, p, ds)}
     return out
 
 

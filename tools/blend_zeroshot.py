@@ -40,7 +40,7 @@ def main() -> None:
     for w in (float(x) for x in args.weights.split(",")):
         probs = [{h: (1 - w) * p + w * zeroshot[i][h] if h in BLENDED and h in zeroshot[i] else p for h, p in held[i].items()} for i in ids]
         m = real.clip_metrics([examples[i] for i in ids], probs)
-        print(json.dumps({"w": w, **real._headline(m), "genre_gtzan_by_dataset": m.get("genre_gtzan", {}).get("clip_accuracy_by_dataset")}), flush=True)
+        print(json.dumps({"w": w, **real.headline(m), "genre_gtzan_by_dataset": m.get("genre_gtzan", {}).get("clip_accuracy_by_dataset")}), flush=True)
 
 
 if __name__ == "__main__":

@@ -791,7 +791,7 @@ def cross_validate(examples: list[Example], predict: Callable[[list[Example], li
         all_p += predict(train, test)
         all_e += test
         if log:
-            log(f"fold {f + 1}/{k}: {json.dumps(_headline(clip_metrics(test, all_p[-len(test):])))}")
+            log(f"fold {f + 1}/{k}: {json.dumps(headline(clip_metrics(test, all_p[-len(test):])))}")
     return clip_metrics(all_e, all_p), all_e, all_p
 
 
@@ -800,7 +800,8 @@ def average_predictions(runs: list[list[dict[str, np.ndarray]]]) -> list[dict[st
     return [{h: np.mean([r[i][h] for r in runs], axis=0) for h in runs[0][i]} for i in range(len(runs[0]))]
 
 
-def _headline(m: dict) -> dict:
+def headline(m: dict) -> dict:
+    """The few figures of :func:`clip_metrics` a CV run prints per fold and variant (NaN where a head was not scored)."""
     return {
         "genre_acc": round(m.get("genre_gtzan", {}).get("clip_accuracy", float("nan")), 3),
         "allmusic": round(m.get("genre_allmusic", {}).get("clip_agreement", float("nan")), 3),
@@ -1201,7 +1202,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.augment:
             res["augment"] = args.augment
         results[name] = res
-        print(f"{name}: {json.dumps(_headline(res))} ({res['seconds']} s)", flush=True)
+        print(f"{name}: {json.dumps(headline(res))} ({res['seconds']} s)", flush=True)
         if args.out:
             args.out.write_text(json.dumps(results, indent=1) + "\n")
     return 0

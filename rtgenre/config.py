@@ -38,6 +38,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+from rtgenre.dsp.window import feed_phase
 from rtgenre.errors import UsageError
 from rtgenre.inference import ENGINE_CHOICES
 from rtgenre.options import LIMITS, STALL_TIMEOUT_S
@@ -144,6 +145,9 @@ class FeedSpec:
         URL feeds: seconds without audio after which the feed counts as stalled and is reopened.
     origin : str
         Where it was defined (``feeds.toml:7`` or ``--feed``), for messages.
+    phase : float
+        Delay of its window grid, a fraction of a hop (:func:`rtgenre.dsp.window.feed_phase`
+        of its place in the whole run, so that it stays the same whichever process or node runs it).
     """
 
     name: str
@@ -159,6 +163,7 @@ class FeedSpec:
     max_reconnects: int | None
     stall_timeout: float
     origin: str = "--feed"
+    phase: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -317,11 +322,12 @@ def build_config(path: str | Path | None, options: list[str]) -> MonitorConfig:
     """The feeds of a FEEDS.toml file (if given) followed by the ``--feed`` options.
 
     ``--feed`` feeds take the file's [defaults].  Duplicate names across both
-    are an error naming both places.
+    are an error naming both places.  Each feed gets the phase of its place in
+    the run (:func:`~rtgenre.dsp.window.feed_phase`).
     """
     config = load_config(path) if path is not None else MonitorConfig(feeds=())
     extra = tuple(parse_feed_option(o, config.defaults) for o in options)
-    feeds = config.feeds + extra
+    feeds = tuple(replace(f, phase=feed_phase(i)) for i, f in enumerate(config.feeds + extra))
     if not feeds:
         raise UsageError("No feeds given", "Pass a FEEDS.toml file with [[feed]] tables and/or --feed NAME=SPEC")
     check_unique(feeds)

@@ -87,8 +87,10 @@ def _source(spec: FeedSpec):
 
 def _feeds(config: MonitorConfig, card) -> list:
     """The feeds of a monitor: a step encoder runs only when a feed's window is due (``step_ahead=None``),
-    each ring holds :data:`FEED_RING_S` of audio, and with a patch encoder each feed has a patch phase of
-    its own (:func:`~rtgenre.inference.streaming.patch_phase`: feeds started together do not all encode a patch on one hop).
+    each ring holds :data:`FEED_RING_S` of audio, and each feed has the phase of its spec
+    (:func:`~rtgenre.dsp.window.feed_phase`): feeds started together have their windows due at
+    different moments of the hop, not all at once behind each other, and with a patch encoder they
+    do not all encode a patch on one hop.
 
     Encoding ahead every few frames is what keeps one ``listen`` feed's latency
     at a few milliseconds; with many feeds it multiplies the engine calls and
@@ -96,14 +98,13 @@ def _feeds(config: MonitorConfig, card) -> list:
     on a quiet machine, with the GIL switch interval of :mod:`rtgenre.session`:
     40 paced feeds sustained before, 60 after; README, monitor capacity).
     """
-    from rtgenre.inference.streaming import patch_phase
     from rtgenre.pipeline import Feed
     from rtgenre.smoothing import Smoother
 
     return [
         Feed(s.name, _source(s), card, Smoother(card.heads, s.hop, s.smooth, s.silence_db, s.change_margin, s.change_hops), s.hop,
-             step_ahead=None, ring_seconds=FEED_RING_S, patch_phase=patch_phase(i))
-        for i, s in enumerate(config.feeds)
+             step_ahead=None, ring_seconds=FEED_RING_S, phase=s.phase)
+        for s in config.feeds
     ]
 
 

@@ -111,9 +111,11 @@ class Analyzer:
         With a step encoder: encode every this many frames as they arrive
         (default :data:`STEP_AHEAD`: low latency for one feed), or ``None``: only
         when a window is due (the fewest engine calls: many feeds, ``monitor``).
-    patch_phase : float
-        With a patch encoder, where the stream's patch grid starts, a fraction of a patch
-        (:class:`~rtgenre.inference.streaming.FeatureStream`; a monitor's feeds differ).
+    phase : float
+        Where the stream's grids start, in [0, 1): its windows', a fraction of a hop
+        (:class:`~rtgenre.dsp.window.Windower`), and with a patch encoder its patches', a
+        fraction of a patch (:class:`~rtgenre.inference.streaming.FeatureStream`); a monitor's
+        feeds differ (:func:`~rtgenre.dsp.window.feed_phase`).
 
     Attributes
     ----------
@@ -124,16 +126,16 @@ class Analyzer:
     """
 
     def __init__(self, card: ModelCard, source_rate: int, hop_s: float, lookahead: str | None = None, step_ahead: int | None = STEP_AHEAD,
-                 patch_phase: float = 0.0) -> None:
+                 phase: float = 0.0) -> None:
         fe = card.frontend
         self.step_ahead = step_ahead
         self.resampler = Resampler(source_rate, fe.sample_rate)
         self.mel = MelStream(fe)
         self.level = LevelMeter(fe.hop_length)
-        self.features = None if lookahead is None else FeatureStream(card, lookahead, patch_phase)
+        self.features = None if lookahead is None else FeatureStream(card, lookahead, phase)
         self.content: ContentClassifier | None = None if self.features is None else for_card(card)
         width = fe.n_mels if self.features is None else 0
-        self.windower = Windower(card.window_frames, width, hop_s, fe.sample_rate, fe.hop_length, fe.n_fft)
+        self.windower = Windower(card.window_frames, width, hop_s, fe.sample_rate, fe.hop_length, fe.n_fft, phase)
         self._waiting: list[Window] = []
         self.nonfinite = 0
 
@@ -326,14 +328,14 @@ class Feed:
     read_seconds : float
         Most seconds of audio one poll takes from the ring (:data:`READ_SECONDS`;
         :data:`OFFLINE_READ_SECONDS` for a file read as fast as possible).
-    patch_phase : float
-        Passed to the :class:`Analyzer` (a model with a patch encoder: where the feed's patch grid starts).
+    phase : float
+        Passed to the :class:`Analyzer`: where the feed's window grid (and patch grid) starts.
     """
 
     def __init__(self, name: str, source: Source, card: ModelCard, smoother: Smoother, hop_s: float, ring_seconds: float = 20.0,
                  midi: MidiInput | None = None, midi_weight: float = 1.0, reconnect: bool = False, max_reconnects: int | None = None,
                  lookahead: str | None = "wait", hooks: Sequence[PredictionHook] = (), step_ahead: int | None = STEP_AHEAD,
-                 read_seconds: float = READ_SECONDS, patch_phase: float = 0.0) -> None:
+                 read_seconds: float = READ_SECONDS, phase: float = 0.0) -> None:
         self.name = name
         self.source = source
         self.card = card
@@ -344,7 +346,7 @@ class Feed:
         self.midi_weight = midi_weight
         self.lookahead = lookahead
         self.step_ahead = step_ahead
-        self.patch_phase = patch_phase
+        self.phase = phase
         self.read_seconds = read_seconds
         self.hooks = tuple(hooks)
         self.stats = FeedStats()
@@ -389,7 +391,7 @@ class Feed:
         self._new_analyzer()
 
     def _new_analyzer(self) -> None:
-        self.analyzer = Analyzer(self.card, self.source.sample_rate, self.hop_s, self.lookahead, self.step_ahead, self.patch_phase)
+        self.analyzer = Analyzer(self.card, self.source.sample_rate, self.hop_s, self.lookahead, self.step_ahead, self.phase)
 
     def start(self) -> None:
         self.source.start(self.ring)

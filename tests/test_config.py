@@ -11,6 +11,7 @@ import pytest
 
 from rtgenre.config import build_config, key_lines, load_config
 from rtgenre.errors import ExitCode, UsageError
+from rtgenre.dsp.window import feed_phase
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,6 +49,7 @@ def test_a_valid_file_with_defaults_and_feed_options(tmp_path):
     assert (song.input, song.hop, song.realtime, song.origin) == ("/music/song.wav", 1.0, True, "--feed")  # the file's [defaults]
     assert desk.device == "pulse"
     assert radio.origin.endswith("feeds.toml:8") and studio.origin.endswith("feeds.toml:13")
+    assert [f.phase for f in config.feeds] == [feed_phase(i) for i in range(4)]  # by place in the run: the same on any worker
 
 
 def test_feed_options_alone_use_the_built_in_defaults():

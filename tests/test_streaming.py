@@ -122,9 +122,9 @@ def assert_features_close(got, want):
     np.testing.assert_array_less(np.abs(got - want), TOL * scale + TOL * np.abs(want))
 
 
-def whole_stream(card, backend, encoder, audio, hop_s, patch_offset=0):
+def whole_stream(card, backend, encoder, audio, hop_s, phase=0.0):
     """The training path over the whole stream: features of every frame, and the probabilities of each window
-    (a patch grid starting ``patch_offset`` frames after the stream's start)."""
+    (the window grid delayed by ``phase`` of a hop, a patch grid starting ``phase`` of a patch after the stream's start)."""
     from rtgenre.dsp.mel import log_mel
     from rtgenre.training.export import PatchTaggers
     from rtgenre.training.musicnn import PATCH_FRAMES, load_vgg
@@ -133,8 +133,9 @@ def whole_stream(card, backend, encoder, audio, hop_s, patch_offset=0):
     mel = log_mel(audio, card.frontend)
     with torch.no_grad():
         feats = encoder.frame_features(torch.from_numpy(mel)[None])[0]
-        windower = Analyzer(card, SR, hop_s).windower
+        windower = Analyzer(card, SR, hop_s, phase=phase).windower
         ends = [windower.window_end(k) for k in range(windower.windows_for(len(mel)))]
+        patch_offset = int(phase * card.split.patch.frames) if card.split.patch is not None else 0
         x = torch.stack([feats[e - card.window_frames : e] for e in ends])
         patches = None
         if backend.config.patch_encoders:  # the stream's whole patches from its start, then each window's statistics
@@ -208,27 +209,26 @@ def test_streaming_equals_whole_stream_pass(split, card, engine, hop_s, block):
         np.testing.assert_allclose(probs[h.name], ref_probs[h.name], atol=TOL)
 
 
-def test_patch_phases_shift_each_feeds_patch_grid(split, card, engine, tmp_path):
-    """Feeds with other patch phases, classified in one batch, each equal the training path on their own patch grid;
-    a monitor gives its feeds phases spread over the patch."""
-    from rtgenre.inference.streaming import patch_phase
+def test_phases_shift_each_feeds_window_and_patch_grids(split, card, engine, tmp_path):
+    """Feeds with other phases, classified in one batch, each equal the training path on their own window and
+    patch grids; a monitor gives its feeds phases spread over the hop and the patch."""
     from rtgenre.config import build_config
+    from rtgenre.dsp.window import feed_phase
     from rtgenre.monitor import _feeds
 
-    if card.split.patch is None:
-        pytest.skip("no patch encoder")
     _, backend, encoder = split
     audio = music(12.0, seed=4)
     phases = (0.0, 0.3, 0.95)
-    analyzers = [Analyzer(card, SR, 0.5, "wait", patch_phase=ph) for ph in phases]
+    analyzers = [Analyzer(card, SR, 0.5, "wait", phase=ph) for ph in phases]
     probs: list[list[dict]] = [[] for _ in phases]
     for i in range(0, len(audio) + 1, 4000):
         ready = [(j, a, w) for j, a in enumerate(analyzers) for w in (a.process(audio[i : i + 4000, None]) if i < len(audio) else a.flush())]
         for (j, _, _), p in zip(ready, infer(engine, [(a, w) for _, a, w in ready])):
             probs[j].append(p)
     for ph, a, got in zip(phases, analyzers, probs):
-        assert a.features.patch_offset == int(ph * card.split.patch.frames)
-        _, _, want = whole_stream(card, backend, encoder, audio, 0.5, a.features.patch_offset)
+        assert a.features.patch_offset == (int(ph * card.split.patch.frames) if card.split.patch is not None else 0)
+        _, ends, want = whole_stream(card, backend, encoder, audio, 0.5, ph)
+        assert ends[0] == card.window_frames + round(ph * 31.25)
         for h in card.heads:
             np.testing.assert_allclose(np.stack([p[h.name] for p in got]), want[h.name], atol=TOL)
     with pytest.raises(ValueError):
@@ -236,9 +236,10 @@ def test_patch_phases_shift_each_feeds_patch_grid(split, card, engine, tmp_path)
     wav = tmp_path / "a.wav"
     sf.write(wav, audio, SR)
     feeds = _feeds(build_config(None, [f"f{k}={wav}" for k in range(5)]), card)
-    assert [f.patch_phase for f in feeds] == [patch_phase(k) for k in range(5)]
-    offsets = sorted(int(f.patch_phase * card.split.patch.frames) for f in feeds)  # 5 feeds: no two within a tenth of a patch
-    assert min(b - a for a, b in zip(offsets, offsets[1:])) >= card.split.patch.frames // 10
+    assert [f.phase for f in feeds] == [feed_phase(k) for k in range(5)]
+    for grid in [31.25] + ([card.split.patch.frames] if card.split.patch is not None else []):  # 5 feeds: no two within a tenth of a hop or a patch
+        offsets = sorted(int(f.phase * grid) for f in feeds)
+        assert min(b - a for a, b in zip(offsets, offsets[1:])) >= grid // 10
 
 
 def test_provisional_features_are_those_of_the_stream_so_far(split, card, engine):

@@ -14,8 +14,8 @@ from rtgenre.errors import UsageError
 SR, HOP, NFFT, W, MELS = 16000, 256, 512, 469, 96
 
 
-def windower(hop_s: float = 0.5, w: int = W, mels: int = MELS) -> Windower:
-    return Windower(w, mels, hop_s, SR, HOP, NFFT)
+def windower(hop_s: float = 0.5, w: int = W, mels: int = MELS, phase: float = 0.0) -> Windower:
+    return Windower(w, mels, hop_s, SR, HOP, NFFT, phase)
 
 
 def test_default_arithmetic():
@@ -40,6 +40,30 @@ def test_long_run_hop_is_exact_and_windows_for_agrees(hop_s):
         assert win.time_of(ends[10_000]) == pytest.approx(7.52 + 5000.0)
     for n in list(range(W - 2, W + 200)) + [int(e) + d for e in ends[::997] for d in (-1, 0, 1)]:
         assert win.windows_for(n) == int(np.sum(ends <= n)), n
+
+
+@pytest.mark.parametrize("hop_s", [0.5, 0.016, 1 / 3, 2.0])
+@pytest.mark.parametrize("phase", [0.25, 0.618, 0.99])
+def test_a_phase_delays_the_window_grid_by_that_share_of_a_hop(hop_s, phase):
+    """Window k of a stream with a phase ends where window k + phase would (rounded to a frame),
+    windows_for counts exactly those, and cutting them is as chunking-invariant as without."""
+    win, plain = windower(hop_s, phase=phase), windower(hop_s)
+    hf = hop_s * SR / HOP
+    ends = np.array([win.window_end(k) for k in range(2001)])
+    assert np.all(np.abs(ends - W - (np.arange(2001) + phase) * hf) <= 0.5 + 1e-9)
+    assert ends[0] >= plain.window_end(0) and ends[-1] <= plain.window_end(2001)
+    for n in list(range(W - 2, W + 200)) + [int(e) + d for e in ends[::97] for d in (-1, 0, 1)]:
+        assert win.windows_for(n) == int(np.sum(ends <= n)), n
+    frames = np.random.default_rng(2).standard_normal((2000, 4)).astype(np.float32)
+    win = windower(hop_s, mels=4, phase=phase)
+    whole = run(win, frames, [2000])
+    win.reset()
+    chunked = run(win, frames, list(np.random.default_rng(3).integers(0, 300, 30)) + [2000])
+    assert [w.end_frame for w in chunked] == [w.end_frame for w in whole] == list(ends[: len(whole)])
+    for a, b in zip(chunked, whole):
+        np.testing.assert_array_equal(a.mel, frames[b.end_frame - W : b.end_frame])
+    with pytest.raises(ValueError, match="phase"):
+        windower(hop_s, phase=1.0)
 
 
 def test_hop_shorter_than_a_frame_is_usage_error():

@@ -1,10 +1,16 @@
 """Sliding windows of log-Mel frames: when a window is due and what it holds.
 
-This module owns the window arithmetic (the first window ends at frame
-``window_frames``, window ``k`` at ``window_frames + round(k * hop_frames)``,
-computed with exact fractions so that fractional hops never drift) and the
-cutting of windows out of a preallocated ring of frames, together with the
-window's input level from the :mod:`rtgenre.dsp.level` blocks.
+This module owns the window arithmetic (window ``k`` ends at frame
+``window_frames + round((k + phase) * hop_frames)``, computed with exact
+fractions so that fractional hops never drift) and the cutting of windows out
+of a preallocated ring of frames, together with the window's input level from
+the :mod:`rtgenre.dsp.level` blocks.
+
+A stream's *phase* (0 by default) delays its window grid by that fraction of a
+hop.  A monitor gives its feeds phases spread over the hop (:func:`feed_phase`):
+feeds started together, whose sample clocks then keep them in step, would
+otherwise all have a window due at the same moment, and the last of them would
+wait for the engine to run every other feed's window first.
 """
 
 from __future__ import annotations
@@ -17,6 +23,20 @@ import numpy as np
 
 from rtgenre.dsp.level import window_levels
 from rtgenre.errors import ModelCorruptError, UsageError
+
+#: Step between the phases of consecutive feeds (the golden ratio's fractional part: any number of feeds spreads evenly).
+PHASE_STEP = (5**0.5 - 1) / 2
+
+
+def feed_phase(index: int) -> float:
+    """The phase in [0, 1) of a monitor's ``index``-th feed: where its grids start (see the module).
+
+    Examples
+    --------
+    >>> [round(feed_phase(k), 3) for k in range(4)]
+    [0.0, 0.618, 0.236, 0.854]
+    """
+    return (index * PHASE_STEP) % 1.0
 
 
 @dataclass
@@ -112,14 +132,19 @@ class Windower:
         Seconds between window ends; at least one frame.
     sample_rate, hop_length, n_fft : int
         Front-end parameters (for ``t`` and the hop in frames).
+    phase : float
+        Delay of the window grid, a fraction of a hop in [0, 1) (see the module).
 
     Raises
     ------
     UsageError
         ``hop_seconds`` shorter than one frame.
+    ValueError
+        ``phase`` outside [0, 1).
     """
 
-    def __init__(self, window_frames: int, n_mels: int, hop_seconds: float, sample_rate: int, hop_length: int, n_fft: int) -> None:
+    def __init__(self, window_frames: int, n_mels: int, hop_seconds: float, sample_rate: int, hop_length: int, n_fft: int,
+                 phase: float = 0.0) -> None:
         frame_s = hop_length / sample_rate
         if not (math.isfinite(hop_seconds) and hop_seconds >= frame_s):
             raise UsageError(
@@ -131,6 +156,8 @@ class Windower:
                 f"Front end has hop_length {hop_length} > n_fft {n_fft}, which windows cannot align with",
                 "Use a card whose hop_length is at most its n_fft",
             )
+        if not 0.0 <= phase < 1.0:
+            raise ValueError(f"phase must be in [0, 1), got {phase}")
         self.window_frames = int(window_frames)
         self.n_mels = int(n_mels)
         self.hop_seconds = float(hop_seconds)
@@ -138,6 +165,7 @@ class Windower:
         self.hop_length = int(hop_length)
         self.n_fft = int(n_fft)
         self.hop_frames = Fraction(hop_seconds).limit_denominator(10**6) * Fraction(sample_rate, hop_length)
+        self.phase = Fraction(phase).limit_denominator(10**6)
         # Between calls, level blocks run ahead of frames by at most ceil(n_fft / hop) - 1.
         lead = -(-self.n_fft // self.hop_length) + 1
         self._frames = RowRing(self.window_frames + lead, self.n_mels, np.float32)
@@ -152,14 +180,14 @@ class Windower:
         self.next_index = 0
 
     def window_end(self, k: int) -> int:
-        """End frame (exclusive) of window ``k``: ``window_frames + round(k * hop_frames)``, halves rounded up."""
-        return self.window_frames + math.floor(k * self.hop_frames + Fraction(1, 2))
+        """End frame (exclusive) of window ``k``: ``window_frames + round((k + phase) * hop_frames)``, halves rounded up."""
+        return self.window_frames + math.floor((k + self.phase) * self.hop_frames + Fraction(1, 2))
 
     def windows_for(self, n_frames: int) -> int:
         """How many windows ``n_frames`` frames complete."""
         if n_frames < self.window_frames:
             return 0
-        return math.ceil((n_frames - self.window_frames + Fraction(1, 2)) / self.hop_frames)
+        return max(0, math.ceil((n_frames - self.window_frames + Fraction(1, 2)) / self.hop_frames - self.phase))
 
     def time_of(self, end_frame: int) -> float:
         """Seconds of audio at the end of frame ``end_frame - 1``."""

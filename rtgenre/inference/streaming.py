@@ -64,7 +64,7 @@ whole patch of an ended stream are never encoded.
 
 A stream's patch grid may start ``offset`` frames after its start (its
 *patch phase*, ``offset = phase × patch.frames``; 0 by default): a monitor
-gives its feeds different phases (:func:`patch_phase`), so that feeds started
+gives its feeds different phases (:func:`rtgenre.dsp.window.feed_phase`), so that feeds started
 together complete their patches on different hops instead of all on the same
 one, whose step would then hold every feed's window up by every feed's patch.
 Training crops windows at random, so any phase is one it has seen.
@@ -86,15 +86,6 @@ from rtgenre.inference.base import Engine
 LOOKAHEADS = ("wait", "provisional")
 #: Most features one chunked-encoder row, or new frames one step, computes (bounds the encoder's intermediate tensors).
 MAX_CHUNK = 256
-#: Step between the patch phases of consecutive feeds (the golden ratio's fractional part: any number of feeds spreads evenly).
-PHASE_STEP = (5**0.5 - 1) / 2
-
-
-def patch_phase(index: int) -> float:
-    """The patch phase in [0, 1) of a monitor's ``index``-th feed (see the module)."""
-    return (index * PHASE_STEP) % 1.0
-
-
 #: Rows of features a stream holds beyond one window at first (two 0.5 s hops); its ring grows when a
 #: read needs more (a 4 s read of ``classify``), so that a monitor's feeds hold 1.6 MB of features, not 2.8.
 FEATURE_SLACK = 64

@@ -280,6 +280,32 @@ def test_a_backend_on_two_encoders_gives_each_tagger_its_own_features(tmp_path):
             np.testing.assert_allclose(logits.numpy(), out[head].numpy(), atol=1e-5)
 
 
+@needs_weights
+@pytest.mark.parametrize("spread", [False, True])
+def test_a_backend_on_raw_frames_equals_it_on_the_frames_pooled_as_training_reads_them(spread):
+    """``forward`` (what the exported graph computes, on a window's frame features) equals ``forward_pooled``
+    on :func:`pool_frames` of the same frames (what training reads), with and without the groups' spread."""
+    import torch
+
+    from rtgenre.training.real import WINDOW_FRAMES, WindowBackend, WindowConfig, pool_frames
+
+    torch.manual_seed(0)
+    model = WindowBackend(WindowConfig(spread=spread)).eval()
+    feats = np.random.default_rng(1).normal(size=(2, WINDOW_FRAMES, 753)).astype(np.float32) * np.linspace(0.5, 2.0, WINDOW_FRAMES)[None, :, None].astype(np.float32)
+    pooled = [pool_frames(f) for f in feats]
+    with torch.no_grad():
+        raw = model(torch.from_numpy(feats))
+        steps = model.forward_pooled(*(torch.from_numpy(np.stack([p[i] for p in pooled])) for i in (0, 1)))
+    for head, logits in raw.items():
+        np.testing.assert_allclose(logits.numpy(), steps[head].numpy(), atol=2e-5)
+    if spread:  # the statistics normed before the embedding end with each feature's spread of its group means over the window
+        seen = []
+        model.norm.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+        with torch.no_grad():
+            model(torch.from_numpy(feats))
+        np.testing.assert_allclose(seen[0][:, 2 * 753 :].numpy(), np.stack([p[1].std(axis=0) for p in pooled]), rtol=1e-4, atol=1e-5)
+
+
 def test_patch_window_reads_the_patches_wholly_inside_the_window():
     """A window of WINDOW_FRAMES frames starting at any frame reads the mean and max of the 187-frame patches it holds whole."""
     from rtgenre.training.real import WINDOW_FRAMES, patch_window

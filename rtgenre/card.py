@@ -47,7 +47,9 @@ whole-window graph; a card without one runs ``onnx`` on every window::
       "step": {"onnx": "<name>.step.onnx", "onnx_sha256": "<hex>",   # optional
                "inputs": {"mel": "batch,frames,mels", "valid": "batch,frames"},
                "output": "feats", "delay": 73,
-               "state": [{"input": "x_state", "output": "x_next", "shape": [127, 96]}, ...]}
+               "state": [{"input": "x_state", "output": "x_next", "shape": [127, 96]}, ...]},
+      "stats": {"onnx": "<name>.stats.onnx", "onnx_sha256": "<hex>",   # optional
+                "input": "stats", "pool": 16}
     }
 
 The encoder maps ``T`` Mel frames (``valid`` is 1 for frames of the stream,
@@ -61,6 +63,16 @@ and the state (each entry an input and the output that updates it, zeros at
 the stream's start, ``shape`` without the batch axis) → the features of the
 ``n`` frames ending ``delay`` frames before the newest input, and the new
 state; the runtime streams with it when it is there.
+
+The optional ``stats`` graph is the back end of a model that reads a window
+only through two statistics of every feature: input ``(batch, 2,
+feature_dim)``, the feature's max over the window, then the mean of its
+means over the window's consecutive groups of ``pool`` frames (the last group
+may be shorter); its outputs are the back end's.  A stream keeps the max and
+the sum of each block of ``pool`` frames as its features are computed, so that
+a window's statistics take a few rows instead of a copy of the whole window
+(:meth:`~rtgenre.inference.streaming.FeatureStream.stats`); the runtime uses the
+graph when it is there.
 
 The optional ``patch`` graph is a *patch encoder* (musicnn's ``MSD_vgg``
 tagger): ``(batch, frames, n_mels)`` Mel patches → ``(batch, dim)``.  A
@@ -182,6 +194,22 @@ class BackendGraph:
 
 
 @dataclass(frozen=True)
+class StatsGraph:
+    """The back end on a window's statistics (card ``split.stats``): ``(batch, 2, feature_dim)`` max and mean → the back end's outputs."""
+
+    onnx_path: Path
+    onnx_sha256: str
+    pool: int
+    input: str = "stats"
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], folder: Path) -> "StatsGraph":
+        if int(d["pool"]) < 1:
+            raise ValueError("split.stats needs pool >= 1")
+        return cls((folder / d["onnx"]).resolve(), d.get("onnx_sha256", ""), int(d["pool"]), d.get("input", "stats"))
+
+
+@dataclass(frozen=True)
 class PatchGraph:
     """The patch encoder of a split model (card ``split.patch``): whole Mel patches → one output each."""
 
@@ -230,6 +258,7 @@ class SplitModel:
     backend: BackendGraph
     step: StepGraph | None = None
     patch: PatchGraph | None = None
+    stats: StatsGraph | None = None
 
     @classmethod
     def from_json(cls, d: dict[str, Any], folder: Path) -> "SplitModel":
@@ -259,6 +288,7 @@ class SplitModel:
             ),
             StepGraph.from_json(d["step"], folder) if d.get("step") else None,
             PatchGraph.from_json(d["patch"], folder) if d.get("patch") else None,
+            StatsGraph.from_json(d["stats"], folder) if d.get("stats") else None,
         )
 
 
@@ -405,7 +435,8 @@ def verify_onnx(card: ModelCard) -> None:
     """Check that the card's ONNX files (the split graphs too) exist and have the recorded checksums."""
     graphs = [(card.onnx_path, card.onnx_sha256)]
     if card.split is not None:
-        graphs += [(g.onnx_path, g.onnx_sha256) for g in (card.split.encoder, card.split.backend, card.split.step, card.split.patch) if g is not None]
+        graphs += [(g.onnx_path, g.onnx_sha256) for g in (card.split.encoder, card.split.backend, card.split.step, card.split.patch, card.split.stats)
+                   if g is not None]
     for path, sha in graphs:
         if not path.is_file():
             raise ModelMissingError(f"Model file {path} is missing", "Restore it from the repository (git checkout rtgenre/models/) or re-export the model")

@@ -89,7 +89,7 @@ class SharedEngine(Engine):
         self._serial = contextlib.nullcontext() if engine.name in CONCURRENT_ENGINES else threading.Lock()
         self._lock = threading.Lock()
         self._calls: list[tuple[str, int, float]] = []
-        for attr in ("name", "detail", "max_batch", "notice", "streaming", "encode_batch", "head_batch"):
+        for attr in ("name", "detail", "max_batch", "notice", "streaming", "encode_batch", "head_batch", "head_stats"):
             setattr(self, attr, getattr(engine, attr))
 
     def __getattr__(self, name: str) -> Any:

@@ -266,6 +266,33 @@ def test_provisional_features_are_those_of_the_stream_so_far(split, card, engine
     assert checked > 0
 
 
+@pytest.mark.parametrize("lookahead", ["wait", "provisional"])
+def test_the_back_end_on_window_statistics_equals_it_on_the_window(card, lookahead):
+    """The card's ``split.stats`` graph on the statistics a stream keeps (whole blocks from their kept max and sum, the
+    window's ragged ends from its rows, the newest from provisional features) gives what the back-end graph gives on the
+    window's features, at a hop that puts the windows' starts at every offset within a block and past the feature
+    ring's wrap; and the statistics are the window's own: its max, and the mean of its 16-frame group means."""
+    assert card.split.stats is not None
+    on_stats, on_window = OnnxRuntimeEngine(card), OnnxRuntimeEngine(card, stats=False)
+    assert on_stats.head_stats and not on_window.head_stats
+    audio, hop_s, block = music(12.0, seed=2), 0.3, 3000
+    got, want = stream(card, on_stats, audio, hop_s, block, lookahead), stream(card, on_window, audio, hop_s, block, lookahead)
+    assert got[0] == want[0] and len(got[0]) > 10 and max(got[0]) > card.window_frames + 64
+    for h in card.heads:
+        np.testing.assert_allclose(got[3][h.name], want[3][h.name], atol=1e-5)
+    pool = card.split.stats.pool
+    analyzer, offsets = Analyzer(card, SR, hop_s, lookahead), set()
+    for i in range(0, len(audio), block):
+        for w in analyzer.process(audio[i : i + block, None]):
+            infer(on_stats, [(analyzer, w)])
+            feats, stats = analyzer.features.window(w.end_frame), analyzer.features.stats(w.end_frame)
+            means = [feats[g : g + pool].mean(axis=0) for g in range(0, card.window_frames, pool)]
+            np.testing.assert_array_equal(stats[0], feats.max(axis=0))
+            np.testing.assert_allclose(stats[1], np.mean(means, axis=0), rtol=1e-5, atol=1e-5)
+            offsets.add((w.end_frame - card.window_frames) % pool)
+    assert len(offsets) > 4
+
+
 def test_wait_holds_windows_until_their_context_arrives(card):
     analyzer = Analyzer(card, SR, 0.5, "wait")
     first_end = card.window_frames
@@ -346,7 +373,7 @@ def test_card_chooses_the_path(split, tmp_path):
         infer(OnnxRuntimeEngine(card), [(Analyzer(card, SR, 0.5), w)])
 
 
-@pytest.mark.parametrize("graph", ["encoder", "step", "patch"])
+@pytest.mark.parametrize("graph", ["encoder", "step", "patch", "stats"])
 def test_card_checks_every_graph(split, tmp_path, graph):
     import shutil
 
@@ -360,6 +387,7 @@ def test_card_checks_every_graph(split, tmp_path, graph):
     raw = json.loads((folder / "m.json").read_text())
     assert raw["split"]["encoder"]["context_before"] == CONTEXT_BEFORE and raw["split"]["encoder"]["feature_dim"] == 753 * nets
     assert raw["split"]["step"]["delay"] == STEP_DELAY and [s["input"] for s in raw["split"]["step"]["state"]] == [s[0] for s in step_state(nets)]
+    assert raw["split"]["stats"] == {"onnx": "m.stats.onnx", "onnx_sha256": raw["split"]["stats"]["onnx_sha256"], "input": "stats", "pool": 16}
     with open(folder / f"m.{graph}.onnx", "ab") as f:
         f.write(b"\0")
     with pytest.raises(ModelCorruptError, match=graph):

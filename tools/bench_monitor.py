@@ -79,7 +79,9 @@ def model_work(card: ModelCard) -> tuple[Any, Callable[[], None]]:
     A streaming (split) model's work per window is one hop's: the encoder the monitor runs on the 32
     frames a 0.5 s hop completes (31.25 on average) — the step encoder from a running stream's state
     when the card has one, else the chunked encoder with its context — plus the back end on one
-    window of features.
+    window of features (on the window's statistics where the card has a ``split.stats`` graph: what
+    the monitor then runs; the statistics themselves are the monitor's work, as the copy of the
+    window's features was before).
     """
     from rtgenre.inference.onnxruntime import OnnxRuntimeEngine
 
@@ -102,6 +104,8 @@ def model_work(card: ModelCard) -> tuple[Any, Callable[[], None]]:
             def encode() -> None:
                 engine.encode(mel, valid)
         feats = np.ascontiguousarray(feats[:, : card.window_frames])
+        if engine.head_stats:  # the back end on the window's statistics (card split.stats)
+            feats = np.stack([feats.max(axis=1), feats.mean(axis=1)], axis=1)
         patches = np.zeros((1, 2 * card.split.patch.dim), np.float32) if card.split.patch is not None else None
 
         def work() -> None:

@@ -139,7 +139,8 @@ def bench_per_hop(card: ModelCard, chunked: ModelCard, threads: int, iters: int,
     feats = chunks.encode(mel[None, : card.window_frames + context], np.ones((1, card.window_frames + context), np.float32))
     patch = card.split.patch
     patches = np.zeros((1, 2 * patch.dim), np.float32) if patch is not None else None
-    backend = float(np.median(timed_ms(lambda: stream.head(feats, patches), iters)))
+    head_in = np.stack([feats.max(axis=1), feats.mean(axis=1)], axis=1) if stream.head_stats else feats  # the card's split.stats graph: the window's statistics
+    backend = float(np.median(timed_ms(lambda: stream.head(head_in, patches), iters)))
     window = mel[None, : card.window_frames]
     recompute = float(np.median(timed_ms(lambda: full.run(window), max(5, iters // 4))))
     out = {"threads": threads, "hop_frames": hop_frames, "backend_ms": round(backend, 3), "recompute_ms": round(recompute, 3)}

@@ -103,19 +103,23 @@ class RowRing:
         self.total -= held
         self.extend(rows)
 
-    def get(self, start: int, end: int, out: np.ndarray | None = None) -> np.ndarray:
-        """A fresh copy of rows ``[start, end)`` (written into ``out`` when given); they must still be held."""
+    def views(self, start: int, end: int) -> tuple[np.ndarray, ...]:
+        """Rows ``[start, end)`` as one or two views of the storage, in order (no copy; valid until the next write); they must still be held."""
         cap = self.data.shape[0]
         if start < self.total - cap or end > self.total:
             raise ValueError(f"rows [{start}, {end}) not held (have [{max(0, self.total - cap)}, {self.total}))")
         i = start % cap
         first = min(end - start, cap - i)
+        return (self.data[i : i + first],) if first == end - start else (self.data[i:], self.data[: end - start - first])
+
+    def get(self, start: int, end: int, out: np.ndarray | None = None) -> np.ndarray:
+        """A fresh copy of rows ``[start, end)`` (written into ``out`` when given); they must still be held."""
+        parts = self.views(start, end)
         if out is None:
-            if first == end - start:
-                return self.data[i : i + first].copy()
-            return np.concatenate((self.data[i:], self.data[: end - start - first]))
-        out[:first] = self.data[i : i + first]
-        out[first:] = self.data[: end - start - first]
+            return parts[0].copy() if len(parts) == 1 else np.concatenate(parts)
+        out[: len(parts[0])] = parts[0]
+        if len(parts) == 2:
+            out[len(parts[0]) :] = parts[1]
         return out
 
 

@@ -68,7 +68,7 @@ def check_card(engine: Engine) -> None:
     card = engine.card
     if engine.streaming:  # the back end's outputs are the heads; the encoder's width is checked by its export
         assert card.split is not None
-        x = np.zeros((1, card.window_frames, card.split.encoder.feature_dim), np.float32)
+        x = np.zeros((1, engine.head_rows, card.split.encoder.feature_dim), np.float32)
         patches = np.zeros((1, 2 * card.split.patch.dim), np.float32) if card.split.patch is not None else None
     else:
         x = np.zeros((1, card.window_frames, card.frontend.n_mels), np.float32)

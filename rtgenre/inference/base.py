@@ -42,6 +42,9 @@ class Engine(ABC):
         Largest batch of encoder chunks accepted by :meth:`encode`.
     head_batch : int
         Largest batch of windows accepted by :meth:`head`.
+    head_stats : bool
+        :meth:`head` takes each window's statistics ``(batch, 2, feature_dim)`` (the card's
+        ``split.stats`` graph) instead of its features.
     """
 
     name: str = "engine"
@@ -51,9 +54,15 @@ class Engine(ABC):
     streaming: bool = False
     encode_batch: int = 256
     head_batch: int = 256
+    head_stats: bool = False
 
     def __init__(self, card: ModelCard) -> None:
         self.card = card
+
+    @property
+    def head_rows(self) -> int:
+        """Rows per window that :meth:`head` takes: 2 with :attr:`head_stats`, else the window's frames."""
+        return 2 if self.head_stats else self.card.window_frames
 
     @abstractmethod
     def run(self, windows: np.ndarray) -> dict[str, np.ndarray]:
@@ -130,6 +139,9 @@ class Engine(ABC):
         Parameters
         ----------
         feats : ndarray, shape (batch, window_frames, feature_dim), float32
+            The windows' features; with :attr:`head_stats`, their statistics instead,
+            ``(batch, 2, feature_dim)``: each feature's max over the window, then the mean
+            of its group means (:meth:`~rtgenre.inference.streaming.FeatureStream.stats`).
         patches : ndarray, shape (batch, 2 × dim), float32, optional
             With a patch encoder (card ``split.patch``): the mean, then the max,
             of the outputs of the patches lying wholly inside each window.

@@ -69,11 +69,14 @@ class OnnxRuntimeEngine(Engine):
     stream : bool
         For a card with a ``split`` section: run its encoder and back end
         (:attr:`streaming`) instead of the whole-window graph.
+    stats : bool
+        For a streaming card with a ``split.stats`` graph: :meth:`head` runs it, on the windows'
+        statistics (:attr:`head_stats`), instead of the back end on their features.
     """
 
     name = "onnxruntime"
 
-    def __init__(self, card: ModelCard, threads: int = 1, max_batch: int = 256, chunk: int = 1, stream: bool = True) -> None:
+    def __init__(self, card: ModelCard, threads: int = 1, max_batch: int = 256, chunk: int = 1, stream: bool = True, stats: bool = True) -> None:
         super().__init__(card)
         try:
             import onnxruntime as ort
@@ -89,9 +92,11 @@ class OnnxRuntimeEngine(Engine):
             back = card.split.backend
             self._threads = threads
             self._encoder = None if card.split.step is not None else self._open_encoder()  # with a step graph: opened if encode() is called
-            self._backend = _open_session(back.onnx_path, threads)
-            _check_io(self._backend, back.onnx_path, [back.input], self._outputs)
-            what = "streaming encoder + back end"
+            self.head_stats = stats and card.split.stats is not None
+            head_path, self._head_input = (card.split.stats.onnx_path, card.split.stats.input) if self.head_stats else (back.onnx_path, back.input)
+            self._backend = _open_session(head_path, threads)
+            _check_io(self._backend, head_path, [self._head_input], self._outputs)
+            what = "streaming encoder + back end" + (" on window statistics" if self.head_stats else "")
             step = card.split.step
             if step is not None:
                 self._step = _open_session(step.onnx_path, threads)
@@ -102,7 +107,7 @@ class OnnxRuntimeEngine(Engine):
             if patch is not None:
                 self._patch = _open_session(patch.onnx_path, threads)
                 _check_io(self._patch, patch.onnx_path, [patch.input], [patch.output])
-                _check_io(self._backend, back.onnx_path, [back.patch_input], [])
+                _check_io(self._backend, head_path, [back.patch_input], [])
                 what += " + patch encoder"
         else:
             self._session = _open_session(card.onnx_path, threads)
@@ -150,7 +155,7 @@ class OnnxRuntimeEngine(Engine):
 
     def head(self, feats: np.ndarray, patches: np.ndarray | None = None) -> dict[str, np.ndarray]:
         back = self.card.split.backend
-        feed = {back.input: np.ascontiguousarray(feats, dtype=np.float32)}
+        feed = {self._head_input: np.ascontiguousarray(feats, dtype=np.float32)}
         if back.patch_input is not None:
             feed[back.patch_input] = np.ascontiguousarray(patches, dtype=np.float32)
         out = self._backend.run(self._outputs, feed)

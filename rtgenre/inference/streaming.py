@@ -138,6 +138,11 @@ class FeatureStream:
         if not 0.0 <= patch_phase < 1.0:
             raise ValueError(f"patch_phase must be in [0, 1), got {patch_phase}")
         self._patches = RowRing(self.window_frames // self.patch.frames + 2, self.patch.dim, np.float32) if self.patch is not None else None
+        self.pool = card.split.stats.pool if card.split.stats is not None else None
+        if self.pool is not None:  # each whole block of `pool` frames from the stream's start: its features' max and sum
+            blocks = -(-(self.window_frames + FEATURE_SLACK) // self.pool) + 1
+            self._block_max = RowRing(blocks, self.dim, np.float32)
+            self._block_sum = RowRing(blocks, self.dim, np.float32)
         self.patch_offset = int(patch_phase * self.patch.frames) if self.patch is not None else 0
         self.reset()
 
@@ -147,6 +152,8 @@ class FeatureStream:
         self._feats.total = 0
         if self._patches is not None:
             self._patches.total = 0
+        if self.pool is not None:
+            self._block_max.total = self._block_sum.total = 0
         self._prov = np.zeros((0, self.dim), np.float32)
         self.ended = False
         self.fed = 0  # frames given to the step encoder
@@ -227,9 +234,20 @@ class FeatureStream:
             self._prov = np.concatenate([self._prov, feats[n_final:]])
 
     def _store(self, feats: np.ndarray, keep_from: int) -> None:
-        """Append final features (those of frames ``final ..``)."""
+        """Append final features (those of frames ``final ..``), and the statistics of the blocks they complete."""
         self._feats.reserve(self.final + len(feats) - keep_from)
         self._feats.extend(feats)
+        if self.pool is None:
+            return
+        p, blocks = self.pool, self._block_max.total
+        done = self.final // p
+        self._block_max.reserve(done - keep_from // p + 1)
+        self._block_sum.reserve(done - keep_from // p + 1)
+        oldest = self.final - len(self._feats.data)  # a block whose rows have gone already lies before keep_from: no window reads it
+        for b in range(blocks, done):
+            mx, total = _reduce(self._feats.views(b * p, (b + 1) * p)) if b * p >= oldest else (np.zeros(self.dim, np.float32),) * 2
+            self._block_max.extend(mx[None])
+            self._block_sum.extend(total[None])
 
     def step_input(self) -> tuple[np.ndarray, np.ndarray] | None:
         """The step encoder's next input ``(mel (n, n_mels), valid (n,))``, or ``None`` when nothing is due.
@@ -310,6 +328,43 @@ class FeatureStream:
         np.max(inside, axis=0, out=out[self.patch.dim :])
         return out
 
+    def stats(self, end_frame: int, out: np.ndarray | None = None) -> np.ndarray:
+        """The statistics ``(2, dim)`` of the window ending at ``end_frame`` that a card's ``split.stats`` graph reads
+        (written into ``out`` when given): every feature's max over the window, then the mean of its means over the
+        window's consecutive groups of ``pool`` frames (the last group may be shorter), the back end's
+        :func:`~rtgenre.training.real.window_stats`.  Whole blocks of the stream come from their kept statistics, the
+        window's ragged ends from its rows, so no window of features is copied."""
+        n, p = self.window_frames, self.pool
+        groups = -(-n // p)
+        cut = end_frame - n + (groups - 1) * p  # the window's last group starts here
+        if out is None:
+            out = np.empty((2, self.dim), np.float32)
+        head_max, head_sum = self._range_stats(end_frame - n, cut)
+        tail_max, tail_sum = self._range_stats(cut, end_frame)
+        np.maximum(head_max, tail_max, out=out[0])
+        out[1] = head_sum / (groups * p) + tail_sum / (groups * (end_frame - cut))
+        return out
+
+    def _range_stats(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """Max and sum ``(dim,)`` of the features of frames ``[a, b)``: whole blocks from their statistics, the rest from rows
+        (the newest, past :attr:`final`, from the provisional features)."""
+        rows: tuple[np.ndarray, ...] = ()
+        held = max(a, min(b, self.final))
+        first, last = -(-a // self.pool), held // self.pool  # whole blocks [first, last) lie in [a, held)
+        if last > first:
+            rows = self._feats.views(a, first * self.pool) + self._feats.views(last * self.pool, held)
+            mx, total = _reduce(self._block_max.views(first, last), self._block_sum.views(first, last))
+        else:
+            rows = self._feats.views(a, held) if held > a else ()
+            mx, total = np.full(self.dim, -np.inf, np.float32), np.zeros(self.dim, np.float32)
+        if held < b:
+            rows += (self._prov[held - self.final : b - self.final],)
+        for x in rows:
+            if len(x):
+                np.maximum(mx, x.max(axis=0), out=mx)
+                total += x.sum(axis=0)
+        return mx, total
+
     def window(self, end_frame: int, out: np.ndarray | None = None, frames: int | None = None) -> np.ndarray:
         """Features ``(window_frames, dim)`` of the window ending at ``end_frame`` (written into ``out`` when given);
         with ``frames``, only that window's last ``frames`` frames."""
@@ -323,6 +378,15 @@ class FeatureStream:
         if held < end_frame:  # the newest frames: provisional features, kept from frame ``final`` on
             out[held - start :] = self._prov[held - self.final : end_frame - self.final]
         return out
+
+
+def _reduce(maxima: Sequence[np.ndarray], sums: Sequence[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The max over the rows of ``maxima`` and the sum over the rows of ``sums`` (default: the same rows), each ``(dim,)``, from row arrays in parts."""
+    mx = maxima[0].max(axis=0)
+    for x in maxima[1:]:
+        np.maximum(mx, x.max(axis=0), out=mx)
+    total = sum(x.sum(axis=0) for x in (maxima if sums is None else sums))
+    return mx, total
 
 
 def add_streaming_arguments(group: argparse._ActionsContainer) -> None:
@@ -367,10 +431,13 @@ def run_windows(engine: Engine, due: Sequence[tuple[FeatureStream, Window]], ahe
     for i in range(0, len(due), engine.head_batch):
         part = due[i : i + engine.head_batch]
         first = part[0][0]
-        feats = np.empty((len(part), first.window_frames, first.dim), np.float32)
+        feats = np.empty((len(part), engine.head_rows, first.dim), np.float32)
         patches = np.empty((len(part), 2 * first.patch.dim), np.float32) if first.patch is not None else None
         for j, (stream, w) in enumerate(part):
-            stream.window(w.end_frame, feats[j])
+            if engine.head_stats:
+                stream.stats(w.end_frame, feats[j])
+            else:
+                stream.window(w.end_frame, feats[j])
             if patches is not None:
                 stream.patch_stats(w.end_frame, patches[j])
         probs = engine.head(feats, patches)

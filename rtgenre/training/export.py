@@ -30,7 +30,14 @@ inference (:mod:`rtgenre.inference.streaming`), described by the card's
   ``(batch, 306 × taggers)``; the back end then has a second input
   ``patches`` ``(batch, 2 × 306 × taggers)``, the mean and the max of the
   outputs of the patches lying wholly inside the window, and the whole-window
-  graph computes them from the window's own patches (:class:`PatchedCRNN`).
+  graph computes them from the window's own patches (:class:`PatchedCRNN`);
+* ``<name>.stats.onnx`` — only for a back end that reads nothing of the window
+  but its statistics (:func:`reads_window_stats`): the same outputs as the back
+  end's from input ``stats`` ``(batch, 2, 753)``, each feature's max over the
+  window, then its mean over the window's 16-frame groups
+  (:func:`~rtgenre.training.real.window_stats`); a stream keeps them up to
+  date frame by frame, so that a window costs no copy of its features
+  (card ``split.stats``).
 """
 
 from __future__ import annotations
@@ -211,6 +218,37 @@ class BackendGraph(nn.Module):
         return (*probs, *extra, self.backend.embed(feats, *patches))
 
 
+class WindowStatsBackend(nn.Module):
+    """A pooled back end on a window's statistics ``(B, 2, C)`` (max, then mean of the group means) instead of its features.
+
+    ``forward`` and ``embed`` take the statistics where the wrapped back end takes the window; with
+    :class:`BackendGraph` (and a :class:`~rtgenre.training.hashing.HashedBackend` around it) it exports the
+    back end's graph on them.  Only for back ends that read nothing else (:func:`reads_window_stats`).
+    """
+
+    def __init__(self, backend: nn.Module) -> None:
+        super().__init__()
+        if not reads_window_stats(backend):
+            raise ValueError("this back end reads more of the window than its max and mean")
+        self.backend = backend
+        self.config = backend.config
+
+    def embed(self, stats: Tensor, *patches: Tensor) -> Tensor:
+        return self.backend._embed(stats[:, 0], stats[:, 1], None, *patches)
+
+    def forward(self, stats: Tensor, *patches: Tensor) -> dict[str, Tensor]:
+        out = self.backend.heads_of(self.embed(stats, *patches))
+        out.pop("family", None)
+        return out
+
+
+def reads_window_stats(backend: nn.Module) -> bool:
+    """Whether ``backend`` reads a window only through each feature's max and mean (:class:`WindowStatsBackend`)."""
+    from rtgenre.training.real import WindowBackend
+
+    return isinstance(backend, WindowBackend) and backend.config.temporal == "pool" and not backend.config.spread
+
+
 class PatchTaggers(nn.Module):
     """Frozen patch taggers side by side: Mel patches ``(B, 187, 96)`` → their :meth:`~rtgenre.training.musicnn.Vgg.embed` outputs ``(B, 306 × taggers)``."""
 
@@ -286,14 +324,28 @@ def step_section(path: Path, nets: int = 1) -> dict[str, Any]:
 
 
 def export_backend(backend: nn.Module, path: Path, frames: int = 469, feature_dim: int = FEATURE_DIM, extra_outputs: tuple[str, ...] = (),
-                   patch_dim: int = 0) -> None:
-    """Write the back end on ``(batch, frames, feature_dim)`` features (and, with ``patch_dim``, the input ``patches``
-    ``(batch, 2 × patch_dim)``): one output per head, ``extra_outputs`` (e.g. ``hash``), then ``embedding``."""
+                   patch_dim: int = 0, input_name: str = "feats") -> None:
+    """Write the back end on ``(batch, frames, feature_dim)`` features, input ``input_name`` (and, with ``patch_dim``, the input
+    ``patches`` ``(batch, 2 × patch_dim)``): one output per head, ``extra_outputs`` (e.g. ``hash``), then ``embedding``.
+    A :class:`WindowStatsBackend` is written on its ``(batch, 2, feature_dim)`` statistics (``frames=2``, ``input_name="stats"``)."""
     names = [h.name for h in backend.config.heads] + list(extra_outputs)
     outputs = {n: {0: "batch"} for n in [*names, "embedding"]}
     example = (torch.zeros(2, frames, feature_dim), *((torch.zeros(2, 2 * patch_dim),) if patch_dim else ()))
-    inputs = {"feats": {0: "batch"}, **({"patches": {0: "batch"}} if patch_dim else {})}
+    inputs = {input_name: {0: "batch"}, **({"patches": {0: "batch"}} if patch_dim else {})}
     _export(BackendGraph(backend), example, path, inputs, outputs)
+
+
+def export_stats_backend(backend: nn.Module, path: Path, hash_layer: nn.Module | None = None, patch_dim: int = 0) -> dict[str, Any]:
+    """Write the back end on a window's statistics (:class:`WindowStatsBackend`, with ``hash`` when ``hash_layer`` is given);
+    returns the card's ``split.stats`` entry."""
+    from rtgenre.training.hashing import HASH_OUTPUT, HashedBackend
+
+    graph = WindowStatsBackend(backend)
+    if hash_layer is not None:
+        graph = HashedBackend(graph, hash_layer)
+    export_backend(graph.eval(), path, frames=2, feature_dim=backend.config.feature_dim, extra_outputs=(HASH_OUTPUT,) if hash_layer is not None else (),
+                   patch_dim=patch_dim, input_name="stats")
+    return {"onnx": path.name, "onnx_sha256": file_sha256(path), "input": "stats", "pool": backend.config.pool}
 
 
 def export_patch_encoder(taggers: PatchTaggers, path: Path, n_mels: int = 96) -> dict[str, Any]:
@@ -318,9 +370,10 @@ def export_split_model(
 
     Writes ``<name>.onnx`` (whole window, as :func:`export_model`),
     ``<name>.encoder.onnx``, ``<name>.backend.onnx``, ``<name>.backend.npz``
-    ``<name>.step.onnx`` and the card ``<name>.json`` with a ``split``
-    section (checksums, context, feature dimension, the step graph's state),
-    which makes the runtime stream.
+    ``<name>.step.onnx``, for a back end that reads only the window's statistics
+    ``<name>.stats.onnx`` (:func:`export_stats_backend`), and the card ``<name>.json``
+    with a ``split`` section (checksums, context, feature dimension, the step graph's
+    state), which makes the runtime stream.
 
     Parameters
     ----------
@@ -391,6 +444,8 @@ def export_split_model(
         },
         "step": step_section(folder / f"{name}.step.onnx", nets),
         **({"patch": patch} if patch else {}),
+        **({"stats": export_stats_backend(backend, folder / f"{name}.stats.onnx", hash_layer, patch["dim"] if patch else 0)}
+           if reads_window_stats(backend) else {}),
     }
     return write_card(folder, name, backend.config.heads, mappings, {**extra, "split": split}, version=version)
 

@@ -476,9 +476,9 @@ class WindowBackend(nn.Module):
         """``(B, T, 753)`` → ``(B, embedding)``: the window embedding the heads read
         (with patch taggers, ``patches`` ``(B, 2 × 306 × taggers)``: their window statistics, :func:`patch_window`).
 
-        Without the LSTM only the window's max and mean of the group means are
-        read, so they are computed directly (:func:`window_stats`: the same values;
-        the groups' transposes and pools were most of the exported back end's time).
+        Without the LSTM only the window's max and mean of the group means (and, with
+        ``spread``, their spread) are read, so they are computed directly (:func:`window_stats`:
+        the same values; the groups' transposes and pools were most of the exported back end's time).
         """
         if self.config.temporal == "lstm":
             return self.embed_pooled(*self.pooled(feats), patches)

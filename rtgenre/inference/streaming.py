@@ -50,6 +50,17 @@ At the end of the stream every waiting window is handed on and the last
 features see the stream's end, as in the whole-stream pass (the step
 encoder: its state is flushed by ``delay`` frames marked not valid).
 
+Window statistics
+-----------------
+A card with ``split.stats`` has its back end also as a graph on each window's
+statistics (every feature's max over the window and the mean of its means
+over the window's groups of ``pool`` frames), which the engine runs instead
+(:attr:`Engine.head_stats`).  The stream then keeps the max and the sum of
+every whole block of ``pool`` frames from its start as its features become
+final, and :meth:`FeatureStream.stats` takes a window's statistics from the
+blocks inside it and the rows at its two ragged ends (and the last, shorter
+group's): a few dozen rows instead of a copy of the window.
+
 Patch encoder
 -------------
 A card with ``split.patch`` (musicnn's ``MSD_vgg`` tagger on 3 s patches)
@@ -115,6 +126,8 @@ class FeatureStream:
         Runs the step encoder (the card has a ``split.step`` graph).
     patch : PatchGraph or None
         The card's patch encoder (``split.patch``), whose outputs the stream keeps too.
+    pool : int or None
+        Frames per block whose statistics the stream keeps for :meth:`stats` (card ``split.stats``); ``None`` without one.
     """
 
     def __init__(self, card: ModelCard, lookahead: str = "wait", patch_phase: float = 0.0) -> None:

@@ -84,6 +84,7 @@ def model_work(card: ModelCard) -> tuple[Any, Callable[[], None]]:
     window's features was before).
     """
     from rtgenre.inference.onnxruntime import OnnxRuntimeEngine
+    from rtgenre.inference.streaming import window_statistics
 
     engine = OnnxRuntimeEngine(card, threads=1)
     rng = np.random.default_rng(0)
@@ -105,7 +106,7 @@ def model_work(card: ModelCard) -> tuple[Any, Callable[[], None]]:
                 engine.encode(mel, valid)
         feats = np.ascontiguousarray(feats[:, : card.window_frames])
         if engine.head_stats:  # the back end on the window's statistics (card split.stats)
-            feats = np.stack([feats.max(axis=1), feats.mean(axis=1)], axis=1)
+            feats = window_statistics(feats, card.split.stats.pool)
         patches = np.zeros((1, 2 * card.split.patch.dim), np.float32) if card.split.patch is not None else None
 
         def work() -> None:

@@ -64,6 +64,7 @@ from benchutil import emit, sustained, timed_ms  # noqa: E402
 
 from rtgenre.card import DEFAULT_MODEL, ENGINES_DIR, ModelCard, load_card  # noqa: E402
 from rtgenre.inference.onnxruntime import OnnxRuntimeEngine  # noqa: E402
+from rtgenre.inference.streaming import window_statistics  # noqa: E402
 
 HOP_S = 0.5
 #: A live feed run is sustained with no overrun and latency p99 within this (issue 14: ≥ 100 feeds at p99 ≤ 500 ms).
@@ -139,7 +140,7 @@ def bench_per_hop(card: ModelCard, chunked: ModelCard, threads: int, iters: int,
     feats = chunks.encode(mel[None, : card.window_frames + context], np.ones((1, card.window_frames + context), np.float32))
     patch = card.split.patch
     patches = np.zeros((1, 2 * patch.dim), np.float32) if patch is not None else None
-    head_in = np.stack([feats.max(axis=1), feats.mean(axis=1)], axis=1) if stream.head_stats else feats  # the card's split.stats graph: the window's statistics
+    head_in = window_statistics(feats, card.split.stats.pool) if stream.head_stats else feats  # the card's split.stats graph: the window's statistics
     backend = float(np.median(timed_ms(lambda: stream.head(head_in, patches), iters)))
     window = mel[None, : card.window_frames]
     recompute = float(np.median(timed_ms(lambda: full.run(window), max(5, iters // 4))))

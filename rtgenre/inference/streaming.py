@@ -393,6 +393,14 @@ class FeatureStream:
         return out
 
 
+def window_statistics(feats: np.ndarray, pool: int) -> np.ndarray:
+    """Whole windows' features ``(batch, frames, dim)`` → the statistics a ``split.stats`` graph reads, ``(batch, 2, dim)``:
+    each feature's max over the window, then the mean of its means over the window's groups of ``pool`` frames
+    (the last group may be shorter); what :meth:`FeatureStream.stats` keeps for a stream, here from the windows themselves."""
+    groups = [feats[:, g : g + pool].mean(axis=1) for g in range(0, feats.shape[1], pool)]
+    return np.stack([feats.max(axis=1), np.mean(groups, axis=0)], axis=1).astype(np.float32)
+
+
 def _reduce(maxima: Sequence[np.ndarray], sums: Sequence[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The max over the rows of ``maxima`` and the sum over the rows of ``sums`` (default: the same rows), each ``(dim,)``, from row arrays in parts."""
     mx = maxima[0].max(axis=0)

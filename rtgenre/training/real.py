@@ -385,11 +385,15 @@ def window_stats(feats: Tensor, pool: int, spread: bool = False) -> tuple[Tensor
         groups = feats[:, :whole].reshape(b, t // pool, pool, c).mean(dim=2)
         if whole < t:
             groups = torch.cat([groups, feats[:, whole:].mean(dim=1, keepdim=True)], dim=1)
-        mean = groups.mean(dim=1)
-        return mx, mean, (groups - mean[:, None]).square().mean(dim=1).sqrt()
+        return mx, groups.mean(dim=1), group_spread(groups)
     groups = -(-t // pool)
     weight = torch.tensor([1.0 / (groups * min(pool, t - (i // pool) * pool)) for i in range(t)], dtype=feats.dtype)
     return mx, (weight[None, None, :] @ feats).squeeze(1), None
+
+
+def group_spread(groups: Tensor) -> Tensor:
+    """``(B, G, C)`` group means → each feature's standard deviation over the groups ``(B, C)`` (the ``spread`` statistic)."""
+    return (groups - groups.mean(dim=1, keepdim=True)).square().mean(dim=1).sqrt()
 
 
 class WindowBackend(nn.Module):
@@ -435,7 +439,7 @@ class WindowBackend(nn.Module):
         return mx.transpose(1, 2), mean.transpose(1, 2)
 
     def embed_pooled(self, maxp: Tensor, meanp: Tensor, patches: Tensor | None = None) -> Tensor:
-        spread = (meanp - meanp.mean(dim=1, keepdim=True)).square().mean(dim=1).sqrt() if self.config.spread else None
+        spread = group_spread(meanp) if self.config.spread else None
         return self._embed(maxp.amax(dim=1), meanp.mean(dim=1), maxp, patches, spread)  # the window's max and mean of every feature
 
     def _embed(self, mx: Tensor, mean: Tensor, maxp: Tensor | None = None, patches: Tensor | None = None, spread: Tensor | None = None) -> Tensor:

@@ -175,3 +175,35 @@ def test_a_step_takes_every_due_window_of_its_feeds():
     assert list(pending) == [q for q in queued if q not in take]
     take, _ = s._next_step(collections.deque(queued), busy=set(), slots=2)  # two free workers: half the feeds each
     assert len({id(f) for f, _, _ in take}) == -(-len(feeds) // 2) and len(take) == 3 * -(-len(feeds) // 2)
+
+
+class CountedFeed(Feed):
+    """A feed that counts its polls and the windows they bring."""
+
+    polls = windows = 0
+
+    def poll(self, emit):
+        windows, now = super().poll(emit)
+        self.polls += 1
+        self.windows += len(windows)
+        return windows, now
+
+
+def test_live_feeds_are_read_when_a_window_can_be_due_not_on_every_pass(card, tmp_path):
+    """Twelve live feeds whose windows fall due at different moments: each is read about when its next
+    window can be complete (and at least every IDLE_MAX_S), not on every pass of the loop that another
+    feed's window brought about (which read each feed 36 times a second in this test)."""
+    from rtgenre.session import IDLE_MAX_S
+
+    path = wav(tmp_path / "live.wav", 30)
+    hop = 0.25
+    feeds = [CountedFeed(f"f{k}", FileSource(str(path), realtime=True), card, Smoother(card.heads, hop, tau_s=0.0), hop, phase=k / 12)
+             for k in range(12)]
+    sink = Collect()
+    s = session(feeds, OnnxRuntimeEngine(card), sink)
+    seconds = card.window_seconds + 3.0
+    threading.Timer(seconds, s.request_stop, args=("quit",)).start()
+    s.run()
+    for f in feeds:
+        assert f.windows >= 3.0 / hop - 2  # every window still comes, as its audio does
+        assert f.polls <= seconds * (1 / IDLE_MAX_S + 2 / hop) + 5, (f.name, f.polls, f.windows)

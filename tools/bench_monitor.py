@@ -34,7 +34,11 @@ it actually obtained.
 ``--paired-with DIR`` compares two versions of the code instead: for every N
 it runs the monitor of the checkout in DIR (e.g. ``git worktree add --detach
 /tmp/old <commit>``) and then this tree's, back to back, so that both see the
-same load; every N is run whatever the outcome.
+same load; every N is run whatever the outcome.  ``--paired-workers N``
+compares this tree's monitor at ``--workers N`` with it at ``--workers``
+instead.  Paired runs are repeated ``--repeat`` times, the two sides' order
+alternating, and each run carries the model's cost per window measured just
+before it (this machine's speed drifts by a third from one minute to the next).
 
 Usage::
 
@@ -279,6 +283,9 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="the model the monitor runs (default: the shipped default)")
     ap.add_argument("--paired-with", type=Path, default=None, metavar="DIR",
                     help="compare with the code of the checkout DIR: for every N its monitor, then this tree's (module docstring)")
+    ap.add_argument("--paired-workers", type=int, default=None, metavar="N",
+                    help="compare with this tree's monitor at --workers N instead of another checkout")
+    ap.add_argument("--repeat", type=int, default=1, help="paired runs: every N this many times, the two sides' order alternating (default 1)")
     args = ap.parse_args()
     card = load_card(args.model)
     hop, cores = 0.5, os.cpu_count() or 1
@@ -293,8 +300,8 @@ def main() -> None:
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
     windows_per_s = 1.0 / hop
-    if args.paired_with is not None:
-        return emit(paired(args, result, card.window_seconds, hop), args.out)
+    if args.paired_with is not None or args.paired_workers is not None:
+        return emit(paired(args, result, card, hop), args.out)
     result["engine_cost_before"] = engine_cost(card, hop_s=hop)
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -337,22 +344,33 @@ def main() -> None:
     emit(result, args.out)
 
 
-def paired(args: argparse.Namespace, result: dict, window_s: float, hop: float) -> dict:
-    """``--paired-with``: every N on the other checkout's monitor, then on this tree's."""
-    other = args.paired_with.resolve()
-    rev = subprocess.run(["git", "-C", str(other), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    result["paired"] = {"other": f"{other} at {rev or '?'}", "this": f"{ROOT} (working tree)"}
+def paired(args: argparse.Namespace, result: dict, card: ModelCard, hop: float) -> dict:
+    """``--paired-with`` / ``--paired-workers``: every N on the other side's monitor and on this tree's, the
+    order alternating over ``--repeat`` rounds, each run with the model's cost per window (:func:`engine_cost`)
+    measured just before it, so that a machine whose speed drifts between runs is compared run by run."""
+    if args.paired_with is not None:
+        other = args.paired_with.resolve()
+        rev = subprocess.run(["git", "-C", str(other), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        sides = {"other": (other, args.workers), "this": (ROOT, args.workers)}
+        result["paired"] = {"other": f"{other} at {rev or '?'}", "this": f"{ROOT} (working tree)"}
+    else:
+        sides = {"other": (ROOT, args.paired_workers), "this": (ROOT, args.workers)}
+        result["paired"] = {"other": f"{ROOT} (working tree), --workers {args.paired_workers}", "this": f"{ROOT} (working tree), --workers {args.workers}"}
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "feed.wav"
         result["input"] = make_long_file(path, args.seconds + 30, args.music)
-        for n in (int(x) for x in args.feeds.split(",")):
-            for code, root in (("other", other), ("this", ROOT)):
-                r = run_n(path, n, args.seconds, hop, args.threads, window_s, args.workers, root, args.processes, args.model)
-                r["code"] = code
-                r["sustained"] = sustained(r, args.p99_limit_ms)
-                runs.append(r)
-                print(json.dumps(r), file=sys.stderr, flush=True)
+        for k in range(args.repeat):
+            for n in (int(x) for x in args.feeds.split(",")):
+                for code in (("other", "this") if k % 2 == 0 else ("this", "other")):
+                    root, workers = sides[code]
+                    model_ms = engine_cost(card, hop_s=hop)["cpu_ms_per_window_median"]
+                    r = run_n(path, n, args.seconds, hop, args.threads, card.window_seconds, workers, root, args.processes, args.model)
+                    r.update(code=code, workers=workers, round=k, model_cpu_ms_per_window=model_ms, sustained=sustained(r, args.p99_limit_ms))
+                    if r["cpu_ms_per_window_steady"]:
+                        r["model_share_of_cpu_steady"] = round(model_ms / r["cpu_ms_per_window_steady"], 3)
+                    runs.append(r)
+                    print(json.dumps(r), file=sys.stderr, flush=True)
     result["runs"] = runs
     result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return result

@@ -57,7 +57,7 @@ def add_monitor_arguments(sub: Any) -> None:
     g.add_argument("--max-batch", type=int, default=256, help="largest batch of windows per engine call (default: 256)")
     g.add_argument("--workers", type=int, default=None, metavar="N",
                    help="engine steps of different feeds run on N threads at once, beside the feeds' front end (ONNX Runtime; 0: on the main thread; "
-                        "default: the CPU cores, shared out between --processes)")
+                        "default: the CPU cores shared out between --processes, 0 once --processes reaches the cores)")
     g = p.add_argument_group("output")
     g.add_argument("--json", action="store_true", help="JSON Lines of every feed on stdout (default when stdout is not a terminal)")
     g.add_argument("--no-dashboard", action="store_true", help="never show the control-room dashboard")
@@ -195,6 +195,20 @@ class MonitorSession(Session):
                 self._feed_failed(feed, feed.error)
 
 
+def default_workers(processes: int, cores: int | None = None) -> int:
+    """``--workers`` when not given: the cores shared out between the ``processes``, or 0 (engine steps on each
+    process's main thread) once there is a process per core, where an engine thread would only contend
+    with its own main thread for that core (README, *Capacity of rtgenre monitor*, v14).
+
+    Examples
+    --------
+    >>> default_workers(1, cores=2), default_workers(2, cores=2), default_workers(2, cores=8)
+    (2, 0, 4)
+    """
+    cores = cores or os.cpu_count() or 1
+    return cores // processes if processes < cores else 0
+
+
 def run_monitor(args: argparse.Namespace) -> int:
     """Handler of ``rtgenre monitor``; returns the exit code (the first feed error's, else 0)."""
     from rich.console import Console
@@ -207,7 +221,7 @@ def run_monitor(args: argparse.Namespace) -> int:
 
     check_options(args)
     if args.workers is None:
-        args.workers = max(1, (os.cpu_count() or 1) // args.processes)
+        args.workers = default_workers(args.processes)
     if args.ray is not None and args.processes > 1:
         raise UsageError("--processes and --ray cannot be combined: --ray runs one worker per node of the cluster", "Pass one of them")
     config = build_config(args.feeds_file, args.feed)

@@ -252,3 +252,12 @@ def test_device_feed_beside_a_file_feed(pulse, make_tone, tmp_path, model):
     desk = [e for e in events if e["event"] == "prediction" and e["stream"] == "desk"]
     assert all(abs(p["level_dbfs"] - expected) < 1.5 for p in desk), ([p["level_dbfs"] for p in desk], expected)
     assert {e["stream"] for e in events if e["event"] == "stop"} == {"desk", "song"}
+
+
+def test_engine_threads_by_default_share_the_cores_until_there_is_a_process_per_core():
+    """Without --workers: the cores shared out between the processes; none (engine steps on each
+    process's main thread) once every core has a process of its own (README, Capacity, v14)."""
+    from rtgenre.monitor import default_workers
+
+    assert [default_workers(1, cores=2), default_workers(2, cores=2), default_workers(3, cores=2)] == [2, 0, 0]
+    assert [default_workers(1, cores=8), default_workers(2, cores=8), default_workers(3, cores=8), default_workers(8, cores=8)] == [8, 4, 2, 0]

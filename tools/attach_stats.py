@@ -5,7 +5,8 @@
 writes ``<name>.stats.onnx`` beside the card (from its ``<name>.backend.npz`` and, for a hashed model,
 ``<name>.hash.npz``: :func:`rtgenre.training.export.export_stats_backend`), adds ``split.stats`` to the
 card, and checks the new graph against the card's back-end graph with ONNX Runtime on windows of
-random features: the largest difference of any output is printed, and above ``--atol`` nothing is written.
+random features (and, for a model with a patch encoder, random patch statistics beside them): the
+largest difference of any output is printed, and above ``--atol`` nothing is written.
 New exports (:func:`rtgenre.training.export.export_split_model`) write the graph themselves.
 """
 
@@ -31,15 +32,16 @@ def main() -> int:
     args = p.parse_args()
     card_path = resolve_model(args.model)
     card = load_card(card_path)
-    if card.split is None or card.split.patch is not None:
-        sys.exit(f"{card.name} is not a streaming model without patches")
+    if card.split is None:
+        sys.exit(f"{card.name} is not a streaming model")
     folder = card_path.parent
     backend = load_backend(folder / f"{card.name}.backend.npz")
     if not reads_window_stats(backend):
         sys.exit(f"the back end of {card.name} reads more of a window than its statistics")
     layer = load_hash_layer(folder / f"{card.name}.hash.npz")[0] if card.hash else None
     path = folder / f"{card.name}.stats.onnx"
-    entry = export_stats_backend(backend, path, layer)
+    patch_dim = card.split.patch.dim if card.split.patch is not None else 0
+    entry = export_stats_backend(backend, path, layer, patch_dim)
 
     import torch
 
@@ -50,9 +52,10 @@ def main() -> int:
     try:
         feats = np.random.default_rng(0).standard_normal((8, card.window_frames, card.split.encoder.feature_dim)).astype(np.float32)
         feats *= np.linspace(0.2, 3.0, card.window_frames, dtype=np.float32)[None, :, None]
+        patches = np.random.default_rng(1).standard_normal((8, 2 * patch_dim)).astype(np.float32) if patch_dim else None
         mx, mean, _ = window_stats(torch.from_numpy(feats), entry["pool"])
-        on_stats = OnnxRuntimeEngine(load_card(trial)).head(np.stack([mx.numpy(), mean.numpy()], axis=1))
-        on_window = OnnxRuntimeEngine(card, stats=False).head(feats)
+        on_stats = OnnxRuntimeEngine(load_card(trial)).head(np.stack([mx.numpy(), mean.numpy()], axis=1), patches)
+        on_window = OnnxRuntimeEngine(card, stats=False).head(feats, patches)
     finally:
         trial.unlink()
     worst = max(float(np.abs(on_stats[k] - on_window[k]).max()) for k in on_window)

@@ -83,8 +83,8 @@ def engine(card):
     return OnnxRuntimeEngine(card)
 
 
-def count_encoder_calls(card, calls, sizes=None):
-    """An ONNX Runtime engine that records each encoder call's batch (and new frames per row) in ``calls`` (``sizes``)."""
+def count_encoder_calls(card, calls, sizes=None, chunk=1):
+    """An ONNX Runtime engine (``chunk``: feeds per encoder call) that records each encoder call's batch (and new frames per row) in ``calls`` (``sizes``)."""
 
     class Counting(OnnxRuntimeEngine):
         def encode(self, mel, valid):
@@ -99,7 +99,7 @@ def count_encoder_calls(card, calls, sizes=None):
                 sizes.append(mel.shape[1])
             return super().step(mel, valid, state)
 
-    return Counting(card)
+    return Counting(card, chunk=chunk)
 
 
 def music(seconds: float, seed: int = 0) -> np.ndarray:
@@ -305,26 +305,34 @@ def test_wait_holds_windows_until_their_context_arrives(card):
     assert analyzer.features.frames >= first_end + CONTEXT_AFTER
 
 
-def test_batched_across_feeds_equals_each_feed_alone(card, engine):
+def three_feeds(card, engine):
+    """Three feeds' windows, all given to ``engine`` in one streaming step."""
     streams, windows = [], []
     for seed in range(3):
         a = Analyzer(card, SR, 0.5, "wait")
         ws = a.process(music(8.5 + seed, seed)[:, None]) + a.flush()
         streams.append(a)
         windows.append(ws)
+    return infer(engine, [(a, w) for a, ws in zip(streams, windows) for w in ws])
+
+
+def test_batched_across_feeds_equals_each_feed_alone(card, engine):
     calls = []
-    counting = count_encoder_calls(card, calls)
-    together = infer(counting, [(a, w) for a, ws in zip(streams, windows) for w in ws])
+    together = three_feeds(card, count_encoder_calls(card, calls, chunk=16))  # as TensorRT batches them
     assert max(calls) > 1  # inputs of equal length from different feeds share a call (states stacked)
+    one_per_call = []
+    by_default = three_feeds(card, count_encoder_calls(card, one_per_call))
+    assert set(one_per_call) == {1}  # ONNX Runtime's default: one feed per call, cheaper per frame on the CPU
     alone = []
     for seed in range(3):
         b = Analyzer(card, SR, 0.5, "wait")
         b_ws = b.process(music(8.5 + seed, seed)[:, None]) + b.flush()
         alone += infer(engine, [(b, w) for w in b_ws])
-    assert len(alone) == len(together)
-    for x, y in zip(alone, together):
+    assert len(alone) == len(together) == len(by_default)
+    for x, y, z in zip(alone, together, by_default):
         for h in card.heads:
             np.testing.assert_allclose(x[h.name], y[h.name], atol=1e-6)
+            np.testing.assert_allclose(x[h.name], z[h.name], atol=1e-6)
 
 
 class Collect(Sink):

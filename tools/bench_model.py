@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(ROOT))
 
-from benchutil import emit, timed_ms  # noqa: E402
+from benchutil import cpu_model, emit, timed_ms  # noqa: E402
 
 WINDOW_FRAMES = 469
 N_MELS = 96
@@ -122,17 +122,6 @@ def bench_torch(window: np.ndarray, repeats: int, threads: int) -> dict:
             model(x)
 
     return {"what": "MSD_musicnn forward on 469 frames, batch 1", **summary(timed_ms(run, repeats)), "torch": torch.__version__}
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux), else ``platform.processor()``."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -64,6 +65,17 @@ def timed_ms(fn: Callable[[], Any], iters: int, warmup: int = 5, clock: Callable
         fn()
         out.append((clock() - t0) * 1000.0)
     return out
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else ``platform.processor()``."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
 def emit(result: dict[str, Any], out: Path | None) -> None:

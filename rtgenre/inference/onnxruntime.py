@@ -65,7 +65,10 @@ class OnnxRuntimeEngine(Engine):
         Windows per ONNX Runtime call.  On the CPU a larger call gains no
         throughput but its intermediate tensors grow with it (about 150 MB per
         window for the default model), so a batch runs as chunks of this size;
-        the streaming encoder likewise runs one chunk of frames per call.
+        the streaming encoders likewise run this many feeds' frames per call
+        (:attr:`encode_batch`): the default model's step encoder costs 5-11 %
+        more per frame in calls of 2-16 feeds with their states stacked than
+        in one call per feed (``benchmarks/results/bench_step.json``).
     stream : bool
         For a card with a ``split`` section: run its encoder and back end
         (:attr:`streaming`) instead of the whole-window graph.
@@ -88,6 +91,7 @@ class OnnxRuntimeEngine(Engine):
         self.chunk = max(1, chunk)
         self.streaming = stream and card.split is not None
         self.head_batch = min(max_batch, HEAD_BATCH)
+        self.encode_batch = self.chunk
         if self.streaming:
             back = card.split.backend
             self._threads = threads

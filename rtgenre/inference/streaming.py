@@ -17,7 +17,8 @@ step (card ``split.step``, :class:`~rtgenre.training.encoder.StepEncoder`)
     layer computes each frame once: a hop of ``n`` new frames costs ``n``
     frames of work.  The state is per feed; feeds with equal numbers of new
     frames (the common case at equal hops) run in one call with stacked
-    states.  Offline (a whole file), the new frames come in blocks of up to
+    states, up to the engine's :attr:`~rtgenre.inference.base.Engine.encode_batch`
+    (ONNX Runtime: one feed per call, cheaper per frame on the CPU).  Offline (a whole file), the new frames come in blocks of up to
     :data:`MAX_CHUNK` frames per call, while windows are still cut every hop;
 chunked (cards without a step graph)
     each hop's new frames run with ``context_before`` and ``context_after``
